@@ -1,0 +1,240 @@
+"""Find and check a model's files: an edgevlm bundle, a folder in Hugging Face's official onnx/ layout, or a hub id.
+
+An edgevlm bundle *is* the official layout (config files at the top, ONNX parts under onnx/ with the usual
+suffixes) plus `edgevlm.json`, a manifest with variants, sha256 of every file and the export's verification
+report. So tools made for the official files read our bundles, and we read theirs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+MANIFEST = "edgevlm.json"
+FORMAT = "edgevlm-bundle"
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+# File-name suffixes of the official layout; our variant names map onto them.
+SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "uint8": "_uint8", "quantized": "_quantized",
+            "q4": "_q4", "q4f16": "_q4f16", "bnb4": "_bnb4"}
+REQUIRED_CONFIGS = ("config.json", "tokenizer.json")
+
+
+@dataclass
+class ModelSpec:
+    """The architecture facts the runtime needs, read from config.json / preprocessor / processor configs."""
+
+    image_token_id: int
+    tile: int
+    patch: int
+    scale_factor: int
+    image_seq_len: int
+    hidden: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    eos_ids: list[int]
+    longest_edge: int
+    image_mean: list[float]
+    image_std: list[float]
+    rescale_factor: float
+    do_image_splitting: bool
+    video_sampling: dict = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    root: Path
+    spec: ModelSpec
+    files: dict[str, dict[str, Path]]  # variant -> part -> path
+    manifest: dict | None
+    chat_template: str | None
+
+    @property
+    def variants(self) -> list[str]:
+        return sorted(self.files)
+
+    def part_files(self, variant: str | dict[str, str] | None) -> dict[str, Path]:
+        """Resolve a variant name (or a {part: variant} dict for mixed precision) to one file per part."""
+        if variant is None:
+            variant = "fp32" if "fp32" in self.files else self.variants[0]
+        if isinstance(variant, str):
+            if variant not in self.files:
+                raise ModelError(f"variant {variant!r} is not in {self.root}; it has: {', '.join(self.variants)}. "
+                                 f"Pick one of those (edgevlm info {self.root} lists them).")
+            return dict(self.files[variant])
+        chosen = {}
+        for part in PARTS:
+            short = _short_part(part)
+            v = variant.get(part, variant.get(short, "fp32"))
+            if v not in self.files or part not in self.files[v]:
+                raise ModelError(f"no {v!r} file for the {short} part in {self.root}; available variants: "
+                                 f"{', '.join(self.variants)}")
+            chosen[part] = self.files[v][part]
+        return chosen
+
+
+def _short_part(part: str) -> str:
+    return {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_merged": "decoder"}[part]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}); re-export or re-download the model.") from None
+
+
+def read_spec(root: Path) -> ModelSpec:
+    config = _read_json(root / "config.json")
+    if config.get("model_type") not in ("smolvlm", "idefics3"):
+        raise ModelError(f"{root / 'config.json'} is not a SmolVLM config (model_type="
+                         f"{config.get('model_type')!r}); point edgevlm at a SmolVLM2 model folder.")
+    pre = _read_json(root / "preprocessor_config.json")
+    proc = _read_json(root / "processor_config.json")
+    gen = _read_json(root / "generation_config.json")
+    vision, text = config["vision_config"], config["text_config"]
+    tile, patch, scale = vision["image_size"], vision["patch_size"], config.get("scale_factor", 2)
+    eos = gen.get("eos_token_id", text.get("eos_token_id", 2))
+    eos_ids = list(eos) if isinstance(eos, list) else [eos]
+    heads = text["num_attention_heads"]
+    return ModelSpec(
+        image_token_id=config.get("image_token_id", 49190),
+        tile=pre.get("max_image_size", {}).get("longest_edge", tile),
+        patch=patch,
+        scale_factor=scale,
+        image_seq_len=proc.get("image_seq_len", (tile // patch) ** 2 // scale**2),
+        hidden=text["hidden_size"],
+        num_layers=text["num_hidden_layers"],
+        kv_heads=text.get("num_key_value_heads", heads),
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        vocab_size=text["vocab_size"],
+        max_positions=text.get("max_position_embeddings", 8192),
+        eos_ids=eos_ids,
+        longest_edge=pre.get("size", {}).get("longest_edge", 4 * tile),
+        image_mean=list(pre.get("image_mean", [0.5, 0.5, 0.5])),
+        image_std=list(pre.get("image_std", [0.5, 0.5, 0.5])),
+        rescale_factor=pre.get("rescale_factor", 1 / 255),
+        do_image_splitting=pre.get("do_image_splitting", True),
+        video_sampling=pre.get("video_sampling", {}),
+    )
+
+
+def _chat_template(root: Path) -> str | None:
+    if (root / "chat_template.jinja").exists():
+        return (root / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = _read_json(root / name).get("chat_template")
+        if template:
+            return template
+    return None
+
+
+def _scan_official_layout(root: Path) -> dict[str, dict[str, Path]]:
+    files: dict[str, dict[str, Path]] = {}
+    onnx_dir = root / "onnx"
+    for variant, suffix in SUFFIXES.items():
+        found = {part: onnx_dir / f"{part}{suffix}.onnx" for part in PARTS}
+        found = {p: f for p, f in found.items() if f.exists()}
+        if len(found) == len(PARTS):
+            files[variant] = found
+    return files
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_bundle(root: str | os.PathLike) -> Bundle:
+    """Read a local model folder (bundle or official layout). Checksums are checked later, per variant."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ModelError(f"model folder {root} does not exist; pass a bundle made by `edgevlm export`, a folder "
+                         f"with an onnx/ subfolder, or a Hugging Face hub id.")
+    for name in REQUIRED_CONFIGS:
+        if not (root / name).is_file():
+            raise ModelError(f"{root} has no {name}; it is not a complete SmolVLM2 ONNX model folder "
+                             f"(re-export it with `edgevlm export`, or re-download it).")
+    manifest = _read_json(root / MANIFEST) or None
+    if manifest is not None:
+        if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelError(f"{root / MANIFEST} is format {manifest.get('format')!r} version "
+                             f"{manifest.get('format_version')}; this edgevlm reads {FORMAT} up to version "
+                             f"{FORMAT_VERSION}. Upgrade edgevlm or re-export the bundle.")
+        files = {v: {p: root / rel for p, rel in parts.items()} for v, parts in manifest["variants"].items()}
+    else:
+        files = _scan_official_layout(root)
+    if not files:
+        raise ModelError(f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
+                         f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx).")
+    return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root))
+
+
+def verify_files(bundle: Bundle, paths: list[Path]) -> None:
+    """Check size and sha256 of `paths` (and config files) against the manifest; raise ModelError on a mismatch."""
+    if bundle.manifest is None:
+        return
+    recorded = bundle.manifest.get("files", {})
+    wanted = {p.relative_to(bundle.root).as_posix() for p in paths}
+    wanted |= {name for name in recorded if not name.endswith((".onnx", ".onnx_data"))}
+    for p in paths:  # external weight files travel with their graph
+        data = p.with_name(p.name + "_data")
+        if data.exists() or (data.relative_to(bundle.root).as_posix() in recorded):
+            wanted.add(data.relative_to(bundle.root).as_posix())
+    for rel in sorted(wanted):
+        entry = recorded.get(rel)
+        path = bundle.root / rel
+        if entry is None:
+            raise ModelError(f"{rel} is not listed in {bundle.root / MANIFEST}; the bundle was changed after "
+                             f"export. Re-export it.")
+        if not path.is_file():
+            raise ModelError(f"{path} is missing from the bundle; re-export it or copy the whole folder again.")
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise ModelError(f"{path} does not match its checksum in {MANIFEST} (altered or truncated); "
+                             f"re-export the bundle or copy it again.")
+
+
+def resolve(model: str | os.PathLike, revision: str | None = None, progress: bool = True,
+            variant: str | None = None) -> Path:
+    """A local folder as is; otherwise a hub id fetched into the usual Hugging Face cache.
+
+    Only the configs, the tokenizer and the ONNX files of the chosen variant are downloaded (the official repos
+    hold every variant, several GB in all).
+    """
+    path = Path(model)
+    if path.exists() or not _looks_like_hub_id(str(model)):
+        return path
+    return _download(str(model), revision, progress, SUFFIXES.get(variant or "fp32"))
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and not Path(s).exists()
+
+
+def _download(repo_id: str, revision: str | None, progress: bool, suffix: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if progress else disable_progress_bars)()
+    patterns = ["*.json", "*.jinja"]
+    patterns += [f"onnx/{part}{suffix}.onnx*" for part in PARTS] if suffix is not None else ["onnx/*"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as e:  # huggingface_hub raises many kinds (offline, 404, auth, connection)
+        raise ModelError(f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}). If you are offline, export a model with "
+                         f"`edgevlm export` or copy a model folder here and pass its path instead.") from None

@@ -1,0 +1,169 @@
+"""`edgevlm` command line: a thin client of the Python API.
+
+Errors the user can fix print one line to stderr and exit non-zero (2 bad input, 3 bad model, 4 export failed,
+130 interrupted); never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from .bundle import DEFAULT_MODEL
+from .errors import EdgeVLMError
+
+MODEL_HELP = "Bundle folder, folder in Hugging Face's onnx/ layout, or hub id."
+
+
+def _friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeVLMError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            click.echo("error: out of memory; try a smaller variant (--variant q4) or split=False.", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def model_options(fn):
+    fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)(fn)
+    fn = click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")(fn)
+    fn = click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")(fn)
+    fn = click.option("--threads", type=int, default=None, help="Intra-op threads.")(fn)
+    fn = click.option("--max-new-tokens", type=int, default=None, help="Answer length limit in tokens.")(fn)
+    fn = click.option("--no-split", is_flag=True, help="Do not split the image into tiles (faster, less detail).")(fn)
+    fn = click.option("--bgr", is_flag=True, hidden=True)(fn)
+    fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")(fn)
+    return fn
+
+
+def _load(model, variant, providers, threads):
+    from . import load
+
+    return load(model, variant=variant, providers=providers, threads=threads)
+
+
+def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json):
+    split = False if no_split else None
+    if stream is None:
+        stream = sys.stdout.isatty() and not as_json
+    if stream:
+        for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, split=split):
+            click.echo(piece, nl=False)
+        click.echo()
+        return
+    r = vlm.ask(images, question, max_new_tokens=max_new_tokens, split=split)
+    if as_json:
+        record = {k: v for k, v in r.__dict__.items() if k != "token_ids"}
+        click.echo(json.dumps(record, indent=1))
+    else:
+        click.echo(r.text)
+
+
+@click.group()
+@click.version_option(package_name="edgevlm")
+def main() -> None:
+    """SmolVLM2 on edge hardware: caption and ask about images with ONNX Runtime."""
+
+
+@main.command()
+@click.argument("image", nargs=-1, required=True)
+@click.option("--prompt", "-p", default="Describe this image.", show_default=True)
+@model_options
+@_friendly
+def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, bgr, stream, as_json):
+    """Describe IMAGE (one or more files)."""
+    vlm = _load(model, variant, providers, threads)
+    _answer(vlm, list(image), prompt, max_new_tokens or 64, no_split, stream, as_json)
+
+
+@main.command()
+@click.argument("image", nargs=-1)
+@click.argument("question")
+@model_options
+@_friendly
+def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, bgr, stream, as_json):
+    """Answer QUESTION about IMAGE(s) (no image: a text-only question)."""
+    vlm = _load(model, variant, providers, threads)
+    _answer(vlm, list(image), question, max_new_tokens or 128, no_split, stream, as_json)
+
+
+@main.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def info(model, as_json):
+    """What a model folder holds: architecture, variants, files, verification, and this machine's providers."""
+    from . import bundle, providers
+
+    b = bundle.open_bundle(bundle.resolve(model))
+    s = b.spec
+    data = {
+        "model": str(b.root), "bundle": b.manifest is not None,
+        "architecture": (b.manifest or {}).get("architecture", "unknown"),
+        "tile": s.tile, "patch": s.patch, "scale_factor": s.scale_factor, "image_seq_len": s.image_seq_len,
+        "text": {"hidden": s.hidden, "layers": s.num_layers, "kv_heads": s.kv_heads, "vocab": s.vocab_size},
+        "variants": {v: {p: str(f.relative_to(b.root)) for p, f in parts.items()} for v, parts in b.files.items()},
+        "providers_available": providers.available(), "providers_auto": providers.choose(None),
+    }
+    if b.manifest:
+        ver = b.manifest.get("verification", {})
+        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"],
+                                    "max_abs_logit_diff": r["max_abs_logit_diff"]} for v, r in ver.items()}
+        sizes = {}
+        for v, parts in b.files.items():
+            sizes[v] = sum(b.manifest["files"].get(str(p.relative_to(b.root)), {}).get("size", 0)
+                           for p in parts.values())
+        data["variant_bytes"] = sizes
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+        return
+    click.echo(f"model:        {data['model']} ({'edgevlm bundle' if data['bundle'] else 'onnx/ layout'})")
+    click.echo(f"architecture: {data['architecture']}  tile {s.tile}, patch {s.patch}, scale {s.scale_factor}, "
+               f"{s.image_seq_len} tokens per tile; text {s.hidden} hidden x {s.num_layers} layers")
+    for v in sorted(data["variants"]):
+        extra = ""
+        if "verification" in data and v in data["verification"]:
+            r = data["verification"][v]
+            extra = f"  verified: tokens equal={r['tokens_equal']}, max|dlogit|={r['max_abs_logit_diff']:.2e}"
+        size = f"{data['variant_bytes'][v] / 1e6:8.1f} MB" if "variant_bytes" in data else ""
+        click.echo(f"variant {v:6s} {size}{extra}")
+    click.echo(f"providers:    available {', '.join(data['providers_available'])}; "
+               f"auto order {', '.join(data['providers_auto'])}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--output", "-o", "out_dir", required=True, help="Bundle folder to write.")
+@click.option("--variants", default=None, help="Comma list from fp32,fp16,int8,q4,mixed (default: all).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--threads", type=int, default=None)
+@click.option("--revision", default=None, help="Hub revision when SOURCE is a hub id.")
+@_friendly
+def export(source, out_dir, variants, force, threads, revision):
+    """Export a SmolVLM2 checkpoint (hub id or folder) to a verified ONNX bundle. Needs `edgevlm[export]`."""
+    try:
+        from edgevlm_export.pipeline import export as run_export
+    except ImportError as e:
+        click.echo(f"error: the exporter needs the export extra ({e.name} is missing): "
+                   f"pip install 'edgevlm[export]'", err=True)
+        sys.exit(4)
+    manifest = run_export(source, out_dir, variants, force=force, threads=threads, revision=revision,
+                          log=lambda m: click.echo(m, err=True))
+    ok = ", ".join(f"{v}: {'tokens equal' if r['all_tokens_equal'] else 'tokens differ'}"
+                   for v, r in manifest["verification"].items())
+    click.echo(f"wrote {out_dir} ({manifest['architecture']}; {ok})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The public model object: load once, then caption / ask / stream / chat about images."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import bundle as bundle_mod
+from . import prompt as prompt_mod
+from .errors import InputError, ModelError
+from .generate import Decoder, SamplingOptions, Timings
+from .preprocess import ImageLike, ProcessedImage, process_image
+from .providers import choose, create_session, session_options
+from .tokenizer import Tokenizer
+
+DEFAULT_CAPTION_PROMPT = "Describe this image."
+
+
+@dataclass
+class Result:
+    """One answer: the text plus what it cost."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    new_tokens: int
+    finish_reason: str  # "stop" (end-of-utterance or a stop token) or "length"
+    vision_ms: float
+    prefill_ms: float
+    first_token_ms: float
+    decode_tokens_per_s: float
+    total_ms: float
+    images: int = 0
+    tiles: int = 0
+    cached_images: int = 0
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class _Prepared:
+    input_ids: list[int]
+    features: np.ndarray | None
+    vision_s: float
+    images: int
+    tiles: int
+    cached: int
+
+
+class VisionCache:
+    """Encoded image features keyed by a hash of the pixel values; least recently used entries go first."""
+
+    def __init__(self, max_entries: int = 16):
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @staticmethod
+    def key(pixels: np.ndarray) -> str:
+        return hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest() + str(pixels.shape)
+
+    def get(self, key: str) -> np.ndarray | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.max_entries <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class VLM:
+    """A loaded SmolVLM2 model. Create it with `edgevlm.load`."""
+
+    def __init__(self, model_bundle: bundle_mod.Bundle, variant: str | dict[str, str] | None,
+                 providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
+                 vision_cache_size: int, verify: bool):
+        self.bundle = model_bundle
+        self.spec = model_bundle.spec
+        files = model_bundle.part_files(variant)
+        if verify:
+            bundle_mod.verify_files(model_bundle, list(files.values()))
+        self.variant = variant or ("fp32" if "fp32" in model_bundle.files else model_bundle.variants[0])
+        self.files = files
+        self.requested_providers = choose(providers)
+        opts = session_options(threads, memory_arena)
+        self.sessions = {}
+        self.providers: dict[str, list[str]] = {}
+        for part, path in files.items():
+            self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
+        self.tokenizer = Tokenizer(model_bundle.root / "tokenizer.json")
+        self.decoder = Decoder(self.sessions["embed_tokens"], self.sessions["decoder_model_merged"],
+                               self.spec.num_layers, self.spec.kv_heads, self.spec.head_dim, self.spec.max_positions)
+        vis_inputs = {i.name: i for i in self.sessions["vision_encoder"].get_inputs()}
+        self._pixel_dtype = np.float16 if "float16" in vis_inputs["pixel_values"].type else np.float32
+        self.vision_cache = VisionCache(vision_cache_size)
+
+    # ----------------------------------------------------------------------------------------------- info
+    @property
+    def fell_back_to_cpu(self) -> bool:
+        """True when a GPU provider was asked for but onnxruntime runs some part on the CPU only."""
+        wanted_gpu = self.requested_providers[0] != "CPUExecutionProvider"
+        return wanted_gpu and any(p[0] == "CPUExecutionProvider" for p in self.providers.values())
+
+    def __repr__(self) -> str:
+        return f"VLM({self.bundle.root}, variant={self.variant!r}, providers={self.providers['decoder_model_merged']})"
+
+    # ------------------------------------------------------------------------------------------- vision
+    def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
+        return process_image(image, self.spec, split=split, color=color)
+
+    def encode_image(self, processed: ProcessedImage) -> tuple[np.ndarray, bool]:
+        """Image features for one processed image, from the cache when the same pixels were seen before."""
+        key = self.vision_cache.key(processed.pixel_values)
+        hit = self.vision_cache.get(key)
+        if hit is not None:
+            return hit, True
+        pixels = processed.pixel_values[None].astype(self._pixel_dtype, copy=False)
+        mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
+        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
+        feats = feats.astype(np.float32, copy=False)
+        self.vision_cache.put(key, feats)
+        return feats, False
+
+    # ------------------------------------------------------------------------------------------- prompt
+    def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str) -> _Prepared:
+        messages = prompt_mod.normalize_messages(messages)
+        t0 = time.perf_counter()
+        slots, feats, tiles, cached = [], [], 0, 0
+        for m in messages:
+            for item in m["content"]:
+                if item["type"] == "video":
+                    raise InputError("video items are not supported by chat() yet; pass frames as images.")
+                if item["type"] != "image":
+                    continue
+                src = item.get("image", item.get("path", item.get("url")))
+                if src is None:
+                    raise InputError("an image item needs an 'image' (path, array or PIL image).")
+                processed = self.preprocess(src, split=item.get("split", split), color=item.get("color", color))
+                f, hit = self.encode_image(processed)
+                feats.append(f)
+                slots.append(prompt_mod.ImageSlot(processed.rows, processed.cols))
+                tiles += processed.pixel_values.shape[0]
+                cached += hit
+        vision_s = time.perf_counter() - t0
+        text = prompt_mod.render(messages, self.bundle.chat_template)
+        text = prompt_mod.expand_images(text, slots, self.spec.image_seq_len)
+        ids = self.tokenizer.encode(text)
+        features = np.concatenate(feats) if feats else None
+        return _Prepared(ids, features, vision_s, len(slots), tiles, cached)
+
+    @staticmethod
+    def _user_message(images: ImageLike | Sequence[ImageLike] | None, text: str) -> list[dict[str, Any]]:
+        if images is None:
+            images = []
+        elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
+            images = [images]
+        content = [{"type": "image", "image": im} for im in images]
+        content.append({"type": "text", "text": text})
+        return [{"role": "user", "content": content}]
+
+    def _options(self, max_new_tokens: int, kw: dict[str, Any]) -> SamplingOptions:
+        stop = tuple(kw.pop("stop_ids", ())) + tuple(self.spec.eos_ids)
+        unknown = set(kw) - {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"}
+        if unknown:
+            raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}.")
+        if "do_sample" not in kw and (kw.get("temperature", 1.0) != 1.0 or kw.get("top_k") or kw.get("top_p", 1) < 1):
+            kw["do_sample"] = True
+        return SamplingOptions(max_new_tokens=max_new_tokens, stop_ids=stop, **kw)
+
+    # ---------------------------------------------------------------------------------------- public API
+    def generate_ids(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
+                     color: str = "rgb", **kw) -> tuple[Iterator[int], _Prepared, Timings]:
+        prepared = self._prepare(messages, split, color)
+        timings = Timings()
+        ids = self.decoder.generate(prepared.input_ids, prepared.features, self.spec.image_token_id,
+                                    self._options(max_new_tokens, kw), timings)
+        return ids, prepared, timings
+
+    def chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
+             color: str = "rgb", **kw) -> Result:
+        """Answer the last user turn of a conversation (system prompt and earlier turns included)."""
+        t0 = time.perf_counter()
+        ids_iter, prepared, timings = self.generate_ids(messages, max_new_tokens, split, color, **kw)
+        ids = list(ids_iter)
+        return self._result(ids, prepared, timings, time.perf_counter() - t0)
+
+    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int = 128,
+            split: bool | None = None, color: str = "rgb", **kw) -> Result:
+        """Ask about one image, several images, or none (text only)."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty; pass some text.")
+        return self.chat(self._user_message(images, question), max_new_tokens, split, color, **kw)
+
+    def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
+                split: bool | None = None, color: str = "rgb", **kw) -> Result:
+        return self.ask(image, prompt, max_new_tokens, split, color, **kw)
+
+    def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
+               max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:
+        """Yield text pieces as they are generated (never a broken UTF-8 character)."""
+        ids_iter, _, _ = self.generate_ids(self._user_message(images, question), max_new_tokens, split, color, **kw)
+        first = True
+        for piece in self.tokenizer.stream(ids_iter):
+            if first:  # the model starts its answer with a space after "Assistant:"
+                piece = piece.lstrip()
+                first = not piece
+            if piece:
+                yield piece
+
+    def _result(self, ids: list[int], p: _Prepared, t: Timings, total_s: float) -> Result:
+        decode_steps = max(t.new_tokens - 1, 0)
+        return Result(
+            text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
+            new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=p.vision_s * 1e3,
+            prefill_ms=t.prefill_s * 1e3, first_token_ms=(p.vision_s + t.first_token_s) * 1e3,
+            decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
+            total_ms=total_s * 1e3, images=p.images, tiles=p.tiles, cached_images=p.cached)
+
+
+def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
+         providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
+         vision_cache_size: int = 16, verify: bool = True, revision: str | None = None,
+         progress: bool = True) -> VLM:
+    """Load a SmolVLM2 ONNX model.
+
+    model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
+        (downloaded into the Hugging Face cache). variant: "fp32", "fp16", "int8", "q4", ... or a per-part dict
+        such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
+        ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
+        memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
+        sha256 sums before loading.
+    """
+    root = bundle_mod.resolve(model, revision=revision, progress=progress,
+                              variant=variant if isinstance(variant, str) else None)
+    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify)
+
+
+__all__ = ["VLM", "Result", "load"]

@@ -1,0 +1,193 @@
+"""SmolVLM2's image rules in numpy + Pillow, matching transformers' SmolVLMImageProcessor pixel for pixel.
+
+Pillow does the resizing because the reference resamples with PIL's LANCZOS filter: OpenCV's Lanczos kernel differs,
+and matching pixel values exactly is what makes our answers equal the PyTorch model's.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .bundle import ModelSpec
+from .errors import InputError
+
+MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
+MAX_INPUT_PIXELS = 20_000 * 20_000  # beyond this we refuse instead of allocating gigabytes
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+
+
+@dataclass
+class ProcessedImage:
+    pixel_values: np.ndarray  # (tiles, 3, T, T) float32
+    rows: int  # 0 when not split
+    cols: int
+
+
+def load_image(image: ImageLike, color: str = "rgb") -> Image.Image:
+    """Open any supported input as a PIL image in RGB or RGBA.
+
+    `color` tells how to read a 3- or 4-channel numpy array: "rgb" (PIL, imageio) or "bgr" (OpenCV's cv2.imread and
+    VideoCapture). Files are read like transformers' `load_image`: EXIF orientation applied, then RGB.
+    """
+    if isinstance(image, Image.Image):
+        return _to_rgb_or_rgba(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, color)
+    if isinstance(image, (bytes, bytearray)):
+        return _open(io.BytesIO(image), "<bytes>")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file {path} does not exist; check the path.")
+        if path.stat().st_size == 0:
+            raise InputError(f"image file {path} is empty (0 bytes); pass a PNG, JPEG, WebP, BMP or TIFF file.")
+        return _open(path, str(path))
+    raise InputError(f"cannot read an image from a {type(image).__name__}; pass a path, bytes, a numpy array "
+                     f"(H, W[, C]) or a PIL image.")
+
+
+def _open(src, name: str) -> Image.Image:
+    try:
+        with Image.open(src) as im:
+            _check_dimensions(im.size, name)
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            return _to_rgb_or_rgba(im, keep_alpha=False)
+    except UnidentifiedImageError:
+        raise InputError(f"{name} is not an image Pillow can read; pass a PNG, JPEG, WebP, BMP or TIFF file.") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{name} could not be decoded ({e}); the file looks corrupt or truncated.") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name} is too large to decode safely ({e}).") from None
+
+
+def _check_dimensions(size: tuple[int, int], name: str) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise InputError(f"{name} has no pixels ({w}x{h}).")
+    if w * h > MAX_INPUT_PIXELS:
+        raise InputError(f"{name} is {w}x{h} pixels, over edgevlm's limit of {MAX_INPUT_PIXELS:,} pixels; "
+                         f"downscale it first.")
+
+
+def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
+    """Gray, palette, 16-bit, CMYK ... -> RGB; images with transparency stay RGBA when `keep_alpha`."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.uint32)
+        scale = 257 if arr.max() > 255 else 1  # 16-bit range -> 8-bit; an 8-bit range kept as is
+        im = Image.fromarray((arr // scale).clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        arr = arr * 255.0 if arr.max() <= 1.0 else arr
+        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if keep_alpha and has_alpha:
+        return im.convert("RGBA") if im.mode != "RGBA" else im
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def _from_array(a: np.ndarray, color: str) -> Image.Image:
+    if color not in ("rgb", "bgr"):
+        raise InputError(f"color must be 'rgb' or 'bgr', not {color!r}.")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or a.size == 0:
+        raise InputError(f"a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with pixels; "
+                         f"got shape {a.shape}.")
+    _check_dimensions((a.shape[1], a.shape[0]), "numpy image")
+    if a.dtype == np.uint16:
+        a = (a // 257).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8) if a.max() <= 1.0 else a.clip(0, 255).astype(
+            np.uint8)
+    elif a.dtype != np.uint8:
+        a = a.clip(0, 255).astype(np.uint8)
+    if a.ndim == 3 and color == "bgr":
+        a = a[:, :, [2, 1, 0, 3][: a.shape[2]]]
+    mode = "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA")
+    return _to_rgb_or_rgba(Image.fromarray(np.ascontiguousarray(a), mode))
+
+
+def _resize_longest(h: int, w: int, max_len: int) -> tuple[int, int]:
+    """transformers' _resize_output_size_rescale_to_max_len then _scale_below_upper_bound."""
+    aspect = w / h
+    if w >= h:
+        w = max_len
+        h = int(w / aspect)
+        h += h % 2
+    else:
+        h = max_len
+        w = int(h * aspect)
+        w += w % 2
+    h, w = max(h, 1), max(w, 1)
+    aspect = w / h
+    if w >= h and w > MAX_IMAGE_SIZE:
+        w, h = MAX_IMAGE_SIZE, int(MAX_IMAGE_SIZE / aspect)
+    elif h > w and h > MAX_IMAGE_SIZE:
+        h, w = MAX_IMAGE_SIZE, int(MAX_IMAGE_SIZE * aspect)
+    return max(h, 1), max(w, 1)
+
+
+def _tile_multiple(h: int, w: int, tile: int) -> tuple[int, int]:
+    """transformers' resize_for_vision_encoder: both sides up to multiples of the tile, aspect kept."""
+    aspect = w / h
+    if w >= h:
+        w = math.ceil(w / tile) * tile
+        h = math.ceil(int(w / aspect) / tile) * tile
+    else:
+        h = math.ceil(h / tile) * tile
+        w = math.ceil(int(h * aspect) / tile) * tile
+    return h, w
+
+
+def _resize(im: Image.Image, h: int, w: int) -> Image.Image:
+    return im.resize((w, h), resample=Image.LANCZOS)
+
+
+def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
+    arr = np.stack([np.asarray(_flatten_alpha(t)) for t in tiles])  # (n, T, T, 3) uint8
+    x = (arr.astype(np.float64) * spec.rescale_factor).astype(np.float32)
+    mean = np.asarray(spec.image_mean, dtype=np.float32)
+    std = np.asarray(spec.image_std, dtype=np.float32)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Transparent pixels on white, after resizing (the reference's convert_to_rgb order)."""
+    if im.mode == "RGB":
+        return im
+    background = Image.new("RGBA", im.size, (255, 255, 255))
+    return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
+
+
+def process_image(image: ImageLike, spec: ModelSpec, split: bool | None = None, color: str = "rgb",
+                  longest_edge: int | None = None) -> ProcessedImage:
+    """One image -> tiles (+ the global image) as the vision encoder wants them.
+
+    split=None follows the model's preprocessor config (on for SmolVLM2). `longest_edge` overrides the resize
+    target (video frames use video_sampling.video_size).
+    """
+    im = load_image(image, color)
+    tile = spec.tile
+    h, w = _resize_longest(im.height, im.width, longest_edge or spec.longest_edge)
+    im = _resize(im, h, w)
+    do_split = spec.do_image_splitting if split is None else split
+    if not do_split:
+        return ProcessedImage(_normalize([_resize(im, tile, tile)], spec), 0, 0)
+    h, w = _tile_multiple(h, w, tile)
+    im = _resize(im, h, w)
+    if h <= tile and w <= tile:
+        return ProcessedImage(_normalize([im], spec), 0, 0)
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    tiles = [im.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+    tiles.append(_resize(im, tile, tile))
+    return ProcessedImage(_normalize(tiles, spec), rows, cols)

@@ -1,0 +1,84 @@
+"""Chat messages -> the prompt string SmolVLM2 was trained on, with image tokens expanded.
+
+The model's own chat template (from the model folder) is rendered with jinja2, as transformers does, so a model with
+a different template is honoured; images in the rendered text are then expanded to the token blocks the
+processor would write (tile grid rows and columns, global image).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+IMAGE = "<image>"
+FAKE = "<fake_token_around_image>"
+GLOBAL = "<global-img>"
+
+FALLBACK_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+@dataclass
+class ImageSlot:
+    """Where one image sits in the prompt and how its tiles were cut."""
+
+    rows: int
+    cols: int
+
+
+def image_block(rows: int, cols: int, seq_len: int) -> str:
+    """The expansion of one `<image>`: same text as transformers' get_image_prompt_string."""
+    if rows == 0 and cols == 0:
+        return f"{FAKE}{GLOBAL}{IMAGE * seq_len}{FAKE}"
+    out = ""
+    for r in range(rows):
+        for c in range(cols):
+            out += f"{FAKE}<row_{r + 1}_col_{c + 1}>{IMAGE * seq_len}"
+        out += "\n"
+    return out + f"\n{FAKE}{GLOBAL}{IMAGE * seq_len}{FAKE}"
+
+
+def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accept {"role", "content": str | list[item]} messages; items are {"type": "text"|"image", ...}."""
+    out = []
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"each message needs 'role' and 'content'; got {m!r}.")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise InputError(f"role must be system, user or assistant; got {m['role']!r}.")
+        content = m["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        for item in content:
+            if not isinstance(item, dict) or item.get("type") not in ("text", "image", "video"):
+                raise InputError(f"content items are {{'type': 'text'|'image', ...}} dicts; got {item!r}.")
+        if not content:
+            raise InputError(f"message of role {m['role']!r} has empty content.")
+        out.append({"role": m["role"], "content": list(content)})
+    return out
+
+
+def render(messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool = True) -> str:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template or FALLBACK_TEMPLATE).render(messages=messages,
+                                                                  add_generation_prompt=add_generation_prompt)
+
+
+def expand_images(text: str, slots: list[ImageSlot], seq_len: int) -> str:
+    pieces = text.split(IMAGE)
+    if len(pieces) - 1 != len(slots):
+        raise InputError(f"the prompt has {len(pieces) - 1} image placeholders but {len(slots)} images were given.")
+    out = pieces[0]
+    for slot, rest in zip(slots, pieces[1:]):
+        out += image_block(slot.rows, slot.cols, seq_len) + rest
+    return out

@@ -1,0 +1,72 @@
+"""ONNX Runtime sessions: execution-provider choice, thread and memory options, silent-fallback detection."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ModelError
+
+log = logging.getLogger("edgevlm")
+
+# Most capable first; CPU always last. Used when the caller names no providers.
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
+              "DmlExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider")
+ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+           "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider",
+           "openvino": "OpenVINOExecutionProvider"}
+
+
+def available() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def choose(providers: Sequence[str] | str | None) -> list[str]:
+    """Resolve user names ("cuda", "cpu", full EP names) or pick the automatic order from what is installed."""
+    here = available()
+    if providers is None or providers == "auto":
+        return [p for p in AUTO_ORDER if p in here] or ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    chosen = []
+    for p in providers:
+        name = ALIASES.get(p.lower(), p)
+        if name not in here:
+            raise ModelError(f"execution provider {p!r} is not available in this onnxruntime build (available: "
+                             f"{', '.join(here)}). Install onnxruntime-gpu for CUDA, or choose one of those.")
+        chosen.append(name)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def session_options(threads: int | None, memory_arena: bool) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = memory_arena
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(path: Path, providers: list[str], options: ort.SessionOptions) -> tuple[ort.InferenceSession, list[str]]:
+    """Open one part; return the session and the providers it actually runs on.
+
+    onnxruntime drops a provider it cannot initialise (missing CUDA libraries, say) and carries on with the CPU
+    without raising; we compare what was asked with what was given and warn.
+    """
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, NoSuchFile ...)
+        raise ModelError(f"onnxruntime could not load {path.name}: {str(e).splitlines()[0]}. The file may be "
+                         f"damaged or need a newer onnxruntime.") from None
+    got = sess.get_providers()
+    missing = [p for p in providers if p not in got]
+    if missing:
+        log.warning("%s: requested %s but onnxruntime runs it on %s (fell back)", path.name, ", ".join(missing),
+                    ", ".join(got))
+    return sess, got

@@ -1,0 +1,37 @@
+"""The model's tokenizer.json through the `tokenizers` library (no transformers), with streaming decode."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers.decoders import DecodeStream
+
+from .errors import ModelError
+
+
+class Tokenizer:
+    def __init__(self, path: Path):
+        try:
+            self._tok = _HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed files
+            raise ModelError(f"{path} is not a valid tokenizer.json ({e}).") from None
+
+    def encode(self, text: str) -> list[int]:
+        # The rendered template already starts with <|im_start|>; the post-processor adds nothing for SmolVLM2,
+        # exactly as the processor's tokenizer(add_special_tokens=True) call.
+        return self._tok.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """Text pieces as tokens arrive; a multi-byte character is held back until it is complete."""
+        stream = DecodeStream(skip_special_tokens=True)
+        for i in ids:
+            piece = stream.step(self._tok, i)
+            if piece:
+                yield piece

@@ -1,0 +1,1 @@
+"""SmolVLM2 -> ONNX exporter (install-time; never imported by the runtime)."""

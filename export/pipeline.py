@@ -1,0 +1,216 @@
+"""`edgevlm export`: checkpoint -> verified, quantized ONNX bundle.
+
+The bundle is written into a temporary folder beside the destination and renamed into place only when every
+step (export, quantization, verification, manifest) succeeded, so a failure never leaves a half-written bundle.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from edgevlm.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from edgevlm.errors import EdgeVLMError
+
+from . import onnx_export, quantize, verify
+from .architectures import identify
+
+ALL_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
+DEFAULT_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
+CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
+                "chat_template.jinja")
+# variant -> part -> precision of the file it uses; q4 keeps int8 token embeddings (MatMulNBits does not cover
+# Gather), "mixed" is an int8 vision encoder with a 4-bit decoder.
+RECIPES = {
+    "fp32": {"vision_encoder": "fp32", "embed_tokens": "fp32", "decoder_model_merged": "fp32"},
+    "fp16": {"vision_encoder": "fp16", "embed_tokens": "fp16", "decoder_model_merged": "fp16"},
+    "int8": {"vision_encoder": "int8", "embed_tokens": "int8", "decoder_model_merged": "int8"},
+    "q4": {"vision_encoder": "q4", "embed_tokens": "int8", "decoder_model_merged": "q4"},
+    "mixed": {"vision_encoder": "int8", "embed_tokens": "int8", "decoder_model_merged": "q4"},
+}
+SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "q4": "_q4"}
+
+
+class ExportError(EdgeVLMError):
+    exit_code = 4
+
+
+def parse_variants(spec: str | None) -> list[str]:
+    names = [v.strip() for v in (spec or ",".join(DEFAULT_VARIANTS)).split(",") if v.strip()]
+    bad = [v for v in names if v not in ALL_VARIANTS]
+    if bad:
+        raise ExportError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(ALL_VARIANTS)}.")
+    if "fp32" not in names:
+        names.insert(0, "fp32")  # the reference every other variant is verified against
+    return names
+
+
+def fetch_source(source: str, revision: str | None = None) -> Path:
+    """A local checkpoint folder, or a hub id downloaded (weights and configs) with huggingface_hub."""
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise ExportError(f"{source} is a file; pass the checkpoint folder (with config.json and weights).")
+        return path
+    parts = source.split("/")
+    if len(parts) != 2 or not all(parts) or source.startswith((".", "/", "~")):
+        raise ExportError(f"{source} does not exist; pass a local checkpoint folder or a hub id like "
+                          f"HuggingFaceTB/SmolVLM2-256M-Video-Instruct.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision,
+                                      allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as e:  # offline, unknown repo, auth ...
+        raise ExportError(f"could not download {source} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          f"download the checkpoint elsewhere and pass its folder.") from None
+
+
+def check_checkpoint(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{path} has no config.json; it is not a transformers checkpoint folder.")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{cfg_path} is not valid JSON ({e}).") from None
+    if config.get("model_type") != "smolvlm":
+        raise ExportError(f"{path} is a {config.get('model_type')!r} checkpoint, not SmolVLM (model_type "
+                          f"'smolvlm'); edgevlm exports SmolVLM2 checkpoints only.")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ExportError(f"{path} has no weights (*.safetensors).")
+    if not (path / "tokenizer.json").is_file():
+        raise ExportError(f"{path} has no tokenizer.json; the runtime needs the fast tokenizer file.")
+    return config
+
+
+def load_model(path: Path):
+    try:
+        return onnx_export.load_reference(path)
+    except Exception as e:  # safetensors / torch raise many types for damaged weights
+        raise ExportError(f"could not load the weights in {path} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else ''}); the files look corrupt or "
+                          f"incomplete. Re-download or re-save the checkpoint.") from None
+
+
+def build_parts(model, onnx_dir: Path, variants: list[str], log) -> dict[str, dict]:
+    """Export fp32 parts and the quantized files the chosen variants need; return per-file facts."""
+    facts: dict[str, dict] = {}
+    t = time.perf_counter()
+    fp32 = onnx_export.export_fp32(model, onnx_dir)
+    log(f"exported fp32 parts in {time.perf_counter() - t:.1f} s")
+    for part, path in fp32.items():
+        facts[f"{part}:fp32"] = {"path": path, "ops": quantize.op_counts(path)}
+    needed = {(part, prec) for v in variants for part, prec in RECIPES[v].items() if prec != "fp32"}
+    for part, prec in sorted(needed):
+        src, dst = fp32[part], onnx_dir / f"{part}{SUFFIX[prec]}.onnx"
+        t = time.perf_counter()
+        if prec == "fp16":
+            ops = quantize.to_fp16(src, dst)
+        elif prec == "int8":
+            ops = quantize.to_int8(src, dst, gather=part == "embed_tokens")
+        else:
+            ops = quantize.to_q4(src, dst)
+        log(f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+        facts[f"{part}:{prec}"] = {"path": dst, "ops": ops}
+    return facts
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("edgevlm", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _file_table(root: Path) -> dict[str, dict]:
+    table = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            table[p.relative_to(root).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return table
+
+
+def write_manifest(root: Path, source: str, config: dict, variants: dict[str, dict[str, str]], facts: dict,
+                   report: dict, stats: dict) -> dict:
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source, "architecture": identify(config) or "custom",
+        "model": {"image_token_id": config.get("image_token_id"), "scale_factor": config.get("scale_factor"),
+                  "vision": {k: config["vision_config"].get(k) for k in ("image_size", "patch_size", "hidden_size",
+                                                                          "num_hidden_layers")},
+                  "text": {k: config["text_config"].get(k) for k in ("hidden_size", "num_hidden_layers",
+                                                                      "num_attention_heads", "num_key_value_heads",
+                                                                      "vocab_size", "max_position_embeddings")}},
+        "variants": variants,
+        "quantization": {key: {"ops": {k: n for k, n in f["ops"].items() if k in (
+            "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "DequantizeLinear")}}
+            for key, f in facts.items()},
+        "verification": report, "export_stats": stats, "tools": _tool_versions(),
+        "files": _file_table(root),
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | None = None, force: bool = False,
+           max_new_tokens: int = 16, threads: int | None = None, revision: str | None = None,
+           log=print) -> dict:
+    """Export `source` to a bundle at `out_dir`; return the manifest. Raises ExportError with a clear message."""
+    names = parse_variants(variants if isinstance(variants, str) or variants is None else ",".join(variants))
+    out = Path(out_dir).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out} already exists and is not empty; choose another folder or pass --force.")
+    src = fetch_source(str(source), revision)
+    config = check_checkpoint(src)
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model = load_model(src)
+        facts = build_parts(model, tmp / "onnx", names, log)
+        for name in CONFIG_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        variant_files = {v: {part: f"onnx/{part}{SUFFIX[prec]}.onnx" for part, prec in RECIPES[v].items()}
+                         for v in names}
+        # Provisional manifest (no checksums yet) so the runtime can open the variants it is verifying.
+        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                 "variants": variant_files}))
+        report = {}
+        for v in names:
+            t = time.perf_counter()
+            report[v] = verify.verify_variant(model, tmp, v, max_new_tokens=max_new_tokens, threads=threads)
+            log(f"verified {v}: tokens equal={report[v]['all_tokens_equal']} max|dlogit|="
+                f"{report[v]['max_abs_logit_diff']:.2e} in {time.perf_counter() - t:.1f} s")
+        if not report["fp32"]["all_tokens_equal"]:
+            raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
+                              f"(max logit difference {report['fp32']['max_abs_logit_diff']:.3g}); the export is "
+                              "wrong, so no bundle was written. Please report this with the checkpoint's config.")
+        stats = {"seconds": round(time.perf_counter() - t0, 1),
+                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        manifest = write_manifest(tmp, str(source), config, variant_files, facts, report, stats)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return manifest
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ExportError(f"the disk under {out.parent} is full ({e.strerror}); free space or choose another "
+                              f"output folder. Nothing was written.") from None
+        raise ExportError(f"could not write the bundle ({e}); nothing was written.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""Check every exported variant against the PyTorch model: greedy tokens and teacher-forced logits.
+
+The ONNX side runs through the edgevlm runtime itself (its preprocessing, prompt and generation code), so a pass
+means the shipped runtime reproduces transformers, not only that the graphs do. Inputs given to PyTorch are the
+runtime's own input ids and pixel values; preprocessing parity with transformers' processor is tested separately.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    name: str
+    image: Image.Image | None
+    split: bool
+    question: str
+
+
+def sample_inputs(tile: int) -> list[Sample]:
+    """One image with splitting (a wide image: 4 tiles + global), one without, and text only."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:tile // 8, 0:tile // 2]
+    wide = np.stack([xx * 255 // xx.max(), yy * 255 // yy.max(), rng.integers(0, 255, xx.shape)], -1)
+    square = rng.integers(0, 255, (96, 128, 3))
+    return [
+        Sample("image_split", Image.fromarray(wide.astype(np.uint8)), True, "What is in this image?"),
+        Sample("image_no_split", Image.fromarray(square.astype(np.uint8)), False, "Describe this image."),
+        Sample("text_only", None, False, "What is the capital of France?"),
+    ]
+
+
+@dataclass
+class SampleReport:
+    sample: str
+    prompt_tokens: int
+    reference_tokens: list[int]
+    onnx_tokens: list[int]
+    tokens_equal: bool
+    greedy_agreement: float  # share of positions where the greedy tokens agree (until the first difference: 1.0)
+    max_abs_logit_diff: float  # teacher-forced over prompt + reference continuation
+    teacher_forced_top1: float  # share of positions where argmax agrees, teacher-forced
+
+
+def _torch_inputs(vlm, sample: Sample):
+    import torch
+
+    messages = vlm._user_message(sample.image, sample.question)
+    prepared = vlm._prepare(messages, split=sample.split, color="rgb")
+    ids = torch.tensor([prepared.input_ids])
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if sample.image is not None:
+        pixels = vlm.preprocess(sample.image, split=sample.split).pixel_values
+        kw["pixel_values"] = torch.from_numpy(pixels[None])
+        kw["pixel_attention_mask"] = torch.ones(1, pixels.shape[0], pixels.shape[2], pixels.shape[3],
+                                                dtype=torch.bool)
+    return prepared, kw
+
+
+def check_sample(model, vlm, sample: Sample, max_new_tokens: int) -> SampleReport:
+    import torch
+
+    prepared, kw = _torch_inputs(vlm, sample)
+    eos = vlm.spec.eos_ids
+    with torch.no_grad():
+        ref = model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos[0])
+    ref_new = ref[0, kw["input_ids"].shape[1]:].tolist()
+    ours = vlm.chat(vlm._user_message(sample.image, sample.question), max_new_tokens=max_new_tokens,
+                    split=sample.split).token_ids
+    agree = 0
+    for a, b in zip(ref_new, ours):
+        if a != b:
+            break
+        agree += 1
+    # Teacher forcing: both models see the reference sequence; compare logits position by position.
+    full = ref[0].tolist()
+    with torch.no_grad():
+        kw_full = dict(kw, input_ids=ref, attention_mask=torch.ones_like(ref))
+        ref_logits = model(**kw_full).logits[0].float().numpy()
+    embeds = vlm.decoder.merge(np.asarray(full), prepared.features, vlm.spec.image_token_id)
+    onnx_logits, _ = vlm.decoder.forward(embeds, vlm.decoder.empty_cache(), 0)
+    return SampleReport(
+        sample=sample.name, prompt_tokens=len(prepared.input_ids), reference_tokens=ref_new, onnx_tokens=ours,
+        tokens_equal=ref_new == ours, greedy_agreement=agree / max(len(ref_new), 1),
+        max_abs_logit_diff=float(np.abs(onnx_logits - ref_logits).max()),
+        teacher_forced_top1=float((onnx_logits.argmax(-1) == ref_logits.argmax(-1)).mean()))
+
+
+def verify_variant(model, bundle_dir: Path, variant: str, max_new_tokens: int = 16, threads: int | None = None) -> dict:
+    import edgevlm
+
+    vlm = edgevlm.load(bundle_dir, variant=variant, providers="cpu", threads=threads, verify=False,
+                       vision_cache_size=0)
+    reports = [check_sample(model, vlm, s, max_new_tokens) for s in sample_inputs(vlm.spec.tile)]
+    return {"variant": variant, "all_tokens_equal": all(r.tokens_equal for r in reports),
+            "max_abs_logit_diff": max(r.max_abs_logit_diff for r in reports),
+            "min_teacher_forced_top1": min(r.teacher_forced_top1 for r in reports),
+            "samples": [asdict(r) for r in reports]}
+
+
+def teacher_forced_agreement(bundle_dir: Path, variants: list[str], text: str, baseline: str = "fp32",
+                             threads: int | None = None) -> dict[str, float]:
+    """Top-1 agreement of each variant's next-token predictions with the baseline's, over `text`.
+
+    Used on a checkpoint with a trained decoder, where agreement measures what quantization costs.
+    """
+    import edgevlm
+
+    preds = {}
+    for v in [baseline, *variants]:
+        vlm = edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
+        ids = np.asarray(vlm.tokenizer.encode(text))
+        logits, _ = vlm.decoder.forward(vlm.decoder.embed_ids(ids), vlm.decoder.empty_cache(), 0)
+        preds[v] = logits.argmax(-1)
+    return {v: float((preds[v] == preds[baseline]).mean()) for v in variants}

@@ -1,0 +1,72 @@
+"""Shared fixtures: local SmolVLM2 checkpoints (no hub), their exported bundles, the transformers reference.
+
+Checkpoints and bundles are built once per test session; tiny sizes keep the whole suite within minutes on a
+2-core machine while keeping the real tile, patch, scale-factor and token-id geometry of each architecture.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _build(tmp_path_factory, arch: str, variants: str) -> tuple[Path, Path]:
+    from edgevlm_export.checkpoints import make_checkpoint
+    from edgevlm_export.pipeline import export
+
+    root = tmp_path_factory.mktemp(f"tiny_{arch.replace('.', '_')}")
+    ckpt = make_checkpoint(root / "ckpt", arch=arch, size="tiny", seed=0)
+    bundle = root / "bundle"
+    export(ckpt, bundle, variants, log=lambda m: None)
+    return ckpt, bundle
+
+
+@pytest.fixture(scope="session")
+def tiny256(tmp_path_factory):
+    """(checkpoint, bundle) for the 256M architecture at tiny size, every variant exported."""
+    return _build(tmp_path_factory, "256M", "fp32,fp16,int8,q4,mixed")
+
+
+@pytest.fixture(scope="session")
+def tiny22b(tmp_path_factory):
+    """(checkpoint, bundle) for the 2.2B architecture (patch 14, tile 384, scale 3, full MHA) at tiny size."""
+    return _build(tmp_path_factory, "2.2B", "fp32")
+
+
+@pytest.fixture(scope="session", params=["256M", "2.2B"])
+def tiny_model(request, tiny256, tiny22b):
+    return {"256M": tiny256, "2.2B": tiny22b}[request.param]
+
+
+@pytest.fixture(scope="session")
+def reference_cache():
+    """transformers models and processors, loaded once per checkpoint."""
+    return {}
+
+
+def reference(ckpt: Path, cache: dict):
+    if ckpt not in cache:
+        from transformers import SmolVLMForConditionalGeneration, SmolVLMProcessor
+
+        model = SmolVLMForConditionalGeneration.from_pretrained(str(ckpt), attn_implementation="eager").eval()
+        cache[ckpt] = (model, SmolVLMProcessor.from_pretrained(str(ckpt)))
+    return cache[ckpt]
+
+
+def random_image(h: int, w: int, seed: int = 0, channels: int = 3) -> Image.Image:
+    """A smooth gradient plus noise: exercises resampling without being pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256], -1)
+    noise = rng.integers(-40, 40, (h, w, 3))
+    rgb = np.clip(base + noise, 0, 255).astype(np.uint8)
+    if channels == 4:
+        alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
+        return Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA")
+    return Image.fromarray(rgb, "RGB")
