@@ -1,0 +1,143 @@
+"""Pixel values, tile grid and prompt equal transformers' SmolVLMImageProcessor / SmolVLMProcessor."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import random_image
+from edgevlm.bundle import read_spec
+from edgevlm.errors import InputError
+from edgevlm.preprocess import load_image, process_image
+
+SIZES = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (3, 7), (16, 16), (31, 17), (64, 64), (100, 30),
+         (30, 100), (224, 224), (256, 511), (333, 500), (383, 385), (384, 384), (480, 640), (511, 512),
+         (512, 512), (513, 512), (600, 800), (720, 1280), (768, 1024), (1000, 999), (1024, 1), (1080, 1920),
+         (1536, 1536), (2048, 2048), (2049, 1000), (3000, 4000), (5000, 700), (6000, 6000)]
+
+
+@pytest.fixture(scope="module", params=["256M", "2.2B"])
+def arch(request, tiny256, tiny22b):
+    from transformers import SmolVLMImageProcessor
+
+    ckpt = {"256M": tiny256, "2.2B": tiny22b}[request.param][0]
+    return read_spec(ckpt), SmolVLMImageProcessor.from_pretrained(str(ckpt))
+
+
+def reference(processor, image: Image.Image, split: bool):
+    # channels_last stated explicitly: transformers guesses channels-first for images 1, 3 or 4 pixels high.
+    out = processor(images=[image], do_image_splitting=split, return_tensors="np", return_row_col_info=True,
+                    input_data_format="channels_last")
+    return out["pixel_values"][0], out["rows"][0][0], out["cols"][0][0]
+
+
+@pytest.mark.parametrize("hw", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_pixels_and_grid_equal_reference(arch, hw):
+    spec, processor = arch
+    h, w = hw
+    split = (h * w) % 3 != 1 or h < 10  # mix: most sizes split, some not
+    image = random_image(h, w, seed=h * 7 + w)
+    ref_pixels, ref_rows, ref_cols = reference(processor, image, split)
+    ours = process_image(image, spec, split=split)
+    assert (ours.rows, ours.cols) == (ref_rows, ref_cols)
+    assert ours.pixel_values.shape == ref_pixels.shape
+    np.testing.assert_allclose(ours.pixel_values, ref_pixels, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_rgba_composited_like_reference(arch, split):
+    spec, processor = arch
+    image = random_image(300, 200, seed=5, channels=4)
+    ref_pixels, _, _ = reference(processor, image, split)
+    np.testing.assert_allclose(process_image(image, spec, split=split).pixel_values, ref_pixels, atol=1e-6, rtol=0)
+
+
+def _file(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "I;16", "LA", "CMYK", "1"])
+def test_files_of_other_modes_read_like_transformers_load_image(arch, tmp_path, mode):
+    """Files go through transformers.image_utils.load_image semantics (EXIF transpose, then RGB)."""
+    from transformers.image_utils import load_image as hf_load_image
+
+    spec, processor = arch
+    base = random_image(120, 90, seed=3)
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        image = Image.fromarray(arr)  # uint16 -> mode I;16
+        path = tmp_path / "img16.png"
+    else:
+        image = base.convert(mode)
+        path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    image.save(path)
+    ours = load_image(path)
+    assert ours.mode == "RGB"
+    if mode == "I;16":  # transformers' load_image turns 16-bit into clipped 8-bit; we scale the range instead
+        np.testing.assert_array_equal(np.asarray(ours)[..., 0], np.asarray(base.convert("L")))
+        return
+    ref = hf_load_image(str(path))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    ref_pixels, _, _ = reference(processor, ref, False)
+    np.testing.assert_allclose(process_image(path, spec, split=False).pixel_values, ref_pixels, atol=1e-6, rtol=0)
+
+
+def test_exif_rotation_applied(tmp_path):
+    image = random_image(40, 80, seed=9)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rot.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).size == (40, 80)
+
+
+def test_numpy_bgr_and_rgb_explicit():
+    rgb = np.asarray(random_image(50, 60, seed=4))
+    bgr = rgb[..., ::-1].copy()
+    assert np.array_equal(np.asarray(load_image(rgb, color="rgb")), rgb)
+    assert np.array_equal(np.asarray(load_image(bgr, color="bgr")), rgb)
+    gray16 = (np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20)
+    assert load_image(gray16).mode == "RGB"
+    floats = rgb.astype(np.float32) / 255.0
+    assert np.abs(np.asarray(load_image(floats)).astype(int) - rgb).max() <= 1
+    with pytest.raises(InputError, match="rgb"):
+        load_image(rgb, color="hsv")
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"not an image at all", "not an image"),
+    (b"GIF89a\x01", "not an image|corrupt|truncated"),
+])
+def test_bad_image_bytes_clear_errors(tmp_path, data, match):
+    path = tmp_path / "bad.png"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=match):
+        load_image(path)
+
+
+def test_truncated_png_and_jpeg(tmp_path):
+    image = random_image(200, 200, seed=1)
+    for fmt in ("PNG", "JPEG"):
+        data = _file(image, fmt)
+        path = tmp_path / f"trunc.{fmt.lower()}"
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(InputError, match="corrupt|truncated"):
+            load_image(path)
+
+
+def test_missing_file_and_huge_dimensions(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "nope.jpg")
+    # A tiny file that declares 30000 x 30000 pixels: refused before decoding.
+    from PIL import PngImagePlugin  # noqa: F401
+
+    big = Image.new("1", (30000, 30000))
+    path = tmp_path / "huge.png"
+    big.save(path, optimize=True)
+    with pytest.raises(InputError, match="limit|too large"):
+        load_image(path)
