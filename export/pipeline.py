@@ -28,14 +28,13 @@ DEFAULT_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
 CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
                 "chat_template.jinja")
-# variant -> part -> precision of the file it uses; q4 keeps int8 token embeddings (MatMulNBits does not cover
-# Gather), "mixed" is an int8 vision encoder with a 4-bit decoder.
+# variant -> part -> precision of the file it uses; "mixed" is an int8 vision encoder with 4-bit text parts.
 RECIPES = {
     "fp32": {"vision_encoder": "fp32", "embed_tokens": "fp32", "decoder_model_merged": "fp32"},
     "fp16": {"vision_encoder": "fp16", "embed_tokens": "fp16", "decoder_model_merged": "fp16"},
     "int8": {"vision_encoder": "int8", "embed_tokens": "int8", "decoder_model_merged": "int8"},
-    "q4": {"vision_encoder": "q4", "embed_tokens": "int8", "decoder_model_merged": "q4"},
-    "mixed": {"vision_encoder": "int8", "embed_tokens": "int8", "decoder_model_merged": "q4"},
+    "q4": {"vision_encoder": "q4", "embed_tokens": "q4", "decoder_model_merged": "q4"},
+    "mixed": {"vision_encoder": "int8", "embed_tokens": "q4", "decoder_model_merged": "q4"},
 }
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "q4": "_q4"}
 
@@ -117,9 +116,9 @@ def build_parts(model, onnx_dir: Path, variants: list[str], log) -> dict[str, di
         if prec == "fp16":
             ops = quantize.to_fp16(src, dst)
         elif prec == "int8":
-            ops = quantize.to_int8(src, dst, gather=part == "embed_tokens")
+            ops = quantize.to_int8(src, dst, part)
         else:
-            ops = quantize.to_q4(src, dst)
+            ops = quantize.to_q4(src, dst, part)
         log(f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
         facts[f"{part}:{prec}"] = {"path": dst, "ops": ops}
     return facts
@@ -157,7 +156,8 @@ def write_manifest(root: Path, source: str, config: dict, variants: dict[str, di
                                                                       "vocab_size", "max_position_embeddings")}},
         "variants": variants,
         "quantization": {key: {"ops": {k: n for k, n in f["ops"].items() if k in (
-            "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "DequantizeLinear")}}
+            "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "GatherBlockQuantized",
+            "DequantizeLinear")}}
             for key, f in facts.items()},
         "verification": report, "export_stats": stats, "tools": _tool_versions(),
         "files": _file_table(root),

@@ -6,10 +6,24 @@ matches nothing leaves a file the same size as fp32: see shared/reference/anchor
 from __future__ import annotations
 
 import tempfile
+import contextlib
+import logging
 from collections import Counter
 from pathlib import Path
 
 import onnx
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizers log INFO per node and a generic 'run pre-processing' warning on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -47,31 +61,68 @@ def to_fp16(src: Path, dst: Path) -> dict[str, int]:
     return op_counts(dst)
 
 
-def to_int8(src: Path, dst: Path, gather: bool = False) -> dict[str, int]:
-    """Dynamic int8: weights int8 per channel, activations quantized at run time (MatMulInteger / VNNI)."""
+def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list[str] | None = None,
+           gather: bool = False, algo=None) -> onnx.ModelProto:
+    """MatMulNBits (or GatherBlockQuantized with `gather`) at `bits`, block 32; HQQ when `algo` is given."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if algo is not None:
+        q = MatMulNBitsQuantizer(model, algo_config=algo, nodes_to_exclude=exclude or [])
+    else:
+        extra = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=True, accuracy_level=accuracy_level,
+                                 nodes_to_exclude=exclude or [], **extra)
+    with _quiet():
+        q.process()
+    return q.model.model
+
+
+def _lm_head(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.name]
+
+
+def to_int8(src: Path, dst: Path, part: str) -> dict[str, int]:
+    """int8 weights, chosen per part by measurement (docs/benchmarks.md):
+
+    - decoder: weight-only 8-bit blocks (MatMulNBits, fp32 activations). Dynamic int8 quantizes activations per
+      tensor, and SmolLM2's activation outliers then destroy it (0 % top-1 agreement with fp32 on real text).
+    - token embeddings: int8 rows (GatherBlockQuantized supports 4 bits only).
+    - vision encoder: dynamic int8 (MatMulInteger, VNNI), 2.3x faster per tile than fp32 here.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
         opt = basic_optimized(src, Path(tmp) / "basic.onnx")
-        ops = ["MatMul", "Gather"] if gather else ["MatMul"]
-        quantize_dynamic(str(opt), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=ops, extra_options={"MatMulConstBOnly": True})
+        if part == "decoder_model_merged":
+            _save(_nbits(onnx.load(str(opt)), 8, 0), dst)
+        else:
+            ops = ["Gather"] if part == "embed_tokens" else ["MatMul"]
+            with _quiet():
+                quantize_dynamic(str(opt), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=ops, extra_options={"MatMulConstBOnly": True})
     return op_counts(dst)
 
 
-def to_q4(src: Path, dst: Path, block_size: int = 32, accuracy_level: int = 4) -> dict[str, int]:
-    """4-bit weights, MatMulNBits (accuracy_level 4: int8 compute on the activations)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
+    """4-bit weights (block 32), per part:
+
+    - decoder: HQQ (a scale/zero search, needs torch at export time) for every MatMul but the lm_head, which
+      stays 8-bit: on the trained SmolLM2 decoder that keeps 97.5 % top-1 agreement with fp32, where plain
+      round-to-nearest 4-bit kept 60-70 % (docs/benchmarks.md).
+    - token embeddings: GatherBlockQuantized 4-bit. vision: round-to-nearest 4-bit, int8 compute.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        opt = basic_optimized(src, Path(tmp) / "basic.onnx")
-        model = onnx.load(str(opt))
-        q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
-        q.process()
-        _save(q.model.model, dst)
+        model = onnx.load(str(basic_optimized(src, Path(tmp) / "basic.onnx")))
+        if part == "decoder_model_merged":
+            head = _lm_head(model)
+            model = _nbits(model, 4, 0, exclude=head, algo=HQQWeightOnlyQuantConfig(block_size=32, bits=4))
+            model = _nbits(model, 8, 0)  # what is left: the lm_head
+        else:
+            model = _nbits(model, 4, 4, gather=part == "embed_tokens")
+        _save(model, dst)
     return op_counts(dst)
-
-
 def file_size(path: Path) -> int:
     data = path.with_name(path.name + "_data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -1,0 +1,234 @@
+"""The exporter: verification report, bundle manifest, quantized files, and clean failure on bad sources."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgevlm
+from edgevlm.bundle import MANIFEST, sha256_file
+from edgevlm.errors import ModelError
+
+
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_fp32_report_says_tokens_equal(tiny_model):
+    _, bundle = tiny_model
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    fp32 = manifest["verification"]["fp32"]
+    assert fp32["all_tokens_equal"] is True
+    assert {s["sample"] for s in fp32["samples"]} == {"image_split", "image_no_split", "text_only"}
+    assert fp32["max_abs_logit_diff"] < 1e-4
+    for s in fp32["samples"]:
+        assert s["reference_tokens"] == s["onnx_tokens"] and len(s["reference_tokens"]) > 0
+
+
+def test_manifest_lists_every_file_with_checksum(tiny256):
+    _, bundle = tiny256
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert set(manifest["files"]) == on_disk
+    for rel, entry in manifest["files"].items():
+        assert entry["size"] == (bundle / rel).stat().st_size
+        assert entry["sha256"] == sha256_file(bundle / rel)
+    assert {"tokenizer.json", "config.json", "preprocessor_config.json", "generation_config.json"} <= on_disk
+    assert not [p for p in on_disk if p.endswith((".py", ".so", ".pkl", ".bin"))], "bundles hold no code"
+    assert manifest["format"] == "edgevlm-bundle" and manifest["format_version"] == 1
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["tools"])
+
+
+def test_quantized_files_really_quantized(tiny256):
+    _, bundle = tiny256
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    q = manifest["quantization"]
+    assert q["decoder_model_merged:int8"]["ops"].get("MatMulNBits", 0) > 0
+    assert q["decoder_model_merged:q4"]["ops"].get("MatMulNBits", 0) > 0
+    assert q["decoder_model_merged:q4"]["ops"].get("MatMul", 0) < q["decoder_model_merged:fp32"]["ops"]["MatMul"]
+    assert q["vision_encoder:int8"]["ops"].get("MatMulInteger", 0) > 0
+    assert q["embed_tokens:q4"]["ops"].get("GatherBlockQuantized", 0) == 1
+    sizes = {v: sum(manifest["files"][rel]["size"] for rel in parts.values())
+             for v, parts in manifest["variants"].items()}
+    assert sizes["q4"] < sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    # fp16 stays close to fp32; every variant was verified and reported
+    assert manifest["verification"]["fp16"]["max_abs_logit_diff"] < 0.05
+    assert set(manifest["verification"]) == {"fp32", "fp16", "int8", "q4", "mixed"}
+
+
+@pytest.mark.parametrize("per_side", [27, 32])
+def test_vision_position_ids_equal_reference_bucketize(per_side):
+    """The export-safe integer formula equals the reference's float bucketize for every real-patch rectangle."""
+    from edgevlm_export.wrappers import VisionEncoder
+
+    boundaries = torch.arange(1 / per_side, 1.0, 1 / per_side)
+    enc = VisionEncoder.__new__(VisionEncoder)
+    enc.per_side = per_side
+    for rows in range(1, per_side + 1):
+        for cols in (1, 2, 5, per_side - 1, per_side):
+            mask = torch.zeros(1, per_side, per_side, dtype=torch.bool)
+            mask[0, :rows, :cols] = True
+            h = torch.arange(rows, dtype=torch.float32) / rows * (1 - 1e-6)
+            w = torch.arange(cols, dtype=torch.float32) / cols * (1 - 1e-6)
+            bh = torch.bucketize(h, boundaries, right=True)
+            bw = torch.bucketize(w, boundaries, right=True)
+            ref = torch.zeros(per_side * per_side, dtype=torch.int64)
+            ref[mask.view(-1)] = (bh[:, None] * per_side + bw).flatten()
+            assert torch.equal(enc.position_ids(mask)[0], ref), (rows, cols)
+
+
+def test_official_onnx_layout_without_manifest_loads_and_runs(tiny256, tmp_path):
+    """HF's layout (config files + onnx/<part><suffix>.onnx, no manifest) is found by suffix and runs."""
+    _, bundle = tiny256
+    plain = tmp_path / "hf_layout"
+    shutil.copytree(bundle, plain)
+    (plain / MANIFEST).unlink()
+    vlm = edgevlm.load(plain)
+    assert {"fp32", "fp16", "int8", "q4"} <= set(vlm.bundle.variants)
+    with_manifest = edgevlm.load(bundle, variant="fp32")
+    a = vlm.ask(None, "Hi", max_new_tokens=5)
+    b = with_manifest.ask(None, "Hi", max_new_tokens=5)
+    assert a.token_ids == b.token_ids
+    q4 = edgevlm.load(plain, variant="q4").ask(None, "Hi", max_new_tokens=3)
+    assert q4.new_tokens == 3
+
+
+def test_mixed_precision_per_part(tiny256):
+    _, bundle = tiny256
+    vlm = edgevlm.load(bundle, variant={"vision": "int8", "embed": "fp32", "decoder": "q4"})
+    assert vlm.files["decoder_model_merged"].name == "decoder_model_merged_q4.onnx"
+    assert vlm.files["vision_encoder"].name == "vision_encoder_int8.onnx"
+    assert vlm.ask(None, "Hi", max_new_tokens=2).new_tokens == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered", "truncated"])
+def test_damaged_bundle_refused(tiny256, tmp_path, damage):
+    _, bundle = tiny256
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    target = copy / "onnx" / "decoder_model_merged_q4.onnx"
+    if damage == "missing":
+        target.unlink()
+    elif damage == "altered":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    else:
+        target.write_bytes(target.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="missing|checksum"):
+        edgevlm.load(copy, variant="q4")
+    edgevlm.load(copy, variant="fp32")  # the other files are intact and still load
+    r = cli("caption", Path(__file__), "-m", copy, "--variant", "q4")
+    assert r.returncode == 3 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+def test_unknown_variant_and_missing_model_clear_errors(tiny256, tmp_path):
+    _, bundle = tiny256
+    with pytest.raises(ModelError, match="variant 'int3'"):
+        edgevlm.load(bundle, variant="int3")
+    r = cli("info", tmp_path / "nothing-here")
+    assert r.returncode == 3 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- bad sources
+
+def _export_cli(source, out: Path):
+    return cli("export", source, "-o", out, "--variants", "fp32")
+
+
+def _assert_clean_failure(result, out: Path, needle: str):
+    assert result.returncode == 4, result.stderr
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
+    assert leftovers == []
+
+
+def test_export_missing_folder(tmp_path):
+    out = tmp_path / "out"
+    _assert_clean_failure(_export_cli(tmp_path / "no_such_ckpt", out), out, "does not exist")
+
+
+def test_export_not_smolvlm(tmp_path):
+    src = tmp_path / "llama"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    out = tmp_path / "out"
+    _assert_clean_failure(_export_cli(src, out), out, "not SmolVLM")
+
+
+def test_export_corrupt_weights(tiny256, tmp_path):
+    ckpt, _ = tiny256
+    src = tmp_path / "corrupt"
+    shutil.copytree(ckpt, src)
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    out = tmp_path / "out"
+    _assert_clean_failure(_export_cli(src, out), out, "corrupt or incomplete")
+
+
+def test_export_disk_full(tiny256, tmp_path):
+    """A real full filesystem: a 20 MB tmpfs cannot hold the fp32 parts (about 53 MB)."""
+    ckpt, _ = tiny256
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        out = mnt / "bundle"
+        result = _export_cli(ckpt, out)
+        _assert_clean_failure(result, out, "full")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_export_refuses_non_empty_output(tiny256, tmp_path):
+    ckpt, _ = tiny256
+    out = tmp_path / "occupied"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _export_cli(ckpt, out)
+    assert result.returncode == 4 and "--force" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_checkpoint_tool_real_token_ids(tiny256):
+    from tokenizers import Tokenizer
+
+    ckpt, _ = tiny256
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    assert tok.token_to_id("<global-img>") == 49152
+    assert tok.token_to_id("<row_1_col_1>") == 49153 and tok.token_to_id("<row_6_col_6>") == 49188
+    assert tok.token_to_id("<fake_token_around_image>") == 49189
+    assert tok.token_to_id("<image>") == 49190
+    assert tok.token_to_id("<end_of_utterance>") == 49279
+    assert tok.token_to_id("<|im_start|>") == 1 and tok.token_to_id("<|im_end|>") == 2
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["text_config"]["vocab_size"] == 49280 and cfg["image_token_id"] == 49190
+
+
+def test_external_data_for_large_parts(tmp_path):
+    """Parts over the threshold keep weights in <name>.onnx_data (protobuf caps a file at 2 GB)."""
+    from edgevlm_export.onnx_export import _externalize_if_large
+
+    lin = torch.nn.Linear(256, 256)
+    path = tmp_path / "lin.onnx"
+    torch.onnx.export(lin, (torch.randn(1, 256),), str(path), dynamo=False, input_names=["x"])
+    _externalize_if_large(path, limit=1000)
+    assert (tmp_path / "lin.onnx_data").stat().st_size >= 256 * 256 * 4
+    import onnxruntime as ort
+
+    x = np.ones((1, 256), np.float32)
+    out = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(out, lin(torch.from_numpy(x)).detach().numpy(), atol=1e-5)

@@ -1,0 +1,114 @@
+"""Generation options behave like transformers' logits processors; streaming keeps UTF-8 whole."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import edgevlm
+from edgevlm.errors import ContextLengthError, InputError
+from edgevlm.generate import SamplingOptions, process_logits
+
+
+def test_repetition_penalty_matches_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=500).astype(np.float32)
+    history = [3, 17, 17, 200, 499]
+    opts = SamplingOptions(repetition_penalty=1.3)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([history]), torch.tensor(logits[None]))[0].numpy()
+    assert process_logits(logits, history, opts, rng) == int(ref.argmax())
+    # the penalised scores themselves
+    scores = logits.copy()
+    idx = np.unique(history)
+    scores[idx] = np.where(scores[idx] < 0, scores[idx] * 1.3, scores[idx] / 1.3)
+    np.testing.assert_allclose(scores, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (5, 1.0), (20, 0.5)])
+def test_sampling_support_matches_transformers_warpers(top_k, top_p):
+    """Every sampled token lies in the set transformers' TopK/TopP warpers keep, and that set gets sampled."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=200).astype(np.float32)
+    t = torch.tensor(logits[None]) / 0.7
+    if top_k:
+        t = TopKLogitsWarper(top_k)(None, t)
+    if top_p < 1:
+        t = TopPLogitsWarper(top_p)(None, t)
+    allowed = set(np.nonzero(np.isfinite(t[0].numpy()))[0].tolist())
+    opts = SamplingOptions(do_sample=True, temperature=0.7, top_k=top_k, top_p=top_p)
+    seen = {process_logits(logits, [], opts, rng) for _ in range(400)}
+    assert seen <= allowed
+    assert len(seen) > 1 or len(allowed) == 1
+
+
+def test_top_k_1_is_greedy_and_seed_reproducible():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=100).astype(np.float32)
+    opts = SamplingOptions(do_sample=True, top_k=1)
+    assert process_logits(logits, [], opts, rng) == int(np.argmax(logits))
+    opts = SamplingOptions(do_sample=True, temperature=1.5)
+    a = [process_logits(logits, [], opts, np.random.default_rng(7)) for _ in range(5)]
+    b = [process_logits(logits, [], opts, np.random.default_rng(7)) for _ in range(5)]
+    assert a == b
+
+
+def test_bad_options_rejected():
+    for bad in (dict(max_new_tokens=0), dict(do_sample=True, temperature=0.0), dict(top_p=0.0), dict(top_k=-1)):
+        with pytest.raises(InputError):
+            SamplingOptions(**bad).check()
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny256):
+    return edgevlm.load(tiny256[1], variant="fp32", providers="cpu")
+
+
+def test_sampling_end_to_end_seeded(vlm):
+    a = vlm.ask(None, "Hello", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3)
+    b = vlm.ask(None, "Hello", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3)
+    greedy = vlm.ask(None, "Hello", max_new_tokens=8)
+    assert a.token_ids == b.token_ids
+    assert a.new_tokens == 8 and greedy.new_tokens == 8
+
+
+def test_stream_joins_to_result_text_and_utf8_whole(vlm):
+    pieces = list(vlm.stream(None, "Hello", max_new_tokens=10))
+    r = vlm.ask(None, "Hello", max_new_tokens=10)
+    assert "".join(pieces).strip() == r.text
+    # Streaming decode of a multi-byte character split over several byte tokens yields it whole, once.
+    text = "naïve café 🙂 日本語"
+    ids = vlm.tokenizer.encode(text)
+    streamed = list(vlm.tokenizer.stream(ids))
+    assert "".join(streamed) == vlm.tokenizer.decode(ids)
+    assert all("\ufffd" not in p for p in streamed)
+
+
+def test_stop_token_ends_generation(vlm):
+    r = vlm.ask(None, "Hello", max_new_tokens=6)
+    first = r.token_ids[0]
+    stopped = vlm.ask(None, "Hello", max_new_tokens=6, stop_ids=[first])
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+
+
+def test_prompt_longer_than_context_is_a_clear_error(vlm):
+    with pytest.raises(ContextLengthError, match="context"):
+        vlm.ask(None, "word " * 9000, max_new_tokens=4)
+
+
+def test_vision_cache_reuses_encoding(vlm):
+    from conftest import random_image
+
+    vlm.vision_cache.clear()
+    image = random_image(64, 64, seed=11)
+    first = vlm.ask(image, "What is it?", max_new_tokens=2, split=False)
+    second = vlm.ask(image, "And the colour?", max_new_tokens=2, split=False)
+    assert first.cached_images == 0 and second.cached_images == 1
+    assert len(vlm.vision_cache) == 1
+    vlm.vision_cache.max_entries = 2
+    for seed in range(3):
+        vlm.ask(random_image(32, 32, seed=100 + seed), "x", max_new_tokens=1, split=False)
+    assert len(vlm.vision_cache) == 2
