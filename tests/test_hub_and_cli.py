@@ -1,0 +1,112 @@
+"""Hub ids through huggingface_hub against a local stand-in server; the CLI as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import random_image
+from hub_server import HubStandIn
+
+REPO = "edgevlm-test/SmolVLM2-tiny"
+
+
+def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def hub_env(server: HubStandIn, home: Path) -> dict:
+    return {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+
+
+def test_hub_id_downloads_only_the_chosen_variant_then_runs(tiny256, tmp_path):
+    _, bundle = tiny256
+    random_image(80, 120).save(tmp_path / "img.png")
+    with HubStandIn(bundle, REPO) as hub:
+        r = run_cli("caption", tmp_path / "img.png", "-m", REPO, "--variant", "q4", "--max-new-tokens", "3",
+                    "--no-split", env=hub_env(hub, tmp_path / "hf"))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()
+        onnx = sorted(f for f in hub.downloaded if f.startswith("onnx/"))
+        assert onnx == ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx",
+                        "onnx/vision_encoder_q4.onnx"]
+        # The snapshot lands in the Hugging Face cache layout; a second run downloads nothing new.
+        assert list((tmp_path / "hf").rglob("models--edgevlm-test--SmolVLM2-tiny"))
+        count = len(hub.downloaded)
+        r = run_cli("caption", tmp_path / "img.png", "-m", REPO, "--variant", "q4", "--max-new-tokens", "3",
+                    "--no-split", env=hub_env(hub, tmp_path / "hf"))
+        assert r.returncode == 0 and len(hub.downloaded) == count
+
+
+def test_unreachable_hub_is_a_clear_error(tmp_path):
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    r = run_cli("info", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env=env)
+    assert r.returncode == 3
+    assert "could not download" in r.stderr and "pass its path" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_repo_on_hub_is_a_clear_error(tiny256, tmp_path):
+    with HubStandIn(tiny256[1], REPO) as hub:
+        r = run_cli("info", "someone/does-not-exist", env=hub_env(hub, tmp_path / "hf"))
+    assert r.returncode == 3 and "could not download" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_caption_ask_info(tiny256, tmp_path):
+    _, bundle = tiny256
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    random_image(100, 140, seed=1).save(a)
+    random_image(90, 60, seed=2).save(b)
+    r = run_cli("caption", a, "-m", bundle, "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["new_tokens"] == 4 and record["tiles"] > 1 and record["prompt_tokens"] > 64
+    r = run_cli("ask", a, b, "What changed?", "-m", bundle, "--max-new-tokens", "3", "--no-split", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 2 and json.loads(r.stdout)["tiles"] == 2
+    r = run_cli("ask", "What is the capital of France?", "-m", bundle, "--max-new-tokens", "3", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 0
+    r = run_cli("info", bundle)
+    assert r.returncode == 0 and "variant q4" in r.stdout and "tokens equal=True" in r.stdout
+    info = json.loads(run_cli("info", bundle, "--json").stdout)
+    assert info["verification"]["fp32"]["tokens_equal"] is True and "CPUExecutionProvider" in info["providers_auto"]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "does not exist"), (b"", "empty"), (b"\x89PNG\r\n\x1a\n garbage", "corrupt|truncated|not an image"),
+    (b"hello world", "not an image"),
+])
+def test_cli_bad_images_exit_2_without_traceback(tiny256, tmp_path, content, needle):
+    import re
+
+    path = tmp_path / "input.png"
+    if content is not None:
+        path.write_bytes(content)
+    r = run_cli("caption", path, "-m", tiny256[1], "--max-new-tokens", "2")
+    assert r.returncode == 2
+    assert re.search(needle, r.stderr) and "Traceback" not in r.stderr
+
+
+def test_cli_unknown_variant_and_provider(tiny256, tmp_path):
+    random_image(50, 50).save(tmp_path / "a.png")
+    r = run_cli("caption", tmp_path / "a.png", "-m", tiny256[1], "--variant", "int2")
+    assert r.returncode == 3 and "int2" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("caption", tmp_path / "a.png", "-m", tiny256[1], "--providers", "cuda")
+    assert r.returncode == 3 and "not available" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_providers_choice_and_fallback_flag(tiny256):
+    import edgevlm
+    from edgevlm import providers
+
+    assert providers.choose(None)[-1] == "CPUExecutionProvider"
+    assert providers.choose("cpu") == ["CPUExecutionProvider"]
+    vlm = edgevlm.load(tiny256[1], providers="cpu", threads=1, memory_arena=False)
+    assert vlm.providers["decoder_model_merged"] == ["CPUExecutionProvider"]
+    assert vlm.fell_back_to_cpu is False
