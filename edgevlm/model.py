@@ -6,17 +6,17 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
-from .errors import InputError, ModelError
+from .errors import InputError
 from .generate import Decoder, SamplingOptions, Timings
-from .preprocess import ImageLike, ProcessedImage, process_image
+from .preprocess import ImageLike, ProcessedImage, load_image, process_image
 from .providers import choose, create_session, session_options
 from .tokenizer import Tokenizer
 
@@ -55,24 +55,33 @@ class _Prepared:
     cached: int
 
 
+@dataclass
+class EncodedImage:
+    features: np.ndarray  # (tiles, image_seq_len, hidden)
+    rows: int
+    cols: int
+
+
 class VisionCache:
-    """Encoded image features keyed by a hash of the pixel values; least recently used entries go first."""
+    """Encoded images keyed by a hash of the decoded source pixels (and the split choice), so a repeated image
+    skips resizing as well as the encoder; least recently used entries go first."""
 
     def __init__(self, max_entries: int = 16):
         self.max_entries = max_entries
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[str, EncodedImage] = OrderedDict()
 
     @staticmethod
-    def key(pixels: np.ndarray) -> str:
-        return hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest() + str(pixels.shape)
+    def key(image: Image.Image, split: bool) -> str:
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+        return f"{digest}:{image.mode}:{image.size}:{split}"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> EncodedImage | None:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: EncodedImage) -> None:
         if self.max_entries <= 0:
             return
         self._items[key] = value
@@ -127,18 +136,25 @@ class VLM:
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
         return process_image(image, self.spec, split=split, color=color)
 
-    def encode_image(self, processed: ProcessedImage) -> tuple[np.ndarray, bool]:
-        """Image features for one processed image, from the cache when the same pixels were seen before."""
-        key = self.vision_cache.key(processed.pixel_values)
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
+        pixels = pixel_values[None].astype(self._pixel_dtype, copy=False)
+        mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
+        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
+        return feats.astype(np.float32, copy=False)
+
+    def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> tuple[EncodedImage, bool]:
+        """Features for one image, from the cache when the same pixels were seen with the same split choice."""
+        im = load_image(image, color)
+        do_split = self.spec.do_image_splitting if split is None else split
+        key = self.vision_cache.key(im, do_split)
         hit = self.vision_cache.get(key)
         if hit is not None:
             return hit, True
-        pixels = processed.pixel_values[None].astype(self._pixel_dtype, copy=False)
-        mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
-        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
-        feats = feats.astype(np.float32, copy=False)
-        self.vision_cache.put(key, feats)
-        return feats, False
+        processed = process_image(im, self.spec, split=do_split)
+        encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+        self.vision_cache.put(key, encoded)
+        return encoded, False
 
     # ------------------------------------------------------------------------------------------- prompt
     def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str) -> _Prepared:
@@ -154,11 +170,10 @@ class VLM:
                 src = item.get("image", item.get("path", item.get("url")))
                 if src is None:
                     raise InputError("an image item needs an 'image' (path, array or PIL image).")
-                processed = self.preprocess(src, split=item.get("split", split), color=item.get("color", color))
-                f, hit = self.encode_image(processed)
-                feats.append(f)
-                slots.append(prompt_mod.ImageSlot(processed.rows, processed.cols))
-                tiles += processed.pixel_values.shape[0]
+                encoded, hit = self.encode_image(src, split=item.get("split", split), color=item.get("color", color))
+                feats.append(encoded.features)
+                slots.append(prompt_mod.ImageSlot(encoded.rows, encoded.cols))
+                tiles += encoded.features.shape[0]
                 cached += hit
         vision_s = time.perf_counter() - t0
         text = prompt_mod.render(messages, self.bundle.chat_template)

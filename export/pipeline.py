@@ -190,12 +190,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         # Provisional manifest (no checksums yet) so the runtime can open the variants it is verifying.
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                                                  "variants": variant_files}))
-        report = {}
-        for v in names:
-            t = time.perf_counter()
-            report[v] = verify.verify_variant(model, tmp, v, max_new_tokens=max_new_tokens, threads=threads)
-            log(f"verified {v}: tokens equal={report[v]['all_tokens_equal']} max|dlogit|="
-                f"{report[v]['max_abs_logit_diff']:.2e} in {time.perf_counter() - t:.1f} s")
+        report = verify.verify_variants(model, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
             raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
                               f"(max logit difference {report['fp32']['max_abs_logit_diff']:.3g}); the export is "

@@ -17,11 +17,15 @@ import onnx
 @contextlib.contextmanager
 def _quiet():
     """onnxruntime's quantizers log INFO per node and a generic 'run pre-processing' warning on the root logger."""
+    import warnings
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # HQQ's torch.from_numpy on a read-only array
+            yield
     finally:
         root.setLevel(level)
 

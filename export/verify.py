@@ -46,61 +46,88 @@ class SampleReport:
     teacher_forced_top1: float  # share of positions where argmax agrees, teacher-forced
 
 
-def _torch_inputs(vlm, sample: Sample):
+@dataclass
+class Reference:
+    """What PyTorch says for one sample; computed once and shared by every variant's check."""
+
+    sample: Sample
+    prompt_ids: list[int]
+    new_tokens: list[int]
+    full_ids: list[int]
+    logits: np.ndarray  # teacher-forced over full_ids
+
+
+def reference_outputs(model, vlm, samples: list[Sample], max_new_tokens: int) -> list[Reference]:
+    """Greedy continuation and teacher-forced logits from PyTorch, fed the runtime's own ids and pixels."""
     import torch
 
+    refs = []
+    eos = vlm.spec.eos_ids
+    for sample in samples:
+        prepared = vlm._prepare(vlm._user_message(sample.image, sample.question), split=sample.split, color="rgb")
+        ids = torch.tensor([prepared.input_ids])
+        kw = {}
+        if sample.image is not None:
+            pixels = vlm.preprocess(sample.image, split=sample.split).pixel_values
+            kw["pixel_values"] = torch.from_numpy(pixels[None])
+            kw["pixel_attention_mask"] = torch.ones(1, pixels.shape[0], pixels.shape[2], pixels.shape[3],
+                                                    dtype=torch.bool)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw,
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos[0])
+            logits = model(input_ids=out, attention_mask=torch.ones_like(out), **kw).logits[0].float().numpy()
+        refs.append(Reference(sample, prepared.input_ids, out[0, ids.shape[1]:].tolist(), out[0].tolist(), logits))
+    return refs
+
+
+def check_sample(vlm, ref: Reference, max_new_tokens: int) -> SampleReport:
+    sample = ref.sample
     messages = vlm._user_message(sample.image, sample.question)
     prepared = vlm._prepare(messages, split=sample.split, color="rgb")
-    ids = torch.tensor([prepared.input_ids])
-    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if sample.image is not None:
-        pixels = vlm.preprocess(sample.image, split=sample.split).pixel_values
-        kw["pixel_values"] = torch.from_numpy(pixels[None])
-        kw["pixel_attention_mask"] = torch.ones(1, pixels.shape[0], pixels.shape[2], pixels.shape[3],
-                                                dtype=torch.bool)
-    return prepared, kw
-
-
-def check_sample(model, vlm, sample: Sample, max_new_tokens: int) -> SampleReport:
-    import torch
-
-    prepared, kw = _torch_inputs(vlm, sample)
-    eos = vlm.spec.eos_ids
-    with torch.no_grad():
-        ref = model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos[0])
-    ref_new = ref[0, kw["input_ids"].shape[1]:].tolist()
-    ours = vlm.chat(vlm._user_message(sample.image, sample.question), max_new_tokens=max_new_tokens,
-                    split=sample.split).token_ids
+    ours = vlm.chat(messages, max_new_tokens=max_new_tokens, split=sample.split).token_ids
     agree = 0
-    for a, b in zip(ref_new, ours):
+    for a, b in zip(ref.new_tokens, ours):
         if a != b:
             break
         agree += 1
-    # Teacher forcing: both models see the reference sequence; compare logits position by position.
-    full = ref[0].tolist()
-    with torch.no_grad():
-        kw_full = dict(kw, input_ids=ref, attention_mask=torch.ones_like(ref))
-        ref_logits = model(**kw_full).logits[0].float().numpy()
-    embeds = vlm.decoder.merge(np.asarray(full), prepared.features, vlm.spec.image_token_id)
+    embeds = vlm.decoder.merge(np.asarray(ref.full_ids), prepared.features, vlm.spec.image_token_id)
     onnx_logits, _ = vlm.decoder.forward(embeds, vlm.decoder.empty_cache(), 0)
     return SampleReport(
-        sample=sample.name, prompt_tokens=len(prepared.input_ids), reference_tokens=ref_new, onnx_tokens=ours,
-        tokens_equal=ref_new == ours, greedy_agreement=agree / max(len(ref_new), 1),
-        max_abs_logit_diff=float(np.abs(onnx_logits - ref_logits).max()),
-        teacher_forced_top1=float((onnx_logits.argmax(-1) == ref_logits.argmax(-1)).mean()))
+        sample=sample.name, prompt_tokens=len(prepared.input_ids), reference_tokens=ref.new_tokens,
+        onnx_tokens=ours, tokens_equal=ref.new_tokens == ours and prepared.input_ids == ref.prompt_ids,
+        greedy_agreement=agree / max(len(ref.new_tokens), 1),
+        max_abs_logit_diff=float(np.abs(onnx_logits - ref.logits).max()),
+        teacher_forced_top1=float((onnx_logits.argmax(-1) == ref.logits.argmax(-1)).mean()))
 
 
-def verify_variant(model, bundle_dir: Path, variant: str, max_new_tokens: int = 16, threads: int | None = None) -> dict:
+def verify_variants(model, bundle_dir: Path, variants: list[str], max_new_tokens: int = 16,
+                    threads: int | None = None, log=print) -> dict[str, dict]:
+    """Report per variant; PyTorch runs once (on the fp32 variant's inputs), each variant runs in ORT."""
+    import time
+
     import edgevlm
 
-    vlm = edgevlm.load(bundle_dir, variant=variant, providers="cpu", threads=threads, verify=False,
-                       vision_cache_size=0)
-    reports = [check_sample(model, vlm, s, max_new_tokens) for s in sample_inputs(vlm.spec.tile)]
-    return {"variant": variant, "all_tokens_equal": all(r.tokens_equal for r in reports),
-            "max_abs_logit_diff": max(r.max_abs_logit_diff for r in reports),
-            "min_teacher_forced_top1": min(r.teacher_forced_top1 for r in reports),
-            "samples": [asdict(r) for r in reports]}
+    def open_variant(v):
+        return edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False,
+                            vision_cache_size=0)
+
+    t = time.perf_counter()
+    base = open_variant(variants[0])
+    refs = reference_outputs(model, base, sample_inputs(base.spec.tile), max_new_tokens)
+    log(f"PyTorch reference outputs in {time.perf_counter() - t:.1f} s")
+    report = {}
+    for v in variants:
+        t = time.perf_counter()
+        vlm = base if v == variants[0] else open_variant(v)
+        samples = [check_sample(vlm, r, max_new_tokens) for r in refs]
+        report[v] = {"variant": v, "all_tokens_equal": all(r.tokens_equal for r in samples),
+                     "max_abs_logit_diff": max(r.max_abs_logit_diff for r in samples),
+                     "min_teacher_forced_top1": min(r.teacher_forced_top1 for r in samples),
+                     "samples": [asdict(r) for r in samples]}
+        log(f"verified {v}: tokens equal={report[v]['all_tokens_equal']} max|dlogit|="
+            f"{report[v]['max_abs_logit_diff']:.2e} in {time.perf_counter() - t:.1f} s")
+    return report
 
 
 def teacher_forced_agreement(bundle_dir: Path, variants: list[str], text: str, baseline: str = "fp32",

@@ -65,3 +65,16 @@ def test_runtime_source_never_imports_export_or_torch():
                 assert "torch" not in stripped and "transformers" not in stripped, (path, line)
                 if path.name != "cli.py":  # the CLI's `export` command imports the exporter lazily
                     assert "edgevlm_export" not in stripped, (path, line)
+
+
+def test_pip_resolves_no_torch_or_transformers_without_extras(tmp_path):
+    """What `pip install edgevlm` would install, resolved for real by pip (dry run, from the package registry)."""
+    report = tmp_path / "report.json"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                          "--report", str(report), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"edgevlm", "onnxruntime", "numpy", "tokenizers"} <= names
+    assert not names & {"torch", "transformers", "optimum", "onnxscript", "accelerate"}, names
