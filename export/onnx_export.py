@@ -95,6 +95,14 @@ def load_reference(source: str | os.PathLike):
     return model.eval()
 
 
-def export_fp32(model, out: Path) -> dict[str, Path]:
+def export_fp32(model, out: Path, fused: bool = True) -> dict[str, Path]:
+    """The three parts in fp32. `fused`: the decoder as a hand-built graph with GroupQueryAttention (faster,
+    see decoder_graph.py); otherwise the traced, unfused decoder (with a position_ids input)."""
     out.mkdir(parents=True, exist_ok=True)
-    return {VISION: export_vision(model, out), EMBED: export_embed(model, out), DECODER: export_decoder(model, out)}
+    if fused:
+        from .decoder_graph import build_decoder
+
+        decoder = build_decoder(model, out / f"{DECODER}.onnx")
+    else:
+        decoder = export_decoder(model, out)
+    return {VISION: export_vision(model, out), EMBED: export_embed(model, out), DECODER: decoder}

@@ -232,3 +232,21 @@ def test_external_data_for_large_parts(tmp_path):
     x = np.ones((1, 256), np.float32)
     out = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     np.testing.assert_allclose(out, lin(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_traced_unfused_decoder_still_matches(tiny256, tmp_path):
+    """The fallback exporter (traced, unfused, with position_ids) stays correct."""
+    from edgevlm_export.onnx_export import export_decoder, load_reference
+
+    ckpt, bundle = tiny256
+    shutil.copytree(bundle, tmp_path / "b")
+    model = load_reference(ckpt)
+    export_decoder(model, tmp_path / "b" / "onnx")
+    (tmp_path / "b" / MANIFEST).unlink()  # files changed: load by the official layout's suffixes
+    traced = edgevlm.load(tmp_path / "b", variant="fp32")
+    fused = edgevlm.load(bundle, variant="fp32")
+    assert traced.decoder.uses_position_ids and not fused.decoder.uses_position_ids
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    a = traced.ask(image, "What is it?", max_new_tokens=8, split=False)
+    b = fused.ask(image, "What is it?", max_new_tokens=8, split=False)
+    assert a.token_ids == b.token_ids

@@ -1,0 +1,137 @@
+"""The text decoder written directly as an ONNX graph with ONNX Runtime's fused operators.
+
+Why: measured on this machine (docs/benchmarks.md), GroupQueryAttention (rotary inside, packed QKV) with
+SkipSimplifiedLayerNormalization decodes 27 % faster and prefills 15 % faster than the traced, unfused graph. The
+structure follows onnxruntime-genai's model builder for Llama; weights come straight from the PyTorch module, and
+`verify` checks the result against PyTorch like any other export.
+
+Inputs / outputs keep the official layout's names: inputs_embeds, attention_mask, past_key_values.{i}.key/.value
+-> logits, present.{i}.key/.value. There is no position_ids input: GQA derives positions from the attention mask
+(0-based and contiguous, as transformers for an unpadded sequence), and the runtime omits position_ids for a
+decoder that does not declare it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS = "com.microsoft"
+
+
+def _t(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> list[str]:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+        return outputs
+
+
+def rotary_caches(text_model, max_positions: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (max_positions, head_dim/2) from the model's own inv_freq and attention scaling."""
+    import torch
+
+    rot = text_model.rotary_emb
+    inv_freq = rot.inv_freq.float()
+    pos = torch.arange(max_positions, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq)
+    scale = float(getattr(rot, "attention_scaling", 1.0))
+    assert freqs.shape[1] == head_dim // 2
+    return (freqs.cos() * scale).numpy(), (freqs.sin() * scale).numpy()
+
+
+def build_decoder(model, path: Path) -> Path:
+    tc = model.config.text_config
+    text = model.model.text_model
+    layers, nh, kv = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads
+    hidden = tc.hidden_size
+    hd = getattr(tc, "head_dim", None) or hidden // nh
+    eps = float(tc.rms_norm_eps)
+    g = _Graph()
+
+    cos, sin = rotary_caches(text, tc.max_position_embeddings, hd)
+    g.init("cos_cache", cos)
+    g.init("sin_cache", sin)
+    one = g.init("const_one_i64", np.array([1], dtype=np.int64))
+    g.init("const_index_1", np.array(1, dtype=np.int64))
+    # seqlens_k = sum(mask) - 1 (int32, per batch row); total_sequence_length = mask.shape[1] (int32 scalar)
+    g.node("ReduceSum", ["attention_mask", one], ["mask_sum"], "/mask/ReduceSum", keepdims=0)
+    g.node("Sub", ["mask_sum", one], ["mask_sum_m1"], "/mask/Sub")
+    g.node("Cast", ["mask_sum_m1"], ["seqlens_k"], "/mask/Cast", to=TensorProto.INT32)
+    g.node("Shape", ["attention_mask"], ["mask_shape"], "/mask/Shape")
+    g.node("Gather", ["mask_shape", "const_index_1"], ["total_len_i64"], "/mask/Gather", axis=0)
+    g.node("Cast", ["total_len_i64"], ["total_seq_len"], "/mask/Cast_total", to=TensorProto.INT32)
+
+    residual = "inputs_embeds"
+    first = text.layers[0]
+    normed = g.node("SimplifiedLayerNormalization", [residual, g.init("layers.0.input_ln", _t(first.input_layernorm.weight))],
+                    ["/layers.0/input_ln/out"], "/layers.0/input_ln", axis=-1, epsilon=eps, stash_type=1)[0]
+    for i, layer in enumerate(text.layers):
+        p = f"/layers.{i}"
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv_w = np.concatenate([_t(attn.q_proj.weight), _t(attn.k_proj.weight), _t(attn.v_proj.weight)], 0).T
+        qkv = g.node("MatMul", [normed, g.init(f"layers.{i}.qkv.weight", qkv_w)], [f"{p}/qkv/out"], f"{p}/attn/qkv_proj/MatMul")[0]
+        if attn.q_proj.bias is not None:
+            bias = np.concatenate([_t(attn.q_proj.bias), _t(attn.k_proj.bias), _t(attn.v_proj.bias)])
+            qkv = g.node("Add", [qkv, g.init(f"layers.{i}.qkv.bias", bias)], [f"{p}/qkv/biased"], f"{p}/attn/qkv_bias")[0]
+        att = g.node("GroupQueryAttention",
+                     [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                      "total_seq_len", "cos_cache", "sin_cache"],
+                     [f"{p}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{p}/attn/GroupQueryAttention",
+                     domain=MS, num_heads=nh, kv_num_heads=kv, scale=float(attn.scaling), do_rotary=1,
+                     rotary_interleaved=0, local_window_size=-1)[0]
+        o = g.node("MatMul", [att, g.init(f"layers.{i}.o.weight", _t(attn.o_proj.weight).T)], [f"{p}/o/out"],
+                   f"{p}/attn/o_proj/MatMul")[0]
+        normed, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization", [residual, o, g.init(f"layers.{i}.post_ln", _t(layer.post_attention_layernorm.weight))],
+            [f"{p}/post_ln/out", "", "", f"{p}/post_ln/residual"], f"{p}/post_attention_ln", domain=MS, epsilon=eps)
+        gate = g.node("MatMul", [normed, g.init(f"layers.{i}.gate.weight", _t(mlp.gate_proj.weight).T)], [f"{p}/gate/out"],
+                      f"{p}/mlp/gate_proj/MatMul")[0]
+        up = g.node("MatMul", [normed, g.init(f"layers.{i}.up.weight", _t(mlp.up_proj.weight).T)], [f"{p}/up/out"],
+                    f"{p}/mlp/up_proj/MatMul")[0]
+        sig = g.node("Sigmoid", [gate], [f"{p}/act/sigmoid"], f"{p}/mlp/act/Sigmoid")[0]
+        silu = g.node("Mul", [gate, sig], [f"{p}/act/silu"], f"{p}/mlp/act/Mul")[0]
+        prod = g.node("Mul", [silu, up], [f"{p}/act/prod"], f"{p}/mlp/Mul")[0]
+        down = g.node("MatMul", [prod, g.init(f"layers.{i}.down.weight", _t(mlp.down_proj.weight).T)], [f"{p}/down/out"],
+                      f"{p}/mlp/down_proj/MatMul")[0]
+        if i + 1 < layers:
+            gamma, name = _t(text.layers[i + 1].input_layernorm.weight), f"layers.{i + 1}.input_ln"
+        else:
+            gamma, name = _t(text.norm.weight), "final_norm"
+        normed, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization", [residual, down, g.init(name, gamma)],
+            [f"{p}/next_ln/out", "", "", f"{p}/next_ln/residual"], f"{p}/next_ln", domain=MS, epsilon=eps)
+    g.node("MatMul", [normed, g.init("lm_head.weight", _t(model.lm_head.weight).T)], ["logits"], "/lm_head/MatMul")
+
+    past_shape = ["batch_size", kv, "past_sequence_length", hd]
+    present_shape = ["batch_size", kv, "total_sequence_length", hd]
+    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch_size", "sequence_length", tc.vocab_size])]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, past_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape))
+    graph = helper.make_graph(g.nodes, "smolvlm2_decoder", inputs, outputs, g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+                              producer_name="edgevlm")
+    proto.ir_version = 8
+    size = sum(t.ByteSize() for t in g.inits)
+    if size > (1 << 30):
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + "_data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    return path
