@@ -3,9 +3,19 @@
     import edgevlm
     vlm = edgevlm.load("path/to/bundle", variant="q4")
     print(vlm.caption("photo.jpg").text)
+
+`load`, `VLM` and `Result` are imported on first use (PEP 562): numpy and onnxruntime take ~0.3 s to import,
+which a program that only checks the version or the errors should not pay.
 """
 from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
-from .model import VLM, Result, load
 
 __version__ = "0.1.0"
 __all__ = ["load", "VLM", "Result", "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("load", "VLM", "Result"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'edgevlm' has no attribute {name!r}")

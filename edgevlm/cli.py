@@ -143,6 +143,38 @@ def info(model, as_json):
 
 
 @main.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--variants", default=None, help="Comma list (default: every variant in the model).")
+@click.option("--providers", default=None, help="Execution providers (default: auto).")
+@click.option("--threads", type=int, default=None)
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per variant (median reported).")
+@click.option("--new-tokens", type=int, default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def bench(model, variants, providers, threads, runs, new_tokens, as_json):
+    """Speed and memory per variant on workload W1 (one 512x512 tile, ~80 prompt tokens, 32 new tokens)."""
+    from . import bench as bench_mod
+    from . import bundle
+
+    root = bundle.resolve(model)
+    names = variants.split(",") if variants else bundle.open_bundle(root).variants
+    results = []
+    for v in names:
+        r = bench_mod.measure(str(root), v, providers, threads, runs, new_tokens)
+        results.append(r)
+        if not as_json:
+            click.echo(f"{v}: end-to-end {r.end_to_end_s:.3f} s, vision {r.vision_ms_per_tile:.0f} ms/tile, "
+                       f"prefill {r.prefill_ms:.0f} ms, decode {r.decode_tokens_per_s:.1f} tok/s, "
+                       f"peak RSS {r.peak_rss_mb:.0f} MB", err=True)
+    imp = bench_mod.import_time()
+    if as_json:
+        click.echo(json.dumps({"import_s": imp, "results": [r.__dict__ for r in results]}, indent=1))
+    else:
+        click.echo(bench_mod.table(results))
+        click.echo(f"\nimport edgevlm: {imp * 1000:.0f} ms")
+
+
+@main.command()
 @click.argument("source")
 @click.option("--output", "-o", "out_dir", required=True, help="Bundle folder to write.")
 @click.option("--variants", default=None, help="Comma list from fp32,fp16,int8,q4,mixed (default: all).")

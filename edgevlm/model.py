@@ -193,7 +193,8 @@ class VLM:
         return [{"role": "user", "content": content}]
 
     def _options(self, max_new_tokens: int, kw: dict[str, Any]) -> SamplingOptions:
-        stop = tuple(kw.pop("stop_ids", ())) + tuple(self.spec.eos_ids)
+        ignore_eos = kw.pop("ignore_eos", False)  # benchmarks: always generate max_new_tokens
+        stop = tuple(kw.pop("stop_ids", ())) + (() if ignore_eos else tuple(self.spec.eos_ids))
         unknown = set(kw) - {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"}
         if unknown:
             raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}.")

@@ -110,3 +110,16 @@ def test_providers_choice_and_fallback_flag(tiny256):
     vlm = edgevlm.load(tiny256[1], providers="cpu", threads=1, memory_arena=False)
     assert vlm.providers["decoder_model_merged"] == ["CPUExecutionProvider"]
     assert vlm.fell_back_to_cpu is False
+
+
+def test_cli_bench_reports_every_measure(tiny256):
+    r = run_cli("bench", tiny256[1], "--variants", "fp32,q4", "--runs", "1", "--new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [x["variant"] for x in data["results"]] == ["fp32", "q4"]
+    for x in data["results"]:
+        assert x["new_tokens"] == 4  # end-of-sequence ignored: always the asked length
+        assert x["prompt_tokens"] >= 64 + 10 and x["vision_ms_per_tile"] > 0 and x["decode_tokens_per_s"] > 0
+        assert x["peak_rss_mb"] > 0 and x["bundle_mb"] > 0
+    assert data["results"][1]["bundle_mb"] < data["results"][0]["bundle_mb"]
+    assert data["import_s"] > 0
