@@ -91,6 +91,7 @@ class Decoder:
         self.kv_dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
         self.embeds_dtype = np.float16 if "float16" in inputs["inputs_embeds"].type else np.float32
         self.uses_position_ids = "position_ids" in inputs
+        self.keeps_logits = "num_logits_to_keep" in inputs
         self.output_names = [o.name for o in decoder_session.get_outputs()]
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:
@@ -113,14 +114,18 @@ class Decoder:
         return embeds
 
     def step(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        logits, cache = self.forward(embeds, cache, past_len)
+        """Logits of the last position only (what generation needs) and the grown cache."""
+        logits, cache = self.forward(embeds, cache, past_len, keep=1)
         return logits[-1], cache
 
-    def forward(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits for every position of `embeds` (n, vocab) and the grown cache."""
+    def forward(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int,
+                keep: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits for the last `keep` positions of `embeds` (all when None) and the grown cache."""
         n = embeds.shape[1]
         feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
                  "attention_mask": np.ones((1, past_len + n), dtype=np.int64)}
+        if self.keeps_logits:
+            feeds["num_logits_to_keep"] = np.array(keep or n, dtype=np.int64)
         if self.uses_position_ids:
             feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
         for i in range(self.num_layers):

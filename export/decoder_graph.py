@@ -6,7 +6,7 @@ structure follows onnxruntime-genai's model builder for Llama; weights come stra
 `verify` checks the result against PyTorch like any other export.
 
 Inputs / outputs keep the official layout's names: inputs_embeds, attention_mask, past_key_values.{i}.key/.value
--> logits, present.{i}.key/.value. There is no position_ids input: GQA derives positions from the attention mask
+-> logits, present.{i}.key/.value, plus `num_logits_to_keep` (int64 scalar: logits for the last k positions). There is no position_ids input: GQA derives positions from the attention mask
 (0-based and contiguous, as transformers for an unpadded sequence), and the runtime omits position_ids for a
 decoder that does not declare it.
 """
@@ -112,14 +112,23 @@ def build_decoder(model, path: Path) -> Path:
         normed, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization", [residual, down, g.init(name, gamma)],
             [f"{p}/next_ln/out", "", "", f"{p}/next_ln/residual"], f"{p}/next_ln", domain=MS, epsilon=eps)
-    g.node("MatMul", [normed, g.init("lm_head.weight", _t(model.lm_head.weight).T)], ["logits"], "/lm_head/MatMul")
+    # Only the last `num_logits_to_keep` positions reach lm_head: generation needs one row, and a 1,000-token
+    # prompt would otherwise spend ~30 GFLOP and 200 MB on logits nobody reads.
+    g.init("const_zero_1d", np.array([0], dtype=np.int64))
+    g.init("const_axis_1", np.array([1], dtype=np.int64))
+    g.init("const_int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    g.node("Reshape", ["num_logits_to_keep", one], ["keep_1d"], "/keep/Reshape")
+    g.node("Neg", ["keep_1d"], ["keep_start"], "/keep/Neg")
+    g.node("Slice", [normed, "keep_start", "const_int64_max", "const_axis_1"], ["kept_hidden"], "/keep/Slice")
+    g.node("MatMul", ["kept_hidden", g.init("lm_head.weight", _t(model.lm_head.weight).T)], ["logits"], "/lm_head/MatMul")
 
     past_shape = ["batch_size", kv, "past_sequence_length", hd]
     present_shape = ["batch_size", kv, "total_sequence_length", hd]
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])]
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, [])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "sequence_length", tc.vocab_size])]
+                                             ["batch_size", "logits_length", tc.vocab_size])]
     for i in range(layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, past_shape))
