@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -29,7 +30,13 @@ def _friendly(fn):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except MemoryError:
-            click.echo("error: out of memory; try a smaller variant (--variant q4) or split=False.", err=True)
+            click.echo("error: out of memory; try a smaller variant (--variant q4) or --no-split.", err=True)
+            sys.exit(1)
+        except Exception as e:  # a bug, not the user's fault: one line, the traceback on request
+            if os.environ.get("EDGEVLM_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in edgevlm; run again with "
+                       f"EDGEVLM_DEBUG=1 for the traceback and report it)", err=True)
             sys.exit(1)
     return wrapper
 

@@ -166,6 +166,11 @@ def write_manifest(root: Path, source: str, config: dict, variants: dict[str, di
     return manifest
 
 
+def _disk_full(out: Path) -> ExportError:
+    return ExportError(f"the disk under {out.parent} is full; free space or choose another output folder. "
+                       f"Nothing was written.")
+
+
 def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | None = None, force: bool = False,
            max_new_tokens: int = 16, threads: int | None = None, revision: str | None = None,
            log=print) -> dict:
@@ -204,8 +209,11 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         return manifest
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise ExportError(f"the disk under {out.parent} is full ({e.strerror}); free space or choose another "
-                              f"output folder. Nothing was written.") from None
+            raise _disk_full(out) from None
         raise ExportError(f"could not write the bundle ({e}); nothing was written.") from None
+    except RuntimeError as e:  # torch / protobuf writers report a full disk as RuntimeError
+        if "No space left" in str(e):
+            raise _disk_full(out) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
