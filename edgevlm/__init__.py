@@ -1,7 +1,7 @@
 """edgevlm: SmolVLM2 on edge hardware with ONNX Runtime (no PyTorch, no transformers).
 
     import edgevlm
-    vlm = edgevlm.load("path/to/bundle", variant="q4")
+    vlm = edgevlm.load("path/to/bundle")
     print(vlm.caption("photo.jpg").text)
 
 `load`, `VLM` and `Result` are imported on first use (PEP 562): numpy and onnxruntime take ~0.3 s to import,
