@@ -109,8 +109,9 @@ def verify_variants(model, bundle_dir: Path, variants: list[str], max_new_tokens
     import edgevlm
 
     def open_variant(v):
-        return edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False,
-                            vision_cache_size=0)
+        # Each variant has its own cache: its vision encoder still runs once per sample, and chat() reuses that
+        # encoding instead of running it a second time.
+        return edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
 
     t = time.perf_counter()
     base = open_variant(variants[0])
