@@ -48,7 +48,6 @@ def model_options(fn):
     fn = click.option("--threads", type=int, default=None, help="Intra-op threads.")(fn)
     fn = click.option("--max-new-tokens", type=int, default=None, help="Answer length limit in tokens.")(fn)
     fn = click.option("--no-split", is_flag=True, help="Do not split the image into tiles (faster, less detail).")(fn)
-    fn = click.option("--bgr", is_flag=True, hidden=True)(fn)
     fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")(fn)
     return fn
@@ -88,7 +87,7 @@ def main() -> None:
 @click.option("--prompt", "-p", default="Describe this image.", show_default=True)
 @model_options
 @_friendly
-def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, bgr, stream, as_json):
+def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json):
     """Describe IMAGE (one or more files)."""
     vlm = _load(model, variant, providers, threads)
     _answer(vlm, list(image), prompt, max_new_tokens or 64, no_split, stream, as_json)
@@ -99,7 +98,7 @@ def caption(image, prompt, model, variant, providers, threads, max_new_tokens, n
 @click.argument("question")
 @model_options
 @_friendly
-def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, bgr, stream, as_json):
+def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json):
     """Answer QUESTION about IMAGE(s) (no image: a text-only question)."""
     vlm = _load(model, variant, providers, threads)
     _answer(vlm, list(image), question, max_new_tokens or 128, no_split, stream, as_json)

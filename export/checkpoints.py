@@ -19,15 +19,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .architectures import ARCHITECTURES, IMAGE_TOKEN_ID, VOCAB_SIZE, Architecture, tiny
+from edgevlm.prompt import FALLBACK_TEMPLATE as CHAT_TEMPLATE  # SmolVLM2's released template, one copy
 
-CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
-    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+from .architectures import ARCHITECTURES, IMAGE_TOKEN_ID, VOCAB_SIZE, Architecture, tiny
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

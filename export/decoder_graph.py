@@ -114,7 +114,6 @@ def build_decoder(model, path: Path) -> Path:
             [f"{p}/next_ln/out", "", "", f"{p}/next_ln/residual"], f"{p}/next_ln", domain=MS, epsilon=eps)
     # Only the last `num_logits_to_keep` positions reach lm_head: generation needs one row, and a 1,000-token
     # prompt would otherwise spend ~30 GFLOP and 200 MB on logits nobody reads.
-    g.init("const_zero_1d", np.array([0], dtype=np.int64))
     g.init("const_axis_1", np.array([1], dtype=np.int64))
     g.init("const_int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
     g.node("Reshape", ["num_logits_to_keep", one], ["keep_1d"], "/keep/Reshape")

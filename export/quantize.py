@@ -35,8 +35,7 @@ def op_counts(path: Path) -> dict[str, int]:
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    large = model.ByteSize() > (1 << 30) if hasattr(model, "ByteSize") else False
-    if large:
+    if model.ByteSize() > (1 << 30):  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + "_data", size_threshold=1024)
     else:
