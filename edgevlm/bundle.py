@@ -47,6 +47,9 @@ class ModelSpec:
     rescale_factor: float
     do_image_splitting: bool
     video_sampling: dict = field(default_factory=dict)
+    video_longest_edge: int = 1456  # first resize of a video frame, before the square tile resize
+    video_fps: float = 1.0
+    video_max_frames: int = 64
 
 
 @dataclass
@@ -125,8 +128,19 @@ def read_spec(root: Path) -> ModelSpec:
         image_std=list(pre.get("image_std", [0.5, 0.5, 0.5])),
         rescale_factor=pre.get("rescale_factor", 1 / 255),
         do_image_splitting=pre.get("do_image_splitting", True),
-        video_sampling=pre.get("video_sampling", {}),
+        **_video_rules(root, pre),
     )
+
+
+def _video_rules(root: Path, pre: dict) -> dict:
+    """The video processor's settings as transformers resolves them: a video_preprocessor_config.json if there is
+    one, else the image config, where a `size` entry overrides video_sampling.video_size (SmolVLMVideoProcessor's
+    __init__ does exactly that, so released SmolVLM2 models resize frames to 2048 / 1536 first, then to the tile)."""
+    cfg = _read_json(root / "video_preprocessor_config.json") or pre
+    sampling = dict(cfg.get("video_sampling", {}))
+    size = cfg.get("size") or sampling.get("video_size") or {"longest_edge": 4 * 364}
+    return {"video_sampling": sampling, "video_longest_edge": int(size.get("longest_edge", 4 * 364)),
+            "video_fps": float(sampling.get("fps", 1)), "video_max_frames": int(sampling.get("max_frames", 64))}
 
 
 def _chat_template(root: Path) -> str | None:

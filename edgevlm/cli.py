@@ -5,15 +5,18 @@ Errors the user can fix print one line to stderr and exit non-zero (2 bad input,
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import sys
 
 import click
 
 from .bundle import DEFAULT_MODEL
-from .errors import EdgeVLMError
+from .captions import FORMATS, CaptionWriter
+from .errors import EdgeVLMError, InputError
 
 MODEL_HELP = "Bundle folder, folder in Hugging Face's onnx/ layout, or hub id."
 
@@ -29,6 +32,9 @@ def _friendly(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `edgevlm ... | head`: the reader left; stop quietly like other CLI tools
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except MemoryError:
             click.echo("error: out of memory; try a smaller variant (--variant q4) or --no-split.", err=True)
             sys.exit(1)
@@ -82,26 +88,196 @@ def main() -> None:
     """SmolVLM2 on edge hardware: caption and ask about images with ONNX Runtime."""
 
 
+def video_options(fn):
+    fn = click.option("--mode", type=click.Choice(["timeline", "clip"]), default="timeline", show_default=True,
+                      help="Video: a caption per segment (timeline) or one description of the whole clip.")(fn)
+    fn = click.option("--every", type=float, default=5.0, show_default=True,
+                      help="Timeline: seconds between sample points (a segment is at least this long).")(fn)
+    fn = click.option("--scene/--no-scene", default=True, show_default=True,
+                      help="Timeline: also cut segments at scene changes.")(fn)
+    fn = click.option("--threshold", type=float, default=6.0, show_default=True,
+                      help="Timeline: grey-level change below which a segment is merged, not captioned.")(fn)
+    fn = click.option("--fps", type=float, default=None, help="Clip: frames per second to sample (model default).")(fn)
+    fn = click.option("--max-frames", type=int, default=None, help="Clip: most frames to sample (model default).")(fn)
+    fn = click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+                      help="Timeline output format.")(fn)
+    fn = click.option("--output", "-o", default=None, help="Write the captions to this file (atomically).")(fn)
+    return fn
+
+
+def _split_inputs(inputs: tuple[str, ...]) -> tuple[list[str], str | None]:
+    from .video import is_video_path
+
+    videos = [i for i in inputs if is_video_path(i)]
+    if not videos:
+        return list(inputs), None
+    if len(inputs) > 1:
+        raise InputError("pass one video, or images only; a video cannot be mixed with other inputs.")
+    return [], videos[0]
+
+
 @main.command()
 @click.argument("image", nargs=-1, required=True)
-@click.option("--prompt", "-p", default="Describe this image.", show_default=True)
+@click.option("--prompt", "-p", default=None, help="Default: 'Describe this image.' / 'Describe this video.'")
 @model_options
+@video_options
 @_friendly
-def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json):
-    """Describe IMAGE (one or more files)."""
+def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json, mode,
+            every, scene, threshold, fps, max_frames, fmt, output):
+    """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip)."""
+    images, video = _split_inputs(image)
     vlm = _load(model, variant, providers, threads)
-    _answer(vlm, list(image), prompt, max_new_tokens or 64, no_split, stream, as_json)
+    if video is None:
+        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json)
+    elif mode == "clip":
+        _answer_video(vlm, video, prompt or "Describe this video.", max_new_tokens or 128, fps, max_frames, as_json)
+    else:
+        _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, not no_split, fmt, output)
 
 
 @main.command()
 @click.argument("image", nargs=-1)
 @click.argument("question")
 @model_options
+@click.option("--fps", type=float, default=None, help="Video: frames per second to sample (model default).")
+@click.option("--max-frames", type=int, default=None, help="Video: most frames to sample (model default).")
 @_friendly
-def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json):
-    """Answer QUESTION about IMAGE(s) (no image: a text-only question)."""
+def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json, fps,
+        max_frames):
+    """Answer QUESTION about IMAGE(s) or one video (no image: a text-only question)."""
+    images, video = _split_inputs(image)
     vlm = _load(model, variant, providers, threads)
-    _answer(vlm, list(image), question, max_new_tokens or 128, no_split, stream, as_json)
+    if video is not None:
+        _answer_video(vlm, video, question, max_new_tokens or 128, fps, max_frames, as_json)
+    else:
+        _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json)
+
+
+def _answer_video(vlm, video, question, max_new_tokens, fps, max_frames, as_json):
+    r = vlm.ask_video(video, question, max_new_tokens=max_new_tokens, fps=fps, max_frames=max_frames)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in r.__dict__.items() if k != "token_ids"}, indent=1))
+    else:
+        click.echo(r.text)
+
+
+def _progress(total: float | None):
+    """A progress bar with ETA on a terminal; nothing when stderr is piped or redirected."""
+    from tqdm import tqdm
+
+    return tqdm(total=round(total or 0, 1) or None, unit="s", unit_scale=False, leave=False,
+                disable=not sys.stderr.isatty(), bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+
+def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split, fmt, output):
+    from .timeline import DEFAULT_TIMELINE_PROMPT
+    from .video import probe
+
+    info = probe(video)
+    bar = _progress(info.duration)
+
+    def on_progress(done, total):
+        bar.update(max(done - bar.n, 0))
+
+    segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold, split=split,
+                            prompt=prompt or DEFAULT_TIMELINE_PROMPT, max_new_tokens=max_new_tokens,
+                            on_progress=on_progress)
+    try:
+        _write_all(segments, fmt, output, bar)
+    finally:
+        bar.close()
+
+
+def _write_all(records, fmt, output, bar=None) -> int:
+    """Write records as they come; on Ctrl-C / SIGTERM the file keeps every complete record (and says so)."""
+    with CaptionWriter(fmt, output) as writer:
+        try:
+            for rec in records:
+                if bar is not None and output is None and not bar.disable:
+                    bar.clear()
+                writer.write(rec)
+        except KeyboardInterrupt:
+            where = f" to {output}" if output else ""
+            click.echo(f"stopped: wrote {writer.count} caption(s){where}", err=True)
+            raise
+    if output:
+        click.echo(f"wrote {writer.count} caption(s) to {output}", err=True)
+    return writer.count
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM ends a run the way Ctrl-C does: outputs flushed and completed, sources closed."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--prompt", "-p", default=None, help="Question asked of each frame (default: a one-sentence caption).")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
+@click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
+@click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads.")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
+@click.option("--output", "-o", default=None, help="Also write the captions to this file (atomically, on exit).")
+@click.option("--threshold", type=float, default=6.0, show_default=True,
+              help="Motion gate: grey-level change under which a frame is skipped (0: caption every frame).")
+@click.option("--min-interval", type=float, default=0.0, show_default=True, help="Seconds between captions, at least.")
+@click.option("--heartbeat", type=float, default=None, help="Caption an unchanged scene again after this many seconds.")
+@click.option("--max-captions", type=int, default=None, help="Stop after this many captions.")
+@click.option("--retry-for", type=float, default=30.0, show_default=True,
+              help="Seconds to keep reconnecting to a network stream that dropped.")
+@click.option("--no-realtime", is_flag=True, help="A video file is read as fast as possible, not at its own pace.")
+@click.option("--trigger", default=None, help="Regular expression; a matching caption is an event (stderr).")
+@click.option("--trigger-exit", type=int, default=None,
+              help="With --trigger: stop at the first match and exit with this code.")
+@_friendly
+def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fmt, output, threshold, min_interval,
+          heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
+    """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
+    file replayed in real time. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
+    from .live import DEFAULT_LIVE_PROMPT, Trigger
+    from .sources import open_source
+
+    _sigterm_as_interrupt()
+    if trigger_exit is not None and trigger is None:
+        raise InputError("--trigger-exit needs --trigger PATTERN.")
+    vlm = _load(model, variant, providers, threads)
+    fired = []
+
+    def on_trigger(c):
+        fired.append(c)
+        click.echo(f"TRIGGER t={c.timestamp:.2f}s pattern={trigger!r}: {c.text}", err=True)
+
+    try:
+        trig = Trigger(trigger, on_trigger, stop=trigger_exit is not None) if trigger else None
+    except re.error as e:
+        raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
+    src = open_source(source, retry_for=retry_for, realtime=not no_realtime)
+    try:
+        captions = vlm.watch(src, prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
+                             threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
+                             max_captions=max_captions)
+        with CaptionWriter(fmt, output) if output else contextlib.nullcontext() as to_file:
+            screen = CaptionWriter(fmt)
+            try:
+                for c in captions:
+                    screen.write(c)
+                    if to_file is not None:
+                        to_file.write(c)
+            except KeyboardInterrupt:
+                click.echo("stopped", err=True)
+    finally:
+        src.close()
+        s = src.stats
+        click.echo(f"frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}", err=True)
+    if fired and trigger_exit is not None:
+        sys.exit(trigger_exit)
 
 
 @main.command()

@@ -16,11 +16,13 @@ from . import bundle as bundle_mod
 from . import prompt as prompt_mod
 from .errors import InputError
 from .generate import Decoder, SamplingOptions, Timings
-from .preprocess import ImageLike, ProcessedImage, load_image, process_image
+from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
+from .video import Frame, sample_clip
 from .providers import choose, create_session, session_options
 from .tokenizer import Tokenizer
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
+DEFAULT_VIDEO_PROMPT = "Describe this video."
 
 
 @dataclass
@@ -156,15 +158,48 @@ class VLM:
         self.vision_cache.put(key, encoded)
         return encoded, False
 
+    def encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Features (1, image_seq_len, hidden) of one RGB video frame, resized by the video rule; cached."""
+        key = "video:" + hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).hexdigest() + str(
+            frame.shape)
+        hit = self.vision_cache.get(key)
+        if hit is not None:
+            return hit.features, True
+        feats = self.encode_pixels(process_video_frame(frame, self.spec)[None])
+        self.vision_cache.put(key, EncodedImage(feats, 0, 0))
+        return feats, False
+
+    def video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
+        """The frames of a video item: sampled from a file by the model's rule, or the caller's own Frames."""
+        src = item.get("video", item.get("path"))
+        if isinstance(src, (str, os.PathLike)):
+            frames, info = sample_clip(src, float(item.get("fps", self.spec.video_fps)),
+                                       int(item.get("max_frames", self.spec.video_max_frames)))
+            return frames, info.duration
+        if isinstance(src, Sequence) and src and all(isinstance(f, Frame) for f in src):
+            frames = list(src)
+            return frames, float(item.get("duration", frames[-1].timestamp))
+        raise InputError("a video item needs 'video': a file path or a non-empty list of edgevlm.video.Frame "
+                         "(RGB uint8 image + timestamp in seconds).")
+
     # ------------------------------------------------------------------------------------------- prompt
     def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str) -> _Prepared:
         messages = prompt_mod.normalize_messages(messages)
         t0 = time.perf_counter()
         slots, feats, tiles, cached = [], [], 0, 0
+        has_video = False
         for m in messages:
             for item in m["content"]:
                 if item["type"] == "video":
-                    raise InputError("video items are not supported by chat() yet; pass frames as images.")
+                    has_video = True
+                    frames, duration = self.video_frames(item)
+                    for f in frames:
+                        encoded_frame, hit = self.encode_video_frame(f.image)
+                        feats.append(encoded_frame)
+                        cached += hit
+                    slots.append(prompt_mod.VideoSlot([f.timestamp for f in frames], duration))
+                    tiles += len(frames)
+                    continue
                 if item["type"] != "image":
                     continue
                 src = item.get("image", item.get("path", item.get("url")))
@@ -176,7 +211,9 @@ class VLM:
                 tiles += encoded.features.shape[0]
                 cached += hit
         vision_s = time.perf_counter() - t0
-        text = prompt_mod.render(messages, self.bundle.chat_template)
+        # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
+        # compatibility with the released checkpoints); images use the model's template.
+        text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template)
         text = prompt_mod.expand_images(text, slots, self.spec.image_seq_len)
         ids = self.tokenizer.encode(text)
         features = np.concatenate(feats) if feats else None
@@ -229,6 +266,36 @@ class VLM:
     def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
                 split: bool | None = None, color: str = "rgb", **kw) -> Result:
         return self.ask(image, prompt, max_new_tokens, split, color, **kw)
+
+    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int = 128,
+                  fps: float | None = None, max_frames: int | None = None, **kw) -> Result:
+        """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
+        (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty; pass some text.")
+        item: dict[str, Any] = {"type": "video", "video": video}
+        if fps is not None:
+            item["fps"] = fps
+        if max_frames is not None:
+            item["max_frames"] = max_frames
+        return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
+                         max_new_tokens, **kw)
+
+    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int = 128,
+                      prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
+        return self.ask_video(video, prompt, max_new_tokens, **kw)
+
+    def timeline(self, video: str | os.PathLike, **kw):
+        """Timed captions of a video file, one per segment; see edgevlm.timeline.timeline for the options."""
+        from .timeline import timeline
+
+        return timeline(self, video, **kw)
+
+    def watch(self, source, **kw):
+        """Captions of a live source as they happen; see edgevlm.live.watch for the options."""
+        from .live import watch
+
+        return watch(self, source, **kw)
 
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
                max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:

@@ -6,12 +6,14 @@ processor would write (tile grid rows and columns, global image).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError
 
 IMAGE = "<image>"
+VIDEO = "<video>"
 FAKE = "<fake_token_around_image>"
 GLOBAL = "<global-img>"
 
@@ -44,6 +46,27 @@ def image_block(rows: int, cols: int, seq_len: int) -> str:
     return out + f"\n{FAKE}{GLOBAL}{IMAGE * seq_len}{FAKE}"
 
 
+@dataclass
+class VideoSlot:
+    """Where one video sits in the prompt: its sampled frames' times and the clip's length, in seconds."""
+
+    timestamps: list[float]
+    duration: float
+
+
+def video_block(slot: VideoSlot, seq_len: int) -> str:
+    """The expansion of one `<video>`: same text as transformers' expand_text_with_video_tokens."""
+    from datetime import timedelta
+
+    from num2words import num2words
+
+    out = (f"You are provided the following series of {num2words(len(slot.timestamps))} frames from a "
+           f"{timedelta(seconds=int(slot.duration))} [H:MM:SS] video.\n")
+    for t in slot.timestamps:
+        out += f"\nFrame from {int(t // 60):02d}:{int(t % 60):02d}:" + image_block(0, 0, seq_len)
+    return out + "\n\n"
+
+
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Accept {"role", "content": str | list[item]} messages; items are {"type": "text"|"image", ...}."""
     out = []
@@ -59,7 +82,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content = [{"type": "text", "text": content}]
         for item in content:
             if not isinstance(item, dict) or item.get("type") not in ("text", "image", "video"):
-                raise InputError(f"content items are {{'type': 'text'|'image', ...}} dicts; got {item!r}.")
+                raise InputError(f"content items are {{'type': 'text'|'image'|'video', ...}} dicts; got {item!r}.")
         if not content:
             raise InputError(f"message of role {m['role']!r} has empty content.")
         out.append({"role": m["role"], "content": list(content)})
@@ -74,11 +97,18 @@ def render(messages: list[dict[str, Any]], template: str | None, add_generation_
                                                                   add_generation_prompt=add_generation_prompt)
 
 
-def expand_images(text: str, slots: list[ImageSlot], seq_len: int) -> str:
-    pieces = text.split(IMAGE)
-    if len(pieces) - 1 != len(slots):
-        raise InputError(f"the prompt has {len(pieces) - 1} image placeholders but {len(slots)} images were given.")
+def expand_images(text: str, slots: list[ImageSlot | VideoSlot], seq_len: int) -> str:
+    """Replace the rendered `<image>` / `<video>` placeholders, in order, with their token blocks."""
+    pieces = re.split(f"({IMAGE}|{VIDEO})", text)
+    placeholders = pieces[1::2]
+    if len(placeholders) != len(slots):
+        raise InputError(f"the prompt has {len(placeholders)} image/video placeholders but {len(slots)} images or "
+                         f"videos were given.")
     out = pieces[0]
-    for slot, rest in zip(slots, pieces[1:]):
-        out += image_block(slot.rows, slot.cols, seq_len) + rest
+    for slot, tag, rest in zip(slots, placeholders, pieces[2::2]):
+        if (tag == VIDEO) != isinstance(slot, VideoSlot):
+            raise InputError("the template put images and videos in a different order than the messages.")
+        block = video_block(slot, seq_len) if isinstance(slot, VideoSlot) else image_block(slot.rows, slot.cols,
+                                                                                             seq_len)
+        out += block + rest
     return out

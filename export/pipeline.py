@@ -25,9 +25,9 @@ from .architectures import identify
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
 DEFAULT_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
-CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
-                "chat_template.jinja")
+CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "chat_template.json", "chat_template.jinja")
 # variant -> part -> precision of the file it uses; "mixed" is an int8 vision encoder with 4-bit text parts.
 RECIPES = {
     "fp32": {"vision_encoder": "fp32", "embed_tokens": "fp32", "decoder_model_merged": "fp32"},

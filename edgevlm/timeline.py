@@ -1,0 +1,77 @@
+"""A video file -> timed captions: a segment every N seconds or at each scene change, near-duplicates merged.
+
+Frames are examined at `sample_fps` (cheap: decode plus a thumbnail); only segment starts that differ from the
+last captioned frame reach the model, so a static shot costs one caption however long it lasts.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .captions import Segment
+from .errors import InputError
+from .motion import MotionGate, difference, thumbnail
+from .video import Frame, probe, read_frames
+
+if TYPE_CHECKING:
+    from .model import VLM
+
+DEFAULT_TIMELINE_PROMPT = "Describe this image in one sentence."
+
+
+def timeline(vlm: VLM, video: str | os.PathLike, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
+             threshold: float = 6.0, scene_threshold: float = 30.0, prompt: str = DEFAULT_TIMELINE_PROMPT,
+             max_new_tokens: int = 48, split: bool = False,
+             on_progress: Callable[[float, float], None] | None = None, **generate_kw: Any) -> Iterator[Segment]:
+    """Yield Segments in time order; each covers [start, end) and the segments tile the whole video.
+
+    every: longest stretch (seconds) before a new sample point is considered. scene: also start a segment where
+    consecutive sampled frames differ by `scene_threshold` grey levels or more (a cut). threshold: a sample point
+    whose frame differs from the last captioned frame by less than this is merged into the current segment
+    instead of being captioned. split=False captions each frame as one tile (fast); True uses the image grid.
+    on_progress(seconds_done, duration) is called as frames are examined.
+    """
+    if every <= 0 or sample_fps <= 0:
+        raise InputError("--every and the sampling rate must be positive numbers of seconds / frames per second.")
+    info = probe(video)
+    gate = MotionGate(threshold)
+    current: Segment | None = None
+    last_boundary = prev_thumb = last = None
+    for frame in read_frames(video, every=1.0 / sample_fps):
+        last = frame
+        thumb = thumbnail(frame.image)
+        cut = scene and prev_thumb is not None and difference(thumb, prev_thumb) >= scene_threshold
+        prev_thumb = thumb
+        if current is not None and not cut and frame.timestamp - last_boundary < every - 1e-6:
+            continue
+        last_boundary = frame.timestamp
+        if current is not None and not gate.changed(frame.image):
+            current.merged += 1
+            continue
+        starts_video = current is None
+        if starts_video:
+            gate.changed(frame.image)
+        else:
+            current.end = frame.timestamp
+            yield current
+        current = _caption(vlm, frame, prompt, max_new_tokens, split, generate_kw)
+        if starts_video:
+            current.start = 0.0  # the segments tile the video from its first instant
+        if on_progress:
+            on_progress(frame.timestamp, info.duration)
+    if current is not None:
+        frame_span = 1.0 / info.fps if info.fps > 0 else 1.0 / sample_fps
+        current.end = max(info.duration, last.timestamp + frame_span, current.start + 1e-3)
+        if on_progress:
+            on_progress(info.duration, info.duration)
+        yield current
+
+
+def _caption(vlm: VLM, frame: Frame, prompt: str, max_new_tokens: int, split: bool, kw: dict) -> Segment:
+    r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, **kw)
+    timings = {"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
+               "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,
+               "decode_tokens_per_s": round(r.decode_tokens_per_s, 1)}
+    return Segment(start=frame.timestamp, end=frame.timestamp, text=r.text, frame_time=frame.timestamp,
+                   timings=timings)
