@@ -126,6 +126,8 @@ def caption(image, prompt, model, variant, providers, threads, max_new_tokens, n
             every, scene, threshold, fps, max_frames, fmt, output):
     """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip)."""
     images, video = _split_inputs(image)
+    if video is not None:
+        _sigterm_as_interrupt()
     vlm = _load(model, variant, providers, threads)
     if video is None:
         _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json)

@@ -23,6 +23,7 @@ SEEK_AHEAD_S = 8.0  # a target further ahead than this is reached by seeking ins
 
 
 def import_cv2():
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages too (AV_LOG_QUIET)
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report problems ourselves, in one line
@@ -66,6 +67,9 @@ def _open(path: str | os.PathLike):
     if p.stat().st_size == 0:
         raise InputError(f"video file {p} is empty (0 bytes); pass an mp4, mkv, avi, webm or mov file.")
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
+    if not cap.isOpened() and _is_media_container(p):
+        raise InputError(f"{p} is a media file but has no video stream that decodes (audio only, truncated, or a "
+                         f"codec this FFmpeg build lacks); check that it plays as video.")
     if not cap.isOpened():
         raise InputError(f"{p} cannot be opened as a video (not a video, corrupt or truncated, or an unsupported "
                          f"codec); check that the file plays, or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4).")
@@ -73,6 +77,16 @@ def _open(path: str | os.PathLike):
         cap.release()
         raise InputError(f"{p} has no video stream (audio only?); pass a file with video in it.")
     return cap
+
+
+def _is_media_container(path: Path) -> bool:
+    """Magic bytes of the common audio/video containers: tells 'no video in it' from 'not a media file'."""
+    with open(path, "rb") as f:
+        head = f.read(376)
+    return (head[4:8] == b"ftyp" or head.startswith((b"\x1aE\xdf\xa3", b"OggS", b"fLaC", b"ID3", b"FLV"))
+            or (head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"WAVE"))
+            or (len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47)
+            or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -169,19 +183,20 @@ def frames_at(path: str | os.PathLike, times: Iterable[float]) -> list[Frame]:
     out: list[Frame] = []
     cap = _open(path)
     try:
-        index, t, last = -1, -1.0, None
+        index, t, last, ended = -1, -1.0, None, False
         for target in targets:
-            if target - t > SEEK_AHEAD_S and t >= 0:
+            if target - t > SEEK_AHEAD_S and t >= 0 and not ended:
                 cap.set(cv2.CAP_PROP_POS_MSEC, max(target - 1.0, 0) * 1000.0)
                 index = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
-            while t + 1e-6 < target - _half_frame(cap):
+            while not ended and t + 1e-6 < target - _half_frame(cap):
                 if not cap.grab():
+                    ended = True
                     break
                 index += 1
                 t = max(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, 0.0)
                 last = None
             if last is None:
-                ok, bgr = cap.retrieve()
+                ok, bgr = cap.retrieve() if not ended else _reread(path, t)
                 if not ok:
                     break
                 last = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t, index)
@@ -191,6 +206,17 @@ def frames_at(path: str | os.PathLike, times: Iterable[float]) -> list[Frame]:
         while len(out) < len(targets):
             out.append(out[-1])
         return out
+    finally:
+        cap.release()
+
+
+def _reread(path, t: float):
+    """The frame at time t, read again: at the end of a file the last grabbed frame is gone once grab() fails."""
+    cv2 = import_cv2()
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        cap.set(cv2.CAP_PROP_POS_MSEC, t * 1000.0)
+        return cap.read()
     finally:
         cap.release()
 
