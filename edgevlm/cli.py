@@ -269,9 +269,9 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
             screen = CaptionWriter(fmt)
             try:
                 for c in captions:
-                    screen.write(c)
-                    if to_file is not None:
+                    if to_file is not None:  # the file first: whatever was shown is in the file too
                         to_file.write(c)
+                    screen.write(c)
             except KeyboardInterrupt:
                 click.echo("stopped", err=True)
     finally:

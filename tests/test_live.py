@@ -1,0 +1,225 @@
+"""Live sources: a real ffmpeg stream on 127.0.0.1 (cut and restarted mid-run), pushed frames, no backlog under a
+slow model, triggers, clean stops, and the errors for sources that are not there."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from videotools import HttpStream, free_port, make, scenes
+
+from edgevlm.errors import InputError
+from edgevlm.live import Trigger, watch
+from edgevlm.sources import CaptureSource, PushSource, SourceError
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny256):
+    import edgevlm
+
+    return edgevlm.load(tiny256[1], threads=1)
+
+
+class SlowModel:
+    """The real model plus a fixed delay per caption: a model much slower than the stream's frame rate."""
+
+    def __init__(self, vlm, delay: float):
+        self.vlm, self.delay = vlm, delay
+
+    def caption(self, *args, **kw):
+        r = self.vlm.caption(*args, **kw)
+        time.sleep(self.delay)
+        return r
+
+
+def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- pushing
+def test_push_source_keeps_only_the_newest_frame():
+    src = PushSource()
+    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(50)]
+    for i, f in enumerate(frames):
+        src.push(f, timestamp=i / 10)
+    got = src.get(timeout=0)
+    assert got.timestamp == pytest.approx(4.9) and got.image[0, 0, 0] == 49
+    assert src.get(timeout=0.01) is None  # nothing new
+    assert (src.stats.frames_read, src.stats.frames_dropped, src.stats.frames_delivered) == (50, 49, 1)
+    bgr = np.zeros((2, 2, 3), np.uint8)
+    bgr[..., 0] = 255  # blue in OpenCV's order
+    src.push(bgr, color="bgr")
+    assert tuple(src.get(timeout=0).image[0, 0]) == (0, 0, 255)
+    with pytest.raises(InputError):
+        src.push(np.zeros((2, 2), np.float32))
+    src.close()
+    assert src.finished
+    with pytest.raises(SourceError):
+        src.push(bgr)
+
+
+def test_watch_pushed_frames_from_a_callback_pipeline(vlm):
+    """A camera pipeline that calls back with frames (here a thread) feeding watch() through a PushSource."""
+    src = PushSource()
+    stop = threading.Event()
+
+    def camera_callback_thread():
+        colors = [(255, 0, 0), (0, 0, 255)]
+        i = 0
+        while not stop.is_set():
+            frame = np.empty((120, 160, 3), np.uint8)
+            frame[:] = colors[(i // 40) % 2]  # a scene change every 40 frames
+            src.push(frame)
+            i += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=camera_callback_thread, daemon=True)
+    t.start()
+    fired = []
+    try:
+        caps = list(vlm.watch(src, max_new_tokens=2, max_captions=3, heartbeat=None,
+                              trigger=Trigger(".", callback=fired.append)))
+    finally:
+        stop.set()
+        t.join()
+        src.close()
+    assert len(caps) == 3 and len(fired) == 3 and all(c.triggered for c in caps)
+    assert caps[-1].frames_static > 0  # unchanged frames between the colour changes were skipped
+    assert caps[-1].frames_dropped > 0
+
+
+# ----------------------------------------------------------------------------------------- live network
+def test_slow_model_on_a_fast_stream_has_no_backlog(vlm):
+    """A 60 fps 640x480 stream, a model taking ~0.3 s per caption: every caption starts on a fresh frame, memory
+    stays flat, and the frames nobody could look at are counted as dropped."""
+    port = free_port()
+    server = HttpStream(port, size="640x480", rate=60, seconds=60).start()
+    proc = psutil.Process()
+    src = CaptureSource(server.url, retry_for=5)
+    ages, latencies, rss = [], [], []
+    try:
+        t0 = time.monotonic()
+        for c in watch(SlowModel(vlm, 0.3), src, threshold=0, max_new_tokens=4, max_captions=20):
+            ages.append(c.frame_age_ms)
+            latencies.append(c.latency_ms)
+            rss.append(proc.memory_info().rss / 2**20)
+        elapsed = time.monotonic() - t0
+        stats = src.stats
+    finally:
+        src.close()
+        server.stop()
+    assert len(ages) == 20
+    assert max(ages[2:]) < 100, ages  # the frame being captioned is at most a few frames old (60 fps = 17 ms)
+    assert max(latencies[2:]) < min(latencies[2:]) + 400, latencies  # bounded: does not grow with time
+    assert stats.frames_read > 2 * 20 and stats.frames_dropped > stats.frames_read / 2
+    assert stats.frames_read / elapsed > 25  # the capture kept up with the stream while the model was busy
+    assert max(rss[5:]) - rss[5] < 40, rss  # flat memory: MB
+
+
+def test_stream_cut_and_restarted_mid_run(vlm):
+    port = free_port()
+    server = HttpStream(port, rate=30).start()
+    src = CaptureSource(server.url, retry_for=20)
+    got, cut_at = [], None
+    try:
+        for c in watch(vlm, src, threshold=0, max_new_tokens=2, min_interval=0.2):
+            got.append((time.monotonic(), c))
+            if len(got) == 3:
+                server.stop()  # the stream goes away mid-run ...
+                cut_at = time.monotonic()
+                threading.Timer(2.0, server.start).start()  # ... and comes back 2 s later
+            if cut_at and c.reconnects >= 1 and len([g for g in got if g[0] > cut_at]) >= 3:
+                break
+    finally:
+        src.close()
+        time.sleep(2.5)
+        server.stop()
+    after = [c for t, c in got if t > cut_at + 1.5]
+    assert len(after) >= 3 and all(c.reconnects == 1 for c in after)
+    assert src.stats.disconnected_s >= 1.5
+
+
+def test_stream_that_does_not_come_back_ends_with_an_error(vlm):
+    port = free_port()
+    server = HttpStream(port, rate=30).start()
+    src = CaptureSource(server.url, retry_for=2)
+    caps = []
+    with pytest.raises(SourceError, match="did not come back within 2 s"):
+        for c in watch(vlm, src, threshold=0, max_new_tokens=2):
+            caps.append(c)
+            if len(caps) == 2:
+                server.stop()
+    assert len(caps) >= 2
+
+
+def test_cli_watch_stream_stops_cleanly_on_sigterm(tiny256, tmp_path):
+    _, bundle = tiny256
+    port = free_port()
+    server = HttpStream(port, rate=30).start()
+    out = tmp_path / "live.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "watch", server.url, "-m", str(bundle),
+                             "--format", "jsonl", "-o", str(out), "--threshold", "0", "--max-new-tokens", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # three captions have streamed out
+        assert all(json.loads(line)["text"] for line in lines)
+        assert not out.exists()  # the file appears complete, at the end
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0 and "stopped" in err and "Traceback" not in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) >= 3 and len(records) == 3 + len(rest.splitlines())
+    assert {"timestamp", "text", "latency_ms", "frame_age_ms", "frames_dropped"} <= set(records[0])
+    assert "frames read" in err
+
+
+# ------------------------------------------------------------------------------------------ files, CLI
+def test_cli_watch_file_in_real_time_with_motion_gate_and_trigger_exit(tiny256, tmp_path):
+    _, bundle = tiny256
+    path = scenes(tmp_path / "s.mp4", ("red", "blue", "green"), seconds=1)
+    t0 = time.monotonic()
+    r = run_cli("watch", path, "-m", bundle, "--format", "jsonl", "--max-new-tokens", "2")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [round(d["timestamp"]) for d in records] == [0, 1, 2]  # one caption per scene: static frames skipped
+    assert records[-1]["frames_static"] > 10
+    assert took > 2.5  # replayed at the file's own pace (3 s), not as fast as it decodes
+    r = run_cli("watch", path, "-m", bundle, "--max-new-tokens", "2", "--trigger", ".", "--trigger-exit", "7")
+    assert r.returncode == 7 and "TRIGGER t=0.00s" in r.stderr and len(r.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("http://127.0.0.1:{port}/nothing.ts", "could not open the stream"),
+    ("/dev/video97", "does not exist"),
+    ("97", "camera 97 could not be opened"),
+    ("ftp://example/x", "unsupported stream address"),
+    ("nope.mp4", "is not a camera index"),
+])
+def test_cli_watch_missing_sources(tiny256, source, expected):
+    _, bundle = tiny256
+    r = run_cli("watch", source.format(port=free_port()), "-m", bundle, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_watch_bad_trigger_and_empty_file(tiny256, tmp_path):
+    _, bundle = tiny256
+    path = make(tmp_path / "v.mp4", "testsrc", 1, ["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+    r = run_cli("watch", path, "-m", bundle, "--trigger", "(")
+    assert r.returncode == 2 and "not a valid regular expression" in r.stderr
+    empty = tmp_path / "e.mp4"
+    empty.write_bytes(b"")
+    r = run_cli("watch", empty, "-m", bundle)
+    assert r.returncode == 2 and "0 bytes" in r.stderr
