@@ -164,11 +164,18 @@ def _answer_video(vlm, video, question, max_new_tokens, fps, max_frames, as_json
 
 
 def _progress(total: float | None):
-    """A progress bar with ETA on a terminal; nothing when stderr is piped or redirected."""
+    """A progress bar with ETA on a terminal; nothing when stderr is piped or redirected. Serial consoles often
+    report a 0x0 size, which would hide tqdm's bar: 80x24 is assumed then."""
     from tqdm import tqdm
 
-    return tqdm(total=round(total or 0, 1) or None, unit="s", unit_scale=False, leave=False,
-                disable=not sys.stderr.isatty(), bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+    tty = sys.stderr.isatty()
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno()) if tty else None
+    except OSError:
+        size = None
+    cols, rows = (size.columns, size.lines) if size else (0, 0)
+    return tqdm(total=round(total or 0, 1) or None, unit="s", leave=False, disable=not tty, ncols=cols or 80,
+                nrows=rows or 24, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
 
 def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split, fmt, output):

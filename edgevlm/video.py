@@ -72,7 +72,7 @@ def _open(path: str | os.PathLike):
                          f"codec this FFmpeg build lacks); check that it plays as video.")
     if not cap.isOpened():
         raise InputError(f"{p} cannot be opened as a video (not a video, corrupt or truncated, or an unsupported "
-                         f"codec); check that the file plays, or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4).")
+                         f"codec); check that the file plays, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4).")
     if cap.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0 or cap.get(cv2.CAP_PROP_FRAME_HEIGHT) <= 0:
         cap.release()
         raise InputError(f"{p} has no video stream (audio only?); pass a file with video in it.")

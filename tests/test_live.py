@@ -223,3 +223,22 @@ def test_cli_watch_bad_trigger_and_empty_file(tiny256, tmp_path):
     empty.write_bytes(b"")
     r = run_cli("watch", empty, "-m", bundle)
     assert r.returncode == 2 and "0 bytes" in r.stderr
+
+
+def test_udp_stream(vlm):
+    from videotools import ffmpeg
+
+    port = free_port()
+    sender = subprocess.Popen([ffmpeg(), "-hide_banner", "-loglevel", "quiet", "-re", "-f", "lavfi", "-i",
+                               "testsrc=s=320x240:r=30:d=60", "-c:v", "libx264", "-preset", "ultrafast", "-tune",
+                               "zerolatency", "-g", "15", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+                              stdin=subprocess.DEVNULL)
+    try:
+        src = CaptureSource(f"udp://127.0.0.1:{port}", retry_for=5)
+        caps = list(watch(vlm, src, threshold=0, max_new_tokens=2, max_captions=3))
+        src.close()
+    finally:
+        sender.kill()
+        sender.wait()
+    assert len(caps) == 3 and caps[0].timestamp < caps[1].timestamp < caps[2].timestamp
+    assert max(c.frame_age_ms for c in caps) < 200

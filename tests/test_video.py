@@ -246,7 +246,8 @@ def test_cli_clip_mode_and_ask_on_video(tiny256, tmp_path):
     rec = json.loads(r.stdout)
     assert rec["tiles"] == 4 and rec["new_tokens"] == 3
     r = run_cli("ask", path, "What happens?", "-m", bundle, "--max-new-tokens", "3", "--max-frames", "2", "--json")
-    assert r.returncode == 0, r.stderr and json.loads(r.stdout)["tiles"] == 2
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tiles"] == 2
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only"])
@@ -291,3 +292,32 @@ def test_cli_caption_interrupted_leaves_a_complete_file(tiny256, tmp_path):
     assert len(subs) >= 3 and subs[0].start.total_seconds() == 0
     _check_cues([(s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subs])
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_progress_bar_on_a_terminal_only(tiny256, tmp_path):
+    import pty
+
+    _, bundle = tiny256
+    path = scenes(tmp_path / "s.mp4", ("red", "blue", "green", "white"), seconds=2)
+    args = [sys.executable, "-m", "edgevlm.cli", "caption", str(path), "-m", str(bundle), "--format", "srt", "-o",
+            str(tmp_path / "a.srt"), "--every", "1", "--max-new-tokens", "2"]
+    master, slave = pty.openpty()  # stderr is a terminal: a bar with elapsed<remaining (the ETA)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    tty_err = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "/8 s [" in tty_err and "<" in tty_err and "\r" in tty_err
+    piped = run_cli(*args[3:])  # stderr is a pipe: no bar, just the summary line
+    assert piped.returncode == 0
+    assert piped.stderr.strip() == f"wrote 4 caption(s) to {tmp_path / 'a.srt'}"
