@@ -10,12 +10,14 @@ which a program that only checks the version or the errors should not pay.
 from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
 
 __version__ = "0.1.0"
-__all__ = ["load", "VLM", "Result", "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
+_LAZY = {"load": "model", "VLM": "model", "Result": "model", "Frame": "video", "Segment": "captions",
+         "PushSource": "sources", "LiveCaption": "live", "Trigger": "live"}
+__all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("load", "VLM", "Result"):
-        from . import model
+    if name in _LAZY:
+        import importlib
 
-        return getattr(model, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'edgevlm' has no attribute {name!r}")

@@ -78,3 +78,18 @@ def test_pip_resolves_no_torch_or_transformers_without_extras(tmp_path):
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     assert {"edgevlm", "onnxruntime", "numpy", "tokenizers"} <= names
     assert not names & {"torch", "transformers", "optimum", "onnxscript", "accelerate"}, names
+
+
+def test_video_and_live_paths_import_no_heavy_module(tiny256, tmp_path):
+    from videotools import scenes
+
+    _, bundle = tiny256
+    path = scenes(tmp_path / "s.mp4", ("red", "blue"), seconds=1)
+    code = ("import sys, edgevlm\n"
+            f"vlm = edgevlm.load({str(bundle)!r})\n"
+            f"segs = list(vlm.timeline({str(path)!r}, max_new_tokens=2))\n"
+            f"r = vlm.ask_video({str(path)!r}, 'What happens?', max_new_tokens=2)\n"
+            f"caps = list(vlm.watch({str(path)!r}, max_new_tokens=2, max_captions=1))\n"
+            "assert segs and r.tiles == 2 and caps\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    assert run_py(code) == ""

@@ -250,11 +250,14 @@ def test_cli_clip_mode_and_ask_on_video(tiny256, tmp_path):
     assert json.loads(r.stdout)["tiles"] == 2
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only", "truncated"])
 def test_cli_bad_video_is_one_line_and_no_file(tiny256, tmp_path, kind):
     _, bundle = tiny256
     path = tmp_path / "in.mp4"
-    if kind == "empty":
+    if kind == "truncated":
+        good = make(tmp_path / "good.mp4", "testsrc", 3, H264)
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "garbage":
         path.write_bytes(os.urandom(20_000))
