@@ -65,16 +65,16 @@ def to_fp16(src: Path, dst: Path) -> dict[str, int]:
 
 
 def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list[str] | None = None,
-           gather: bool = False, algo=None) -> onnx.ModelProto:
-    """MatMulNBits (or GatherBlockQuantized with `gather`) at `bits`, block 32; HQQ when `algo` is given."""
+           gather: bool = False, algo=None, block_size: int = 32) -> onnx.ModelProto:
+    """MatMulNBits (or GatherBlockQuantized with `gather`) at `bits`; HQQ when `algo` is given."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if algo is not None:
         q = MatMulNBitsQuantizer(model, algo_config=algo, nodes_to_exclude=exclude or [])
     else:
         extra = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=True, accuracy_level=accuracy_level,
-                                 nodes_to_exclude=exclude or [], **extra)
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                 accuracy_level=accuracy_level, nodes_to_exclude=exclude or [], **extra)
     with _quiet():
         q.process()
     return q.model.model
@@ -87,8 +87,10 @@ def _lm_head(model: onnx.ModelProto) -> list[str]:
 def to_int8(src: Path, dst: Path, part: str) -> dict[str, int]:
     """int8 weights, chosen per part by measurement (docs/benchmarks.md):
 
-    - decoder: weight-only 8-bit blocks (MatMulNBits, fp32 activations). Dynamic int8 quantizes activations per
-      tensor, and SmolLM2's activation outliers then destroy it (0 % top-1 agreement with fp32 on real text).
+    - decoder: weight-only 8-bit blocks of 16 (MatMulNBits) at accuracy_level 4, i.e. int8 compute with the
+      activations quantized per block of 16, and the lm_head left fp32: 68 tok/s decode at 97.05 % top-1 agreement
+      (level 0 kept 97.7 % at 2.6 tok/s; blocks of 32 at level 4 lost 0.6 points; docs/benchmarks.md). Dynamic
+      int8 quantizes activations per tensor, and SmolLM2's activation outliers then destroy it (0 %).
     - token embeddings: int8 rows (GatherBlockQuantized supports 4 bits only).
     - vision encoder: dynamic int8 (MatMulInteger, VNNI), 2.3x faster per tile than fp32 here.
     """
@@ -97,7 +99,8 @@ def to_int8(src: Path, dst: Path, part: str) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         opt = basic_optimized(src, Path(tmp) / "basic.onnx")
         if part == "decoder_model_merged":
-            _save(_nbits(onnx.load(str(opt)), 8, 0), dst)
+            model = onnx.load(str(opt))
+            _save(_nbits(model, 8, 4, exclude=_lm_head(model), block_size=16), dst)
         else:
             ops = ["Gather"] if part == "embed_tokens" else ["MatMul"]
             with _quiet():
@@ -111,21 +114,31 @@ def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
 
     - decoder: HQQ (a scale/zero search, needs torch at export time) for every MatMul but the lm_head, which
       stays 8-bit: on the trained SmolLM2 decoder that keeps 97.5 % top-1 agreement with fp32, where plain
-      round-to-nearest 4-bit kept 60-70 % (docs/benchmarks.md).
+      round-to-nearest 4-bit kept 60-70 % (docs/benchmarks.md). HQQ's float zero points are then moved off
+      ONNX Runtime's slow path by zero_point_correction (3.7 -> 79 tok/s decode here), and everything runs at
+      accuracy_level 4 (int8 compute, activations quantized per block of 32, which SmolLM2's outliers survive).
     - token embeddings: GatherBlockQuantized 4-bit. vision: round-to-nearest 4-bit, int8 compute.
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+    from .zero_point_correction import correct_float_zero_points, set_attr
 
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(str(basic_optimized(src, Path(tmp) / "basic.onnx")))
         if part == "decoder_model_merged":
             head = _lm_head(model)
             model = _nbits(model, 4, 0, exclude=head, algo=HQQWeightOnlyQuantConfig(block_size=32, bits=4))
-            model = _nbits(model, 8, 0)  # what is left: the lm_head
+            model = _nbits(model, 8, 4)  # what is left: the lm_head
+            correct_float_zero_points(model, accuracy_level=4)
+            for node in model.graph.node:
+                if node.op_type == "MatMulNBits":
+                    set_attr(node, "accuracy_level", 4)
         else:
             model = _nbits(model, 4, 4, gather=part == "embed_tokens")
         _save(model, dst)
     return op_counts(dst)
+
+
 def file_size(path: Path) -> int:
     data = path.with_name(path.name + "_data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
