@@ -18,7 +18,7 @@ from .errors import InputError
 from .generate import Decoder, SamplingOptions, Timings
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
 from .video import Frame, sample_clip
-from .providers import choose, create_session, session_options
+from .providers import choose, create_session, session_options, vision_run_options
 from .tokenizer import Tokenizer
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
@@ -122,6 +122,7 @@ class VLM:
                                self.spec.num_layers, self.spec.kv_heads, self.spec.head_dim, self.spec.max_positions)
         vis_inputs = {i.name: i for i in self.sessions["vision_encoder"].get_inputs()}
         self._pixel_dtype = np.float16 if "float16" in vis_inputs["pixel_values"].type else np.float32
+        self._vision_run_options = vision_run_options(self.providers["vision_encoder"], memory_arena)
         self.vision_cache = VisionCache(vision_cache_size)
 
     # ----------------------------------------------------------------------------------------------- info
@@ -142,7 +143,8 @@ class VLM:
         """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
         pixels = pixel_values[None].astype(self._pixel_dtype, copy=False)
         mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
-        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
+        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask},
+                                                    self._vision_run_options)[0]
         return feats.astype(np.float32, copy=False)
 
     def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> tuple[EncodedImage, bool]:

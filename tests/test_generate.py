@@ -112,3 +112,16 @@ def test_vision_cache_reuses_encoding(vlm):
     for seed in range(3):
         vlm.ask(random_image(32, 32, seed=100 + seed), "x", max_new_tokens=1, split=False)
     assert len(vlm.vision_cache) == 2
+
+
+def test_arena_settings_give_the_same_answer(tiny256):
+    """The vision encoder releases its arena after each run (peak memory); with the arena off it must not try to.
+    Either way the tokens are the same."""
+    from conftest import random_image
+
+    image = random_image(200, 150)
+    answers = []
+    for arena in (True, False):
+        vlm = edgevlm.load(tiny256[1], memory_arena=arena, vision_cache_size=0)
+        answers.append([vlm.caption(image, max_new_tokens=6).token_ids for _ in range(2)])
+    assert answers[0][0] == answers[0][1] == answers[1][0] == answers[1][1]
