@@ -8,7 +8,7 @@ import edgevlm
 
 
 def main(bundle: str, image: str) -> None:
-    vlm = edgevlm.load(bundle, threads=2)  # fp32: the fastest on CPUs today (docs/benchmarks.md)
+    vlm = edgevlm.load(bundle, variant="mixed", threads=2)  # the fastest on CPUs (docs/benchmarks.md)
     r = vlm.caption(image, max_new_tokens=48)
     print(f"{r.text}\n  ({r.tiles} tiles, vision {r.vision_ms:.0f} ms, prefill {r.prefill_ms:.0f} ms, "
           f"{r.decode_tokens_per_s:.0f} tok/s)")
