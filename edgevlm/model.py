@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -17,9 +17,14 @@ from . import prompt as prompt_mod
 from .errors import InputError
 from .generate import Decoder, SamplingOptions, Timings
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
-from .video import Frame, sample_clip
 from .providers import choose, create_session, session_options, vision_run_options
 from .tokenizer import Tokenizer
+from .video import Frame, sample_clip
+
+if TYPE_CHECKING:
+    from .captions import Segment
+    from .live import LiveCaption
+    from .sources import LiveSource
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
 DEFAULT_VIDEO_PROMPT = "Describe this video."
@@ -175,8 +180,12 @@ class VLM:
         """The frames of a video item: sampled from a file by the model's rule, or the caller's own Frames."""
         src = item.get("video", item.get("path"))
         if isinstance(src, (str, os.PathLike)):
-            frames, info = sample_clip(src, float(item.get("fps", self.spec.video_fps)),
-                                       int(item.get("max_frames", self.spec.video_max_frames)))
+            fps, max_frames = float(item.get("fps", self.spec.video_fps)), int(
+                item.get("max_frames", self.spec.video_max_frames))
+            if fps <= 0 or max_frames < 1:
+                raise InputError(f"sample at a positive fps and at least one frame; got fps={fps}, "
+                                 f"max_frames={max_frames}.")
+            frames, info = sample_clip(src, fps, max_frames)
             return frames, info.duration
         if isinstance(src, Sequence) and src and all(isinstance(f, Frame) for f in src):
             frames = list(src)
@@ -287,13 +296,13 @@ class VLM:
                       prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
         return self.ask_video(video, prompt, max_new_tokens, **kw)
 
-    def timeline(self, video: str | os.PathLike, **kw):
+    def timeline(self, video: str | os.PathLike, **kw) -> Iterator[Segment]:
         """Timed captions of a video file, one per segment; see edgevlm.timeline.timeline for the options."""
         from .timeline import timeline
 
         return timeline(self, video, **kw)
 
-    def watch(self, source, **kw):
+    def watch(self, source: str | int | LiveSource, **kw) -> Iterator[LiveCaption]:
         """Captions of a live source as they happen; see edgevlm.live.watch for the options."""
         from .live import watch
 
