@@ -89,8 +89,11 @@ def test_seeking_and_sampled_frames(tmp_path):
     np.testing.assert_allclose(every, [5.0, 15.0, 25.0], atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only", "truncated_header"])
-def test_bad_videos_raise_clear_errors(tmp_path, kind):
+BAD_VIDEOS = ["missing", "empty", "garbage", "audio_only", "truncated_header"]
+
+
+def bad_video(tmp_path, kind: str):
+    """A file that is not a usable video, of the given kind ('missing' leaves no file)."""
     path = tmp_path / "bad.mp4"
     if kind == "empty":
         path.write_bytes(b"")
@@ -101,6 +104,12 @@ def test_bad_videos_raise_clear_errors(tmp_path, kind):
     elif kind == "truncated_header":
         good = make(tmp_path / "good.mp4", "testsrc", 3, H264)  # moov atom at the end: cut it off
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", BAD_VIDEOS)
+def test_bad_videos_raise_clear_errors(tmp_path, kind):
+    path = bad_video(tmp_path, kind)
     with pytest.raises(InputError) as e:
         probe(path)
     msg = str(e.value)
@@ -250,19 +259,10 @@ def test_cli_clip_mode_and_ask_on_video(tiny256, tmp_path):
     assert json.loads(r.stdout)["tiles"] == 2
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only", "truncated"])
+@pytest.mark.parametrize("kind", BAD_VIDEOS)
 def test_cli_bad_video_is_one_line_and_no_file(tiny256, tmp_path, kind):
     _, bundle = tiny256
-    path = tmp_path / "in.mp4"
-    if kind == "truncated":
-        good = make(tmp_path / "good.mp4", "testsrc", 3, H264)
-        path.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "garbage":
-        path.write_bytes(os.urandom(20_000))
-    elif kind == "audio_only":
-        run_ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(path))
+    path = bad_video(tmp_path, kind)
     out = tmp_path / "out.srt"
     r = run_cli("caption", path, "-m", bundle, "--format", "srt", "-o", out)
     assert r.returncode == 2
