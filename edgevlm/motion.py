@@ -37,14 +37,10 @@ class MotionGate:
         self.reference: np.ndarray | None = None
         self.last_score = float("inf")
 
-    def score(self, frame: np.ndarray) -> float:
-        if self.reference is None:
-            return float("inf")
-        return difference(thumbnail(frame), self.reference)
-
-    def changed(self, frame: np.ndarray) -> bool:
-        """True for the first frame and for frames that differ from the last one let through; lets it through."""
-        thumb = thumbnail(frame)
+    def changed(self, frame: np.ndarray, thumb: np.ndarray | None = None) -> bool:
+        """True for the first frame and for frames that differ from the last one let through; lets it through.
+        `thumb`: the frame's thumbnail when the caller already made it."""
+        thumb = thumbnail(frame) if thumb is None else thumb
         self.last_score = float("inf") if self.reference is None else difference(thumb, self.reference)
         if self.reference is None or self.last_score >= self.threshold:
             self.reference = thumb

@@ -46,12 +46,12 @@ def timeline(vlm: VLM, video: str | os.PathLike, every: float = 5.0, scene: bool
         if current is not None and not cut and frame.timestamp - last_boundary < every - 1e-6:
             continue
         last_boundary = frame.timestamp
-        if current is not None and not gate.changed(frame.image):
+        if current is not None and not gate.changed(frame.image, thumb):
             current.merged += 1
             continue
         starts_video = current is None
         if starts_video:
-            gate.changed(frame.image)
+            gate.changed(frame.image, thumb)
         else:
             current.end = frame.timestamp
             yield current

@@ -184,11 +184,12 @@ def frames_at(path: str | os.PathLike, times: Iterable[float]) -> list[Frame]:
     cap = _open(path)
     try:
         index, t, last, ended = -1, -1.0, None, False
+        half = _half_frame(cap)
         for target in targets:
             if target - t > SEEK_AHEAD_S and t >= 0 and not ended:
                 cap.set(cv2.CAP_PROP_POS_MSEC, max(target - 1.0, 0) * 1000.0)
                 index = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
-            while not ended and t + 1e-6 < target - _half_frame(cap):
+            while not ended and t + 1e-6 < target - half:
                 if not cap.grab():
                     ended = True
                     break
