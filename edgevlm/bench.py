@@ -5,6 +5,7 @@ end-of-sequence ignored. Each variant runs in a fresh subprocess so its load tim
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -15,6 +16,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import EdgeVLMError
 
 QUESTION = "Describe this image in one detailed sentence, mentioning colours and shapes."
 
@@ -73,13 +76,33 @@ def run_one(model: str, variant: str, providers: str | None, threads: int | None
 
 def measure(model: str, variant: str, providers: str | None = None, threads: int | None = None, runs: int = 3,
             new_tokens: int = 32) -> BenchResult:
+    """Measure one variant in a fresh process. A problem the user can fix (EdgeVLMError) comes back as the same
+    error class with its message; anything else as a RuntimeError with the child's last line."""
     args = json.dumps([str(model), variant, providers, threads, runs, new_tokens])
-    code = ("import json, sys, dataclasses; from edgevlm.bench import run_one; "
-            "print(json.dumps(dataclasses.asdict(run_one(*json.loads(sys.argv[1])))))")
-    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark of {variant} failed:\n{out.stderr[-2000:]}")
-    return BenchResult(**json.loads(out.stdout.strip().splitlines()[-1]))
+    out = subprocess.run([sys.executable, "-m", "edgevlm.bench", args], capture_output=True, text=True)
+    last = (out.stdout.strip().splitlines() or ["{}"])[-1]
+    try:
+        record = json.loads(last)
+    except json.JSONDecodeError:
+        record = {}
+    if out.returncode != 0 or "error" in record:
+        if "error" in record:
+            err = EdgeVLMError(f"benchmark of {variant}: {record['error']}")
+            err.exit_code = record.get("exit_code", 1)
+            raise err
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"benchmark of {variant} failed in its child process: {tail}")
+    return BenchResult(**record)
+
+
+def _child(argv: list[str]) -> int:
+    try:
+        result = run_one(*json.loads(argv[0]))
+    except EdgeVLMError as e:
+        print(json.dumps({"error": str(e), "exit_code": e.exit_code}))
+        return e.exit_code
+    print(json.dumps(dataclasses.asdict(result)))
+    return 0
 
 
 def import_time(repeats: int = 5) -> float:
@@ -102,3 +125,5 @@ def table(results: list[BenchResult]) -> str:
     return "\n".join([head, *rows])
 
 
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

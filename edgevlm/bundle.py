@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,12 @@ PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "uint8": "_uint8", "quantized": "_quantized",
             "q4": "_q4", "q4f16": "_q4f16", "bnb4": "_bnb4"}
 REQUIRED_CONFIGS = ("config.json", "tokenizer.json")
+# Inputs that tell the parts apart: a file in the wrong place (parts swapped) is caught by these at load.
+PART_INPUTS = {"vision_encoder": ("pixel_values",), "embed_tokens": ("input_ids",),
+               "decoder_model_merged": ("inputs_embeds", "attention_mask", "past_key_values.0.key")}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger("edgevlm")
+_warned_unverified: set[str] = set()
 
 
 @dataclass
@@ -95,22 +103,43 @@ def _read_json(path: Path) -> dict:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path} is not valid JSON ({e}); re-export or re-download the model.") from None
+    except OSError as e:
+        raise ModelError(f"{path} cannot be read ({e.strerror}); check the model folder's files and "
+                         f"permissions.") from None
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON file that must hold an object (a config); a missing file reads as {}."""
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} must hold a JSON object, not {type(value).__name__}; re-export or re-download "
+                         f"the model.")
+    return value
 
 
 def read_spec(root: Path) -> ModelSpec:
-    config = _read_json(root / "config.json")
+    config = _read_object(root / "config.json")
     if config.get("model_type") not in ("smolvlm", "idefics3"):
         raise ModelError(f"{root / 'config.json'} is not a SmolVLM config (model_type="
                          f"{config.get('model_type')!r}); point edgevlm at a SmolVLM2 model folder.")
-    pre = _read_json(root / "preprocessor_config.json")
-    proc = _read_json(root / "processor_config.json")
-    gen = _read_json(root / "generation_config.json")
+    try:
+        return _spec(root, config)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"has a value of the wrong kind ({e})"
+        raise ModelError(f"{root / 'config.json'} (or a processor config beside it) {what}; it is not a complete "
+                         f"SmolVLM2 config. Re-export or re-download the model.") from None
+
+
+def _spec(root: Path, config: dict) -> ModelSpec:
+    pre = _read_object(root / "preprocessor_config.json")
+    proc = _read_object(root / "processor_config.json")
+    gen = _read_object(root / "generation_config.json")
     vision, text = config["vision_config"], config["text_config"]
     tile, patch, scale = vision["image_size"], vision["patch_size"], config.get("scale_factor", 2)
     eos = gen.get("eos_token_id", text.get("eos_token_id", 2))
     eos_ids = list(eos) if isinstance(eos, list) else [eos]
     heads = text["num_attention_heads"]
-    return ModelSpec(
+    spec = ModelSpec(
         image_token_id=config.get("image_token_id", 49190),
         tile=pre.get("max_image_size", {}).get("longest_edge", tile),
         patch=patch,
@@ -130,13 +159,19 @@ def read_spec(root: Path) -> ModelSpec:
         do_image_splitting=pre.get("do_image_splitting", True),
         **_video_rules(root, pre),
     )
+    for name in ("image_token_id", "tile", "patch", "scale_factor", "image_seq_len", "hidden", "num_layers",
+                 "kv_heads", "head_dim", "vocab_size", "max_positions", "longest_edge"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    return spec
 
 
 def _video_rules(root: Path, pre: dict) -> dict:
     """The video processor's settings as transformers resolves them: a video_preprocessor_config.json if there is
     one, else the image config, where a `size` entry overrides video_sampling.video_size (SmolVLMVideoProcessor's
     __init__ does exactly that, so released SmolVLM2 models resize frames to 2048 / 1536 first, then to the tile)."""
-    cfg = _read_json(root / "video_preprocessor_config.json") or pre
+    cfg = _read_object(root / "video_preprocessor_config.json") or pre
     sampling = dict(cfg.get("video_sampling", {}))
     size = cfg.get("size") or sampling.get("video_size") or {"longest_edge": 4 * 364}
     return {"video_sampling": sampling, "video_longest_edge": int(size.get("longest_edge", 4 * 364)),
@@ -147,8 +182,8 @@ def _chat_template(root: Path) -> str | None:
     if (root / "chat_template.jinja").exists():
         return (root / "chat_template.jinja").read_text()
     for name in ("chat_template.json", "tokenizer_config.json"):
-        template = _read_json(root / name).get("chat_template")
-        if template:
+        template = _read_object(root / name).get("chat_template")
+        if isinstance(template, str) and template:
             return template
     return None
 
@@ -175,6 +210,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def open_bundle(root: str | os.PathLike) -> Bundle:
     """Read a local model folder (bundle or official layout). Checksums are checked later, per variant."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ModelError(f"{root} is a file, not a model folder; pass a bundle folder made by `edgevlm export`, a "
+                         f"folder with an onnx/ subfolder, or a Hugging Face hub id.")
     if not root.is_dir():
         raise ModelError(f"model folder {root} does not exist; pass a bundle made by `edgevlm export`, a folder "
                          f"with an onnx/ subfolder, or a Hugging Face hub id.")
@@ -182,19 +220,75 @@ def open_bundle(root: str | os.PathLike) -> Bundle:
         if not (root / name).is_file():
             raise ModelError(f"{root} has no {name}; it is not a complete SmolVLM2 ONNX model folder "
                              f"(re-export it with `edgevlm export`, or re-download it).")
-    manifest = _read_json(root / MANIFEST) or None
-    if manifest is not None:
-        if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelError(f"{root / MANIFEST} is format {manifest.get('format')!r} version "
-                             f"{manifest.get('format_version')}; this edgevlm reads {FORMAT} up to version "
-                             f"{FORMAT_VERSION}. Upgrade edgevlm or re-export the bundle.")
+    manifest = None
+    if (root / MANIFEST).exists():  # present means trusted only if valid: never silently unverified
+        manifest = validate_manifest(_read_json(root / MANIFEST), root)
         files = {v: {p: root / rel for p, rel in parts.items()} for v, parts in manifest["variants"].items()}
     else:
         files = _scan_official_layout(root)
+        if files and str(root) not in _warned_unverified:
+            _warned_unverified.add(str(root))
+            log.warning("warning: %s has no %s, so it is loaded as an unverified Hugging Face onnx/ layout (no "
+                        "checksums checked).", root, MANIFEST)
     if not files:
         raise ModelError(f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
                          f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx).")
     return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root))
+
+
+def _relative_inside(rel: object, root: Path, what: str) -> str:
+    if not isinstance(rel, str) or not rel:
+        raise ModelError(f"{root / MANIFEST}: {what} must be a non-empty path string; got {rel!r}. The manifest is "
+                         f"damaged; re-export the bundle.")
+    p = Path(rel)
+    if p.is_absolute() or "\\" in rel or ".." in p.parts or rel.startswith("~"):
+        raise ModelError(f"{root / MANIFEST}: {what} {rel!r} points outside the bundle (absolute path or '..'); "
+                         f"a bundle may only name its own files. Re-export it, and do not trust this folder.")
+    return p.as_posix()
+
+
+def validate_manifest(manifest: object, root: Path) -> dict:
+    """Check the manifest's shape before anything in it is used: an object of the right format and version,
+    variants naming each part by a relative path inside the bundle, and files with sha256 and size."""
+    def bad(why: str) -> ModelError:
+        return ModelError(f"{root / MANIFEST} is not a valid edgevlm manifest: {why}. Re-export the bundle (or "
+                          f"remove {MANIFEST} to load the folder as an unverified Hugging Face layout).")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"it holds {type(manifest).__name__}, not an object")
+    version = manifest.get("format_version")
+    if manifest.get("format") != FORMAT or not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"format {manifest.get('format')!r} version {version!r}; expected {FORMAT!r} with an integer "
+                  f"version")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{root / MANIFEST} is format version {version}; this edgevlm reads {FORMAT} up to version "
+                         f"{FORMAT_VERSION}. Upgrade edgevlm or re-export the bundle.")
+    variants, files = manifest.get("variants"), manifest.get("files")
+    if not isinstance(variants, dict) or not variants:
+        raise bad("'variants' is missing or empty")
+    if not isinstance(files, dict):
+        raise bad("'files' is missing")
+    for name, parts in variants.items():
+        if not isinstance(parts, dict) or set(parts) != set(PARTS):
+            raise bad(f"variant {name!r} must name exactly the parts {', '.join(PARTS)}")
+        for part, rel in parts.items():
+            parts[part] = _relative_inside(rel, root, f"variant {name!r} part {part}")
+    for rel, entry in files.items():
+        _relative_inside(rel, root, "a file entry")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("size"), int)
+                and not isinstance(entry.get("size"), bool) and entry["size"] >= 0):
+            raise bad(f"the entry for {rel} needs a sha256 (64 hex digits) and a size (bytes)")
+    return manifest
+
+
+def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:
+    """A file must have the inputs of the part it stands for; swapped or foreign files are a model error."""
+    missing = [n for n in PART_INPUTS[part] if n not in input_names]
+    if missing:
+        raise ModelError(f"{path.name} is used as the {_short_part(part)} part but lacks its input(s) "
+                         f"{', '.join(missing)} (it has {', '.join(input_names) or 'none'}); the bundle's files are "
+                         f"mixed up or foreign. Re-export it.")
 
 
 def verify_files(bundle: Bundle, paths: list[Path]) -> None:
@@ -216,7 +310,11 @@ def verify_files(bundle: Bundle, paths: list[Path]) -> None:
                              f"export. Re-export it.")
         if not path.is_file():
             raise ModelError(f"{path} is missing from the bundle; re-export it or copy the whole folder again.")
-        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        try:
+            same = path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
+        except OSError as e:
+            raise ModelError(f"{path} cannot be read ({e.strerror}); check the bundle's permissions.") from None
+        if not same:
             raise ModelError(f"{path} does not match its checksum in {MANIFEST} (altered or truncated); "
                              f"re-export the bundle or copy it again.")
 
@@ -229,14 +327,22 @@ def resolve(model: str | os.PathLike, revision: str | None = None, progress: boo
     hold every variant, several GB in all).
     """
     path = Path(model)
-    if path.exists() or not _looks_like_hub_id(str(model)):
+    if path.exists() or not looks_like_hub_id(str(model)):
         return path
     return _download(str(model), revision, progress, SUFFIXES.get(variant or "fp32"))
 
 
-def _looks_like_hub_id(s: str) -> bool:
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def looks_like_hub_id(s: str) -> bool:
+    """`org/name` with the hub's characters, and nothing on this machine that makes it read as a path: a mistyped
+    local folder (`models/smolvlm2` beside an existing `models/`) is reported as a missing folder, not as a
+    failed download with network advice."""
     parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and not Path(s).exists()
+    if len(parts) != 2 or not all(_HUB_NAME.fullmatch(p) for p in parts) or ".." in s or "--" in s:
+        return False
+    return not Path(s).exists() and not Path(parts[0]).exists()
 
 
 def _download(repo_id: str, revision: str | None, progress: bool, suffix: str | None) -> Path:

@@ -1,21 +1,18 @@
 """Timed caption records and their file formats (text, SRT, WebVTT, JSONL), written so a file is never half there.
 
-Output goes to a hidden temporary file beside the target and is renamed over it only when the run ends (finished,
-or stopped by Ctrl-C / SIGTERM after the last complete cue), so a reader never sees a half-written file and a failed
-run leaves none. Every format is valid after each cue, which is what makes finishing on interruption safe.
+Where the bytes go (atomic file, appended log, stream) is edgevlm.outputs' concern. Every format is valid after each
+cue, which is what makes finishing on interruption safe.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError
+from .outputs import OutputTarget
 
 FORMATS = ("text", "srt", "vtt", "jsonl")
 
@@ -60,25 +57,22 @@ def _one_paragraph(text: str) -> str:
 class CaptionWriter:
     """Writes Segment records (or any record with start/end/text) as text, SRT, WebVTT or JSONL.
 
-    path=None writes to stdout as records arrive. With a path, call commit() to publish the file or discard() to
-    leave nothing; as a context manager, normal exit and KeyboardInterrupt commit, any other error discards.
+    `output` is None (stdout), a path, or a checked OutputTarget (edgevlm.outputs). mode="atomic" publishes the
+    file only at commit() (discard() leaves nothing); mode="append" (live logs) adds one complete line per record
+    as it comes. As a context manager, normal exit and KeyboardInterrupt after a record commit; anything else discards.
     """
 
-    def __init__(self, fmt: str, path: str | os.PathLike | None = None, stream: IO[str] | None = None):
+    def __init__(self, fmt: str, output: str | os.PathLike | OutputTarget | None = None,
+                 stream: IO[str] | None = None, mode: str = "atomic"):
         if fmt not in FORMATS:
             raise InputError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}.")
+        if mode == "append" and fmt not in ("text", "jsonl"):
+            raise InputError(f"{fmt} files cannot be appended to record by record; use text or jsonl.")
         self.fmt, self.count = fmt, 0
-        self.path = Path(path) if path is not None else None
-        self._tmp: Path | None = None
-        if self.path is not None:
-            folder = self.path.parent
-            if not folder.is_dir():
-                raise InputError(f"cannot write {self.path}: folder {folder} does not exist.")
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=folder)
-            self._tmp = Path(tmp)
-            self._out: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-        else:
-            self._out = stream or sys.stdout
+        target = output if isinstance(output, OutputTarget) else OutputTarget(output)
+        self.path = target.path
+        self._stream = stream if stream is not None and target.path is None else None
+        self._out = None if self._stream is not None else target.open(mode)
         if fmt == "vtt":
             self._emit("WEBVTT\n\n")
 
@@ -98,33 +92,26 @@ class CaptionWriter:
         self._emit(line)
 
     def _emit(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
+        if self._stream is not None:
+            self._stream.write(text)
+            self._stream.flush()
+        else:
+            self._out.write(text)
 
     def commit(self) -> None:
-        if self._tmp is None:
-            return
-        self._out.flush()
-        os.fsync(self._out.fileno())
-        self._out.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(self._tmp, self.path)
-        self._tmp = None
+        if self._out is not None:
+            self._out.commit()
 
     def discard(self) -> None:
-        if self._tmp is None:
-            return
-        self._out.close()
-        self._tmp.unlink(missing_ok=True)
-        self._tmp = None
+        if self._out is not None:
+            self._out.discard()
 
     def __enter__(self) -> CaptionWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+        # Interrupted before the first record: keep whatever the target held before.
+        if exc_type is None or (issubclass(exc_type, KeyboardInterrupt) and self.count):
             self.commit()
         else:
             self.discard()

@@ -5,7 +5,6 @@ Errors the user can fix print one line to stderr and exit non-zero (2 bad input,
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -17,14 +16,52 @@ import click
 from .bundle import DEFAULT_MODEL
 from .captions import FORMATS, CaptionWriter
 from .errors import EdgeVLMError, InputError
+from .outputs import OutputTarget
+from .limits import DEFAULT_MAX_IMAGE_PIXELS
 
 MODEL_HELP = "Bundle folder, folder in Hugging Face's onnx/ layout, or hub id."
+
+
+class Number(click.ParamType):
+    """A finite number within bounds: click's FloatRange lets 'nan' and 'inf' through."""
+
+    name = "number"
+
+    def __init__(self, kind: type = float, min: float | None = None, max: float | None = None,
+                 min_open: bool = False):
+        self.kind, self.min, self.max, self.min_open = kind, min, max, min_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            x = value
+        else:
+            try:
+                x = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}.", param, ctx)
+        if x != x or x in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        low_ok = self.min is None or (x > self.min if self.min_open else x >= self.min)
+        if not low_ok or (self.max is not None and x > self.max):
+            self.fail(f"{value} is out of range; {self._range()}.", param, ctx)
+        return x
+
+    def _range(self) -> str:
+        low = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
+        high = "" if self.max is None else f"<= {self.max:g}"
+        return "it must be " + " and ".join(p for p in (low, high) if p)
+
+
+POSITIVE = Number(float, 0, min_open=True)
+NON_NEGATIVE = Number(float, 0)
+COUNT = Number(int, 1)
 
 
 def _friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _signals_as_interrupt()
             return fn(*args, **kwargs)
         except EdgeVLMError as e:
             click.echo(f"error: {e}", err=True)
@@ -51,57 +88,97 @@ def model_options(fn):
     fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)(fn)
     fn = click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")(fn)
     fn = click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")(fn)
-    fn = click.option("--threads", type=int, default=None, help="Intra-op threads.")(fn)
-    fn = click.option("--max-new-tokens", type=int, default=None, help="Answer length limit in tokens.")(fn)
+    fn = click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")(fn)
+    fn = click.option("--max-new-tokens", type=COUNT, default=None, help="Answer length limit in tokens.")(fn)
     fn = click.option("--no-split", is_flag=True, help="Do not split the image into tiles (faster, less detail).")(fn)
     fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")(fn)
+    fn = click.option("--max-image-pixels", type=COUNT, default=None,
+                      help=f"Refuse larger images before decoding them (default {DEFAULT_MAX_IMAGE_PIXELS:,}).")(fn)
     return fn
 
 
-def _load(model, variant, providers, threads):
+def _load(model, variant, providers, threads, max_image_pixels=None):
     from . import load
 
-    return load(model, variant=variant, providers=providers, threads=threads)
+    return load(model, variant=variant, providers=providers, threads=threads, max_image_pixels=max_image_pixels)
+
+
+def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
+    """Flags the user typed that do nothing for this input: an error, not silence."""
+    given = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        opts = {p.name: p.opts[0] for p in ctx.command.params}
+        flags = ", ".join(opts.get(n, n) for n in given)
+        raise InputError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply {why}; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out.")
 
 
 def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json):
     split = False if no_split else None
     if stream is None:
         stream = sys.stdout.isatty() and not as_json
+    if stream and as_json:
+        raise InputError("--stream and --json cannot be combined; the JSON record is printed at the end.")
     if stream:
         for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, split=split):
             click.echo(piece, nl=False)
         click.echo()
         return
     r = vlm.ask(images, question, max_new_tokens=max_new_tokens, split=split)
+    _print_result(r, as_json)
+
+
+def _print_result(r, as_json: bool) -> None:
     if as_json:
-        record = {k: v for k, v in r.__dict__.items() if k != "token_ids"}
-        click.echo(json.dumps(record, indent=1))
+        click.echo(json.dumps({k: v for k, v in r.__dict__.items() if k != "token_ids"}, indent=1))
     else:
         click.echo(r.text)
 
 
 @click.group()
 @click.version_option(package_name="edgevlm")
-def main() -> None:
+def cli() -> None:
     """SmolVLM2 on edge hardware: caption and ask about images with ONNX Runtime."""
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `edgevlm` entry point. Usage mistakes are one line too ("error: ... (see edgevlm CMD --help)"), exit 2,
+    like every other input error, instead of click's three-line usage block."""
+    try:
+        code = cli.main(args=args, prog_name="edgevlm", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `edgevlm`: the help, as a usage error
+        click.echo(e.ctx.get_help(), err=True)
+        sys.exit(2)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "edgevlm"
+        message = e.format_message().replace("\n", " ")
+        click.echo(f"error: {message} (see {where} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def video_options(fn):
     fn = click.option("--mode", type=click.Choice(["timeline", "clip"]), default="timeline", show_default=True,
                       help="Video: a caption per segment (timeline) or one description of the whole clip.")(fn)
-    fn = click.option("--every", type=float, default=5.0, show_default=True,
+    fn = click.option("--every", type=POSITIVE, default=5.0, show_default=True,
                       help="Timeline: seconds between sample points (a segment is at least this long).")(fn)
     fn = click.option("--scene/--no-scene", default=True, show_default=True,
                       help="Timeline: also cut segments at scene changes.")(fn)
-    fn = click.option("--threshold", type=float, default=6.0, show_default=True,
+    fn = click.option("--threshold", type=Number(float, 0, 255), default=6.0, show_default=True,
                       help="Timeline: grey-level change below which a segment is merged, not captioned.")(fn)
-    fn = click.option("--fps", type=float, default=None, help="Clip: frames per second to sample (model default).")(fn)
-    fn = click.option("--max-frames", type=int, default=None, help="Clip: most frames to sample (model default).")(fn)
+    fn = click.option("--fps", type=POSITIVE, default=None, help="Clip: frames per second to sample (model default).")(fn)
+    fn = click.option("--max-frames", type=COUNT, default=None, help="Clip: most frames to sample (model default).")(fn)
     fn = click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
                       help="Timeline output format.")(fn)
-    fn = click.option("--output", "-o", default=None, help="Write the captions to this file (atomically).")(fn)
+    fn = click.option("--output", "-o", default=None,
+                      help="Timeline: write the captions to this file (atomically; - for standard output).")(fn)
     return fn
 
 
@@ -116,51 +193,75 @@ def _split_inputs(inputs: tuple[str, ...]) -> tuple[list[str], str | None]:
     return [], videos[0]
 
 
-@main.command()
+def _check_text(label: str, text: str | None) -> None:
+    """Arguments arrive as str with undecodable bytes kept as surrogates (PEP 383): refuse those early."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"the {label} is not valid UTF-8 text; check your terminal's or script's encoding.") from None
+
+
+VIDEO_ONLY = ("mode", "every", "scene", "threshold", "fps", "max_frames", "fmt", "output")
+TIMELINE_ONLY = ("every", "scene", "threshold", "fmt", "output")
+
+
+@cli.command()
 @click.argument("image", nargs=-1, required=True)
 @click.option("--prompt", "-p", default=None, help="Default: 'Describe this image.' / 'Describe this video.'")
 @model_options
 @video_options
+@click.pass_context
 @_friendly
-def caption(image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json, mode,
-            every, scene, threshold, fps, max_frames, fmt, output):
+def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
+            max_image_pixels, mode, every, scene, threshold, fps, max_frames, fmt, output):
     """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip)."""
+    _check_text("prompt", prompt)
     images, video = _split_inputs(image)
-    if video is not None:
-        _sigterm_as_interrupt()
-    vlm = _load(model, variant, providers, threads)
     if video is None:
+        _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
+        vlm = _load(model, variant, providers, threads, max_image_pixels)
         _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json)
     elif mode == "clip":
-        _answer_video(vlm, video, prompt or "Describe this video.", max_new_tokens or 128, fps, max_frames, as_json)
+        _reject(ctx, (*TIMELINE_ONLY, "no_split", "stream", "max_image_pixels"),
+                "with --mode clip (one answer; video frames are one tile each)")
+        vlm = _load(model, variant, providers, threads)
+        _print_result(vlm.ask_video(video, prompt or "Describe this video.", max_new_tokens=max_new_tokens or 128,
+                                    fps=fps, max_frames=max_frames), as_json)
     else:
-        _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, not no_split, fmt, output)
+        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels"), "to a timeline (they are for --mode clip)")
+        if as_json:
+            raise InputError("--json does not apply to a video timeline; use --format jsonl for one JSON record "
+                             "per segment.")
+        target = OutputTarget(output, inputs=[video], model_dir=model)
+        with CaptionWriter(fmt, target) as writer:  # opened before any work: a bad target fails in a second
+            vlm = _load(model, variant, providers, threads)
+            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, not no_split, writer)
 
 
-@main.command()
+@cli.command()
 @click.argument("image", nargs=-1)
 @click.argument("question")
 @model_options
-@click.option("--fps", type=float, default=None, help="Video: frames per second to sample (model default).")
-@click.option("--max-frames", type=int, default=None, help="Video: most frames to sample (model default).")
+@click.option("--fps", type=POSITIVE, default=None, help="Video: frames per second to sample (model default).")
+@click.option("--max-frames", type=COUNT, default=None, help="Video: most frames to sample (model default).")
+@click.pass_context
 @_friendly
-def ask(image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json, fps,
-        max_frames):
+def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
+        max_image_pixels, fps, max_frames):
     """Answer QUESTION about IMAGE(s) or one video (no image: a text-only question)."""
+    _check_text("question", question)
     images, video = _split_inputs(image)
-    vlm = _load(model, variant, providers, threads)
     if video is not None:
-        _answer_video(vlm, video, question, max_new_tokens or 128, fps, max_frames, as_json)
+        _reject(ctx, ("no_split", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
+        vlm = _load(model, variant, providers, threads)
+        _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens or 128, fps=fps,
+                                    max_frames=max_frames), as_json)
     else:
+        _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
+        vlm = _load(model, variant, providers, threads, max_image_pixels)
         _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json)
-
-
-def _answer_video(vlm, video, question, max_new_tokens, fps, max_frames, as_json):
-    r = vlm.ask_video(video, question, max_new_tokens=max_new_tokens, fps=fps, max_frames=max_frames)
-    if as_json:
-        click.echo(json.dumps({k: v for k, v in r.__dict__.items() if k != "token_ids"}, indent=1))
-    else:
-        click.echo(r.text)
 
 
 def _progress(total: float | None):
@@ -178,7 +279,7 @@ def _progress(total: float | None):
                 nrows=rows or 24, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
 
-def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split, fmt, output):
+def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split, writer: CaptionWriter) -> None:
     from .timeline import DEFAULT_TIMELINE_PROMPT
     from .video import probe
 
@@ -191,60 +292,57 @@ def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split
     segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold, split=split,
                             prompt=prompt or DEFAULT_TIMELINE_PROMPT, max_new_tokens=max_new_tokens,
                             on_progress=on_progress)
+    where = f" to {writer.path}" if writer.path else ""
     try:
-        _write_all(segments, fmt, output, bar)
+        for rec in segments:
+            if writer.path is None and not bar.disable:
+                bar.clear()
+            writer.write(rec)
+    except KeyboardInterrupt:  # the writer keeps every complete cue
+        click.echo(f"stopped: wrote {writer.count} caption(s){where}", err=True)
+        raise
     finally:
         bar.close()
+    if writer.path:
+        click.echo(f"wrote {writer.count} caption(s){where}", err=True)
 
 
-def _write_all(records, fmt, output, bar=None) -> int:
-    """Write records as they come; on Ctrl-C / SIGTERM the file keeps every complete record (and says so)."""
-    with CaptionWriter(fmt, output) as writer:
-        try:
-            for rec in records:
-                if bar is not None and output is None and not bar.disable:
-                    bar.clear()
-                writer.write(rec)
-        except KeyboardInterrupt:
-            where = f" to {output}" if output else ""
-            click.echo(f"stopped: wrote {writer.count} caption(s){where}", err=True)
-            raise
-    if output:
-        click.echo(f"wrote {writer.count} caption(s) to {output}", err=True)
-    return writer.count
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM ends a run the way Ctrl-C does: outputs flushed and completed, sources closed."""
+def _signals_as_interrupt() -> None:
+    """SIGTERM (a service manager, `kill`) and SIGHUP (the terminal went away) end every command the way Ctrl-C
+    does: outputs completed or discarded, temporary folders removed, sources closed, exit code 130."""
     import signal
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
-@main.command()
+@cli.command()
 @click.argument("source")
 @click.option("--prompt", "-p", default=None, help="Question asked of each frame (default: a one-sentence caption).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
 @click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads.")
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
+@click.option("--max-new-tokens", type=COUNT, default=32, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
-@click.option("--output", "-o", default=None, help="Also write the captions to this file (atomically, on exit).")
-@click.option("--threshold", type=float, default=6.0, show_default=True,
+@click.option("--output", "-o", default=None,
+              help="Also append the captions to this file, one complete line each as they come.")
+@click.option("--threshold", type=Number(float, 0, 255), default=6.0, show_default=True,
               help="Motion gate: grey-level change under which a frame is skipped (0: caption every frame).")
-@click.option("--min-interval", type=float, default=0.0, show_default=True, help="Seconds between captions, at least.")
-@click.option("--heartbeat", type=float, default=None, help="Caption an unchanged scene again after this many seconds.")
-@click.option("--max-captions", type=int, default=None, help="Stop after this many captions.")
-@click.option("--retry-for", type=float, default=30.0, show_default=True,
+@click.option("--min-interval", type=NON_NEGATIVE, default=0.0, show_default=True,
+              help="Seconds between captions, at least.")
+@click.option("--heartbeat", type=POSITIVE, default=None,
+              help="Caption an unchanged scene again after this many seconds.")
+@click.option("--max-captions", type=COUNT, default=None, help="Stop after this many captions.")
+@click.option("--retry-for", type=NON_NEGATIVE, default=30.0, show_default=True,
               help="Seconds to keep reconnecting to a network stream that dropped.")
 @click.option("--no-realtime", is_flag=True, help="A video file is read as fast as possible, not at its own pace.")
 @click.option("--trigger", default=None, help="Regular expression; a matching caption is an event (stderr).")
-@click.option("--trigger-exit", type=int, default=None,
-              help="With --trigger: stop at the first match and exit with this code.")
+@click.option("--trigger-exit", type=Number(int, 1, 255), default=None,
+              help="With --trigger: stop at the first match and exit with this code (1-255).")
 @_friendly
 def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fmt, output, threshold, min_interval,
           heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
@@ -253,10 +351,10 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
     from .live import DEFAULT_LIVE_PROMPT, Trigger
     from .sources import open_source
 
-    _sigterm_as_interrupt()
+    _check_text("prompt", prompt)
+    _check_text("trigger", trigger)
     if trigger_exit is not None and trigger is None:
         raise InputError("--trigger-exit needs --trigger PATTERN.")
-    vlm = _load(model, variant, providers, threads)
     fired = []
 
     def on_trigger(c):
@@ -267,21 +365,30 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
         trig = Trigger(trigger, on_trigger, stop=trigger_exit is not None) if trigger else None
     except re.error as e:
         raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
-    src = open_source(source, retry_for=retry_for, realtime=not no_realtime)
+    inputs = [source] if os.path.exists(source) else []
+    to_file = CaptionWriter(fmt, OutputTarget(output, inputs, model_dir=model), mode="append") if output else None
+    try:
+        vlm = _load(model, variant, providers, threads)
+        src = open_source(source, retry_for=retry_for, realtime=not no_realtime)
+    except BaseException:
+        if to_file is not None:
+            to_file.commit()  # nothing was appended; the file is as it was
+        raise
     try:
         captions = vlm.watch(src, prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
                              threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
                              max_captions=max_captions)
-        with CaptionWriter(fmt, output) if output else contextlib.nullcontext() as to_file:
-            screen = CaptionWriter(fmt)
-            try:
-                for c in captions:
-                    if to_file is not None:  # the file first: whatever was shown is in the file too
-                        to_file.write(c)
-                    screen.write(c)
-            except KeyboardInterrupt:
-                click.echo("stopped", err=True)
+        screen = CaptionWriter(fmt)
+        try:
+            for c in captions:
+                if to_file is not None:  # the file first: whatever was shown is in the file too
+                    to_file.write(c)
+                screen.write(c)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
     finally:
+        if to_file is not None:
+            to_file.commit()  # every line is already in the file; a lost stream keeps them all
         src.close()
         s = src.stats
         click.echo(f"frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}", err=True)
@@ -289,7 +396,7 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
         sys.exit(trigger_exit)
 
 
-@main.command()
+@cli.command()
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
@@ -333,13 +440,13 @@ def info(model, as_json):
                f"auto order {', '.join(data['providers_auto'])}")
 
 
-@main.command()
+@cli.command()
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--variants", default=None, help="Comma list (default: every variant in the model).")
 @click.option("--providers", default=None, help="Execution providers (default: auto).")
-@click.option("--threads", type=int, default=None)
-@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per variant (median reported).")
-@click.option("--new-tokens", type=int, default=32, show_default=True)
+@click.option("--threads", type=COUNT, default=None)
+@click.option("--runs", type=COUNT, default=3, show_default=True, help="Timed runs per variant (median reported).")
+@click.option("--new-tokens", type=COUNT, default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
 def bench(model, variants, providers, threads, runs, new_tokens, as_json):
@@ -348,7 +455,16 @@ def bench(model, variants, providers, threads, runs, new_tokens, as_json):
     from . import bundle
 
     root = bundle.resolve(model)
-    names = variants.split(",") if variants else bundle.open_bundle(root).variants
+    found = bundle.open_bundle(root)
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else found.variants
+    if not names:
+        raise InputError("--variants is empty; name at least one variant (edgevlm info MODEL lists them).")
+    for v in names:
+        found.part_files(v)  # an unknown variant fails here, in one line, before any child process starts
+    if providers:
+        from .providers import choose
+
+        choose(providers)
     results = []
     for v in names:
         r = bench_mod.measure(str(root), v, providers, threads, runs, new_tokens)
@@ -365,12 +481,12 @@ def bench(model, variants, providers, threads, runs, new_tokens, as_json):
         click.echo(f"\nimport edgevlm: {imp * 1000:.0f} ms")
 
 
-@main.command()
+@cli.command()
 @click.argument("source")
 @click.option("--output", "-o", "out_dir", required=True, help="Bundle folder to write.")
 @click.option("--variants", default=None, help="Comma list from fp32,fp16,int8,q4,mixed (default: all).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=COUNT, default=None)
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a hub id.")
 @_friendly
 def export(source, out_dir, variants, force, threads, revision):

@@ -25,3 +25,7 @@ class InputError(EdgeVLMError):
 
 class ContextLengthError(InputError):
     """The prompt (with its image tokens) does not fit in the model's context."""
+
+
+class OutputError(InputError):
+    """An output file cannot be written where asked (it is an input, a folder, read-only, or the disk is full)."""

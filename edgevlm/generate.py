@@ -46,6 +46,14 @@ class Timings:
     step_s: list[float] = field(default_factory=list, repr=False)
 
 
+def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -> None:
+    if prompt_tokens + max_new_tokens > max_positions:
+        raise ContextLengthError(
+            f"the prompt is {prompt_tokens} tokens (images included) and {max_new_tokens} new tokens are asked "
+            f"for, over the model's context of {max_positions}. Use fewer or smaller images (split=False), a "
+            f"shorter prompt, or a lower max_new_tokens.")
+
+
 def process_logits(logits: np.ndarray, generated: list[int], opts: SamplingOptions,
                    rng: np.random.Generator) -> int:
     """Pick the next token from one row of logits (float32, vocab)."""
@@ -139,11 +147,7 @@ class Decoder:
         """Yield new token ids; `timings` is filled in as it goes."""
         opts.check()
         ids = np.asarray(input_ids, dtype=np.int64)
-        if len(ids) + opts.max_new_tokens > self.max_positions:
-            raise ContextLengthError(
-                f"the prompt is {len(ids)} tokens (images included) and {opts.max_new_tokens} new tokens are "
-                f"asked for, over the model's context of {self.max_positions}. Use fewer or smaller images "
-                f"(split=False), a shorter prompt, or a lower max_new_tokens.")
+        check_context(len(ids), opts.max_new_tokens, self.max_positions)
         t0 = time.perf_counter()
         embeds = self.merge(ids, image_features, image_token_id)
         rng = np.random.default_rng(opts.seed)

@@ -15,8 +15,9 @@ from PIL import Image
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
 from .errors import InputError
-from .generate import Decoder, SamplingOptions, Timings
-from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
+from .generate import Decoder, SamplingOptions, Timings, check_context
+from .limits import max_image_pixels as max_image_pixels_limit
+from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
 from .providers import choose, create_session, session_options, vision_run_options
 from .tokenizer import Tokenizer
 from .video import Frame, sample_clip
@@ -108,8 +109,9 @@ class VLM:
 
     def __init__(self, model_bundle: bundle_mod.Bundle, variant: str | dict[str, str] | None,
                  providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
-                 vision_cache_size: int, verify: bool):
+                 vision_cache_size: int, verify: bool, max_image_pixels: int | None = None):
         self.bundle = model_bundle
+        self.max_image_pixels = max_image_pixels_limit(max_image_pixels)
         self.spec = model_bundle.spec
         files = model_bundle.part_files(variant)
         if verify:
@@ -122,6 +124,7 @@ class VLM:
         self.providers: dict[str, list[str]] = {}
         for part, path in files.items():
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
+            bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
         self.tokenizer = Tokenizer(model_bundle.root / "tokenizer.json")
         self.decoder = Decoder(self.sessions["embed_tokens"], self.sessions["decoder_model_merged"],
                                self.spec.num_layers, self.spec.kv_heads, self.spec.head_dim, self.spec.max_positions)
@@ -142,7 +145,7 @@ class VLM:
 
     # ------------------------------------------------------------------------------------------- vision
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
-        return process_image(image, self.spec, split=split, color=color)
+        return process_image(image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels)
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
@@ -154,7 +157,7 @@ class VLM:
 
     def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> tuple[EncodedImage, bool]:
         """Features for one image, from the cache when the same pixels were seen with the same split choice."""
-        im = load_image(image, color)
+        im = load_image(image, color, self.max_image_pixels)
         do_split = self.spec.do_image_splitting if split is None else split
         key = self.vision_cache.key(im, do_split)
         hit = self.vision_cache.get(key)
@@ -194,41 +197,55 @@ class VLM:
                          "(RGB uint8 image + timestamp in seconds).")
 
     # ------------------------------------------------------------------------------------------- prompt
-    def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str) -> _Prepared:
+    def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str,
+                 max_new_tokens: int = 0) -> _Prepared:
+        """Decode the images, build the prompt ids, check the context budget, then encode.
+
+        The tile grid of an image follows from its size alone, so the exact prompt length is known before the
+        vision encoder runs: a prompt that cannot fit fails in a moment, not after every image is encoded.
+        """
         messages = prompt_mod.normalize_messages(messages)
         t0 = time.perf_counter()
-        slots, feats, tiles, cached = [], [], 0, 0
+        slots, work = [], []
         has_video = False
         for m in messages:
             for item in m["content"]:
                 if item["type"] == "video":
                     has_video = True
                     frames, duration = self.video_frames(item)
-                    for f in frames:
-                        encoded_frame, hit = self.encode_video_frame(f.image)
-                        feats.append(encoded_frame)
-                        cached += hit
                     slots.append(prompt_mod.VideoSlot([f.timestamp for f in frames], duration))
-                    tiles += len(frames)
-                    continue
-                if item["type"] != "image":
-                    continue
-                src = item.get("image", item.get("path", item.get("url")))
-                if src is None:
-                    raise InputError("an image item needs an 'image' (path, array or PIL image).")
-                encoded, hit = self.encode_image(src, split=item.get("split", split), color=item.get("color", color))
-                feats.append(encoded.features)
-                slots.append(prompt_mod.ImageSlot(encoded.rows, encoded.cols))
-                tiles += encoded.features.shape[0]
-                cached += hit
-        vision_s = time.perf_counter() - t0
+                    work.append(("video", frames))
+                elif item["type"] == "image":
+                    src = item.get("image", item.get("path", item.get("url")))
+                    if src is None:
+                        raise InputError("an image item needs an 'image' (path, array or PIL image).")
+                    im = load_image(src, item.get("color", color), self.max_image_pixels)
+                    do_split = self.spec.do_image_splitting if item.get("split", split) is None else item.get(
+                        "split", split)
+                    rows, cols = tile_grid(im.width, im.height, self.spec, do_split)
+                    slots.append(prompt_mod.ImageSlot(rows, cols))
+                    work.append(("image", (im, do_split)))
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.
         text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template)
         text = prompt_mod.expand_images(text, slots, self.spec.image_seq_len)
         ids = self.tokenizer.encode(text)
+        check_context(len(ids), max_new_tokens, self.spec.max_positions)
+        feats, tiles, cached = [], 0, 0
+        for kind, payload in work:
+            if kind == "video":
+                for f in payload:
+                    encoded_frame, hit = self.encode_video_frame(f.image)
+                    feats.append(encoded_frame)
+                    cached += hit
+                tiles += len(payload)
+            else:
+                encoded, hit = self.encode_image(*payload)
+                feats.append(encoded.features)
+                tiles += encoded.features.shape[0]
+                cached += hit
         features = np.concatenate(feats) if feats else None
-        return _Prepared(ids, features, vision_s, len(slots), tiles, cached)
+        return _Prepared(ids, features, time.perf_counter() - t0, len(slots), tiles, cached)
 
     @staticmethod
     def _user_message(images: ImageLike | Sequence[ImageLike] | None, text: str) -> list[dict[str, Any]]:
@@ -253,10 +270,12 @@ class VLM:
     # ---------------------------------------------------------------------------------------- public API
     def generate_ids(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
                      color: str = "rgb", **kw) -> tuple[Iterator[int], _Prepared, Timings]:
-        prepared = self._prepare(messages, split, color)
+        options = self._options(max_new_tokens, kw)
+        options.check()
+        prepared = self._prepare(messages, split, color, options.max_new_tokens)
         timings = Timings()
-        ids = self.decoder.generate(prepared.input_ids, prepared.features, self.spec.image_token_id,
-                                    self._options(max_new_tokens, kw), timings)
+        ids = self.decoder.generate(prepared.input_ids, prepared.features, self.spec.image_token_id, options,
+                                    timings)
         return ids, prepared, timings
 
     def chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
@@ -333,7 +352,7 @@ class VLM:
 def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
          providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
          vision_cache_size: int = 16, verify: bool = True, revision: str | None = None,
-         progress: bool = True) -> VLM:
+         progress: bool = True, max_image_pixels: int | None = None) -> VLM:
     """Load a SmolVLM2 ONNX model.
 
     model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
@@ -341,11 +360,13 @@ def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dic
         such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
         ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
         memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
-        sha256 sums before loading.
+        sha256 sums before loading. max_image_pixels: larger images are refused before they are decoded (default
+        100 MP, or $EDGEVLM_MAX_IMAGE_PIXELS).
     """
     root = bundle_mod.resolve(model, revision=revision, progress=progress,
                               variant=variant if isinstance(variant, str) else None)
-    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify)
+    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify,
+               max_image_pixels)
 
 
 __all__ = ["VLM", "Result", "load"]

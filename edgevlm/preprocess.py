@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -17,9 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bundle import ModelSpec
 from .errors import InputError
+from .limits import max_image_pixels
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
-MAX_INPUT_PIXELS = 20_000 * 20_000  # beyond this we refuse instead of allocating gigabytes
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
@@ -31,51 +32,64 @@ class ProcessedImage:
     cols: int
 
 
-def load_image(image: ImageLike, color: str = "rgb") -> Image.Image:
+def load_image(image: ImageLike, color: str = "rgb", max_pixels: int | None = None) -> Image.Image:
     """Open any supported input as a PIL image in RGB or RGBA.
 
     `color` tells how to read a 3- or 4-channel numpy array: "rgb" (PIL, imageio) or "bgr" (OpenCV's cv2.imread and
-    VideoCapture). Files are read like transformers' `load_image`: EXIF orientation applied, then RGB.
+    VideoCapture). Files are read like transformers' `load_image`: EXIF orientation applied, then RGB. An image of
+    more than `max_pixels` (edgevlm.limits) is refused from its header, before it is decoded.
     """
+    limit = max_image_pixels(max_pixels)
     if isinstance(image, Image.Image):
+        _check_dimensions(image.size, "image", limit)
         return _to_rgb_or_rgba(image)
     if isinstance(image, np.ndarray):
-        return _from_array(image, color)
+        return _from_array(image, color, limit)
     if isinstance(image, (bytes, bytearray)):
-        return _open(io.BytesIO(image), "<bytes>")
+        return _open(io.BytesIO(image), "<bytes>", limit)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"image file {path} does not exist; check the path.")
+        if not path.is_file():
+            raise InputError(f"{path} is not a regular file (a folder, device or pipe); pass an image file.")
         if path.stat().st_size == 0:
             raise InputError(f"image file {path} is empty (0 bytes); pass a PNG, JPEG, WebP, BMP or TIFF file.")
-        return _open(path, str(path))
+        return _open(path, str(path), limit)
     raise InputError(f"cannot read an image from a {type(image).__name__}; pass a path, bytes, a numpy array "
                      f"(H, W[, C]) or a PIL image.")
 
 
-def _open(src, name: str) -> Image.Image:
+def _open(src, name: str, limit: int) -> Image.Image:
     try:
-        with Image.open(src) as im:
-            _check_dimensions(im.size, name)
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return _to_rgb_or_rgba(im, keep_alpha=False)
+        with warnings.catch_warnings():  # our own limit applies; Pillow's bomb warning would only add noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src) as im:
+                _check_dimensions(im.size, name, limit)
+                im = ImageOps.exif_transpose(im)
+                im.load()
+                return _to_rgb_or_rgba(im, keep_alpha=False)
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(f"{name} cannot be read: permission denied.") from None
     except UnidentifiedImageError:
         raise InputError(f"{name} is not an image Pillow can read; pass a PNG, JPEG, WebP, BMP or TIFF file.") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name} could not be decoded ({e}); the file looks corrupt or truncated.") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name} is too large to decode safely ({e}).") from None
+    except Image.DecompressionBombError:  # Pillow refuses some headers itself, before we see the size
+        raise InputError(f"{name} is over the limit of {limit:,} pixels (its header claims a far larger image); "
+                         f"downscale it first.") from None
 
 
-def _check_dimensions(size: tuple[int, int], name: str) -> None:
+def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
     w, h = size
     if w < 1 or h < 1:
         raise InputError(f"{name} has no pixels ({w}x{h}).")
-    if w * h > MAX_INPUT_PIXELS:
-        raise InputError(f"{name} is {w}x{h} pixels, over edgevlm's limit of {MAX_INPUT_PIXELS:,} pixels; "
-                         f"downscale it first.")
+    if w * h > limit:
+        raise InputError(f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, or "
+                         f"raise the limit (--max-image-pixels, load(max_image_pixels=...) or "
+                         f"EDGEVLM_MAX_IMAGE_PIXELS).")
 
 
 def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
@@ -94,7 +108,7 @@ def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
-def _from_array(a: np.ndarray, color: str) -> Image.Image:
+def _from_array(a: np.ndarray, color: str, limit: int) -> Image.Image:
     if color not in ("rgb", "bgr"):
         raise InputError(f"color must be 'rgb' or 'bgr', not {color!r}.")
     if a.ndim == 3 and a.shape[2] == 1:
@@ -102,7 +116,7 @@ def _from_array(a: np.ndarray, color: str) -> Image.Image:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or a.size == 0:
         raise InputError(f"a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with pixels; "
                          f"got shape {a.shape}.")
-    _check_dimensions((a.shape[1], a.shape[0]), "numpy image")
+    _check_dimensions((a.shape[1], a.shape[0]), "numpy image", limit)
     if a.dtype == np.uint16:
         a = (a // 257).astype(np.uint8)
     elif a.dtype.kind == "f":
@@ -169,14 +183,26 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
 
 
+def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = None) -> tuple[int, int]:
+    """(rows, cols) of the tile grid an image of this size gets ((0, 0): one tile), from its size alone, so the
+    prompt length is known before anything is resized or encoded."""
+    do_split = spec.do_image_splitting if split is None else split
+    if not do_split:
+        return 0, 0
+    h, w = _tile_multiple(*_resize_longest(height, width, spec.longest_edge), spec.tile)
+    if h <= spec.tile and w <= spec.tile:
+        return 0, 0
+    return math.ceil(h / spec.tile), math.ceil(w / spec.tile)
+
+
 def process_image(image: ImageLike, spec: ModelSpec, split: bool | None = None, color: str = "rgb",
-                  longest_edge: int | None = None) -> ProcessedImage:
+                  longest_edge: int | None = None, max_pixels: int | None = None) -> ProcessedImage:
     """One image -> tiles (+ the global image) as the vision encoder wants them.
 
     split=None follows the model's preprocessor config (on for SmolVLM2). `longest_edge` overrides the resize
     target (video frames use video_sampling.video_size).
     """
-    im = load_image(image, color)
+    im = load_image(image, color, max_pixels)
     tile = spec.tile
     h, w = _resize_longest(im.height, im.width, longest_edge or spec.longest_edge)
     im = _resize(im, h, w)

@@ -80,13 +80,35 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         content = m["content"]
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
+        if not isinstance(content, (list, tuple)):
+            raise InputError(f"message content is a string or a list of items; got {type(content).__name__}.")
         for item in content:
             if not isinstance(item, dict) or item.get("type") not in ("text", "image", "video"):
                 raise InputError(f"content items are {{'type': 'text'|'image'|'video', ...}} dicts; got {item!r}.")
+            if item["type"] == "text":
+                check_text(item.get("text"))
         if not content:
             raise InputError(f"message of role {m['role']!r} has empty content.")
         out.append({"role": m["role"], "content": list(content)})
     return out
+
+
+RESERVED = (IMAGE, VIDEO, FAKE, GLOBAL)
+
+
+def check_text(text: Any) -> None:
+    """Text must be a str that encodes as UTF-8 and holds none of the tokens that mark where images go: a literal
+    `<image>` in a question would be counted as an image slot (transformers refuses it too)."""
+    if not isinstance(text, str):
+        raise InputError(f"a text item needs 'text' as a string; got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the text is not valid UTF-8 (undecodable bytes); check its encoding.") from None
+    for token in RESERVED:
+        if token in text:
+            raise InputError(f"the text contains {token!r}, which the model reserves for image positions; remove it "
+                             f"(pass images as image items or files, not as text).")
 
 
 def render(messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool = True) -> str:

@@ -62,8 +62,10 @@ def is_video_path(path: str | os.PathLike) -> bool:
 def _open(path: str | os.PathLike):
     cv2 = import_cv2()
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"video file {p} does not exist; check the path.")
+    if not p.is_file():
+        raise InputError(f"{p} is not a regular file (a folder, device or pipe); pass a video file.")
     if p.stat().st_size == 0:
         raise InputError(f"video file {p} is empty (0 bytes); pass an mp4, mkv, avi, webm or mov file.")
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)

@@ -166,6 +166,17 @@ def write_manifest(root: Path, source: str, config: dict, variants: dict[str, di
     return manifest
 
 
+def _readable_by_all(root: Path) -> None:
+    """mkdtemp makes the folder 0700; a bundle is shared (services, other users), so give it the permissions
+    a plain mkdir would have under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for p in root.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o777 & ~umask)
+
+
 def _disk_full(out: Path) -> ExportError:
     return ExportError(f"the disk under {out.parent} is full; free space or choose another output folder. "
                        f"Nothing was written.")
@@ -180,10 +191,18 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} already exists and is not empty; choose another folder or pass --force.")
     src = fetch_source(str(source), revision)
+    src_real, out_real = src.resolve(), out.resolve()
+    if out_real == src_real or out_real in src_real.parents:
+        raise ExportError(f"the output folder {out} holds the checkpoint being exported ({src}); --force would "
+                          f"delete it. Choose an output folder outside the checkpoint.")
     config = check_checkpoint(src)
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:  # before the model loads: a target that cannot be written fails in a moment
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write the bundle under {out.parent} ({e.strerror}); choose a folder you can "
+                          f"write to. Nothing was written.") from None
     try:
         model = load_model(src)
         facts = build_parts(model, tmp / "onnx", names, log)
@@ -194,7 +213,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
                          for v in names}
         # Provisional manifest (no checksums yet) so the runtime can open the variants it is verifying.
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                 "variants": variant_files}))
+                                                 "variants": variant_files, "files": {}}))
         report = verify.verify_variants(model, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
             raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
@@ -203,6 +222,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         stats = {"seconds": round(time.perf_counter() - t0, 1),
                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         manifest = write_manifest(tmp, str(source), config, variant_files, facts, report, stats)
+        _readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -44,7 +44,7 @@ def real_text_bundle(tmp_path_factory, tiny256):
     full = {v: {"vision_encoder": "onnx/vision_encoder.onnx", "embed_tokens": "onnx/embed_tokens.onnx",
                 "decoder_model_merged": "onnx/decoder_model_merged.onnx", **parts} for v, parts in variants.items()}
     (bundle / "edgevlm.json").write_text(json.dumps({"format": "edgevlm-bundle", "format_version": 1,
-                                                      "variants": full}))
+                                                      "variants": full, "files": {}}))
     return bundle, model
 
 
