@@ -54,6 +54,18 @@ def _one_paragraph(text: str) -> str:
     return text or "…"
 
 
+# Unicode line breaks that json.dumps leaves raw: readers that split lines by Unicode rules (str.splitlines,
+# many editors) would cut a record in two.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    line = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS.items():
+        line = line.replace(raw, escaped)
+    return line + "\n"
+
+
 class CaptionWriter:
     """Writes Segment records (or any record with start/end/text) as text, SRT, WebVTT or JSONL.
 
@@ -80,7 +92,7 @@ class CaptionWriter:
         self.count += 1
         if self.fmt == "jsonl":
             record = seg.to_dict() if hasattr(seg, "to_dict") else dict(seg)
-            line = json.dumps(record, ensure_ascii=False) + "\n"
+            line = _json_line(record)
         elif self.fmt == "srt":
             line = f"{self.count}\n{srt_time(seg.start)} --> {srt_time(seg.end)}\n{_one_paragraph(seg.text)}\n\n"
         elif self.fmt == "vtt":

@@ -366,6 +366,7 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
     except re.error as e:
         raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
     inputs = [source] if os.path.exists(source) else []
+    output = None if output == "-" else output  # the captions go to standard output anyway
     to_file = CaptionWriter(fmt, OutputTarget(output, inputs, model_dir=model), mode="append") if output else None
     try:
         vlm = _load(model, variant, providers, threads)
@@ -495,7 +496,7 @@ def export(source, out_dir, variants, force, threads, revision):
         from edgevlm_export.pipeline import export as run_export
     except ImportError as e:
         click.echo(f"error: the exporter needs the export extra ({e.name} is missing): "
-                   f"pip install 'edgevlm[export]'", err=True)
+                   f"pip install 'edgevlm[export,cpu]'", err=True)
         sys.exit(4)
     manifest = run_export(source, out_dir, variants, force=force, threads=threads, revision=revision,
                           log=lambda m: click.echo(m, err=True))

@@ -5,9 +5,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import onnxruntime as ort
+from .errors import EdgeVLMError, ModelError
 
-from .errors import ModelError
+try:
+    import onnxruntime as ort
+except ImportError:  # the core package names no ONNX Runtime wheel: [cpu] and [gpu] cannot be installed together
+    raise EdgeVLMError("ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or 'edgevlm[gpu]' for CUDA; from a "
+                       "checkout: pip install '.[cpu]').") from None
 
 log = logging.getLogger("edgevlm")
 

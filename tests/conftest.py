@@ -70,3 +70,14 @@ def random_image(h: int, w: int, seed: int = 0, channels: int = 3) -> Image.Imag
         alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
         return Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA")
     return Image.fromarray(rgb, "RGB")
+
+
+# Property-based tests run a bounded number of examples (hypothesis' default is 100; CI stays at that).
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
+    _hyp_settings.register_profile("long", max_examples=2000, deadline=None)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis comes with the dev extra
+    pass

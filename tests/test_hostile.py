@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import random_image
-from hostile_tools import (ERROR_LINE, Case, cli_argv, drop_dac_capabilities, edit_json, leftovers, link_copy,
+from hostile_tools import (ERROR_LINE, Case, cli_argv, edit_json, leftovers, link_copy,
                            refresh_manifest, rewrite, run, snapshot, text)
 from videotools import HttpStream, free_port, make, run_ffmpeg, scenes
 
