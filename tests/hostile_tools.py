@@ -121,6 +121,7 @@ class Case:
     env: dict = field(default_factory=dict)
     caps: bool = True  # False: run without root's permission override
     driver: Callable | None = None  # driver(env, argv) -> CompletedProcess, for signals and live streams
+    cwd: str | None = None  # run in this folder ({w} ...) instead of the test's
 
 
 ERROR_LINE = re.compile(r"^error: .{20,}$")

@@ -331,6 +331,18 @@ def jsonl_complete(rel, at_least=1):
     return check
 
 
+def bundle_modes(rel):
+    """What `mkdir` and `open` give under the umask (0755 / 0644 with the usual 022), not mkdtemp's 0700."""
+    def check(env, r):
+        umask = os.umask(0)
+        os.umask(umask)
+        root = env.w / rel
+        for p in [root, *root.rglob("*")]:
+            mode = p.stat().st_mode & 0o777
+            assert mode & 0o055 == (0o755 if p.is_dir() else 0o644) & 0o055 & ~umask, (p, oct(mode))
+    return check
+
+
 def export_tmp_gone(env, r):
     assert not list(env.w.glob(".out.partial-*")) and not (env.w / "out").exists()
 
@@ -454,6 +466,9 @@ def cases() -> list[Case]:
     # ---- bundles and manifests
     add(Case("model-missing-folder", [*C, *IMG, "-m", "{w}/no_such_bundle"], 3, "does not exist"))
     add(Case("model-mistyped-relative-path", [*C, *IMG, "-m", "{w}/bundel/x"], 3, "does not exist"))
+    add(Case("model-mistyped-path-that-looks-like-a-hub-id", [*C, *IMG, "-m", "models/smolvlm2-bundel"], 3,
+             "does not exist", cwd="{w}", prep=lambda env: (env.w / "models").mkdir(),
+             check=expect(lambda env, r: "download" not in text(r.stderr), "no hub download advice")))
     add(Case("model-is-file", [*C, *IMG, "-m", "{w}/img.png"], 3, "does not exist|not a"))
     add(Case("model-empty-folder", [*C, *IMG, "-m", "{w}/emptydir"], 3, "config.json",
              prep=lambda env: (env.w / "emptydir").mkdir()))
@@ -587,6 +602,8 @@ def cases() -> list[Case]:
              prep=lambda env: shutil.copytree(env["ckpt"], env.w / "ck")))
     add(Case("export-force-onto-source-parent", ["export", "{w}/p/ck", "-o", "{w}/p", "--force"], 4, "delete it",
              prep=lambda env: shutil.copytree(env["ckpt"], env.w / "p/ck")))
+    add(Case("export-bundle-readable-by-others", ["export", "{ckpt}", "-o", "{w}/shared", "--variants", "fp32"], 0,
+             outputs=("shared",), check=bundle_modes("shared")))
     add(Case("export-threads-zero", ["export", "{ckpt}", "-o", "{w}/out", "--threads", "0"], 2, "--threads"))
     add(Case("export-onto-read-only-disk", ["export", "{ckpt}", "-o", "{w}/ro/out", "--variants", "fp32"], 4,
              "read-only|could not write", prep=read_only_disk("ro")))
@@ -675,7 +692,8 @@ def test_hostile(case: Case, hostile_env, tmp_path):
             case.prep(env)
         before, bundle_before = snapshot(w), snapshot(bundle)
         argv = [_fmt(a, env) for a in case.argv]
-        r = case.driver(env, argv) if case.driver else run(argv, env=case.env, caps=case.caps)
+        cwd = Path(case.cwd.format(**env)) if case.cwd else None
+        r = case.driver(env, argv) if case.driver else run(argv, env=case.env, caps=case.caps, cwd=cwd)
         out, err = text(r.stdout), text(r.stderr)
         assert r.returncode == case.code, f"exit {r.returncode}, expected {case.code}\nstderr: {err[-1500:]}"
         assert "Traceback" not in err and "this is a bug" not in err, err[-1500:]
@@ -695,7 +713,8 @@ def test_hostile(case: Case, hostile_env, tmp_path):
         after = snapshot(w)
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         allowed = set(case.outputs)
-        assert not {k for k in changed if k not in allowed and not k.startswith(("full/", "ro/"))}, changed
+        assert not {k for k in changed if k not in allowed and not k.startswith(("full/", "ro/", *(
+            f"{o}/" for o in case.outputs)))}, changed
         assert snapshot(bundle) == bundle_before, "the shared bundle was modified"
         assert not leftovers(w) and not leftovers(bundle), leftovers(w)
         if case.check:
