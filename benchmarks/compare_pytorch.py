@@ -33,7 +33,7 @@ def pytorch_w1(checkpoint: str, threads: int, runs: int, new_tokens: int) -> dic
     # The runtime's own preprocessing and prompt give both sides identical inputs.
     prep = edgevlm.load(checkpoint_bundle, variant="fp32", verify=False)
     image = w1_image(prep.spec.tile)
-    prepared = prep._prepare(prep._user_message(image, QUESTION), split=False, color="rgb")
+    prepared = prep.prepare(prep.user_message(image, QUESTION), split=False)
     pixels = torch.from_numpy(prep.preprocess(image, split=False).pixel_values[None])
     ids = torch.tensor([prepared.input_ids])
     rows = []

@@ -10,7 +10,8 @@ which a program that only checks the version or the errors should not pay.
 from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
 
 __version__ = "0.1.0"
-_LAZY = {"load": "model", "VLM": "model", "Result": "model", "Frame": "video", "Segment": "captions",
+_LAZY = {"load": "model", "VLM": "model", "Result": "model", "Prompt": "model", "EncodedImages": "model",
+         "GenerationConfig": "generate", "Generator": "generate", "Frame": "video", "Segment": "captions",
          "PushSource": "sources", "LiveCaption": "live", "Trigger": "live"}
 __all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
 

@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
 
@@ -67,6 +68,7 @@ class Bundle:
     files: dict[str, dict[str, Path]]  # variant -> part -> path
     manifest: dict | None
     chat_template: str | None
+    special_tokens: dict[str, Any] = field(default_factory=dict)  # bos_token, eos_token ... as transformers has them
 
     @property
     def variants(self) -> list[str]:
@@ -188,6 +190,19 @@ def _chat_template(root: Path) -> str | None:
     return None
 
 
+def _special_tokens(root: Path) -> dict[str, Any]:
+    """The tokenizer's special-tokens map (bos_token, eos_token, unk_token, pad_token ...), as transformers passes
+    it to chat templates and uses to decide whether a rendered prompt already carries its BOS."""
+    out: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        for key, value in _read_object(root / name).items():
+            if key.endswith("_token") and not key.startswith("add_"):
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str):
+                    out[key] = value
+    return out
+
+
 def _scan_official_layout(root: Path) -> dict[str, dict[str, Path]]:
     files: dict[str, dict[str, Path]] = {}
     onnx_dir = root / "onnx"
@@ -233,7 +248,8 @@ def open_bundle(root: str | os.PathLike) -> Bundle:
     if not files:
         raise ModelError(f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
                          f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx).")
-    return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root))
+    return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root),
+                  special_tokens=_special_tokens(root))
 
 
 def _relative_inside(rel: object, root: Path, what: str) -> str:

@@ -6,27 +6,42 @@ mean the same thing as in `model.generate`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
 from .errors import ContextLengthError, InputError
 
 
+LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
+"""processor(new_token_ids, scores) -> scores: called on every step's float32 logits row before a token is picked;
+set a score to -inf to forbid that token (where structured answers plug in)."""
+
+
 @dataclass
-class SamplingOptions:
+class GenerationConfig:
+    """How to pick tokens and when to stop: the one place generation options live (ORT-GenAI's GeneratorParams).
+
+    stop_ids end generation in addition to the model's end-of-sequence ids (ignored with ignore_eos=True, which
+    always generates max_new_tokens: benchmarks). Sampling is on when do_sample is set, or implied by from_kwargs
+    when a temperature, top_k or top_p is given.
+    """
+
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    stop_ids: tuple[int, ...] = ()
     seed: int | None = None
+    stop_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logits_processors: tuple[LogitsProcessor, ...] = ()
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
         if self.do_sample and self.temperature <= 0:
             raise InputError(f"temperature must be > 0 when sampling, not {self.temperature}.")
@@ -34,6 +49,27 @@ class SamplingOptions:
             raise InputError(f"top_p must be in (0, 1], not {self.top_p}.")
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise InputError("top_k must be >= 0 and repetition_penalty > 0.")
+
+    @classmethod
+    def from_kwargs(cls, max_new_tokens: int = 128, config: GenerationConfig | None = None,
+                    **kw: Any) -> GenerationConfig:
+        """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(kw) - names
+        if unknown:
+            raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}; the options are "
+                             f"{', '.join(sorted(names))}.")
+        if "do_sample" not in kw and (kw.get("temperature", 1.0) != 1.0 or kw.get("top_k") or kw.get("top_p", 1) < 1):
+            kw["do_sample"] = True
+        if "stop_ids" in kw:
+            kw["stop_ids"] = tuple(kw["stop_ids"])
+        if "logits_processors" in kw:
+            kw["logits_processors"] = tuple(kw["logits_processors"])
+        base = config if config is not None else cls(max_new_tokens=max_new_tokens)
+        return replace(base, **kw)
+
+
+SamplingOptions = GenerationConfig  # the name before the staged API
 
 
 @dataclass
@@ -43,7 +79,6 @@ class Timings:
     first_token_s: float = 0.0
     new_tokens: int = 0
     finish_reason: str = "length"
-    step_s: list[float] = field(default_factory=list, repr=False)
 
 
 def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -> None:
@@ -54,14 +89,19 @@ def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -
             f"shorter prompt, or a lower max_new_tokens.")
 
 
-def process_logits(logits: np.ndarray, generated: list[int], opts: SamplingOptions,
-                   rng: np.random.Generator) -> int:
-    """Pick the next token from one row of logits (float32, vocab)."""
+def process_logits(logits: np.ndarray, generated: Sequence[int], opts: GenerationConfig,
+                   rng: np.random.Generator, new_tokens: Sequence[int] = ()) -> int:
+    """Pick the next token from one row of logits (float32, vocab). `generated`: the ids the repetition penalty
+    looks at (prompt included, as transformers); `new_tokens`: what the logits processors see."""
     scores = logits.astype(np.float32, copy=True)
-    if opts.repetition_penalty != 1.0 and generated:
+    if opts.repetition_penalty != 1.0 and len(generated):
         idx = np.unique(np.asarray(generated))
         picked = scores[idx]
         scores[idx] = np.where(picked < 0, picked * opts.repetition_penalty, picked / opts.repetition_penalty)
+    for processor in opts.logits_processors:
+        scores = np.asarray(processor(new_tokens, scores), dtype=np.float32)
+    if not np.isfinite(scores).any():
+        raise InputError("the logits processors forbade every token; nothing can be generated.")
     if not opts.do_sample:
         return int(np.argmax(scores))
     scores = scores / opts.temperature
@@ -142,35 +182,86 @@ class Decoder:
         out = self.decoder.run(self.output_names, feeds)
         return out[0][0], out[1:]
 
-    def generate(self, input_ids: list[int], image_features: np.ndarray | None, image_token_id: int,
-                 opts: SamplingOptions, timings: Timings) -> Iterator[int]:
-        """Yield new token ids; `timings` is filled in as it goes."""
-        opts.check()
-        ids = np.asarray(input_ids, dtype=np.int64)
-        check_context(len(ids), opts.max_new_tokens, self.max_positions)
-        t0 = time.perf_counter()
-        embeds = self.merge(ids, image_features, image_token_id)
-        rng = np.random.default_rng(opts.seed)
-        logits, cache = self.step(embeds, self.empty_cache(), 0)
-        timings.prefill_s = time.perf_counter() - t0
-        generated: list[int] = list(ids) if opts.repetition_penalty != 1.0 else []
-        past = len(ids)
-        t1 = time.perf_counter()
-        for i in range(opts.max_new_tokens):
-            token = process_logits(logits, generated, opts, rng)
-            if i == 0:
-                timings.first_token_s = time.perf_counter() - t0
-            timings.new_tokens += 1
-            if opts.repetition_penalty != 1.0:
-                generated.append(token)
-            if token in opts.stop_ids:
-                timings.finish_reason = "stop"
-                timings.decode_s = time.perf_counter() - t1
-                yield token
-                return
+
+class Generator:
+    """One answer, token by token: `prefill()` runs the prompt, each `step()` picks a token and feeds it back.
+
+    Iterating yields the tokens until a stop token (included, as transformers' generate), max_new_tokens or
+    `cancel()`. One Generator belongs to one thread; several Generators may share one model (ONNX Runtime
+    sessions run concurrently), each with its own KV cache.
+    """
+
+    def __init__(self, decoder: Decoder, input_ids: Sequence[int], image_features: np.ndarray | None,
+                 image_token_id: int, config: GenerationConfig, eos_ids: Sequence[int] = ()):
+        config.check()
+        check_context(len(input_ids), config.max_new_tokens, decoder.max_positions)
+        self.decoder, self.config = decoder, config
+        self.input_ids = list(input_ids)
+        self._features, self._image_token_id = image_features, image_token_id
+        self.stop_ids = frozenset(config.stop_ids) | (frozenset() if config.ignore_eos else frozenset(eos_ids))
+        self.tokens: list[int] = []
+        self.timings = Timings()
+        self.finish_reason: str | None = None
+        self._rng = np.random.default_rng(config.seed)
+        self._history: list[int] = list(input_ids) if config.repetition_penalty != 1.0 else []
+        self._logits: np.ndarray | None = None
+        self._cache: list[np.ndarray] | None = None
+        self._t0 = self._t1 = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        """The logits the next step picks from (after prefill; None before)."""
+        return self._logits
+
+    def prefill(self) -> None:
+        if self._cache is not None:
+            return
+        self._t0 = time.perf_counter()
+        embeds = self.decoder.merge(np.asarray(self.input_ids, dtype=np.int64), self._features,
+                                    self._image_token_id)
+        self._features = None  # merged into the embeddings; not needed again
+        self._logits, self._cache = self.decoder.step(embeds, self.decoder.empty_cache(), 0)
+        self._t1 = time.perf_counter()
+        self.timings.prefill_s = self._t1 - self._t0
+
+    def step(self) -> int | None:
+        """The next token (None once done). The token is chosen from the current logits, then fed to the decoder
+        unless it ends the answer."""
+        if self.done:
+            return None
+        self.prefill()
+        token = process_logits(self._logits, self._history, self.config, self._rng, self.tokens)
+        if not self.tokens:
+            self.timings.first_token_s = time.perf_counter() - self._t0
+        self.tokens.append(token)
+        self.timings.new_tokens = len(self.tokens)
+        if self.config.repetition_penalty != 1.0:
+            self._history.append(token)
+        if token in self.stop_ids:
+            self._finish("stop")
+        elif len(self.tokens) >= self.config.max_new_tokens:
+            self._finish("length")
+        else:
+            past = len(self.input_ids) + len(self.tokens) - 1
+            self._logits, self._cache = self.decoder.step(self.decoder.embed_ids(np.array([token])), self._cache,
+                                                          past)
+        return token
+
+    def cancel(self) -> None:
+        """Stop before the next step (from the thread driving this generator, or another); the tokens so far stay."""
+        if not self.done:
+            self._finish("cancelled")
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = self.timings.finish_reason = reason
+        self.timings.decode_s = time.perf_counter() - self._t1 if self._t1 else 0.0
+        self._cache = None  # the KV cache is the large part: free it as soon as the answer is complete
+
+    def __iter__(self) -> Iterator[int]:
+        while (token := self.step()) is not None:
             yield token
-            if i + 1 == opts.max_new_tokens:
-                break
-            logits, cache = self.step(self.embed_ids(np.array([token])), cache, past)
-            past += 1
-        timings.decode_s = time.perf_counter() - t1
+

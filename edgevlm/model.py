@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ from PIL import Image
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
 from .errors import InputError
-from .generate import Decoder, SamplingOptions, Timings, check_context
+from .generate import Decoder, GenerationConfig, Generator, check_context
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
 from .providers import choose, create_session, session_options, vision_run_options
@@ -54,13 +55,29 @@ class Result:
 
 
 @dataclass
-class _Prepared:
+class Prompt:
+    """Stage 1 (`VLM.prepare`): the prompt's token ids, where its images and videos sit, and their decoded pixels
+    waiting to be encoded. Its length is exact before any encoding, so the context budget is checked first."""
+
     input_ids: list[int]
-    features: np.ndarray | None
-    vision_s: float
-    images: int
-    tiles: int
-    cached: int
+    slots: list[prompt_mod.ImageSlot | prompt_mod.VideoSlot]
+    pending: list[tuple[str, Any]]  # ("image", (PIL image, split)) or ("video", [Frame, ...]), in prompt order
+    decode_s: float = 0.0  # time spent decoding images and sampling video frames
+
+    @property
+    def images(self) -> int:
+        return len(self.slots)
+
+
+@dataclass
+class EncodedImages:
+    """Stage 2 (`VLM.encode`): the vision features of a Prompt's images, in prompt order; reusable with any
+    number of Generators on the same prompt."""
+
+    features: np.ndarray | None  # (tiles, image_seq_len, hidden), or None for a text-only prompt
+    tiles: int = 0
+    cached: int = 0  # images served by the vision cache
+    vision_s: float = 0.0
 
 
 @dataclass
@@ -77,6 +94,7 @@ class VisionCache:
     def __init__(self, max_entries: int = 16):
         self.max_entries = max_entries
         self._items: OrderedDict[str, EncodedImage] = OrderedDict()
+        self._lock = threading.Lock()  # one model serves several threads (encode in one, generate in another)
 
     @staticmethod
     def key(image: Image.Image, split: bool) -> str:
@@ -84,24 +102,27 @@ class VisionCache:
         return f"{digest}:{image.mode}:{image.size}:{split}"
 
     def get(self, key: str) -> EncodedImage | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
     def put(self, key: str, value: EncodedImage) -> None:
         if self.max_entries <= 0:
             return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
 
 
 class VLM:
@@ -196,17 +217,15 @@ class VLM:
         raise InputError("a video item needs 'video': a file path or a non-empty list of edgevlm.video.Frame "
                          "(RGB uint8 image + timestamp in seconds).")
 
-    # ------------------------------------------------------------------------------------------- prompt
-    def _prepare(self, messages: list[dict[str, Any]], split: bool | None, color: str,
-                 max_new_tokens: int = 0) -> _Prepared:
-        """Decode the images, build the prompt ids, check the context budget, then encode.
+    # -------------------------------------------------------------------------------- staged engine API
+    def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb") -> Prompt:
+        """Stage 1: check the messages, decode their images (and sample video frames), build the prompt ids.
 
-        The tile grid of an image follows from its size alone, so the exact prompt length is known before the
-        vision encoder runs: a prompt that cannot fit fails in a moment, not after every image is encoded.
+        The tile grid of an image follows from its size alone, so the ids are exact before anything is encoded.
         """
         messages = prompt_mod.normalize_messages(messages)
         t0 = time.perf_counter()
-        slots, work = [], []
+        slots, pending = [], []
         has_video = False
         for m in messages:
             for item in m["content"]:
@@ -214,25 +233,33 @@ class VLM:
                     has_video = True
                     frames, duration = self.video_frames(item)
                     slots.append(prompt_mod.VideoSlot([f.timestamp for f in frames], duration))
-                    work.append(("video", frames))
+                    pending.append(("video", frames))
                 elif item["type"] == "image":
                     src = item.get("image", item.get("path", item.get("url")))
                     if src is None:
                         raise InputError("an image item needs an 'image' (path, array or PIL image).")
                     im = load_image(src, item.get("color", color), self.max_image_pixels)
-                    do_split = self.spec.do_image_splitting if item.get("split", split) is None else item.get(
-                        "split", split)
-                    rows, cols = tile_grid(im.width, im.height, self.spec, do_split)
-                    slots.append(prompt_mod.ImageSlot(rows, cols))
-                    work.append(("image", (im, do_split)))
+                    do_split = item.get("split", split)
+                    do_split = self.spec.do_image_splitting if do_split is None else do_split
+                    slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split)))
+                    pending.append(("image", (im, do_split)))
+        decode_s = time.perf_counter() - t0
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.
-        text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template)
+        text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template,
+                                 special_tokens=self.bundle.special_tokens)
+        # transformers' processor.apply_chat_template(tokenize=True) adds no special tokens when the rendered prompt
+        # already starts with the tokenizer's BOS (SmolLM2's tokenizer would add a second one).
+        bos = self.bundle.special_tokens.get("bos_token")
+        add_special = not (bos and text.startswith(bos))
         text = prompt_mod.expand_images(text, slots, self.spec.image_seq_len)
-        ids = self.tokenizer.encode(text)
-        check_context(len(ids), max_new_tokens, self.spec.max_positions)
+        return Prompt(self.tokenizer.encode(text, add_special), slots, pending, decode_s)
+
+    def encode(self, prompt: Prompt) -> EncodedImages:
+        """Stage 2: the vision encoder over the prompt's images (the cache serves repeats). Thread-safe."""
+        t0 = time.perf_counter()
         feats, tiles, cached = [], 0, 0
-        for kind, payload in work:
+        for kind, payload in prompt.pending:
             if kind == "video":
                 for f in payload:
                     encoded_frame, hit = self.encode_video_frame(f.image)
@@ -245,10 +272,25 @@ class VLM:
                 tiles += encoded.features.shape[0]
                 cached += hit
         features = np.concatenate(feats) if feats else None
-        return _Prepared(ids, features, time.perf_counter() - t0, len(slots), tiles, cached)
+        return EncodedImages(features, tiles, cached, time.perf_counter() - t0)
+
+    def generator(self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None,
+                  **kw: Any) -> Generator:
+        """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()`, or iterate for tokens).
+        Options come from `config` (a GenerationConfig) and/or keywords (max_new_tokens=..., do_sample=...)."""
+        return Generator(self.decoder, prompt.input_ids, encoded.features, self.spec.image_token_id,
+                         GenerationConfig.from_kwargs(config=config, **kw), self.spec.eos_ids)
+
+    def logits(self, input_ids: Sequence[int], encoded: EncodedImages | None = None) -> np.ndarray:
+        """Teacher-forced logits (positions, vocab) over `input_ids`, the images' features placed at their image
+        tokens: what verification and accuracy measurements compare with PyTorch."""
+        embeds = self.decoder.merge(np.asarray(input_ids, dtype=np.int64),
+                                    None if encoded is None else encoded.features, self.spec.image_token_id)
+        return self.decoder.forward(embeds, self.decoder.empty_cache(), 0)[0]
 
     @staticmethod
-    def _user_message(images: ImageLike | Sequence[ImageLike] | None, text: str) -> list[dict[str, Any]]:
+    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str) -> list[dict[str, Any]]:
+        """One user turn: the images, then the text (the shape `ask` sends)."""
         if images is None:
             images = []
         elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
@@ -257,41 +299,32 @@ class VLM:
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
 
-    def _options(self, max_new_tokens: int, kw: dict[str, Any]) -> SamplingOptions:
-        ignore_eos = kw.pop("ignore_eos", False)  # benchmarks: always generate max_new_tokens
-        stop = tuple(kw.pop("stop_ids", ())) + (() if ignore_eos else tuple(self.spec.eos_ids))
-        unknown = set(kw) - {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"}
-        if unknown:
-            raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}.")
-        if "do_sample" not in kw and (kw.get("temperature", 1.0) != 1.0 or kw.get("top_k") or kw.get("top_p", 1) < 1):
-            kw["do_sample"] = True
-        return SamplingOptions(max_new_tokens=max_new_tokens, stop_ids=stop, **kw)
+    def start(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb",
+              config: GenerationConfig | None = None, **kw: Any) -> tuple[Generator, Prompt, EncodedImages]:
+        """prepare → context check → encode → generator, in that order: a prompt that cannot fit fails before any
+        image is encoded."""
+        config = GenerationConfig.from_kwargs(config=config, **kw)
+        config.check()
+        prompt = self.prepare(messages, split, color)
+        check_context(len(prompt.input_ids), config.max_new_tokens, self.spec.max_positions)
+        encoded = self.encode(prompt)
+        return self.generator(prompt, encoded, config), prompt, encoded
 
     # ---------------------------------------------------------------------------------------- public API
-    def generate_ids(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
-                     color: str = "rgb", **kw) -> tuple[Iterator[int], _Prepared, Timings]:
-        options = self._options(max_new_tokens, kw)
-        options.check()
-        prepared = self._prepare(messages, split, color, options.max_new_tokens)
-        timings = Timings()
-        ids = self.decoder.generate(prepared.input_ids, prepared.features, self.spec.image_token_id, options,
-                                    timings)
-        return ids, prepared, timings
-
     def chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
-             color: str = "rgb", **kw) -> Result:
+             color: str = "rgb", config: GenerationConfig | None = None, **kw) -> Result:
         """Answer the last user turn of a conversation (system prompt and earlier turns included)."""
         t0 = time.perf_counter()
-        ids_iter, prepared, timings = self.generate_ids(messages, max_new_tokens, split, color, **kw)
-        ids = list(ids_iter)
-        return self._result(ids, prepared, timings, time.perf_counter() - t0)
+        gen, prompt, encoded = self.start(messages, split, color, config, max_new_tokens=max_new_tokens, **kw)
+        ids = list(gen)
+        return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
     def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int = 128,
             split: bool | None = None, color: str = "rgb", **kw) -> Result:
         """Ask about one image, several images, or none (text only)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
-        return self.chat(self._user_message(images, question), max_new_tokens, split, color, **kw)
+        return self.chat(self.user_message(images, question), max_new_tokens, split, color, **kw)
 
     def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
                 split: bool | None = None, color: str = "rgb", **kw) -> Result:
@@ -330,23 +363,26 @@ class VLM:
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
                max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
-        ids_iter, _, _ = self.generate_ids(self._user_message(images, question), max_new_tokens, split, color, **kw)
+        gen, _, _ = self.start(self.user_message(images, question), split, color, max_new_tokens=max_new_tokens,
+                               **kw)
         first = True
-        for piece in self.tokenizer.stream(ids_iter):
+        for piece in self.tokenizer.stream(gen):
             if first:  # the model starts its answer with a space after "Assistant:"
                 piece = piece.lstrip()
                 first = not piece
             if piece:
                 yield piece
 
-    def _result(self, ids: list[int], p: _Prepared, t: Timings, total_s: float) -> Result:
+    def _result(self, ids: list[int], gen: Generator, p: Prompt, e: EncodedImages, total_s: float) -> Result:
+        t = gen.timings
         decode_steps = max(t.new_tokens - 1, 0)
+        vision_s = p.decode_s + e.vision_s
         return Result(
             text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
-            new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=p.vision_s * 1e3,
-            prefill_ms=t.prefill_s * 1e3, first_token_ms=(p.vision_s + t.first_token_s) * 1e3,
+            new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=vision_s * 1e3,
+            prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
-            total_ms=total_s * 1e3, images=p.images, tiles=p.tiles, cached_images=p.cached)
+            total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
 
 
 def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
@@ -369,4 +405,4 @@ def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dic
                max_image_pixels)
 
 
-__all__ = ["VLM", "Result", "load"]
+__all__ = ["VLM", "Result", "Prompt", "EncodedImages", "load"]

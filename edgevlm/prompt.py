@@ -6,6 +6,7 @@ processor would write (tile grid rows and columns, global image).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -111,12 +112,20 @@ def check_text(text: Any) -> None:
                              f"(pass images as image items or files, not as text).")
 
 
-def render(messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool = True) -> str:
+def render(messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool = True,
+           special_tokens: dict[str, Any] | None = None) -> str:
+    """The template rendered as transformers does: the messages, the generation flag and the tokenizer's special
+    tokens (a template may write {{ bos_token }})."""
+    return _compiled(template or FALLBACK_TEMPLATE).render(**(special_tokens or {}), messages=messages,
+                                                            add_generation_prompt=add_generation_prompt)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """Compiling a template costs more than rendering it: once per template string."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template or FALLBACK_TEMPLATE).render(messages=messages,
-                                                                  add_generation_prompt=add_generation_prompt)
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
 
 
 def expand_images(text: str, slots: list[ImageSlot | VideoSlot], seq_len: int) -> str:

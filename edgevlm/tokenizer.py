@@ -17,16 +17,11 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception for malformed files
             raise ModelError(f"{path} is not a valid tokenizer.json ({e}).") from None
 
-    def encode(self, text: str) -> list[int]:
-        # The rendered template already starts with <|im_start|>; the post-processor adds nothing for SmolVLM2,
-        # exactly as the processor's tokenizer(add_special_tokens=True) call.
-        return self._tok.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
-
-    def token_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
 
     def stream(self, ids: Iterable[int]) -> Iterator[str]:
         """Text pieces as tokens arrive; a multi-byte character is held back until it is complete."""

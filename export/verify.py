@@ -64,8 +64,8 @@ def reference_outputs(model, vlm, samples: list[Sample], max_new_tokens: int) ->
     refs = []
     eos = vlm.spec.eos_ids
     for sample in samples:
-        prepared = vlm._prepare(vlm._user_message(sample.image, sample.question), split=sample.split, color="rgb")
-        ids = torch.tensor([prepared.input_ids])
+        prompt = vlm.prepare(vlm.user_message(sample.image, sample.question), split=sample.split)
+        ids = torch.tensor([prompt.input_ids])
         kw = {}
         if sample.image is not None:
             pixels = vlm.preprocess(sample.image, split=sample.split).pixel_values
@@ -77,25 +77,25 @@ def reference_outputs(model, vlm, samples: list[Sample], max_new_tokens: int) ->
                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                                  pad_token_id=eos[0])
             logits = model(input_ids=out, attention_mask=torch.ones_like(out), **kw).logits[0].float().numpy()
-        refs.append(Reference(sample, prepared.input_ids, out[0, ids.shape[1]:].tolist(), out[0].tolist(), logits))
+        refs.append(Reference(sample, prompt.input_ids, out[0, ids.shape[1]:].tolist(), out[0].tolist(), logits))
     return refs
 
 
 def check_sample(vlm, ref: Reference, max_new_tokens: int) -> SampleReport:
     sample = ref.sample
-    messages = vlm._user_message(sample.image, sample.question)
-    prepared = vlm._prepare(messages, split=sample.split, color="rgb")
+    messages = vlm.user_message(sample.image, sample.question)
+    prompt = vlm.prepare(messages, split=sample.split)
+    encoded = vlm.encode(prompt)
     ours = vlm.chat(messages, max_new_tokens=max_new_tokens, split=sample.split).token_ids
     agree = 0
     for a, b in zip(ref.new_tokens, ours):
         if a != b:
             break
         agree += 1
-    embeds = vlm.decoder.merge(np.asarray(ref.full_ids), prepared.features, vlm.spec.image_token_id)
-    onnx_logits, _ = vlm.decoder.forward(embeds, vlm.decoder.empty_cache(), 0)
+    onnx_logits = vlm.logits(ref.full_ids, encoded)
     return SampleReport(
-        sample=sample.name, prompt_tokens=len(prepared.input_ids), reference_tokens=ref.new_tokens,
-        onnx_tokens=ours, tokens_equal=ref.new_tokens == ours and prepared.input_ids == ref.prompt_ids,
+        sample=sample.name, prompt_tokens=len(prompt.input_ids), reference_tokens=ref.new_tokens,
+        onnx_tokens=ours, tokens_equal=ref.new_tokens == ours and prompt.input_ids == ref.prompt_ids,
         greedy_agreement=agree / max(len(ref.new_tokens), 1),
         max_abs_logit_diff=float(np.abs(onnx_logits - ref.logits).max()),
         teacher_forced_top1=float((onnx_logits.argmax(-1) == ref.logits.argmax(-1)).mean()))
@@ -142,7 +142,5 @@ def teacher_forced_agreement(bundle_dir: Path, variants: list[str], text: str, b
     preds = {}
     for v in [baseline, *variants]:
         vlm = edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
-        ids = np.asarray(vlm.tokenizer.encode(text))
-        logits, _ = vlm.decoder.forward(vlm.decoder.embed_ids(ids), vlm.decoder.empty_cache(), 0)
-        preds[v] = logits.argmax(-1)
+        preds[v] = vlm.logits(vlm.tokenizer.encode(text)).argmax(-1)
     return {v: float((preds[v] == preds[baseline]).mean()) for v in variants}

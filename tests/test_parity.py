@@ -1,6 +1,7 @@
 """The runtime's greedy output equals transformers' `generate`, token for token (fp32), end to end.
 
-Reference side: SmolVLMProcessor (chat template, image processor, tokenizer) + SmolVLMForConditionalGeneration.
+Reference side: SmolVLMProcessor called as SmolVLM2's model card does (`apply_chat_template(messages,
+add_generation_prompt=True, tokenize=True, return_dict=True)`) + SmolVLMForConditionalGeneration.
 Our side: edgevlm.load(bundle) from the raw images. Same tokens means preprocessing, prompt building, image-feature
 merging, KV-cache decoding and stopping all agree.
 """
@@ -37,14 +38,11 @@ def _conversations():
 
 
 def reference_tokens(model, processor, messages, split):
-    images = [item["image"] for m in messages for item in m["content"] if item["type"] == "image"]
-    template_msgs = [{"role": m["role"], "content": [{k: v for k, v in it.items() if k != "image"}
-                                                     for it in m["content"]]} for m in messages]
-    text = processor.apply_chat_template(template_msgs, add_generation_prompt=True)
-    kwargs = {"images": images} if images else {}
+    """The model card's path: processor.apply_chat_template(..., tokenize=True), images inside the messages."""
     processor.image_processor.do_image_splitting = split  # a call kwarg is not routed to the image processor
     try:
-        inputs = processor(text=text, return_tensors="pt", **kwargs)
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                               return_tensors="pt")
     finally:
         processor.image_processor.do_image_splitting = True
     with torch.no_grad():
@@ -60,7 +58,7 @@ def test_greedy_tokens_equal_transformers(tiny_model, reference_cache, case):
     ref_prompt, ref_new = reference_tokens(model, processor, messages, split)
 
     vlm = edgevlm.load(bundle, variant="fp32", providers="cpu")
-    prepared = vlm._prepare(messages, split=split, color="rgb")
+    prepared = vlm.prepare(messages, split=split)
     assert prepared.input_ids == ref_prompt, "prompt token ids differ from SmolVLMProcessor's"
     result = vlm.chat(messages, max_new_tokens=MAX_NEW, split=split)
     assert result.token_ids == ref_new
@@ -74,14 +72,12 @@ def test_teacher_forced_logits_close(tiny_model, reference_cache):
     model, processor = reference(ckpt, reference_cache)
     messages, split = _conversations()["image_split"]
     vlm = edgevlm.load(bundle, variant="fp32", providers="cpu")
-    prepared = vlm._prepare(messages, split=split, color="rgb")
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                       {"type": "text", "text": "What is in this image?"}]}],
-                                         add_generation_prompt=True)
-    inputs = processor(text=text, images=[messages[0]["content"][0]["image"]], return_tensors="pt")
+    prompt = vlm.prepare(messages, split=split)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == prompt.input_ids
     with torch.no_grad():
         ref = model(**inputs).logits[0].numpy()
-    embeds = vlm.decoder.merge(np.asarray(prepared.input_ids), prepared.features, vlm.spec.image_token_id)
-    ours, _ = vlm.decoder.forward(embeds, vlm.decoder.empty_cache(), 0)
+    ours = vlm.logits(prompt.input_ids, vlm.encode(prompt))
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() < 1e-4

@@ -56,7 +56,7 @@ def test_fp32_text_decoder_matches_torch_on_real_weights(real_text_bundle):
     bundle, model = real_text_bundle
     vlm = edgevlm.load(bundle, variant="fp32", verify=False)
     ids = np.asarray(vlm.tokenizer.encode(REAL_TEXT))
-    ours, _ = vlm.decoder.forward(vlm.decoder.embed_ids(ids), vlm.decoder.empty_cache(), 0)
+    ours = vlm.logits(ids)
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids)[None]).logits[0].numpy()
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() == 1.0

@@ -132,15 +132,24 @@ def test_truncated_stream_yields_the_frames_that_decode(tmp_path):
 def _reference_video(ckpt, cache, path):
     import torch
     from conftest import reference
-    from transformers.video_utils import read_video_opencv
+    from transformers.video_utils import load_video, read_video_opencv
 
     model, proc = reference(ckpt, cache)
     vp = proc.video_processor
     frames, meta = read_video_opencv(str(path), sample_indices_fn=partial(vp.sample_frames, num_frames=vp.num_frames,
                                                                           fps=vp.fps))
-    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
-    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
-    inputs = proc(text=text, videos=[[frames]], video_metadata=[meta], return_tensors="pt", do_sample_frames=False)
+    # The model card's path, apply_chat_template(tokenize=True). Its default video decoders (torchcodec, else
+    # torchvision's read_video, gone in torchvision 0.29) are not available here, so the processor fetches the
+    # file with transformers' own OpenCV reader instead; sampling and everything after it are the processor's.
+    def fetch_videos(urls, sample_indices_fn=None):
+        if isinstance(urls, list):
+            return list(zip(*[fetch_videos(u, sample_indices_fn) for u in urls]))
+        return load_video(urls, backend="opencv", sample_indices_fn=sample_indices_fn)
+
+    vp.fetch_videos = fetch_videos
+    msgs = [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What happens?"}]}]
+    inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                      return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     return inputs, out[0, inputs["input_ids"].shape[1]:].tolist(), meta
@@ -158,8 +167,7 @@ def test_whole_clip_prompt_and_tokens_match_transformers(tiny256, reference_cach
     assert list(clip_indices(probe(path), vlm.spec.video_fps, vlm.spec.video_max_frames)) == list(
         meta.frames_indices)
     item = {"type": "video", "video": path}
-    prepared = vlm._prepare([{"role": "user", "content": [item, {"type": "text", "text": "What happens?"}]}],
-                            None, "rgb")
+    prepared = vlm.prepare([{"role": "user", "content": [item, {"type": "text", "text": "What happens?"}]}])
     assert prepared.input_ids == inputs["input_ids"][0].tolist()
     # pixels: Pillow's bicubic against torchvision's, within one grey level on a tiny fraction of pixels
     frames = frames_at(path, [i / meta.fps for i in meta.frames_indices])
@@ -180,8 +188,8 @@ def test_video_frames_from_the_caller(tiny256, tmp_path):
     vlm = edgevlm.load(bundle)
     rng = np.random.default_rng(0)
     frames = [Frame(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8), t) for t in (0.0, 61.0, 125.5)]
-    prepared = vlm._prepare([{"role": "user", "content": [{"type": "video", "video": frames},
-                                                          {"type": "text", "text": "Hi"}]}], None, "rgb")
+    prepared = vlm.prepare([{"role": "user", "content": [{"type": "video", "video": frames},
+                                                         {"type": "text", "text": "Hi"}]}])
     text = vlm.tokenizer._tok.decode(prepared.input_ids, skip_special_tokens=False)
     assert "three frames from a 0:02:05 [H:MM:SS] video" in text
     assert "Frame from 00:00:" in text and "Frame from 01:01:" in text and "Frame from 02:05:" in text

@@ -1,0 +1,116 @@
+"""The staged engine API: prepare -> encode -> Generator (prefill, step, logits processors, cancel), and one model
+shared by several threads."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import edgevlm
+from conftest import random_image
+from edgevlm.errors import ContextLengthError, InputError
+from edgevlm.generate import GenerationConfig
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny256):
+    return edgevlm.load(tiny256[1], threads=1)
+
+
+def _messages(image, text="What is in this image?"):
+    return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+
+def test_greedy_steps_equal_ask(vlm):
+    image = random_image(120, 90, seed=21)
+    prompt = vlm.prepare(_messages(image), split=False)
+    encoded = vlm.encode(prompt)
+    assert prompt.images == 1 and encoded.tiles == 1 and encoded.features.shape[0] == 1
+    gen = vlm.generator(prompt, encoded, GenerationConfig(max_new_tokens=12))
+    assert gen.logits is None
+    gen.prefill()
+    assert gen.logits.shape == (vlm.spec.vocab_size,)
+    tokens = []
+    while (t := gen.step()) is not None:
+        tokens.append(t)
+    assert tokens == gen.tokens and gen.done and gen.finish_reason in ("stop", "length")
+    assert vlm.ask(image, "What is in this image?", max_new_tokens=12, split=False).token_ids == tokens
+
+
+def test_banned_token_never_appears_and_the_rest_is_argmax(vlm):
+    image = random_image(80, 100, seed=22)
+    prompt = vlm.prepare(_messages(image), split=False)
+    encoded = vlm.encode(prompt)
+    free = list(vlm.generator(prompt, encoded, max_new_tokens=10, ignore_eos=True))
+    banned = free[0]
+    seen_scores = []
+
+    def ban(new_tokens, scores):
+        seen_scores.append((list(new_tokens), scores.copy()))
+        scores[banned] = -np.inf
+        return scores
+
+    gen = vlm.generator(prompt, encoded, max_new_tokens=10, ignore_eos=True, logits_processors=[ban])
+    tokens = list(gen)
+    assert banned not in tokens and len(tokens) == 10
+    for i, (history, scores) in enumerate(seen_scores):  # each pick is the argmax of what the processor allowed
+        assert history == tokens[:i]
+        allowed = scores.copy()
+        allowed[banned] = -np.inf
+        assert tokens[i] == int(np.argmax(allowed))
+
+
+def test_cancel_keeps_tokens_so_far(vlm):
+    prompt = vlm.prepare([{"role": "user", "content": "Count to twenty."}])
+    gen = vlm.generator(prompt, vlm.encode(prompt), max_new_tokens=50, ignore_eos=True)
+    first = [gen.step(), gen.step(), gen.step()]
+    gen.cancel()
+    assert gen.step() is None and gen.tokens == first and gen.finish_reason == "cancelled"
+
+
+def test_config_and_keywords_are_one_set_of_options(vlm):
+    with pytest.raises(InputError, match="unknown generation option"):
+        vlm.ask(None, "Hi", max_new_tokens=3, temprature=0.5)
+    cfg = GenerationConfig(max_new_tokens=4, do_sample=True, temperature=0.8, seed=3)
+    a = vlm.chat([{"role": "user", "content": "Hi"}], config=cfg)
+    b = vlm.chat([{"role": "user", "content": "Hi"}], config=cfg)
+    assert a.token_ids == b.token_ids and a.new_tokens <= 4
+    with pytest.raises(InputError, match="forbade every token"):
+        vlm.ask(None, "Hi", max_new_tokens=2, logits_processors=[lambda ids, s: np.full_like(s, -np.inf)])
+    with pytest.raises(ContextLengthError):
+        vlm.generator(vlm.prepare([{"role": "user", "content": "Hi"}]), edgevlm.EncodedImages(None),
+                      max_new_tokens=9000)
+
+
+def test_two_threads_share_one_model(vlm):
+    """One thread encodes and generates image answers while another runs text generators: the same tokens as one
+    after the other (ONNX Runtime sessions run concurrently; the vision cache is locked)."""
+    images = [random_image(60 + 10 * i, 90, seed=30 + i) for i in range(4)]
+    texts = ["Hello", "What is a cat?", "Name a colour.", "Say something."]
+    vlm.vision_cache.clear()
+    expected_images = [vlm.ask(im, "Describe.", max_new_tokens=8, split=False).token_ids for im in images]
+    expected_texts = [vlm.ask(None, t, max_new_tokens=8).token_ids for t in texts]
+    vlm.vision_cache.clear()
+    got: dict[str, list] = {"images": [], "texts": []}
+    errors = []
+
+    def run(key, fn, items):
+        try:
+            for _ in range(3):
+                got[key].append([fn(x) for x in items])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=("images", lambda im: vlm.ask(
+                   im, "Describe.", max_new_tokens=8, split=False).token_ids, images)),
+               threading.Thread(target=run, args=("texts", lambda t: list(vlm.generator(
+                   vlm.prepare([{"role": "user", "content": t}]), edgevlm.EncodedImages(None), max_new_tokens=8)),
+                   texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert got["images"] == [expected_images] * 3
+    assert got["texts"] == [expected_texts] * 3
