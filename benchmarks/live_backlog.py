@@ -22,7 +22,7 @@ from videotools import HttpStream, free_port  # noqa: E402
 
 def main() -> None:
     import edgevlm
-    from edgevlm.sources import CaptureSource
+    from edgevlm.media.sources import CaptureSource
 
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle")

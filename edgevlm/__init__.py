@@ -10,9 +10,10 @@ which a program that only checks the version or the errors should not pay.
 from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
 
 __version__ = "0.1.0"
-_LAZY = {"load": "model", "VLM": "model", "Result": "model", "Prompt": "model", "EncodedImages": "model",
-         "GenerationConfig": "generate", "Generator": "generate", "Frame": "video", "Segment": "captions",
-         "PushSource": "sources", "LiveCaption": "live", "Trigger": "live"}
+_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "engine.core", "Prompt": "engine.core",
+         "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
+         "Frame": "engine.frame", "Segment": "media.captions", "PushSource": "media.sources",
+         "LiveCaption": "media.live", "Trigger": "media.live"}
 __all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
 
 

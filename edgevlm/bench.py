@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine.bundle_format import with_external_data
 from .errors import EdgeVLMError
 
 QUESTION = "Describe this image in one detailed sentence, mentioning colours and shapes."
@@ -61,9 +62,7 @@ def run_one(model: str, variant: str, providers: str | None, threads: int | None
         r = vlm.ask(image, QUESTION, max_new_tokens=new_tokens, split=False, ignore_eos=True)
         results.append((r, time.perf_counter() - t))
     med = lambda f: statistics.median(f(r, s) for r, s in results)  # noqa: E731
-    files = vlm.files.values()
-    size = sum(p.stat().st_size + (p.with_name(p.name + "_data").stat().st_size
-                                   if p.with_name(p.name + "_data").exists() else 0) for p in files)
+    size = sum(p.stat().st_size for p in with_external_data(vlm.files.values()))
     return BenchResult(
         variant=variant, providers=",".join(vlm.providers["decoder_model_merged"]), load_s=round(load_s, 3),
         vision_ms_per_tile=round(med(lambda r, s: r.vision_ms / max(r.tiles, 1)), 1),

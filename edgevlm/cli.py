@@ -13,11 +13,11 @@ import sys
 
 import click
 
-from .bundle import DEFAULT_MODEL
-from .captions import FORMATS, CaptionWriter
+from .engine.bundle import DEFAULT_MODEL
+from .engine.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import EdgeVLMError, InputError
-from .outputs import OutputTarget
-from .limits import DEFAULT_MAX_IMAGE_PIXELS
+from .media.captions import FORMATS, CaptionWriter
+from .media.outputs import OutputTarget
 
 MODEL_HELP = "Bundle folder, folder in Hugging Face's onnx/ layout, or hub id."
 
@@ -183,7 +183,7 @@ def video_options(fn):
 
 
 def _split_inputs(inputs: tuple[str, ...]) -> tuple[list[str], str | None]:
-    from .video import is_video_path
+    from .media.video import is_video_path
 
     videos = [i for i in inputs if is_video_path(i)]
     if not videos:
@@ -230,14 +230,15 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
         _print_result(vlm.ask_video(video, prompt or "Describe this video.", max_new_tokens=max_new_tokens or 128,
                                     fps=fps, max_frames=max_frames), as_json)
     else:
-        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels"), "to a timeline (they are for --mode clip)")
+        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "no_split"),
+                "to a timeline (its frames are one tile each; --fps and --max-frames are for --mode clip)")
         if as_json:
             raise InputError("--json does not apply to a video timeline; use --format jsonl for one JSON record "
                              "per segment.")
         target = OutputTarget(output, inputs=[video], model_dir=model)
         with CaptionWriter(fmt, target) as writer:  # opened before any work: a bad target fails in a second
             vlm = _load(model, variant, providers, threads)
-            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, not no_split, writer)
+            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, writer)
 
 
 @cli.command()
@@ -279,9 +280,11 @@ def _progress(total: float | None):
                 nrows=rows or 24, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
 
-def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split, writer: CaptionWriter) -> None:
-    from .timeline import DEFAULT_TIMELINE_PROMPT
-    from .video import probe
+def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter) -> None:
+    """Each sampled frame is one tile, as vlm.timeline's default (and watch's): a caption per segment, not a
+    detailed reading of each frame."""
+    from .media.timeline import DEFAULT_TIMELINE_PROMPT
+    from .media.video import probe
 
     info = probe(video)
     bar = _progress(info.duration)
@@ -289,7 +292,7 @@ def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, split
     def on_progress(done, total):
         bar.update(max(done - bar.n, 0))
 
-    segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold, split=split,
+    segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold,
                             prompt=prompt or DEFAULT_TIMELINE_PROMPT, max_new_tokens=max_new_tokens,
                             on_progress=on_progress)
     where = f" to {writer.path}" if writer.path else ""
@@ -348,8 +351,8 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
           heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
     """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
     file replayed in real time. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
-    from .live import DEFAULT_LIVE_PROMPT, Trigger
-    from .sources import open_source
+    from .media.live import DEFAULT_LIVE_PROMPT, Trigger
+    from .media.sources import open_source
 
     _check_text("prompt", prompt)
     _check_text("trigger", trigger)
@@ -403,27 +406,14 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
 @_friendly
 def info(model, as_json):
     """What a model folder holds: architecture, variants, files, verification, and this machine's providers."""
-    from . import bundle, providers
+    from .engine import bundle, hub, providers
 
-    b = bundle.open_bundle(bundle.resolve(model))
+    root = bundle.resolve(model, onnx=False)  # a hub id: configs and manifest only, no ONNX file
+    listing = hub.repo_files(model) if hub.is_remote(model) else None
+    b = bundle.open_bundle(root, listing=listing)
     s = b.spec
-    data = {
-        "model": str(b.root), "bundle": b.manifest is not None,
-        "architecture": (b.manifest or {}).get("architecture", "unknown"),
-        "tile": s.tile, "patch": s.patch, "scale_factor": s.scale_factor, "image_seq_len": s.image_seq_len,
-        "text": {"hidden": s.hidden, "layers": s.num_layers, "kv_heads": s.kv_heads, "vocab": s.vocab_size},
-        "variants": {v: {p: str(f.relative_to(b.root)) for p, f in parts.items()} for v, parts in b.files.items()},
-        "providers_available": providers.available(), "providers_auto": providers.choose(None),
-    }
-    if b.manifest:
-        ver = b.manifest.get("verification", {})
-        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"],
-                                    "max_abs_logit_diff": r["max_abs_logit_diff"]} for v, r in ver.items()}
-        sizes = {}
-        for v, parts in b.files.items():
-            sizes[v] = sum(b.manifest["files"].get(str(p.relative_to(b.root)), {}).get("size", 0)
-                           for p in parts.values())
-        data["variant_bytes"] = sizes
+    data = bundle.describe(b)
+    data["providers_available"], data["providers_auto"] = providers.available(), providers.choose(None)
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
@@ -431,10 +421,10 @@ def info(model, as_json):
     click.echo(f"architecture: {data['architecture']}  tile {s.tile}, patch {s.patch}, scale {s.scale_factor}, "
                f"{s.image_seq_len} tokens per tile; text {s.hidden} hidden x {s.num_layers} layers")
     for v in sorted(data["variants"]):
-        extra = ""
+        extra = " (default)" if v == data["default_variant"] else ""
         if "verification" in data and v in data["verification"]:
             r = data["verification"][v]
-            extra = f"  verified: tokens equal={r['tokens_equal']}, max|dlogit|={r['max_abs_logit_diff']:.2e}"
+            extra += f"  verified: tokens equal={r['tokens_equal']}, max|dlogit|={r['max_abs_logit_diff']:.2e}"
         size = f"{data['variant_bytes'][v] / 1e6:8.1f} MB" if "variant_bytes" in data else ""
         click.echo(f"variant {v:6s} {size}{extra}")
     click.echo(f"providers:    available {', '.join(data['providers_available'])}; "
@@ -453,7 +443,7 @@ def info(model, as_json):
 def bench(model, variants, providers, threads, runs, new_tokens, as_json):
     """Speed and memory per variant on workload W1 (one 512x512 tile, ~80 prompt tokens, 32 new tokens)."""
     from . import bench as bench_mod
-    from . import bundle
+    from .engine import bundle
 
     root = bundle.resolve(model)
     found = bundle.open_bundle(root)
@@ -463,7 +453,7 @@ def bench(model, variants, providers, threads, runs, new_tokens, as_json):
     for v in names:
         found.part_files(v)  # an unknown variant fails here, in one line, before any child process starts
     if providers:
-        from .providers import choose
+        from .engine.providers import choose
 
         choose(providers)
     results = []

@@ -13,8 +13,7 @@ import time
 import numpy as np
 
 import edgevlm
-from edgevlm.live import Trigger
-from edgevlm.sources import PushSource
+from edgevlm import PushSource, Trigger
 
 
 class FakeCameraSDK:

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 import edgevlm
-from edgevlm.sources import PushSource
+from edgevlm import PushSource
 
 DEFAULT = ("videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
            "videoconvert ! video/x-raw,format=RGB ! appsink name=sink emit-signals=true max-buffers=1 drop=true")

@@ -14,7 +14,7 @@ import time
 import cv2
 
 import edgevlm
-from edgevlm.sources import PushSource
+from edgevlm import PushSource
 
 
 def capture_loop(cap: cv2.VideoCapture, source: PushSource, stop: threading.Event, pace: float) -> None:

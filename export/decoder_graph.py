@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgevlm.engine.bundle_format import EXTERNAL_DATA_LIMIT, external_data
+
 MS = "com.microsoft"
 
 
@@ -137,9 +139,9 @@ def build_decoder(model, path: Path) -> Path:
                               producer_name="edgevlm")
     proto.ir_version = 8
     size = sum(t.ByteSize() for t in g.inits)
-    if size > (1 << 30):
+    if size > EXTERNAL_DATA_LIMIT:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + "_data", size_threshold=1024)
+                        location=external_data(path).name, size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
     return path

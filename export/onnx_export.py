@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from edgevlm.engine.bundle_format import EXTERNAL_DATA_LIMIT, external_data
+
 from .wrappers import Decoder, TokenEmbeddings, VisionEncoder
 
 OPSET = 17
@@ -29,15 +31,15 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
     _externalize_if_large(path)
 
 
-def _externalize_if_large(path: Path, limit: int = 1 << 30) -> None:
+def _externalize_if_large(path: Path, limit: int = EXTERNAL_DATA_LIMIT) -> None:
     """Keep files under protobuf's 2 GB cap: move weights to `<name>.onnx_data` beside the graph when large."""
     import onnx
 
-    if path.stat().st_size < limit and not path.with_name(path.name + "_data").exists():
+    if path.stat().st_size < limit and not external_data(path).exists():
         return
     model = onnx.load(str(path))
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + "_data", size_threshold=1024)
+                    location=external_data(path).name, size_threshold=1024)
 
 
 def export_vision(model, out: Path) -> Path:

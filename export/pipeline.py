@@ -17,37 +17,21 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from edgevlm.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from edgevlm.engine.bundle_format import CONFIG_FILES, RECIPES, SUFFIXES, VARIANTS, recipe_files, write_manifest
 from edgevlm.errors import EdgeVLMError
 
 from . import onnx_export, quantize, verify
 from .architectures import identify
-
-ALL_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
-DEFAULT_VARIANTS = ("fp32", "fp16", "int8", "q4", "mixed")
-CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
-                "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "chat_template.json", "chat_template.jinja")
-# variant -> part -> precision of the file it uses; "mixed" is an int8 vision encoder with 4-bit text parts.
-RECIPES = {
-    "fp32": {"vision_encoder": "fp32", "embed_tokens": "fp32", "decoder_model_merged": "fp32"},
-    "fp16": {"vision_encoder": "fp16", "embed_tokens": "fp16", "decoder_model_merged": "fp16"},
-    "int8": {"vision_encoder": "int8", "embed_tokens": "int8", "decoder_model_merged": "int8"},
-    "q4": {"vision_encoder": "q4", "embed_tokens": "q4", "decoder_model_merged": "q4"},
-    "mixed": {"vision_encoder": "int8", "embed_tokens": "q4", "decoder_model_merged": "q4"},
-}
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "q4": "_q4"}
-
 
 class ExportError(EdgeVLMError):
     exit_code = 4
 
 
 def parse_variants(spec: str | None) -> list[str]:
-    names = [v.strip() for v in (spec or ",".join(DEFAULT_VARIANTS)).split(",") if v.strip()]
-    bad = [v for v in names if v not in ALL_VARIANTS]
+    names = [v.strip() for v in (spec or ",".join(VARIANTS)).split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
     if bad:
-        raise ExportError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(ALL_VARIANTS)}.")
+        raise ExportError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}.")
     if "fp32" not in names:
         names.insert(0, "fp32")  # the reference every other variant is verified against
     return names
@@ -111,7 +95,7 @@ def build_parts(model, onnx_dir: Path, variants: list[str], log) -> dict[str, di
         facts[f"{part}:fp32"] = {"path": path, "ops": quantize.op_counts(path)}
     needed = {(part, prec) for v in variants for part, prec in RECIPES[v].items() if prec != "fp32"}
     for part, prec in sorted(needed):
-        src, dst = fp32[part], onnx_dir / f"{part}{SUFFIX[prec]}.onnx"
+        src, dst = fp32[part], onnx_dir / f"{part}{SUFFIXES[prec]}.onnx"
         t = time.perf_counter()
         if prec == "fp16":
             ops = quantize.to_fp16(src, dst)
@@ -134,18 +118,10 @@ def _tool_versions() -> dict[str, str]:
     return out
 
 
-def _file_table(root: Path) -> dict[str, dict]:
-    table = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            table[p.relative_to(root).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    return table
-
-
-def write_manifest(root: Path, source: str, config: dict, variants: dict[str, dict[str, str]], facts: dict,
-                   report: dict, stats: dict) -> dict:
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str]], facts: dict, report: dict,
+                    stats: dict) -> dict:
+    """What the exporter records beside the format's own keys (edgevlm.engine.bundle_format writes the file)."""
+    return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source, "architecture": identify(config) or "custom",
         "model": {"image_token_id": config.get("image_token_id"), "scale_factor": config.get("scale_factor"),
@@ -160,10 +136,7 @@ def write_manifest(root: Path, source: str, config: dict, variants: dict[str, di
             "DequantizeLinear")}}
             for key, f in facts.items()},
         "verification": report, "export_stats": stats, "tools": _tool_versions(),
-        "files": _file_table(root),
     }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def _readable_by_all(root: Path) -> None:
@@ -209,11 +182,9 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         for name in CONFIG_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
-        variant_files = {v: {part: f"onnx/{part}{SUFFIX[prec]}.onnx" for part, prec in RECIPES[v].items()}
-                         for v in names}
+        variant_files = recipe_files(names)
         # Provisional manifest (no checksums yet) so the runtime can open the variants it is verifying.
-        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                 "variants": variant_files, "files": {}}))
+        write_manifest(tmp, {"variants": variant_files}, with_files=False)
         report = verify.verify_variants(model, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
             raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
@@ -221,7 +192,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
                               "wrong, so no bundle was written. Please report this with the checkpoint's config.")
         stats = {"seconds": round(time.perf_counter() - t0, 1),
                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-        manifest = write_manifest(tmp, str(source), config, variant_files, facts, report, stats)
+        manifest = write_manifest(tmp, manifest_fields(str(source), config, variant_files, facts, report, stats))
         _readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import onnx
 
+from edgevlm.engine.bundle_format import EXTERNAL_DATA_LIMIT, external_data
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -35,9 +37,9 @@ def op_counts(path: Path) -> dict[str, int]:
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > (1 << 30):  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
+    if model.ByteSize() > EXTERNAL_DATA_LIMIT:  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + "_data", size_threshold=1024)
+                        location=external_data(path).name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
 
@@ -140,7 +142,7 @@ def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
 
 
 def file_size(path: Path) -> int:
-    data = path.with_name(path.name + "_data")
+    data = external_data(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 

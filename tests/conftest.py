@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _build(tmp_path_factory, arch: str, variants: str) -> tuple[Path, Path]:
-    from edgevlm_export.checkpoints import make_checkpoint
+    from tools.checkpoints import make_checkpoint
     from edgevlm_export.pipeline import export
 
     root = tmp_path_factory.mktemp(f"tiny_{arch.replace('.', '_')}")

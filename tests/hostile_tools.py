@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgevlm.bundle import MANIFEST, sha256_file
+from edgevlm.engine.bundle import MANIFEST, sha256_file
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 TEMP_MARKERS = (".partial",)

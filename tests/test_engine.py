@@ -10,7 +10,7 @@ import pytest
 import edgevlm
 from conftest import random_image
 from edgevlm.errors import ContextLengthError, InputError
-from edgevlm.generate import GenerationConfig
+from edgevlm.engine.generate import GenerationConfig
 
 
 @pytest.fixture(scope="module")

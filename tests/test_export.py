@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import edgevlm
-from edgevlm.bundle import MANIFEST, sha256_file
+from edgevlm.engine.bundle import MANIFEST, sha256_file
 from edgevlm.errors import ModelError
 
 

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import random_image
-from edgevlm import bundle as bundle_mod
-from edgevlm import prompt as prompt_mod
-from edgevlm.captions import CaptionWriter, Segment
+from edgevlm.engine import bundle as bundle_mod
+from edgevlm.engine import prompt as prompt_mod
+from edgevlm.media.captions import CaptionWriter, Segment
 from edgevlm.errors import InputError, ModelError
-from edgevlm.preprocess import load_image, process_image, tile_grid
+from edgevlm.engine.preprocess import load_image, process_image, tile_grid
 
 SLOW = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None)
 

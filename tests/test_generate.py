@@ -7,7 +7,7 @@ import torch
 
 import edgevlm
 from edgevlm.errors import ContextLengthError, InputError
-from edgevlm.generate import SamplingOptions, process_logits
+from edgevlm.engine.generate import SamplingOptions, process_logits
 
 
 def test_repetition_penalty_matches_transformers():

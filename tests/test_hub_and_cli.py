@@ -103,7 +103,7 @@ def test_cli_unknown_variant_and_provider(tiny256, tmp_path):
 
 def test_providers_choice_and_fallback_flag(tiny256):
     import edgevlm
-    from edgevlm import providers
+    from edgevlm.engine import providers
 
     assert providers.choose(None)[-1] == "CPUExecutionProvider"
     assert providers.choose("cpu") == ["CPUExecutionProvider"]
@@ -123,3 +123,56 @@ def test_cli_bench_reports_every_measure(tiny256):
         assert x["peak_rss_mb"] > 0 and x["bundle_mb"] > 0
     assert data["results"][1]["bundle_mb"] < data["results"][0]["bundle_mb"]
     assert data["import_s"] > 0
+
+
+def _onnx(hub) -> list[str]:
+    return sorted({f for f in hub.downloaded if f.startswith("onnx/")})
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("mixed", ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx", "onnx/vision_encoder_int8.onnx"]),
+    ({"vision": "int8", "decoder": "q4"},
+     ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder_int8.onnx"]),
+])
+def test_hub_download_reads_the_manifest_first_then_fetches_one_variant(tiny256, tmp_path, variant, expected):
+    with HubStandIn(tiny256[1], REPO) as hub:
+        assert load_from_hub(hub, tmp_path, variant) == "2"
+        assert _onnx(hub) == expected
+
+
+def load_from_hub(hub, tmp_path, variant) -> str:
+    """edgevlm.load(hub id) in a fresh process (huggingface_hub reads its endpoint settings at import)."""
+    code = ("import json, sys, numpy as np, edgevlm\n"
+            "vlm = edgevlm.load(sys.argv[1], variant=json.loads(sys.argv[2]), progress=False)\n"
+            "print(vlm.caption(np.zeros((40, 50, 3), np.uint8), max_new_tokens=2).new_tokens)")
+    r = subprocess.run([sys.executable, "-c", code, REPO, json.dumps(variant)], capture_output=True, text=True,
+                       env={**os.environ, **hub_env(hub, tmp_path / "hf")}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_hub_layout_without_manifest_fetches_one_variant_by_suffix(tiny256, tmp_path):
+    from hostile_tools import link_copy
+
+    folder = link_copy(tiny256[1], tmp_path / "official")
+    (folder / "edgevlm.json").unlink()
+    with HubStandIn(folder, REPO) as hub:
+        assert load_from_hub(hub, tmp_path, "int8") == "2"
+        assert _onnx(hub) == ["onnx/decoder_model_merged_int8.onnx", "onnx/embed_tokens_int8.onnx",
+                              "onnx/vision_encoder_int8.onnx"]
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_info_on_a_hub_id_downloads_no_onnx_file(tiny256, tmp_path, manifest):
+    from hostile_tools import link_copy
+
+    folder = link_copy(tiny256[1], tmp_path / "repo")
+    if not manifest:
+        (folder / "edgevlm.json").unlink()
+    with HubStandIn(folder, REPO) as hub:
+        r = run_cli("info", REPO, "--json", env=hub_env(hub, tmp_path / "hf"))
+        assert r.returncode == 0, r.stderr
+        assert _onnx(hub) == []
+    data = json.loads(r.stdout)
+    assert {"fp32", "fp16", "int8", "q4"} <= set(data["variants"]) and data["default_variant"] == "fp32"
+    assert data["bundle"] is manifest and ("variant_bytes" in data) is manifest

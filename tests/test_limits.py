@@ -11,7 +11,7 @@ import pytest
 import edgevlm
 from conftest import random_image
 from edgevlm.errors import ContextLengthError, InputError, OutputError
-from edgevlm.outputs import OutputTarget
+from edgevlm.media.outputs import OutputTarget
 
 
 @pytest.fixture(scope="module")

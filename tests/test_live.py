@@ -16,8 +16,8 @@ import pytest
 from videotools import HttpStream, free_port, make, scenes
 
 from edgevlm.errors import InputError
-from edgevlm.live import Trigger, watch
-from edgevlm.sources import CaptureSource, PushSource, SourceError
+from edgevlm.media.live import Trigger, watch
+from edgevlm.media.sources import CaptureSource, PushSource, SourceError
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,22 @@ def test_readme_install_lines_are_the_tested_ones():
 
 
 def test_wheel_holds_runtime_and_exporter(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+    import shutil
+
+    src = tmp_path / "src"  # a clean copy: an in-tree build/ folder from an earlier build would leak stale files
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info",
+                                                             "__pycache__", ".cache", ".pytest_cache"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(src)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     wheel = next(tmp_path.glob("edgevlm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "edgevlm/cli.py" in names and "edgevlm_export/pipeline.py" in names
-    assert not any(n.startswith("tests/") for n in names)
+    assert {"edgevlm/cli.py", "edgevlm/vlm.py", "edgevlm/engine/core.py", "edgevlm/media/live.py",
+            "edgevlm_export/pipeline.py"} <= set(names)
+    runtime = {n for n in names if n.startswith("edgevlm/") and n.endswith(".py")}
+    assert runtime == {p.relative_to(ROOT).as_posix() for p in (ROOT / "edgevlm").rglob("*.py")}, "a module is missing"
+    assert not any(n.startswith(("tests/", "tools/")) for n in names)
+    assert "edgevlm_export/checkpoints.py" not in names  # test tooling stays out of the product
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert re.search(r"^Requires-Python: >=3\.10$", meta, re.M)
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

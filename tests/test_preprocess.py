@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from conftest import random_image
-from edgevlm.bundle import read_spec
+from edgevlm.engine.bundle import read_spec
 from edgevlm.errors import InputError
-from edgevlm.preprocess import load_image, process_image
+from edgevlm.engine.preprocess import load_image, process_image
 
 SIZES = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (3, 7), (16, 16), (31, 17), (64, 64), (100, 30),
          (30, 100), (224, 224), (256, 511), (333, 500), (383, 385), (384, 384), (480, 640), (511, 512),

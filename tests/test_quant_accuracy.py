@@ -2,7 +2,7 @@
 
 Teacher-forced top-1 agreement with fp32 over real text, for the int8 and q4 recipes the exporter ships. Only the
 text parts are exported here (the vision tower is random, so it says nothing about accuracy); the full-bundle
-measurement is `python -m edgevlm_export.accuracy` (docs/benchmarks.md).
+measurement is `python -m tools.accuracy` (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import edgevlm
 @pytest.fixture(scope="module")
 def real_text_bundle(tmp_path_factory, tiny256):
     from edgevlm_export import onnx_export, quantize
-    from edgevlm_export.checkpoints import make_checkpoint
+    from tools.checkpoints import make_checkpoint
 
     root = tmp_path_factory.mktemp("real256")
     ckpt = make_checkpoint(root / "ckpt", arch="256M", size="full", real_decoder=True)
@@ -51,7 +51,7 @@ def real_text_bundle(tmp_path_factory, tiny256):
 def test_fp32_text_decoder_matches_torch_on_real_weights(real_text_bundle):
     import torch
 
-    from edgevlm_export.accuracy import REAL_TEXT
+    from tools.accuracy import REAL_TEXT
 
     bundle, model = real_text_bundle
     vlm = edgevlm.load(bundle, variant="fp32", verify=False)
@@ -71,7 +71,7 @@ def test_trained_model_answers_sensibly(real_text_bundle):
 
 
 def test_quantized_agreement_meets_targets(real_text_bundle):
-    from edgevlm_export.accuracy import REAL_TEXT
+    from tools.accuracy import REAL_TEXT
     from edgevlm_export.verify import teacher_forced_agreement
 
     bundle, _ = real_text_bundle

@@ -14,7 +14,7 @@ import pytest
 from videotools import make, run_ffmpeg, scenes
 
 from edgevlm.errors import InputError
-from edgevlm.video import clip_indices, frames_at, probe, read_frames
+from edgevlm.media.video import clip_indices, frames_at, probe, read_frames
 
 H264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
 CODECS = {  # name: (file suffix, encoder args, size)
@@ -158,7 +158,7 @@ def _reference_video(ckpt, cache, path):
 @pytest.mark.parametrize("seconds,rate", [(12, 10), (70, 2)])  # 70 s > 64 frames + 2 s: the ends are skipped
 def test_whole_clip_prompt_and_tokens_match_transformers(tiny256, reference_cache, tmp_path, seconds, rate):
     import edgevlm
-    from edgevlm.preprocess import process_video_frame
+    from edgevlm.engine.preprocess import process_video_frame
 
     ckpt, bundle = tiny256
     path = make(tmp_path / "clip.mp4", "testsrc", seconds, H264, size="192x144", rate=rate)
@@ -182,7 +182,7 @@ def test_whole_clip_prompt_and_tokens_match_transformers(tiny256, reference_cach
 def test_video_frames_from_the_caller(tiny256, tmp_path):
     """Frames pushed by the caller (not a file) go through the same video prompt."""
     import edgevlm
-    from edgevlm.video import Frame
+    from edgevlm.media.video import Frame
 
     _, bundle = tiny256
     vlm = edgevlm.load(bundle)

@@ -5,7 +5,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import EdgeVLMError, ModelError
+from ..errors import EdgeVLMError, ModelError
 
 try:
     import onnxruntime as ort

@@ -8,14 +8,14 @@ never converted to RGB, which is most of the saving a sampler needs.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..engine.frame import Frame
+from ..errors import InputError
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".avi", ".webm", ".mov", ".mpg", ".mpeg", ".ts", ".m2ts", ".flv",
                     ".wmv", ".3gp", ".ogv"}
@@ -42,17 +42,6 @@ class VideoInfo:
     duration: float
     codec: str
     rotation: int  # degrees the decoder turned the frames to display them upright
-
-
-@dataclass
-class Frame:
-    """One decoded frame: RGB uint8 (H, W, 3), its presentation time in seconds, its index in decode order, and
-    when it was captured (time.monotonic(); for measuring latency)."""
-
-    image: np.ndarray
-    timestamp: float
-    index: int = 0
-    captured: float = field(default_factory=time.monotonic)
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
@@ -115,18 +104,17 @@ def _info(cap, path) -> VideoInfo:
                      rotation=int(cap.get(cv2.CAP_PROP_ORIENTATION_META)))
 
 
-def read_frames(path: str | os.PathLike, every: float | None = None, start: float = 0.0,
-                end: float | None = None) -> Iterator[Frame]:
+def read_frames(path: str | os.PathLike, every: float | None = None, start: float = 0.0) -> Iterator[Frame]:
     """Decode frames in order. every=None: all frames; every=s: the first frame at or after each multiple of s.
 
     Truncated files yield the frames that decode and stop; a file where nothing decodes raises InputError.
     """
     if every is not None and every <= 0:
         raise InputError(f"the sampling interval must be positive; got {every}.")
-    return _read(path, start, end, every)
+    return _read(path, start, every)
 
 
-def _read(path, start: float, end: float | None, every: float | None) -> Iterator[Frame]:
+def _read(path, start: float, every: float | None) -> Iterator[Frame]:
     cv2 = import_cv2()
     cap = _open(path)
     try:
@@ -137,8 +125,6 @@ def _read(path, start: float, end: float | None, every: float | None) -> Iterato
             index += 1
             t = max(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, 0.0)
             seen += 1
-            if end is not None and t >= end:
-                break
             if t + 1e-6 < next_t:
                 continue
             ok, bgr = cap.retrieve()

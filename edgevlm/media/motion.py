@@ -35,17 +35,12 @@ class MotionGate:
             raise ValueError("the motion threshold cannot be negative.")
         self.threshold = threshold
         self.reference: np.ndarray | None = None
-        self.last_score = float("inf")
 
     def changed(self, frame: np.ndarray, thumb: np.ndarray | None = None) -> bool:
         """True for the first frame and for frames that differ from the last one let through; lets it through.
         `thumb`: the frame's thumbnail when the caller already made it."""
         thumb = thumbnail(frame) if thumb is None else thumb
-        self.last_score = float("inf") if self.reference is None else difference(thumb, self.reference)
-        if self.reference is None or self.last_score >= self.threshold:
+        if self.reference is None or difference(thumb, self.reference) >= self.threshold:
             self.reference = thumb
             return True
         return False
-
-    def reset(self) -> None:
-        self.reference = None

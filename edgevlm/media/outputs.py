@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputError
+from ..errors import OutputError
 
 STDOUT = "-"
 

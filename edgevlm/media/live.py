@@ -16,7 +16,7 @@ from .motion import MotionGate
 from .sources import LiveSource, open_source
 
 if TYPE_CHECKING:
-    from .model import VLM
+    from ..engine.core import Engine
 
 DEFAULT_LIVE_PROMPT = "Describe this image in one sentence."
 
@@ -66,7 +66,7 @@ class Trigger:
         return self._regex.search(text) is not None
 
 
-def watch(vlm: VLM, source: str | int | LiveSource, prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
+def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
           threshold: float = 6.0, min_interval: float = 0.0, heartbeat: float | None = None, split: bool = False,
           trigger: Trigger | None = None, max_captions: int | None = None, source_options: dict | None = None,
           **generate_kw: Any) -> Iterator[LiveCaption]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ContextLengthError, InputError
+from ..errors import ContextLengthError, InputError
 
 
 LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bundle import ModelSpec
-from .errors import InputError
+from ..errors import InputError
 from .limits import max_image_pixels
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
@@ -37,7 +37,7 @@ def load_image(image: ImageLike, color: str = "rgb", max_pixels: int | None = No
 
     `color` tells how to read a 3- or 4-channel numpy array: "rgb" (PIL, imageio) or "bgr" (OpenCV's cv2.imread and
     VideoCapture). Files are read like transformers' `load_image`: EXIF orientation applied, then RGB. An image of
-    more than `max_pixels` (edgevlm.limits) is refused from its header, before it is decoded.
+    more than `max_pixels` (edgevlm.engine.limits) is refused from its header, before it is decoded.
     """
     limit = max_image_pixels(max_pixels)
     if isinstance(image, Image.Image):

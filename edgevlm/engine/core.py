@@ -1,4 +1,9 @@
-"""The public model object: load once, then caption / ask / stream / chat about images."""
+"""The engine core: a loaded model that answers about images, text and already-decoded video frames, in stages
+(prepare -> encode -> Generator) or in one call (chat / ask / caption / stream).
+
+It knows no files but images and no video containers, cameras or streams: those are the media layer above it
+(edgevlm.media), which feeds it Frames through this public API, and edgevlm.vlm.VLM puts the two together.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,28 +13,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
-from .errors import InputError
+from ..errors import InputError
 from .generate import Decoder, GenerationConfig, Generator, check_context
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
 from .providers import choose, create_session, session_options, vision_run_options
 from .tokenizer import Tokenizer
-from .video import Frame, sample_clip
-
-if TYPE_CHECKING:
-    from .captions import Segment
-    from .live import LiveCaption
-    from .sources import LiveSource
+from .frame import Frame
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
-DEFAULT_VIDEO_PROMPT = "Describe this video."
 
 
 @dataclass
@@ -125,8 +124,12 @@ class VisionCache:
             self._items.clear()
 
 
-class VLM:
-    """A loaded SmolVLM2 model. Create it with `edgevlm.load`."""
+class Engine:
+    """A loaded SmolVLM2 model: images, text and video frames in, answers out. Create it with `edgevlm.load`
+    (which gives the video-aware subclass, edgevlm.VLM).
+
+    Thread safety: one Engine may serve several threads at once (ONNX Runtime sessions run concurrently, the
+    vision cache is locked); each Generator belongs to the thread that drives it."""
 
     def __init__(self, model_bundle: bundle_mod.Bundle, variant: str | dict[str, str] | None,
                  providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
@@ -162,7 +165,7 @@ class VLM:
         return wanted_gpu and any(p[0] == "CPUExecutionProvider" for p in self.providers.values())
 
     def __repr__(self) -> str:
-        return f"VLM({self.bundle.root}, variant={self.variant!r}, providers={self.providers['decoder_model_merged']})"
+        return f"{type(self).__name__}({self.bundle.root}, variant={self.variant!r}, providers={self.providers['decoder_model_merged']})"
 
     # ------------------------------------------------------------------------------------------- vision
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
@@ -201,21 +204,13 @@ class VLM:
         return feats, False
 
     def video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
-        """The frames of a video item: sampled from a file by the model's rule, or the caller's own Frames."""
+        """The frames of a video item: the caller's own Frames (a subclass may also read files)."""
         src = item.get("video", item.get("path"))
-        if isinstance(src, (str, os.PathLike)):
-            fps, max_frames = float(item.get("fps", self.spec.video_fps)), int(
-                item.get("max_frames", self.spec.video_max_frames))
-            if fps <= 0 or max_frames < 1:
-                raise InputError(f"sample at a positive fps and at least one frame; got fps={fps}, "
-                                 f"max_frames={max_frames}.")
-            frames, info = sample_clip(src, fps, max_frames)
-            return frames, info.duration
-        if isinstance(src, Sequence) and src and all(isinstance(f, Frame) for f in src):
+        if isinstance(src, Sequence) and not isinstance(src, str) and src and all(isinstance(f, Frame) for f in src):
             frames = list(src)
             return frames, float(item.get("duration", frames[-1].timestamp))
-        raise InputError("a video item needs 'video': a file path or a non-empty list of edgevlm.video.Frame "
-                         "(RGB uint8 image + timestamp in seconds).")
+        raise InputError("a video item needs 'video': a non-empty list of edgevlm.Frame (RGB uint8 image + "
+                         "timestamp in seconds), or a file path with edgevlm.load's model.")
 
     # -------------------------------------------------------------------------------- staged engine API
     def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb") -> Prompt:
@@ -330,36 +325,6 @@ class VLM:
                 split: bool | None = None, color: str = "rgb", **kw) -> Result:
         return self.ask(image, prompt, max_new_tokens, split, color, **kw)
 
-    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int = 128,
-                  fps: float | None = None, max_frames: int | None = None, **kw) -> Result:
-        """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
-        (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("the question is empty; pass some text.")
-        item: dict[str, Any] = {"type": "video", "video": video}
-        if fps is not None:
-            item["fps"] = fps
-        if max_frames is not None:
-            item["max_frames"] = max_frames
-        return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
-                         max_new_tokens, **kw)
-
-    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int = 128,
-                      prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
-        return self.ask_video(video, prompt, max_new_tokens, **kw)
-
-    def timeline(self, video: str | os.PathLike, **kw) -> Iterator[Segment]:
-        """Timed captions of a video file, one per segment; see edgevlm.timeline.timeline for the options."""
-        from .timeline import timeline
-
-        return timeline(self, video, **kw)
-
-    def watch(self, source: str | int | LiveSource, **kw) -> Iterator[LiveCaption]:
-        """Captions of a live source as they happen; see edgevlm.live.watch for the options."""
-        from .live import watch
-
-        return watch(self, source, **kw)
-
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
                max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
@@ -383,26 +348,3 @@ class VLM:
             prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
             total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
-
-
-def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
-         providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
-         vision_cache_size: int = 16, verify: bool = True, revision: str | None = None,
-         progress: bool = True, max_image_pixels: int | None = None) -> VLM:
-    """Load a SmolVLM2 ONNX model.
-
-    model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
-        (downloaded into the Hugging Face cache). variant: "fp32", "fp16", "int8", "q4", ... or a per-part dict
-        such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
-        ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
-        memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
-        sha256 sums before loading. max_image_pixels: larger images are refused before they are decoded (default
-        100 MP, or $EDGEVLM_MAX_IMAGE_PIXELS).
-    """
-    root = bundle_mod.resolve(model, revision=revision, progress=progress,
-                              variant=variant if isinstance(variant, str) else None)
-    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify,
-               max_image_pixels)
-
-
-__all__ = ["VLM", "Result", "Prompt", "EncodedImages", "load"]

@@ -6,30 +6,25 @@ report. So tools made for the official files read our bundles, and we read their
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
+from .bundle_format import (MANIFEST, REQUIRED_CONFIGS, SHORT_PARTS, choose_parts, default_variant, external_data,
+                            scan_layout, sha256_file, validate_manifest)
+from .hub import resolve
 
-MANIFEST = "edgevlm.json"
-FORMAT = "edgevlm-bundle"
-FORMAT_VERSION = 1
+__all__ = ["DEFAULT_MODEL", "MANIFEST", "Bundle", "ModelSpec", "check_part_inputs", "describe", "open_bundle",
+           "read_spec", "resolve", "sha256_file", "verify_files"]
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
-PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
-# File-name suffixes of the official layout; our variant names map onto them.
-SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "uint8": "_uint8", "quantized": "_quantized",
-            "q4": "_q4", "q4f16": "_q4f16", "bnb4": "_bnb4"}
-REQUIRED_CONFIGS = ("config.json", "tokenizer.json")
 # Inputs that tell the parts apart: a file in the wrong place (parts swapped) is caught by these at load.
 PART_INPUTS = {"vision_encoder": ("pixel_values",), "embed_tokens": ("input_ids",),
                "decoder_model_merged": ("inputs_embeds", "attention_mask", "past_key_values.0.key")}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger("edgevlm")
 _warned_unverified: set[str] = set()
 
@@ -74,28 +69,13 @@ class Bundle:
     def variants(self) -> list[str]:
         return sorted(self.files)
 
+    @property
+    def default_variant(self) -> str:
+        return default_variant(self.files)
+
     def part_files(self, variant: str | dict[str, str] | None) -> dict[str, Path]:
         """Resolve a variant name (or a {part: variant} dict for mixed precision) to one file per part."""
-        if variant is None:
-            variant = "fp32" if "fp32" in self.files else self.variants[0]
-        if isinstance(variant, str):
-            if variant not in self.files:
-                raise ModelError(f"variant {variant!r} is not in {self.root}; it has: {', '.join(self.variants)}. "
-                                 f"Pick one of those (edgevlm info {self.root} lists them).")
-            return dict(self.files[variant])
-        chosen = {}
-        for part in PARTS:
-            short = _short_part(part)
-            v = variant.get(part, variant.get(short, "fp32"))
-            if v not in self.files or part not in self.files[v]:
-                raise ModelError(f"no {v!r} file for the {short} part in {self.root}; available variants: "
-                                 f"{', '.join(self.variants)}")
-            chosen[part] = self.files[v][part]
-        return chosen
-
-
-def _short_part(part: str) -> str:
-    return {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_merged": "decoder"}[part]
+        return choose_parts(self.files, variant, str(self.root))
 
 
 def _read_json(path: Path) -> dict:
@@ -203,27 +183,9 @@ def _special_tokens(root: Path) -> dict[str, Any]:
     return out
 
 
-def _scan_official_layout(root: Path) -> dict[str, dict[str, Path]]:
-    files: dict[str, dict[str, Path]] = {}
-    onnx_dir = root / "onnx"
-    for variant, suffix in SUFFIXES.items():
-        found = {part: onnx_dir / f"{part}{suffix}.onnx" for part in PARTS}
-        found = {p: f for p, f in found.items() if f.exists()}
-        if len(found) == len(PARTS):
-            files[variant] = found
-    return files
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def open_bundle(root: str | os.PathLike) -> Bundle:
-    """Read a local model folder (bundle or official layout). Checksums are checked later, per variant."""
+def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bundle:
+    """Read a local model folder (bundle or official layout). Checksums are checked later, per variant.
+    `listing`: the file names of a hub repo whose ONNX files were not downloaded (edgevlm info HUB_ID)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ModelError(f"{root} is a file, not a model folder; pass a bundle folder made by `edgevlm export`, a "
@@ -240,7 +202,8 @@ def open_bundle(root: str | os.PathLike) -> Bundle:
         manifest = validate_manifest(_read_json(root / MANIFEST), root)
         files = {v: {p: root / rel for p, rel in parts.items()} for v, parts in manifest["variants"].items()}
     else:
-        files = _scan_official_layout(root)
+        names = listing if listing is not None else [p.relative_to(root).as_posix() for p in root.glob("onnx/*")]
+        files = {v: {p: root / rel for p, rel in parts.items()} for v, parts in scan_layout(names).items()}
         if files and str(root) not in _warned_unverified:
             _warned_unverified.add(str(root))
             log.warning("warning: %s has no %s, so it is loaded as an unverified Hugging Face onnx/ layout (no "
@@ -252,57 +215,11 @@ def open_bundle(root: str | os.PathLike) -> Bundle:
                   special_tokens=_special_tokens(root))
 
 
-def _relative_inside(rel: object, root: Path, what: str) -> str:
-    if not isinstance(rel, str) or not rel:
-        raise ModelError(f"{root / MANIFEST}: {what} must be a non-empty path string; got {rel!r}. The manifest is "
-                         f"damaged; re-export the bundle.")
-    p = Path(rel)
-    if p.is_absolute() or "\\" in rel or ".." in p.parts or rel.startswith("~"):
-        raise ModelError(f"{root / MANIFEST}: {what} {rel!r} points outside the bundle (absolute path or '..'); "
-                         f"a bundle may only name its own files. Re-export it, and do not trust this folder.")
-    return p.as_posix()
-
-
-def validate_manifest(manifest: object, root: Path) -> dict:
-    """Check the manifest's shape before anything in it is used: an object of the right format and version,
-    variants naming each part by a relative path inside the bundle, and files with sha256 and size."""
-    def bad(why: str) -> ModelError:
-        return ModelError(f"{root / MANIFEST} is not a valid edgevlm manifest: {why}. Re-export the bundle (or "
-                          f"remove {MANIFEST} to load the folder as an unverified Hugging Face layout).")
-
-    if not isinstance(manifest, dict):
-        raise bad(f"it holds {type(manifest).__name__}, not an object")
-    version = manifest.get("format_version")
-    if manifest.get("format") != FORMAT or not isinstance(version, int) or isinstance(version, bool):
-        raise bad(f"format {manifest.get('format')!r} version {version!r}; expected {FORMAT!r} with an integer "
-                  f"version")
-    if version > FORMAT_VERSION:
-        raise ModelError(f"{root / MANIFEST} is format version {version}; this edgevlm reads {FORMAT} up to version "
-                         f"{FORMAT_VERSION}. Upgrade edgevlm or re-export the bundle.")
-    variants, files = manifest.get("variants"), manifest.get("files")
-    if not isinstance(variants, dict) or not variants:
-        raise bad("'variants' is missing or empty")
-    if not isinstance(files, dict):
-        raise bad("'files' is missing")
-    for name, parts in variants.items():
-        if not isinstance(parts, dict) or set(parts) != set(PARTS):
-            raise bad(f"variant {name!r} must name exactly the parts {', '.join(PARTS)}")
-        for part, rel in parts.items():
-            parts[part] = _relative_inside(rel, root, f"variant {name!r} part {part}")
-    for rel, entry in files.items():
-        _relative_inside(rel, root, "a file entry")
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("size"), int)
-                and not isinstance(entry.get("size"), bool) and entry["size"] >= 0):
-            raise bad(f"the entry for {rel} needs a sha256 (64 hex digits) and a size (bytes)")
-    return manifest
-
-
 def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:
     """A file must have the inputs of the part it stands for; swapped or foreign files are a model error."""
     missing = [n for n in PART_INPUTS[part] if n not in input_names]
     if missing:
-        raise ModelError(f"{path.name} is used as the {_short_part(part)} part but lacks its input(s) "
+        raise ModelError(f"{path.name} is used as the {SHORT_PARTS[part]} part but lacks its input(s) "
                          f"{', '.join(missing)} (it has {', '.join(input_names) or 'none'}); the bundle's files are "
                          f"mixed up or foreign. Re-export it.")
 
@@ -315,7 +232,7 @@ def verify_files(bundle: Bundle, paths: list[Path]) -> None:
     wanted = {p.relative_to(bundle.root).as_posix() for p in paths}
     wanted |= {name for name in recorded if not name.endswith((".onnx", ".onnx_data"))}
     for p in paths:  # external weight files travel with their graph
-        data = p.with_name(p.name + "_data")
+        data = external_data(p)
         if data.exists() or (data.relative_to(bundle.root).as_posix() in recorded):
             wanted.add(data.relative_to(bundle.root).as_posix())
     for rel in sorted(wanted):
@@ -335,42 +252,21 @@ def verify_files(bundle: Bundle, paths: list[Path]) -> None:
                              f"re-export the bundle or copy it again.")
 
 
-def resolve(model: str | os.PathLike, revision: str | None = None, progress: bool = True,
-            variant: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id fetched into the usual Hugging Face cache.
-
-    Only the configs, the tokenizer and the ONNX files of the chosen variant are downloaded (the official repos
-    hold every variant, several GB in all).
-    """
-    path = Path(model)
-    if path.exists() or not looks_like_hub_id(str(model)):
-        return path
-    return _download(str(model), revision, progress, SUFFIXES.get(variant or "fp32"))
-
-
-_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-
-
-def looks_like_hub_id(s: str) -> bool:
-    """`org/name` with the hub's characters, and nothing on this machine that makes it read as a path: a mistyped
-    local folder (`models/smolvlm2` beside an existing `models/`) is reported as a missing folder, not as a
-    failed download with network advice."""
-    parts = s.split("/")
-    if len(parts) != 2 or not all(_HUB_NAME.fullmatch(p) for p in parts) or ".." in s or "--" in s:
-        return False
-    return not Path(s).exists() and not Path(parts[0]).exists()
-
-
-def _download(repo_id: str, revision: str | None, progress: bool, suffix: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    (enable_progress_bars if progress else disable_progress_bars)()
-    patterns = ["*.json", "*.jinja"]
-    patterns += [f"onnx/{part}{suffix}.onnx*" for part in PARTS] if suffix is not None else ["onnx/*"]
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except Exception as e:  # huggingface_hub raises many kinds (offline, 404, auth, connection)
-        raise ModelError(f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}). If you are offline, export a model with "
-                         f"`edgevlm export` or copy a model folder here and pass its path instead.") from None
+def describe(b: Bundle) -> dict[str, Any]:
+    """What `edgevlm info` shows: architecture, variants with their files and sizes, verification."""
+    s = b.spec
+    manifest = b.manifest or {}
+    data: dict[str, Any] = {
+        "model": str(b.root), "bundle": b.manifest is not None, "architecture": manifest.get("architecture", "unknown"),
+        "tile": s.tile, "patch": s.patch, "scale_factor": s.scale_factor, "image_seq_len": s.image_seq_len,
+        "text": {"hidden": s.hidden, "layers": s.num_layers, "kv_heads": s.kv_heads, "vocab": s.vocab_size},
+        "variants": {v: {p: f.relative_to(b.root).as_posix() for p, f in parts.items()} for v, parts in b.files.items()},
+        "default_variant": b.default_variant,
+    }
+    if b.manifest:
+        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"], "max_abs_logit_diff": r["max_abs_logit_diff"]}
+                                for v, r in manifest.get("verification", {}).items()}
+        table = manifest["files"]
+        data["variant_bytes"] = {v: sum(table.get(rel, {}).get("size", 0) + table.get(rel + "_data", {}).get("size", 0)
+                                        for rel in parts.values()) for v, parts in data["variants"].items()}
+    return data

@@ -10,17 +10,17 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .captions import Segment
-from .errors import InputError
+from ..errors import InputError
 from .motion import MotionGate, difference, thumbnail
 from .video import Frame, probe, read_frames
 
 if TYPE_CHECKING:
-    from .model import VLM
+    from ..engine.core import Engine
 
 DEFAULT_TIMELINE_PROMPT = "Describe this image in one sentence."
 
 
-def timeline(vlm: VLM, video: str | os.PathLike, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
+def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
              threshold: float = 6.0, scene_threshold: float = 30.0, prompt: str = DEFAULT_TIMELINE_PROMPT,
              max_new_tokens: int = 48, split: bool = False,
              on_progress: Callable[[float, float], None] | None = None, **generate_kw: Any) -> Iterator[Segment]:
@@ -68,7 +68,7 @@ def timeline(vlm: VLM, video: str | os.PathLike, every: float = 5.0, scene: bool
         yield current
 
 
-def _caption(vlm: VLM, frame: Frame, prompt: str, max_new_tokens: int, split: bool, kw: dict) -> Segment:
+def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int, split: bool, kw: dict) -> Segment:
     r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, **kw)
     timings = {"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
                "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,

@@ -19,9 +19,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edgevlm.prompt import FALLBACK_TEMPLATE as CHAT_TEMPLATE  # SmolVLM2's released template, one copy
+from edgevlm.engine.prompt import FALLBACK_TEMPLATE as CHAT_TEMPLATE  # SmolVLM2's released template, one copy
 
-from .architectures import ARCHITECTURES, IMAGE_TOKEN_ID, VOCAB_SIZE, Architecture, tiny
+from edgevlm_export.architectures import ARCHITECTURES, IMAGE_TOKEN_ID, VOCAB_SIZE, Architecture, tiny
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -1,6 +1,6 @@
 """What quantization costs on a trained decoder: teacher-forced top-1 agreement of each variant with fp32.
 
-    python -m edgevlm_export.accuracy WORK_DIR [--variants int8,q4,mixed]
+    python -m tools.accuracy WORK_DIR [--variants int8,q4,mixed]
 
 Builds (once) the 256M-architecture checkpoint whose text decoder holds the real SmolLM2-135M-Instruct weights,
 exports it with every variant (recording time and peak RSS), and measures agreement over REAL_TEXT: public-domain
@@ -41,9 +41,9 @@ REAL_TEXT = (
 
 
 def run(work: Path, variants: list[str], threads: int | None = None) -> dict:
-    from .checkpoints import make_checkpoint
-    from .pipeline import export
-    from .verify import teacher_forced_agreement
+    from edgevlm_export.pipeline import export
+    from edgevlm_export.verify import teacher_forced_agreement
+    from tools.checkpoints import make_checkpoint
 
     ckpt, bundle = work / "ckpt-256m-real", work / "bundle-256m-real"
     if not (ckpt / "config.json").exists():

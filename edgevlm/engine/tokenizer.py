@@ -7,7 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers.decoders import DecodeStream
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 class Tokenizer:

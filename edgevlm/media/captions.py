@@ -1,6 +1,6 @@
 """Timed caption records and their file formats (text, SRT, WebVTT, JSONL), written so a file is never half there.
 
-Where the bytes go (atomic file, appended log, stream) is edgevlm.outputs' concern. Every format is valid after each
+Where the bytes go (atomic file, appended log, stream) is edgevlm.media.outputs' concern. Every format is valid after each
 cue, which is what makes finishing on interruption safe.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from .errors import InputError
+from ..errors import InputError
 from .outputs import OutputTarget
 
 FORMATS = ("text", "srt", "vtt", "jsonl")
@@ -69,7 +69,7 @@ def _json_line(record: dict[str, Any]) -> str:
 class CaptionWriter:
     """Writes Segment records (or any record with start/end/text) as text, SRT, WebVTT or JSONL.
 
-    `output` is None (stdout), a path, or a checked OutputTarget (edgevlm.outputs). mode="atomic" publishes the
+    `output` is None (stdout), a path, or a checked OutputTarget (edgevlm.media.outputs). mode="atomic" publishes the
     file only at commit() (discard() leaves nothing); mode="append" (live logs) adds one complete line per record
     as it comes. As a context manager, normal exit and KeyboardInterrupt after a record commit; anything else discards.
     """

@@ -1,0 +1,87 @@
+"""The model object users load: the engine core plus the media layer (video files, timelines, live sources).
+
+`VLM` adds to `Engine` only what needs files and streams: video items given as a path are sampled by SmolVLM2's
+rule, and `timeline` / `watch` run the media layer over this model. Everything else is the engine's public API.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .engine import bundle as bundle_mod
+from .engine.core import Engine, Result
+from .engine.frame import Frame
+from .errors import InputError
+from .media.captions import Segment
+from .media.live import LiveCaption, watch
+from .media.sources import LiveSource
+from .media.timeline import timeline
+from .media.video import sample_clip
+
+DEFAULT_VIDEO_PROMPT = "Describe this video."
+
+
+class VLM(Engine):
+    """A loaded SmolVLM2 model. Create it with `edgevlm.load`."""
+
+    def video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
+        """The frames of a video item: sampled from a file by the model's rule, or the caller's own Frames."""
+        src = item.get("video", item.get("path"))
+        if not isinstance(src, (str, os.PathLike)):
+            return super().video_frames(item)
+        fps, max_frames = float(item.get("fps", self.spec.video_fps)), int(
+            item.get("max_frames", self.spec.video_max_frames))
+        if fps <= 0 or max_frames < 1:
+            raise InputError(f"sample at a positive fps and at least one frame; got fps={fps}, "
+                             f"max_frames={max_frames}.")
+        frames, info = sample_clip(src, fps, max_frames)
+        return frames, info.duration
+
+    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int = 128,
+                  fps: float | None = None, max_frames: int | None = None, **kw) -> Result:
+        """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
+        (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty; pass some text.")
+        item: dict[str, Any] = {"type": "video", "video": video}
+        if fps is not None:
+            item["fps"] = fps
+        if max_frames is not None:
+            item["max_frames"] = max_frames
+        return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
+                         max_new_tokens, **kw)
+
+    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int = 128,
+                      prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
+        return self.ask_video(video, prompt, max_new_tokens, **kw)
+
+    def timeline(self, video: str | os.PathLike, **kw) -> Iterator[Segment]:
+        """Timed captions of a video file, one per segment; see edgevlm.media.timeline.timeline for the options."""
+        return timeline(self, video, **kw)
+
+    def watch(self, source: str | int | LiveSource, **kw) -> Iterator[LiveCaption]:
+        """Captions of a live source as they happen; see edgevlm.media.live.watch for the options."""
+        return watch(self, source, **kw)
+
+
+def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
+         providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
+         vision_cache_size: int = 16, verify: bool = True, revision: str | None = None,
+         progress: bool = True, max_image_pixels: int | None = None) -> VLM:
+    """Load a SmolVLM2 ONNX model.
+
+    model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
+        (downloaded into the Hugging Face cache). variant: "fp32", "fp16", "int8", "q4", ... or a per-part dict
+        such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
+        ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
+        memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
+        sha256 sums before loading. max_image_pixels: larger images are refused before they are decoded (default
+        100 MP, or $EDGEVLM_MAX_IMAGE_PIXELS).
+    """
+    root = bundle_mod.resolve(model, revision=revision, progress=progress, variant=variant)
+    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify,
+               max_image_pixels)
+
+
+__all__ = ["VLM", "load"]

@@ -1,0 +1,111 @@
+"""The layers stay layers: the engine core imports nothing above it, the media layer uses the engine's public API
+only, there is no import cycle anywhere in edgevlm/, and the exporter and benchmarks touch no private runtime name.
+Imports are read from the source (every import statement, function-level and TYPE_CHECKING ones included)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "edgevlm"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every import in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [a.name for a in node.names]
+            out.append((base, names))
+            out += [(f"{base}.{n}", []) for n in names if (PKG.parent / f"{base}.{n}".replace(".", "/")).with_suffix(
+                ".py").exists() or (PKG.parent / f"{base}.{n}".replace(".", "/") / "__init__.py").exists()]
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PKG.rglob("*.py")}
+    g = {}
+    for name, path in modules.items():
+        g[name] = {m for m, _ in imports(path) if m in modules and m != name}
+    return g
+
+
+def test_no_import_cycle_in_the_runtime():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g[n]):
+            if state.get(m) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+            if m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n)
+
+
+def test_engine_imports_nothing_above_it():
+    for path in (PKG / "engine").rglob("*.py"):
+        for mod, _ in imports(path):
+            assert not mod.startswith(("edgevlm.media", "edgevlm.vlm", "edgevlm.cli", "edgevlm.bench")), (path, mod)
+
+
+def test_media_uses_the_engine_public_api_only():
+    for path in (PKG / "media").rglob("*.py"):
+        for mod, names in imports(path):
+            assert not mod.startswith(("edgevlm.vlm", "edgevlm.cli", "edgevlm.bench")), (path, mod)
+            if mod.startswith("edgevlm.engine"):
+                assert not [n for n in names if n.startswith("_")], (path, mod, names)
+
+
+def private_runtime_names() -> set[str]:
+    names = set()
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_exporter_and_benchmarks_use_no_private_runtime_name():
+    private = private_runtime_names()
+    assert "_result" in private and "_read_json" in private  # the scan sees the runtime's private names
+    offenders = []
+    for folder in ("export", "benchmarks", "examples"):
+        for path in (ROOT / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            own = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+            own |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgevlm"):
+                    offenders += [(path.name, a.name) for a in node.names if a.name.startswith("_")]
+                elif isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:
+                    offenders.append((path.name, node.attr))
+    assert not offenders, offenders
