@@ -10,10 +10,10 @@ which a program that only checks the version or the errors should not pay.
 from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
 
 __version__ = "0.1.0"
-_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "engine.core", "Prompt": "engine.core",
+_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.core",
          "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
-         "Frame": "engine.frame", "Segment": "media.captions", "PushSource": "media.sources",
-         "LiveCaption": "media.live", "Trigger": "media.live"}
+         "Frame": "engine.frame", "Segment": "records", "PushSource": "media.sources",
+         "LiveCaption": "records", "Trigger": "media.live"}
 __all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
 
 

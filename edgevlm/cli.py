@@ -131,7 +131,7 @@ def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json):
 
 def _print_result(r, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({k: v for k, v in r.__dict__.items() if k != "token_ids"}, indent=1))
+        click.echo(json.dumps(r.to_dict(), indent=1))
     else:
         click.echo(r.text)
 

@@ -10,14 +10,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .engine import bundle as bundle_mod
-from .engine.core import Engine, Result
+from .engine.core import Engine
 from .engine.frame import Frame
 from .errors import InputError
-from .media.captions import Segment
-from .media.live import LiveCaption, watch
+from .media.live import watch
 from .media.sources import LiveSource
 from .media.timeline import timeline
 from .media.video import sample_clip
+from .records import LiveCaption, Result, Segment
 
 DEFAULT_VIDEO_PROMPT = "Describe this video."
 

@@ -28,10 +28,10 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    _externalize_if_large(path)
+    externalize_if_large(path)
 
 
-def _externalize_if_large(path: Path, limit: int = EXTERNAL_DATA_LIMIT) -> None:
+def externalize_if_large(path: Path, limit: int = EXTERNAL_DATA_LIMIT) -> None:
     """Keep files under protobuf's 2 GB cap: move weights to `<name>.onnx_data` beside the graph when large."""
     import onnx
 

@@ -114,3 +114,26 @@ def test_two_threads_share_one_model(vlm):
     assert not errors, errors
     assert got["images"] == [expected_images] * 3
     assert got["texts"] == [expected_texts] * 3
+
+
+def test_frames_seen_once_bypass_the_vision_cache(vlm):
+    """Live and timeline frames are new every time: they skip the cache (no hashing, no eviction of stills)."""
+    vlm.vision_cache.clear()
+    still = random_image(50, 60, seed=40)
+    vlm.caption(still, max_new_tokens=1, split=False)
+    assert len(vlm.vision_cache) == 1
+    for seed in range(3):
+        r = vlm.caption(random_image(50, 60, seed=41 + seed), max_new_tokens=1, split=False, cache=False)
+        assert r.cached_images == 0
+    assert len(vlm.vision_cache) == 1
+    assert vlm.caption(still, max_new_tokens=1, split=False).cached_images == 1
+
+
+def test_records_have_to_dict(vlm):
+    from edgevlm.records import LiveCaption, Segment
+
+    r = vlm.ask(None, "Hi", max_new_tokens=2)
+    assert "token_ids" not in r.to_dict() and r.to_dict()["new_tokens"] == 2
+    assert Segment(0.0, 1.0, "a", 0.5).to_dict()["end"] == 1.0
+    live = LiveCaption(1.5, "b", 0.0, 1.0, 2.0, 3, 1, 0, 0)
+    assert live.to_dict()["timestamp"] == 1.5 and not hasattr(live, "start")

@@ -224,12 +224,12 @@ def test_checkpoint_tool_real_token_ids(tiny256):
 
 def test_external_data_for_large_parts(tmp_path):
     """Parts over the threshold keep weights in <name>.onnx_data (protobuf caps a file at 2 GB)."""
-    from edgevlm_export.onnx_export import _externalize_if_large
+    from edgevlm_export.onnx_export import externalize_if_large
 
     lin = torch.nn.Linear(256, 256)
     path = tmp_path / "lin.onnx"
     torch.onnx.export(lin, (torch.randn(1, 256),), str(path), dynamo=False, input_names=["x"])
-    _externalize_if_large(path, limit=1000)
+    externalize_if_large(path, limit=1000)
     assert (tmp_path / "lin.onnx_data").stat().st_size >= 256 * 256 * 4
     import onnxruntime as ort
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from conftest import random_image
 from edgevlm.engine import bundle as bundle_mod
 from edgevlm.engine import prompt as prompt_mod
-from edgevlm.media.captions import CaptionWriter, Segment
+from edgevlm.media.captions import CaptionWriter
+from edgevlm.records import Segment
 from edgevlm.errors import InputError, ModelError
 from edgevlm.engine.preprocess import load_image, process_image, tile_grid
 

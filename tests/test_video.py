@@ -190,7 +190,7 @@ def test_video_frames_from_the_caller(tiny256, tmp_path):
     frames = [Frame(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8), t) for t in (0.0, 61.0, 125.5)]
     prepared = vlm.prepare([{"role": "user", "content": [{"type": "video", "video": frames},
                                                          {"type": "text", "text": "Hi"}]}])
-    text = vlm.tokenizer._tok.decode(prepared.input_ids, skip_special_tokens=False)
+    text = vlm.tokenizer.decode(prepared.input_ids, skip_special_tokens=False)
     assert "three frames from a 0:02:05 [H:MM:SS] video" in text
     assert "Frame from 00:00:" in text and "Frame from 01:01:" in text and "Frame from 02:05:" in text
     with pytest.raises(InputError):

@@ -21,6 +21,7 @@ from PIL import Image
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
 from ..errors import InputError
+from ..records import Result
 from .generate import Decoder, GenerationConfig, Generator, check_context
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
@@ -29,28 +30,6 @@ from .tokenizer import Tokenizer
 from .frame import Frame
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
-
-
-@dataclass
-class Result:
-    """One answer: the text plus what it cost."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    new_tokens: int
-    finish_reason: str  # "stop" (end-of-utterance or a stop token) or "length"
-    vision_ms: float
-    prefill_ms: float
-    first_token_ms: float
-    decode_tokens_per_s: float
-    total_ms: float
-    images: int = 0
-    tiles: int = 0
-    cached_images: int = 0
-
-    def __str__(self) -> str:
-        return self.text
 
 
 @dataclass
@@ -179,17 +158,20 @@ class Engine:
                                                     self._vision_run_options)[0]
         return feats.astype(np.float32, copy=False)
 
-    def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> tuple[EncodedImage, bool]:
-        """Features for one image, from the cache when the same pixels were seen with the same split choice."""
+    def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb",
+                     cache: bool = True) -> tuple[EncodedImage, bool]:
+        """Features for one image, from the cache when the same pixels were seen with the same split choice.
+        cache=False (live frames, each new) skips hashing the pixels and leaves the cache as it was."""
         im = load_image(image, color, self.max_image_pixels)
         do_split = self.spec.do_image_splitting if split is None else split
-        key = self.vision_cache.key(im, do_split)
-        hit = self.vision_cache.get(key)
+        key = self.vision_cache.key(im, do_split) if cache else None
+        hit = self.vision_cache.get(key) if key else None
         if hit is not None:
             return hit, True
         processed = process_image(im, self.spec, split=do_split)
         encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
-        self.vision_cache.put(key, encoded)
+        if key:
+            self.vision_cache.put(key, encoded)
         return encoded, False
 
     def encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -237,7 +219,7 @@ class Engine:
                     do_split = item.get("split", split)
                     do_split = self.spec.do_image_splitting if do_split is None else do_split
                     slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split)))
-                    pending.append(("image", (im, do_split)))
+                    pending.append(("image", (im, do_split, bool(item.get("cache", True)))))
         decode_s = time.perf_counter() - t0
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.
@@ -262,7 +244,8 @@ class Engine:
                     cached += hit
                 tiles += len(payload)
             else:
-                encoded, hit = self.encode_image(*payload)
+                im, do_split, use_cache = payload
+                encoded, hit = self.encode_image(im, do_split, cache=use_cache)
                 feats.append(encoded.features)
                 tiles += encoded.features.shape[0]
                 cached += hit
@@ -284,13 +267,15 @@ class Engine:
         return self.decoder.forward(embeds, self.decoder.empty_cache(), 0)[0]
 
     @staticmethod
-    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str) -> list[dict[str, Any]]:
-        """One user turn: the images, then the text (the shape `ask` sends)."""
+    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str,
+                     cache: bool = True) -> list[dict[str, Any]]:
+        """One user turn: the images, then the text (the shape `ask` sends). cache=False marks the images as
+        seen once (live frames): they bypass the vision cache."""
         if images is None:
             images = []
         elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
             images = [images]
-        content = [{"type": "image", "image": im} for im in images]
+        content = [{"type": "image", "image": im, **({} if cache else {"cache": False})} for im in images]
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
 
@@ -315,15 +300,16 @@ class Engine:
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
     def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int = 128,
-            split: bool | None = None, color: str = "rgb", **kw) -> Result:
-        """Ask about one image, several images, or none (text only)."""
+            split: bool | None = None, color: str = "rgb", cache: bool = True, **kw) -> Result:
+        """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
+        cache (frames seen once)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
-        return self.chat(self.user_message(images, question), max_new_tokens, split, color, **kw)
+        return self.chat(self.user_message(images, question, cache), max_new_tokens, split, color, **kw)
 
     def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
-                split: bool | None = None, color: str = "rgb", **kw) -> Result:
-        return self.ask(image, prompt, max_new_tokens, split, color, **kw)
+                split: bool | None = None, color: str = "rgb", cache: bool = True, **kw) -> Result:
+        return self.ask(image, prompt, max_new_tokens, split, color, cache, **kw)
 
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
                max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:

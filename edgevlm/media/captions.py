@@ -8,28 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from ..errors import InputError
+from ..records import LiveCaption
 from .outputs import OutputTarget
 
 FORMATS = ("text", "srt", "vtt", "jsonl")
-
-
-@dataclass
-class Segment:
-    """A caption for a span of a video [start, end) in seconds, and what it cost."""
-
-    start: float
-    end: float
-    text: str
-    frame_time: float  # the time of the frame that was captioned
-    merged: int = 0  # later sample points folded in because nothing changed
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _clock(t: float, sep: str) -> str:
@@ -97,8 +82,8 @@ class CaptionWriter:
             line = f"{self.count}\n{srt_time(seg.start)} --> {srt_time(seg.end)}\n{_one_paragraph(seg.text)}\n\n"
         elif self.fmt == "vtt":
             line = f"{vtt_time(seg.start)} --> {vtt_time(seg.end)}\n{_one_paragraph(seg.text)}\n\n"
-        elif seg.end == seg.start:  # a live caption: a moment, not a span
-            line = f"[{vtt_time(seg.start)}] {' '.join(seg.text.split())}\n"
+        elif isinstance(seg, LiveCaption):  # a moment, not a span
+            line = f"[{vtt_time(seg.timestamp)}] {' '.join(seg.text.split())}\n"
         else:
             line = f"[{vtt_time(seg.start)} --> {vtt_time(seg.end)}] {' '.join(seg.text.split())}\n"
         self._emit(line)

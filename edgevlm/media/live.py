@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..records import LiveCaption
 from .motion import MotionGate
 from .sources import LiveSource, open_source
 
@@ -19,35 +20,6 @@ if TYPE_CHECKING:
     from ..engine.core import Engine
 
 DEFAULT_LIVE_PROMPT = "Describe this image in one sentence."
-
-
-@dataclass
-class LiveCaption:
-    """One caption of a live source. timestamp: the frame's time in the source (seconds; stream time for
-    files, seconds since the source opened for cameras and network streams)."""
-
-    timestamp: float
-    text: str
-    wall_time: float  # time.time() when the caption was ready
-    frame_age_ms: float  # capture -> model start: how stale the frame was when captioning began
-    latency_ms: float  # capture -> caption ready
-    frames_read: int
-    frames_dropped: int
-    frames_static: int  # frames the motion gate skipped
-    reconnects: int
-    triggered: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def start(self) -> float:  # so caption writers can place it in time
-        return self.timestamp
-
-    @property
-    def end(self) -> float:
-        return self.timestamp
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -97,7 +69,8 @@ def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIV
                 static += 1
                 continue
             last_start = time.monotonic()
-            r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, **generate_kw)
+            r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False,
+                            **generate_kw)
             done = time.monotonic()
             s = src.stats
             caption = LiveCaption(

@@ -9,8 +9,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .captions import Segment
 from ..errors import InputError
+from ..records import Segment
 from .motion import MotionGate, difference, thumbnail
 from .video import Frame, probe, read_frames
 
@@ -69,7 +69,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: b
 
 
 def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int, split: bool, kw: dict) -> Segment:
-    r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, **kw)
+    r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **kw)
     timings = {"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
                "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,
                "decode_tokens_per_s": round(r.decode_tokens_per_s, 1)}
