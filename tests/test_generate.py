@@ -7,7 +7,7 @@ import torch
 
 import edgevlm
 from edgevlm.errors import ContextLengthError, InputError
-from edgevlm.engine.generate import SamplingOptions, process_logits
+from edgevlm.engine.generate import GenerationConfig, process_logits
 
 
 def test_repetition_penalty_matches_transformers():
@@ -16,7 +16,7 @@ def test_repetition_penalty_matches_transformers():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=500).astype(np.float32)
     history = [3, 17, 17, 200, 499]
-    opts = SamplingOptions(repetition_penalty=1.3)
+    opts = GenerationConfig(repetition_penalty=1.3)
     ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([history]), torch.tensor(logits[None]))[0].numpy()
     assert process_logits(logits, history, opts, rng) == int(ref.argmax())
     # the penalised scores themselves
@@ -39,7 +39,7 @@ def test_sampling_support_matches_transformers_warpers(top_k, top_p):
     if top_p < 1:
         t = TopPLogitsWarper(top_p)(None, t)
     allowed = set(np.nonzero(np.isfinite(t[0].numpy()))[0].tolist())
-    opts = SamplingOptions(do_sample=True, temperature=0.7, top_k=top_k, top_p=top_p)
+    opts = GenerationConfig(do_sample=True, temperature=0.7, top_k=top_k, top_p=top_p)
     seen = {process_logits(logits, [], opts, rng) for _ in range(400)}
     assert seen <= allowed
     assert len(seen) > 1 or len(allowed) == 1
@@ -48,9 +48,9 @@ def test_sampling_support_matches_transformers_warpers(top_k, top_p):
 def test_top_k_1_is_greedy_and_seed_reproducible():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=100).astype(np.float32)
-    opts = SamplingOptions(do_sample=True, top_k=1)
+    opts = GenerationConfig(do_sample=True, top_k=1)
     assert process_logits(logits, [], opts, rng) == int(np.argmax(logits))
-    opts = SamplingOptions(do_sample=True, temperature=1.5)
+    opts = GenerationConfig(do_sample=True, temperature=1.5)
     a = [process_logits(logits, [], opts, np.random.default_rng(7)) for _ in range(5)]
     b = [process_logits(logits, [], opts, np.random.default_rng(7)) for _ in range(5)]
     assert a == b
@@ -59,7 +59,7 @@ def test_top_k_1_is_greedy_and_seed_reproducible():
 def test_bad_options_rejected():
     for bad in (dict(max_new_tokens=0), dict(do_sample=True, temperature=0.0), dict(top_p=0.0), dict(top_k=-1)):
         with pytest.raises(InputError):
-            SamplingOptions(**bad).check()
+            GenerationConfig(**bad).check()
 
 
 @pytest.fixture(scope="module")

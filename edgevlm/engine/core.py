@@ -119,7 +119,7 @@ class Engine:
         files = model_bundle.part_files(variant)
         if verify:
             bundle_mod.verify_files(model_bundle, list(files.values()))
-        self.variant = variant or ("fp32" if "fp32" in model_bundle.files else model_bundle.variants[0])
+        self.variant = variant or model_bundle.default_variant
         self.files = files
         self.requested_providers = choose(providers)
         opts = session_options(threads, memory_arena)

@@ -69,9 +69,6 @@ class GenerationConfig:
         return replace(base, **kw)
 
 
-SamplingOptions = GenerationConfig  # the name before the staged API
-
-
 @dataclass
 class Timings:
     prefill_s: float = 0.0
