@@ -7,14 +7,17 @@
 `load`, `VLM` and `Result` are imported on first use (PEP 562): numpy and onnxruntime take ~0.3 s to import,
 which a program that only checks the version or the errors should not pay.
 """
-from .errors import ContextLengthError, EdgeVLMError, InputError, ModelError
+from .errors import (ConstraintError, ContextLengthError, EdgeVLMError, IncompleteAnswerError, InputError,
+                     ModelError)
 
 __version__ = "0.1.0"
 _LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.core",
          "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
          "Frame": "engine.frame", "Segment": "records", "PushSource": "media.sources",
-         "LiveCaption": "records", "Trigger": "media.live"}
-__all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "__version__"]
+         "LiveCaption": "records", "Trigger": "media.live", "Constraint": "engine.structured",
+         "Condition": "media.conditions"}
+__all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "ConstraintError",
+           "IncompleteAnswerError", "__version__"]
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import click
 
@@ -98,6 +99,37 @@ def model_options(fn):
     return fn
 
 
+def constraint_options(fn):
+    fn = click.option("--choices", default=None, help="Answer with exactly one of these, comma-separated (yes,no).")(fn)
+    fn = click.option("--json-schema", default=None, metavar="FILE",
+                      help="Answer with JSON valid for the schema in FILE.")(fn)
+    fn = click.option("--regex", default=None, help="Answer with text the regular expression matches in whole.")(fn)
+    return fn
+
+
+CONSTRAINED_MAX_NEW_TOKENS = 128  # the default length limit of a structured answer: room for a JSON object
+
+
+def _constraint(choices, json_schema, regex):
+    """The structured-answer constraint the flags ask for (None for free text), built before the model loads so
+    a bad schema fails at once."""
+    from .engine.structured import Constraint
+
+    for label, text in (("choices", choices), ("JSON schema path", json_schema), ("regex", regex)):
+        _check_text(label, text)
+    given = [flag for flag, v in (("--choices", choices), ("--json-schema", json_schema), ("--regex", regex))
+             if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of {', '.join(given)}, not several.")
+    if choices is not None:
+        return Constraint.choices([c.strip() for c in choices.split(",")])
+    if json_schema is not None:
+        return Constraint.json_schema(Path(json_schema))  # a file, even when its name starts with "{"
+    if regex is not None:
+        return Constraint.regex(regex)
+    return None
+
+
 def _load(model, variant, providers, threads, max_image_pixels=None):
     from . import load
 
@@ -114,18 +146,19 @@ def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
                          f"{'it' if len(given) == 1 else 'them'} out.")
 
 
-def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json):
+def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json, constraint=None):
     split = False if no_split else None
     if stream is None:
         stream = sys.stdout.isatty() and not as_json
     if stream and as_json:
         raise InputError("--stream and --json cannot be combined; the JSON record is printed at the end.")
     if stream:
-        for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, split=split):
+        for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, split=split,
+                                constraint=constraint):
             click.echo(piece, nl=False)
         click.echo()
         return
-    r = vlm.ask(images, question, max_new_tokens=max_new_tokens, split=split)
+    r = vlm.ask(images, question, max_new_tokens=max_new_tokens, split=split, constraint=constraint)
     _print_result(r, as_json)
 
 
@@ -211,24 +244,30 @@ TIMELINE_ONLY = ("every", "scene", "threshold", "fmt", "output")
 @click.argument("image", nargs=-1, required=True)
 @click.option("--prompt", "-p", default=None, help="Default: 'Describe this image.' / 'Describe this video.'")
 @model_options
+@constraint_options
 @video_options
 @click.pass_context
 @_friendly
 def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
-            max_image_pixels, mode, every, scene, threshold, fps, max_frames, fmt, output):
+            max_image_pixels, choices, json_schema, regex, mode, every, scene, threshold, fps, max_frames, fmt,
+            output):
     """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip)."""
     _check_text("prompt", prompt)
+    constraint = _constraint(choices, json_schema, regex)
+    if constraint is not None and max_new_tokens is None:
+        max_new_tokens = CONSTRAINED_MAX_NEW_TOKENS
     images, video = _split_inputs(image)
     if video is None:
         _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json)
+        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json,
+                constraint)
     elif mode == "clip":
         _reject(ctx, (*TIMELINE_ONLY, "no_split", "stream", "max_image_pixels"),
                 "with --mode clip (one answer; video frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
         _print_result(vlm.ask_video(video, prompt or "Describe this video.", max_new_tokens=max_new_tokens or 128,
-                                    fps=fps, max_frames=max_frames), as_json)
+                                    fps=fps, max_frames=max_frames, constraint=constraint), as_json)
     else:
         _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "no_split"),
                 "to a timeline (its frames are one tile each; --fps and --max-frames are for --mode clip)")
@@ -238,31 +277,33 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
         target = OutputTarget(output, inputs=[video], model_dir=model)
         with CaptionWriter(fmt, target) as writer:  # opened before any work: a bad target fails in a second
             vlm = _load(model, variant, providers, threads)
-            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, writer)
+            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, writer, constraint)
 
 
 @cli.command()
 @click.argument("image", nargs=-1)
 @click.argument("question")
 @model_options
+@constraint_options
 @click.option("--fps", type=POSITIVE, default=None, help="Video: frames per second to sample (model default).")
 @click.option("--max-frames", type=COUNT, default=None, help="Video: most frames to sample (model default).")
 @click.pass_context
 @_friendly
 def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
-        max_image_pixels, fps, max_frames):
+        max_image_pixels, choices, json_schema, regex, fps, max_frames):
     """Answer QUESTION about IMAGE(s) or one video (no image: a text-only question)."""
     _check_text("question", question)
+    constraint = _constraint(choices, json_schema, regex)
     images, video = _split_inputs(image)
     if video is not None:
         _reject(ctx, ("no_split", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
         _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens or 128, fps=fps,
-                                    max_frames=max_frames), as_json)
+                                    max_frames=max_frames, constraint=constraint), as_json)
     else:
         _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json)
+        _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json, constraint)
 
 
 def _progress(total: float | None):
@@ -280,7 +321,8 @@ def _progress(total: float | None):
                 nrows=rows or 24, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
 
-def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter) -> None:
+def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter,
+              constraint=None) -> None:
     """Each sampled frame is one tile, as vlm.timeline's default (and watch's): a caption per segment, not a
     detailed reading of each frame."""
     from .media.timeline import DEFAULT_TIMELINE_PROMPT
@@ -294,7 +336,7 @@ def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, write
 
     segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold,
                             prompt=prompt or DEFAULT_TIMELINE_PROMPT, max_new_tokens=max_new_tokens,
-                            on_progress=on_progress)
+                            on_progress=on_progress, constraint=constraint)
     where = f" to {writer.path}" if writer.path else ""
     try:
         for rec in segments:
@@ -329,7 +371,9 @@ def _signals_as_interrupt() -> None:
 @click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
 @click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
 @click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
-@click.option("--max-new-tokens", type=COUNT, default=32, show_default=True)
+@click.option("--max-new-tokens", type=COUNT, default=None,
+              help=f"Answer length limit in tokens (default 32; {CONSTRAINED_MAX_NEW_TOKENS} for a structured answer).")
+@constraint_options
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
 @click.option("--output", "-o", default=None,
               help="Also append the captions to this file, one complete line each as they come.")
@@ -343,12 +387,14 @@ def _signals_as_interrupt() -> None:
 @click.option("--retry-for", type=NON_NEGATIVE, default=30.0, show_default=True,
               help="Seconds to keep reconnecting to a network stream that dropped.")
 @click.option("--no-realtime", is_flag=True, help="A video file is read as fast as possible, not at its own pace.")
-@click.option("--trigger", default=None, help="Regular expression; a matching caption is an event (stderr).")
+@click.option("--trigger", default=None,
+              help="Regular expression; a matching caption is an event (stderr). With --choices/--json-schema/--regex: "
+                   "a condition on the answer instead, such as 'person == true and count >= 2' or 'value == yes'.")
 @click.option("--trigger-exit", type=Number(int, 1, 255), default=None,
               help="With --trigger: stop at the first match and exit with this code (1-255).")
 @_friendly
-def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fmt, output, threshold, min_interval,
-          heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
+def watch(source, prompt, model, variant, providers, threads, max_new_tokens, choices, json_schema, regex, fmt, output,
+          threshold, min_interval, heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
     """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
     file replayed in real time. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
     from .media.live import DEFAULT_LIVE_PROMPT, Trigger
@@ -358,14 +404,24 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
     _check_text("trigger", trigger)
     if trigger_exit is not None and trigger is None:
         raise InputError("--trigger-exit needs --trigger PATTERN.")
+    constraint = _constraint(choices, json_schema, regex)
+    if max_new_tokens is None:
+        max_new_tokens = 32 if constraint is None else CONSTRAINED_MAX_NEW_TOKENS
     fired = []
 
     def on_trigger(c):
         fired.append(c)
-        click.echo(f"TRIGGER t={c.timestamp:.2f}s pattern={trigger!r}: {c.text}", err=True)
+        what = "pattern" if constraint is None else "when"
+        click.echo(f"TRIGGER t={c.timestamp:.2f}s {what}={trigger!r}: {c.text}", err=True)
 
     try:
-        trig = Trigger(trigger, on_trigger, stop=trigger_exit is not None) if trigger else None
+        stop = trigger_exit is not None
+        if trigger is None:
+            trig = None
+        elif constraint is None:
+            trig = Trigger(trigger, on_trigger, stop=stop)
+        else:
+            trig = Trigger(callback=on_trigger, stop=stop, when=trigger)
     except re.error as e:
         raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
     inputs = [source] if os.path.exists(source) else []
@@ -381,7 +437,7 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, fm
     try:
         captions = vlm.watch(src, prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
                              threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
-                             max_captions=max_captions)
+                             max_captions=max_captions, constraint=constraint)
         screen = CaptionWriter(fmt)
         try:
             for c in captions:

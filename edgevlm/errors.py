@@ -29,3 +29,16 @@ class ContextLengthError(InputError):
 
 class OutputError(InputError):
     """An output file cannot be written where asked (it is an input, a folder, read-only, or the disk is full)."""
+
+
+class ConstraintError(InputError):
+    """A constraint for a structured answer cannot be used (an empty choice list, an invalid schema or regex)."""
+
+
+class IncompleteAnswerError(InputError):
+    """A constrained answer ran out of tokens (max_new_tokens) or was cancelled before it was complete. The
+    partial answer is in `.result` when there is one; its text is not valid for the constraint."""
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result

@@ -5,8 +5,25 @@ A bottom layer like errors.py: plain dataclasses, importing nothing from edgevlm
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
+from enum import Enum
 from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """A structured answer's value as JSON-ready data: dataclass and pydantic instances become dicts, enums
+    their values."""
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return plain(asdict(value))
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 @dataclass
@@ -26,13 +43,16 @@ class Result:
     images: int = 0
     tiles: int = 0
     cached_images: int = 0
+    value: Any = None  # a structured answer's parsed value (choices=, json_schema=, regex=); None otherwise
 
     def __str__(self) -> str:
         return self.text
 
     def to_dict(self) -> dict[str, Any]:
         """The record without the token ids (what `--json` prints)."""
-        return {k: v for k, v in asdict(self).items() if k != "token_ids"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("token_ids", "value")}
+        d["value"] = plain(self.value)
+        return d
 
 
 @dataclass
@@ -45,9 +65,10 @@ class Segment:
     frame_time: float  # the time of the frame that was captioned
     merged: int = 0  # later sample points folded in because nothing changed
     timings: dict[str, float] = field(default_factory=dict)
+    value: Any = None  # a structured answer's parsed value, as Result.value
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "value": plain(self.value)}
 
 
 @dataclass
@@ -66,6 +87,7 @@ class LiveCaption:
     reconnects: int
     triggered: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    value: Any = None  # a structured answer's parsed value, as Result.value
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "value": plain(self.value)}

@@ -20,9 +20,10 @@ from PIL import Image
 
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
-from ..errors import InputError
+from ..errors import IncompleteAnswerError, InputError
 from ..records import Result
 from .generate import Decoder, GenerationConfig, Generator, check_context
+from .structured import Grammars
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
 from .providers import choose, create_session, session_options, vision_run_options
@@ -135,6 +136,7 @@ class Engine:
         self._pixel_dtype = np.float16 if "float16" in vis_inputs["pixel_values"].type else np.float32
         self._vision_run_options = vision_run_options(self.providers["vision_encoder"], memory_arena)
         self.vision_cache = VisionCache(vision_cache_size)
+        self.grammars = Grammars(self.tokenizer, self.spec.vocab_size, self.spec.eos_ids)
 
     # ----------------------------------------------------------------------------------------------- info
     @property
@@ -255,9 +257,12 @@ class Engine:
     def generator(self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None,
                   **kw: Any) -> Generator:
         """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()`, or iterate for tokens).
-        Options come from `config` (a GenerationConfig) and/or keywords (max_new_tokens=..., do_sample=...)."""
-        return Generator(self.decoder, prompt.input_ids, encoded.features, self.spec.image_token_id,
-                         GenerationConfig.from_kwargs(config=config, **kw), self.spec.eos_ids)
+        Options come from `config` (a GenerationConfig) and/or keywords (max_new_tokens=..., do_sample=...,
+        choices=..., json_schema=..., regex=...)."""
+        config = GenerationConfig.from_kwargs(config=config, **kw)
+        constraint = self.grammars.start(config.constraint) if config.constraint is not None else None
+        return Generator(self.decoder, prompt.input_ids, encoded.features, self.spec.image_token_id, config,
+                         self.spec.eos_ids, constraint)
 
     def logits(self, input_ids: Sequence[int], encoded: EncodedImages | None = None) -> np.ndarray:
         """Teacher-forced logits (positions, vocab) over `input_ids`, the images' features placed at their image
@@ -293,7 +298,10 @@ class Engine:
     # ---------------------------------------------------------------------------------------- public API
     def chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
              color: str = "rgb", config: GenerationConfig | None = None, **kw) -> Result:
-        """Answer the last user turn of a conversation (system prompt and earlier turns included)."""
+        """Answer the last user turn of a conversation (system prompt and earlier turns included).
+
+        With choices=[...], json_schema=... or regex=... the answer is held to that form and `Result.value` is
+        its parsed value; an answer that cannot complete within max_new_tokens raises IncompleteAnswerError."""
         t0 = time.perf_counter()
         gen, prompt, encoded = self.start(messages, split, color, config, max_new_tokens=max_new_tokens, **kw)
         ids = list(gen)
@@ -323,14 +331,32 @@ class Engine:
                 first = not piece
             if piece:
                 yield piece
+        self._check_complete(gen)
+
+    def _check_complete(self, gen: Generator, result: Result | None = None) -> None:
+        """A constrained answer that ended before its constraint was satisfied is an error, never a value."""
+        c = gen.constraint
+        if c is None or c.complete:
+            return
+        text = self.tokenizer.decode(gen.tokens)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        why = {"length": f"ran out of tokens (max_new_tokens={gen.config.max_new_tokens})",
+               "cancelled": "was cancelled"}.get(gen.finish_reason or "", "stopped at a stop token")
+        hint = "; raise max_new_tokens" if gen.finish_reason == "length" else ""
+        raise IncompleteAnswerError(f"the answer {why} before it matched {c.constraint.description} "
+                                    f"(it got as far as {shown!r}){hint}.", result)
 
     def _result(self, ids: list[int], gen: Generator, p: Prompt, e: EncodedImages, total_s: float) -> Result:
         t = gen.timings
         decode_steps = max(t.new_tokens - 1, 0)
         vision_s = p.decode_s + e.vision_s
-        return Result(
+        result = Result(
             text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
             new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=vision_s * 1e3,
             prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
             total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
+        if gen.constraint is not None:
+            self._check_complete(gen, result)
+            result.value = gen.constraint.constraint.parse(self.tokenizer.decode(ids))
+        return result

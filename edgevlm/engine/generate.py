@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContextLengthError, InputError
+from .structured import ConstrainedAnswer, Constraint, from_options
 
 
 LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
@@ -26,7 +27,8 @@ class GenerationConfig:
 
     stop_ids end generation in addition to the model's end-of-sequence ids (ignored with ignore_eos=True, which
     always generates max_new_tokens: benchmarks). Sampling is on when do_sample is set, or implied by from_kwargs
-    when a temperature, top_k or top_p is given.
+    when a temperature, top_k or top_p is given. constraint: the answer must be one of some choices, match a JSON
+    schema, a regex or a grammar (from_kwargs builds it from choices=, json_schema=, regex= or grammar=).
     """
 
     max_new_tokens: int = 128
@@ -39,6 +41,7 @@ class GenerationConfig:
     stop_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logits_processors: tuple[LogitsProcessor, ...] = ()
+    constraint: Constraint | None = None
 
     def check(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -49,16 +52,26 @@ class GenerationConfig:
             raise InputError(f"top_p must be in (0, 1], not {self.top_p}.")
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise InputError("top_k must be >= 0 and repetition_penalty > 0.")
+        if self.constraint is not None and self.ignore_eos:
+            raise InputError("ignore_eos cannot be combined with a constraint: a constrained answer ends where it "
+                             "is complete.")
 
     @classmethod
     def from_kwargs(cls, max_new_tokens: int = 128, config: GenerationConfig | None = None,
                     **kw: Any) -> GenerationConfig:
-        """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given."""
+        """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given;
+        choices=, json_schema=, regex= or grammar= become its constraint."""
+        shorthand = {k: v for k in ("choices", "json_schema", "regex", "grammar")
+                     if (v := kw.pop(k, None)) is not None}
+        if shorthand:
+            if "constraint" in kw:
+                raise InputError(f"give either constraint= or {', '.join(shorthand)}=, not both.")
+            kw["constraint"] = from_options(**shorthand)
         names = {f.name for f in fields(cls)}
         unknown = set(kw) - names
         if unknown:
             raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}; the options are "
-                             f"{', '.join(sorted(names))}.")
+                             f"{', '.join(sorted(names | {'choices', 'json_schema', 'regex', 'grammar'}))}.")
         if "do_sample" not in kw and (kw.get("temperature", 1.0) != 1.0 or kw.get("top_k") or kw.get("top_p", 1) < 1):
             kw["do_sample"] = True
         if "stop_ids" in kw:
@@ -87,9 +100,11 @@ def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -
 
 
 def process_logits(logits: np.ndarray, generated: Sequence[int], opts: GenerationConfig,
-                   rng: np.random.Generator, new_tokens: Sequence[int] = ()) -> int:
+                   rng: np.random.Generator, new_tokens: Sequence[int] = (),
+                   constraint: ConstrainedAnswer | None = None) -> int:
     """Pick the next token from one row of logits (float32, vocab). `generated`: the ids the repetition penalty
-    looks at (prompt included, as transformers); `new_tokens`: what the logits processors see."""
+    looks at (prompt included, as transformers); `new_tokens`: what the logits processors see. A constraint masks
+    after the processors and before temperature, top-k and top-p, so sampling spreads over valid tokens only."""
     scores = logits.astype(np.float32, copy=True)
     if opts.repetition_penalty != 1.0 and len(generated):
         idx = np.unique(np.asarray(generated))
@@ -97,8 +112,10 @@ def process_logits(logits: np.ndarray, generated: Sequence[int], opts: Generatio
         scores[idx] = np.where(picked < 0, picked * opts.repetition_penalty, picked / opts.repetition_penalty)
     for processor in opts.logits_processors:
         scores = np.asarray(processor(new_tokens, scores), dtype=np.float32)
+    if constraint is not None:
+        scores = constraint(new_tokens, scores)
     if not np.isfinite(scores).any():
-        raise InputError("the logits processors forbade every token; nothing can be generated.")
+        raise InputError("the logits processors and the constraint forbade every token; nothing can be generated.")
     if not opts.do_sample:
         return int(np.argmax(scores))
     scores = scores / opts.temperature
@@ -183,14 +200,18 @@ class Decoder:
 class Generator:
     """One answer, token by token: `prefill()` runs the prompt, each `step()` picks a token and feeds it back.
 
-    Iterating yields the tokens until a stop token (included, as transformers' generate), max_new_tokens or
-    `cancel()`. One Generator belongs to one thread; several Generators may share one model (ONNX Runtime
+    Iterating yields the tokens until a stop token (included, as transformers' generate), max_new_tokens,
+    `cancel()`, or a constrained answer that is complete and cannot go on (it ends without spending a decoder
+    step on the end-of-sequence token that is all it could still pick). One Generator belongs to one thread; several Generators may share one model (ONNX Runtime
     sessions run concurrently), each with its own KV cache.
     """
 
     def __init__(self, decoder: Decoder, input_ids: Sequence[int], image_features: np.ndarray | None,
-                 image_token_id: int, config: GenerationConfig, eos_ids: Sequence[int] = ()):
+                 image_token_id: int, config: GenerationConfig, eos_ids: Sequence[int] = (),
+                 constraint: ConstrainedAnswer | None = None):
         config.check()
+        if config.constraint is not None and constraint is None:
+            raise InputError("a constrained config needs the model's constraint state; use Engine.generator().")
         check_context(len(input_ids), config.max_new_tokens, decoder.max_positions)
         self.decoder, self.config = decoder, config
         self.input_ids = list(input_ids)
@@ -199,6 +220,7 @@ class Generator:
         self.tokens: list[int] = []
         self.timings = Timings()
         self.finish_reason: str | None = None
+        self.constraint = constraint
         self._rng = np.random.default_rng(config.seed)
         self._history: list[int] = list(input_ids) if config.repetition_penalty != 1.0 else []
         self._logits: np.ndarray | None = None
@@ -231,14 +253,16 @@ class Generator:
         if self.done:
             return None
         self.prefill()
-        token = process_logits(self._logits, self._history, self.config, self._rng, self.tokens)
+        token = process_logits(self._logits, self._history, self.config, self._rng, self.tokens, self.constraint)
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if not self.tokens:
             self.timings.first_token_s = time.perf_counter() - self._t0
         self.tokens.append(token)
         self.timings.new_tokens = len(self.tokens)
         if self.config.repetition_penalty != 1.0:
             self._history.append(token)
-        if token in self.stop_ids:
+        if token in self.stop_ids or (self.constraint is not None and self.constraint.finished):
             self._finish("stop")
         elif len(self.tokens) >= self.config.max_new_tokens:
             self._finish("length")

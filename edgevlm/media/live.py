@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InputError
 from ..records import LiveCaption
+from .conditions import Condition
 from .motion import MotionGate
 from .sources import LiveSource, open_source
 
@@ -24,18 +26,27 @@ DEFAULT_LIVE_PROMPT = "Describe this image in one sentence."
 
 @dataclass
 class Trigger:
-    """Fire when a caption matches `pattern` (a case-insensitive regular expression): call `callback` with the
-    caption; `stop=True` ends the watch after the first match."""
+    """Fire when a caption matches: call `callback` with the caption; `stop=True` ends the watch after the first
+    match. Match either the caption text against `pattern` (a case-insensitive regular expression) or, for a
+    structured watch (choices= / json_schema= / regex=), the answer's value against `when`, a condition such as
+    "person == true and count >= 2" (see edgevlm.media.conditions)."""
 
-    pattern: str
+    pattern: str | None = None
     callback: Callable[[LiveCaption], None] | None = None
     stop: bool = False
+    when: str | None = None
 
     def __post_init__(self) -> None:
-        self._regex = re.compile(self.pattern, re.IGNORECASE)
+        if (self.pattern is None) == (self.when is None):
+            raise InputError("a Trigger needs a pattern (matched against the caption text) or when= (a condition "
+                             "on a structured answer), one of the two.")
+        self._regex = re.compile(self.pattern, re.IGNORECASE) if self.pattern is not None else None
+        self._condition = Condition(self.when) if self.when is not None else None
 
-    def matches(self, text: str) -> bool:
-        return self._regex.search(text) is not None
+    def matches(self, caption: LiveCaption) -> bool:
+        if self._regex is not None:
+            return self._regex.search(caption.text) is not None
+        return self._condition(caption.value)
 
 
 def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
@@ -74,14 +85,14 @@ def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIV
             done = time.monotonic()
             s = src.stats
             caption = LiveCaption(
-                timestamp=round(frame.timestamp, 3), text=r.text, wall_time=time.time(),
+                timestamp=round(frame.timestamp, 3), text=r.text, value=r.value, wall_time=time.time(),
                 frame_age_ms=round((last_start - frame.captured) * 1e3, 1),
                 latency_ms=round((done - frame.captured) * 1e3, 1), frames_read=s.frames_read,
                 frames_dropped=s.frames_dropped, frames_static=static, reconnects=s.reconnects,
                 timings={"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
                          "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens})
             count += 1
-            if trigger is not None and trigger.matches(r.text):
+            if trigger is not None and trigger.matches(caption):
                 caption.triggered = True
                 if trigger.callback is not None:
                     trigger.callback(caption)

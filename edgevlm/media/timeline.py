@@ -74,4 +74,4 @@ def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int, split:
                "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,
                "decode_tokens_per_s": round(r.decode_tokens_per_s, 1)}
     return Segment(start=frame.timestamp, end=frame.timestamp, text=r.text, frame_time=frame.timestamp,
-                   timings=timings)
+                   timings=timings, value=r.value)
