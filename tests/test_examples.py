@@ -48,3 +48,14 @@ def test_gstreamer_appsink_example(tiny256):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and all("latency" in line for line in lines)
+
+
+def test_structured_alarm_example(tiny256, tmp_path):
+    path = scenes(tmp_path / "s.mp4", ("red", "blue", "green"), seconds=1)
+    r = run(sys.executable, "structured_alarm.py", tiny256[1], path, 3)
+    assert r.returncode == 0, r.stderr
+    captions = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    alarms = [line for line in r.stdout.splitlines() if line.startswith("ALARM")]
+    assert 1 <= len(captions) <= 3 and all("Scene(person=" in line for line in captions)
+    fired = [("person=True" in line) or ("people=0" not in line) for line in captions]
+    assert len(alarms) == sum(fired)  # the trigger fired exactly on the captions whose value meets the condition

@@ -202,8 +202,8 @@ class Generator:
 
     Iterating yields the tokens until a stop token (included, as transformers' generate), max_new_tokens,
     `cancel()`, or a constrained answer that is complete and cannot go on (it ends without spending a decoder
-    step on the end-of-sequence token that is all it could still pick). One Generator belongs to one thread; several Generators may share one model (ONNX Runtime
-    sessions run concurrently), each with its own KV cache.
+    step on the end-of-sequence token that is all it could still pick). One Generator belongs to one thread;
+    several Generators may share one model (ONNX Runtime sessions run concurrently), each with its own KV cache.
     """
 
     def __init__(self, decoder: Decoder, input_ids: Sequence[int], image_features: np.ndarray | None,
