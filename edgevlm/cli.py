@@ -489,6 +489,52 @@ def info(model, as_json):
 
 @cli.command()
 @click.argument("model", default=DEFAULT_MODEL)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes it to the network: set --api-key then).")
+@click.option("--port", type=Number(int, 0, 65535), default=8000, show_default=True)
+@click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
+@click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
+@click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
+@click.option("--api-key", default=None, envvar="EDGEVLM_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1 (or set EDGEVLM_API_KEY).")
+@click.option("--max-queue", type=Number(int, 0), default=8, show_default=True,
+              help="Requests that may wait beside the running one; more get HTTP 429 with Retry-After.")
+@click.option("--timeout", type=POSITIVE, default=120.0, show_default=True, help="Seconds per request.")
+@click.option("--max-body-mb", type=POSITIVE, default=20.0, show_default=True,
+              help="Largest chat request (images as data URLs); larger gets HTTP 413.")
+@click.option("--max-image-pixels", type=COUNT, default=None,
+              help=f"Refuse larger images with HTTP 413 (default {DEFAULT_MAX_IMAGE_PIXELS:,}).")
+@click.option("--allow-remote-images", is_flag=True, help="Let requests name http(s) image URLs for the server "
+              "to fetch (off: only data: URLs).")
+@click.option("--cors", "cors", multiple=True,
+              help="Allow browser pages from this origin (repeatable; off by default).")
+@click.option("--model-name", default=None, help="The model id /v1/models reports (default: the folder name).")
+@_friendly
+def serve(model, host, port, variant, providers, threads, api_key, max_queue, timeout, max_body_mb,
+          max_image_pixels, allow_remote_images, cors, model_name):
+    """Serve MODEL over HTTP: OpenAI's /v1/chat/completions (streaming too), /v1/models, /health, /metrics, and a
+    live webcam page at /. Needs `pip install edgevlm[server]`."""
+    try:
+        import uvicorn
+
+        from .server.app import ServerSettings, create_app
+    except ImportError as e:
+        raise InputError(f"edgevlm serve needs the server extra ({e.name} is missing): "
+                         f"pip install 'edgevlm[server]'") from None
+    vlm = _load(model, variant, providers, threads, max_image_pixels)
+    name = model_name or os.path.basename(os.path.normpath(str(model))) or "smolvlm2"
+    settings = ServerSettings(model_name=name, api_key=api_key or None, max_queue=max_queue, timeout=timeout,
+                              max_body_bytes=int(max_body_mb * (1 << 20)), allow_remote_images=allow_remote_images,
+                              cors_origins=tuple(cors))
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model.",
+                   err=True)
+    click.echo(f"edgevlm serving {name} on http://{host}:{port} (page: /, API: /v1, queue {max_queue})", err=True)
+    uvicorn.run(create_app(vlm, settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+@cli.command()
+@click.argument("model", default=DEFAULT_MODEL)
 @click.option("--variants", default=None, help="Comma list (default: every variant in the model).")
 @click.option("--providers", default=None, help="Execution providers (default: auto).")
 @click.option("--threads", type=COUNT, default=None)

@@ -23,6 +23,10 @@ class InputError(EdgeVLMError):
     exit_code = 2
 
 
+class ImageTooLargeError(InputError):
+    """An image is over the pixel limit (checked from its header, before it is decoded)."""
+
+
 class ContextLengthError(InputError):
     """The prompt (with its image tokens) does not fit in the model's context."""
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bundle import ModelSpec
-from ..errors import InputError
+from ..errors import ImageTooLargeError, InputError
 from .limits import max_image_pixels
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
@@ -78,8 +78,8 @@ def _open(src, name: str, limit: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name} could not be decoded ({e}); the file looks corrupt or truncated.") from None
     except Image.DecompressionBombError:  # Pillow refuses some headers itself, before we see the size
-        raise InputError(f"{name} is over the limit of {limit:,} pixels (its header claims a far larger image); "
-                         f"downscale it first.") from None
+        raise ImageTooLargeError(f"{name} is over the limit of {limit:,} pixels (its header claims a far larger "
+                                 f"image); downscale it first.") from None
 
 
 def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
@@ -87,9 +87,9 @@ def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
     if w < 1 or h < 1:
         raise InputError(f"{name} has no pixels ({w}x{h}).")
     if w * h > limit:
-        raise InputError(f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, or "
-                         f"raise the limit (--max-image-pixels, load(max_image_pixels=...) or "
-                         f"EDGEVLM_MAX_IMAGE_PIXELS).")
+        raise ImageTooLargeError(f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, "
+                                 f"or raise the limit (--max-image-pixels, load(max_image_pixels=...) or "
+                                 f"EDGEVLM_MAX_IMAGE_PIXELS).")
 
 
 def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
