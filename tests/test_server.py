@@ -218,7 +218,8 @@ def test_client_disconnect_cancels_the_answer(server):
 
 def test_queue_full_gives_429_with_retry_after_and_timeouts_504(tiny256):
     port = free_port()
-    proc = start_server(str(tiny256[1]), port, "--max-queue", "0", "--timeout", "1", "--threads", "1")
+    proc = start_server(str(tiny256[1]), port, "--max-queue", "0", "--timeout", "1", "--threads", "1",
+                        "--allow-remote-images")
     base = f"http://127.0.0.1:{port}"
     schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}}, "required": ["s"],
               "additionalProperties": False}
@@ -241,9 +242,43 @@ def test_queue_full_gives_429_with_retry_after_and_timeouts_504(tiny256):
         ok = post(f"{base}/v1/chat/completions", json.dumps({"max_tokens": 4, "messages": [
             {"role": "user", "content": "hi"}]}).encode(), key=None)
         assert ok[0] == 200  # the slot was freed
+        _remote_image_is_fetched_when_allowed(base)
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _remote_image_is_fetched_when_allowed(base: str) -> None:
+    """--allow-remote-images: the server fetches http(s) image URLs itself (here from a server on 127.0.0.1)."""
+    import http.server
+
+    png = io.BytesIO()
+    random_image(50, 70).save(png, "PNG")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = png.getvalue() if self.path == "/a.png" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{images.server_address[1]}"
+    try:
+        def ask(image_url):
+            return post(f"{base}/v1/chat/completions", json.dumps({"max_tokens": 2, "messages": [{"role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": image_url}}]}]}).encode(), key=None)
+        status, body, _ = ask(f"{url}/a.png")
+        assert status == 200 and json.loads(body)["usage"]["prompt_tokens"] > 64
+        status, body, _ = ask(f"{url}/missing.png")
+        assert status == 400 and "could not fetch" in json.loads(body)["error"]["message"]
+    finally:
+        images.shutdown()
 
 
 def test_timeline_endpoint(server, tmp_path):
@@ -290,8 +325,18 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(server, tmp_path):
         stats = driver.find_element(By.ID, "stats").text
         driver.save_screenshot(str(tmp_path / "page.png"))
         shutil.copy(tmp_path / "page.png", os.environ.get("EDGEVLM_SCREENSHOT", tmp_path / "kept.png"))
+        # The file picker: a video in, an SRT timeline shown and offered for download.
+        video = scenes(tmp_path / "clip.mp4", ("red", "blue"), seconds=2)
+        driver.find_element(By.ID, "toggle").click()  # pause the camera loop: the timeline gets the model sooner
+        driver.find_element(By.ID, "file").send_keys(str(video))
+        driver.find_element(By.ID, "timeline-run").click()
+        WebDriverWait(driver, 120).until(lambda d: "-->" in d.find_element(By.ID, "timeline").text)
+        timeline = driver.find_element(By.ID, "timeline").text
+        link = driver.find_element(By.ID, "download")
+        assert link.is_displayed() and link.get_attribute("download") == "clip.srt"
     finally:
         driver.quit()
+    assert timeline.startswith("1\n00:00:00,000 --> ")
     assert caption.strip() and caption != "…"
     assert "latency" in stats and "ms" in stats and "captions/s" in stats
     assert (tmp_path / "page.png").stat().st_size > 10_000
