@@ -240,22 +240,61 @@ VIDEO_ONLY = ("mode", "every", "scene", "threshold", "fps", "max_frames", "fmt",
 TIMELINE_ONLY = ("every", "scene", "threshold", "fmt", "output")
 
 
+def archive_options(fn):
+    fn = click.option("--jobs", type=COUNT, default=None,
+                      help="Archive: worker processes, each with its own model (threads split between them).")(fn)
+    fn = click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+                      help="Archive: run on a Ray cluster (HOST:PORT, 'auto' for the local one, 'local' to start "
+                           "one here).")(fn)
+    fn = click.option("--ray-actors", type=COUNT, default=None, help="Archive with --ray: actors (models) to run.")(fn)
+    fn = click.option("--redo", is_flag=True, help="Archive: caption every input again, even finished ones.")(fn)
+    return fn
+
+
+ARCHIVE_ONLY = ("jobs", "ray_address", "ray_actors", "redo")
+
+
+def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
+    """Many files to caption one by one: a folder or a glob among the inputs, several videos, or an archive flag."""
+    from .archive.plan import is_glob
+    from .media.video import is_video_path
+
+    flags = any(ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE for n in ARCHIVE_ONLY)
+    return (flags or any(os.path.isdir(i) or (is_glob(i) and not os.path.exists(i)) for i in inputs)
+            or sum(is_video_path(i) for i in inputs) > 1)
+
+
 @cli.command()
 @click.argument("image", nargs=-1, required=True)
 @click.option("--prompt", "-p", default=None, help="Default: 'Describe this image.' / 'Describe this video.'")
 @model_options
 @constraint_options
 @video_options
+@archive_options
 @click.pass_context
 @_friendly
 def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
             max_image_pixels, choices, json_schema, regex, mode, every, scene, threshold, fps, max_frames, fmt,
-            output):
-    """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip)."""
+            output, jobs, ray_address, ray_actors, redo):
+    """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip).
+
+    Folders, globs or several videos with -o OUT_DIR caption an archive: one output per input, a manifest.jsonl,
+    and a re-run resumes where the last one stopped (--jobs N processes, or --ray ADDRESS for a Ray cluster)."""
     _check_text("prompt", prompt)
     constraint = _constraint(choices, json_schema, regex)
     if constraint is not None and max_new_tokens is None:
         max_new_tokens = CONSTRAINED_MAX_NEW_TOKENS
+    if _is_archive(image, ctx):
+        _reject(ctx, ("mode", "fps", "max_frames", "stream", "as_json"),
+                "to an archive run (each video gets a timeline file; --format jsonl for records)")
+        given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
+        _archive(image, output, fmt if given else "srt", model, variant, providers, threads, max_image_pixels, no_split, jobs,
+                 ray_address, ray_actors, redo, {"every": every, "scene": scene, "threshold": threshold,
+                                                 "max_new_tokens": max_new_tokens or 48,
+                                                 **({"prompt": prompt} if prompt else {}),
+                                                 **({"constraint": constraint} if constraint else {})})
+        return
+    _reject(ctx, ARCHIVE_ONLY, "to one input (they are for an archive: a folder, a glob or several videos)")
     images, video = _split_inputs(image)
     if video is None:
         _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
@@ -304,6 +343,62 @@ def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens
         _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
         _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json, constraint)
+
+
+def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_pixels, no_split, jobs, ray_address,
+             ray_actors, redo, options) -> None:
+    """Caption every input into OUT_DIR with a manifest; resume by default; a progress bar over the hours of
+    video; a summary at the end. Inputs that fail are recorded and the rest go on; the exit code is 2 then."""
+    from .archive.run import ArchiveJob, caption_archive
+
+    if not output or output == "-":
+        raise InputError("captioning many files needs -o OUT_DIR: one output per input goes there, with a "
+                         "manifest.jsonl.")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise InputError(f"-o {output} is a file; an archive run writes into a folder.")
+    if no_split:
+        options["split"] = False
+    job = ArchiveJob(list(inputs), output, fmt,
+                     load_kwargs={"model": model, "variant": variant, "providers": providers,
+                                  "max_image_pixels": max_image_pixels, "progress": False},
+                     options=options, jobs=jobs or 1, ray_address=None if ray_address == "local" else ray_address,
+                     use_ray=ray_address is not None, actors=ray_actors or 1, threads=threads, redo=redo)
+    bar = None
+
+    def on_plan(items, todo, seconds):
+        nonlocal bar
+        click.echo(f"{len(items)} input(s) for {output}: {len(items) - len(todo)} already done, {len(todo)} to "
+                   f"caption ({_span(seconds)} of video)", err=True)
+        bar = _progress(seconds)
+        bar.set_postfix_str(f"0/{len(todo)} files")
+
+    finished = 0
+
+    def on_row(row, item):
+        nonlocal finished
+        finished += 1
+        bar.update(row.get("duration") or 0.0)
+        bar.set_postfix_str(f"{finished} files")
+        if row["status"] != "done":
+            bar.clear()
+            click.echo(f"failed: {row['error']}", err=True)  # the message names the file
+
+    try:
+        summary = caption_archive(job, on_plan, on_row)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(f"done {summary.done}, failed {summary.errors}, skipped {summary.skipped} (finished before) of "
+               f"{summary.planned}; {_span(summary.video_seconds)} of video in {_span(summary.wall_seconds)} "
+               f"({summary.files_per_hour:.0f} files/h, {summary.video_hours_per_hour:.1f} video-h/h); manifest: "
+               f"{os.path.join(output, 'manifest.jsonl')}", err=True)
+    if summary.errors:
+        sys.exit(2)
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.2f} h"
 
 
 def _progress(total: float | None):

@@ -71,20 +71,22 @@ def test_engine_imports_nothing_above_it():
     for path in (PKG / "engine").rglob("*.py"):
         for mod, _ in imports(path):
             assert not mod.startswith(("edgevlm.media", "edgevlm.vlm", "edgevlm.cli", "edgevlm.bench",
-                                       "edgevlm.server")), (path, mod)
+                                       "edgevlm.server", "edgevlm.archive")), (path, mod)
 
 
 def test_media_uses_the_engine_public_api_only():
     for path in (PKG / "media").rglob("*.py"):
         for mod, names in imports(path):
-            assert not mod.startswith(("edgevlm.vlm", "edgevlm.cli", "edgevlm.bench", "edgevlm.server")), (path, mod)
+            assert not mod.startswith(("edgevlm.vlm", "edgevlm.cli", "edgevlm.bench", "edgevlm.server",
+                                       "edgevlm.archive")), (path, mod)
             if mod.startswith("edgevlm.engine"):
                 assert not [n for n in names if n.startswith("_")], (path, mod, names)
 
 
-def test_server_is_a_client_of_the_public_api():
-    """Like the CLI, the server sits on top: nothing below imports it, it imports no private name from below."""
-    for path in (PKG / "server").rglob("*.py"):
+def test_server_and_archive_are_clients_of_the_public_api():
+    """Like the CLI, the server and the archive runners sit on top: nothing below imports them, they import no
+    private name from below."""
+    for path in [*(PKG / "server").rglob("*.py"), *(PKG / "archive").rglob("*.py")]:
         for mod, names in imports(path):
             assert not mod.startswith("edgevlm.cli"), (path, mod)
             if mod.startswith(("edgevlm.engine", "edgevlm.media", "edgevlm.vlm")):
