@@ -79,6 +79,14 @@ def test_one_output_per_input_and_a_manifest(archive, reference, tiny256):
     assert "13 already done, 1 to caption" in r.stderr and "done 0, failed 1, skipped 13" in r.stderr
 
 
+def test_archive_outputs_equal_captioning_each_file_alone(archive, reference, tiny256, tmp_path):
+    for name in ("camA/day1/0001.mp4", "camB/day1/0004.mp4"):
+        single = tmp_path / "one.srt"
+        r = run_cli("caption", archive / name, "-m", tiny256[1], "--every", "1", "--format", "srt", "-o", single)
+        assert r.returncode == 0, r.stderr
+        assert single.read_bytes() == (reference / name).with_suffix(".srt").read_bytes()
+
+
 def test_worker_processes_give_the_same_outputs(archive, reference, tiny256, tmp_path):
     r = run_cli("caption", archive, "-o", tmp_path, "-m", tiny256[1], "--every", "1", "--jobs", "2")
     assert r.returncode == 2 and "done 13, failed 1" in r.stderr, r.stderr
