@@ -10,7 +10,6 @@ a user waits for.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -20,20 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from videotools import scenes  # noqa: E402
+from machine import cpu_line  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "cyan", "magenta", "gray", "pink"]
-
-
-def cpu_line() -> str:
-    model, flags = "?", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags)}"
 
 
 def main() -> None:

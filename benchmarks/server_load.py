@@ -13,7 +13,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import psutil
 from PIL import Image
+from machine import cpu_line
 
 
 def free_port() -> int:
@@ -116,19 +116,6 @@ def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid
         "rss_mb_after_warmup": round(warm[0], 1), "rss_mb_end": round(rss[-1][1], 1),
         "rss_mb_max": round(max(m for _, m in rss), 1),
     }
-
-
-def cpu_line() -> str:
-    model = "?"
-    flags: set[str] = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags)}"
 
 
 def main() -> None:

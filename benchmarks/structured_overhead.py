@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 
 import edgevlm
 from edgevlm import Constraint
+from machine import cpu_line
 
 SCHEMAS = {
     "flags (bool + int)": {
@@ -32,21 +32,6 @@ PROMPTS = ["Describe a kitchen with two people cooking, as JSON.",
            "A cat sits on a red sofa next to a lamp. Answer in JSON.",
            "What is on a busy street at night? Reply with JSON.",
            "Describe the weather on a sunny beach in JSON."]
-
-
-def cpu_line() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("?", ""):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
-    return f"{model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ','.join(wanted)}"
 
 
 def timed(fn, n: int = 20) -> float:

@@ -336,6 +336,15 @@ def test_token_bytes_spell_every_encoding(vlm):
         assert b"".join(table[i] for i in ids) == text.encode(), text
 
 
+def test_lark_grammar_answers(vlm):
+    grammar = 'start: "go " DIRECTION " " STEPS\nDIRECTION: "left" | "right"\nSTEPS: /[1-9]/'
+    for seed in range(5):
+        r = vlm.ask(None, "Where?", grammar=grammar, do_sample=True, seed=seed, max_new_tokens=12)
+        assert regex.fullmatch(r"go (left|right) [1-9]", r.value), r.value
+    with pytest.raises(ConstraintError, match="grammar"):
+        vlm.ask(None, "x", grammar="start: undefined_rule")
+
+
 def test_unicode_regex_answers(vlm):
     for seed in range(5):
         r = vlm.ask(None, "Say hi.", regex=r"(héllo|日本|🙂){1,3}", max_new_tokens=30, do_sample=True, seed=seed)

@@ -41,7 +41,7 @@ class Constraint:
     """
 
     kind: str  # "choices", "json_schema", "regex" or "grammar"
-    grammar: str = field(repr=False)  # llguidance's grammar text
+    compiled: str = field(repr=False)  # the grammar as llguidance takes it
     description: str = ""
     options: tuple[str, ...] = ()  # the choices
     target: Any = field(default=None, repr=False)  # dataclass / TypedDict / pydantic class the value is built as
@@ -280,7 +280,7 @@ class Grammars:
 
     def start(self, constraint: Constraint) -> ConstrainedAnswer:
         llg = _llguidance()
-        matcher = llg.LLMatcher(self.ll_tokenizer(), constraint.grammar, log_level=0)
+        matcher = llg.LLMatcher(self.ll_tokenizer(), constraint.compiled, log_level=0)
         if matcher.is_error():
             raise ConstraintError(f"{constraint.description} cannot be used: {_first_line(matcher.get_error())}")
         return ConstrainedAnswer(constraint, matcher, self.vocab_size)
