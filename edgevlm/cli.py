@@ -255,12 +255,14 @@ ARCHIVE_ONLY = ("jobs", "ray_address", "ray_actors", "redo")
 
 
 def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
-    """Many files to caption one by one: a folder or a glob among the inputs, several videos, or an archive flag."""
-    from .archive.plan import is_glob
+    """Many files to caption one by one: a folder or a glob among the inputs, several videos, or an archive flag.
+    A folder named like a media file (`x.png/`) is a mistaken file, not an archive: it gets the file error."""
+    from .archive.plan import is_glob, wanted
     from .media.video import is_video_path
 
     flags = any(ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE for n in ARCHIVE_ONLY)
-    return (flags or any(os.path.isdir(i) or (is_glob(i) and not os.path.exists(i)) for i in inputs)
+    folders = any(os.path.isdir(i) and not wanted(Path(i)) for i in inputs)
+    return (flags or folders or any(is_glob(i) and not os.path.exists(i) for i in inputs)
             or sum(is_video_path(i) for i in inputs) > 1)
 
 
