@@ -149,7 +149,8 @@ def test_response_format_json_schema(client):
 
 
 @pytest.mark.parametrize("content,status,message", [
-    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], 400, "not an image"),
+    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], 400,
+     "messages[0].content[0]: the image cannot be read"),
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], 400, "not valid base64"),
     ([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}], 400, "remote image URLs are off"),
     ([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], 400, "must be a data: URL"),

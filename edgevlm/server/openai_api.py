@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from PIL import Image
 
 from ..engine.structured import Constraint
 from ..errors import InputError
@@ -82,8 +85,9 @@ def _message(m: Any, i: int, max_image_bytes: int, allow_remote: bool) -> dict[s
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             detail = image.get("detail", "auto") if isinstance(image, dict) else "auto"
-            item = {"type": "image", "image": _image_bytes(url, f"{where}.content[{j}]", max_image_bytes,
-                                                           allow_remote)}
+            data = _image_bytes(url, f"{where}.content[{j}]", max_image_bytes, allow_remote)
+            _check_image(data, f"{where}.content[{j}]")
+            item = {"type": "image", "image": data}
             if detail == "low":  # one tile, as OpenAI's low detail: fast, for live frames
                 item["split"] = False
             items.append(item)
@@ -112,6 +116,18 @@ def _image_bytes(url: Any, where: str, max_bytes: int, allow_remote: bool) -> by
         return _fetch(url, where, max_bytes)
     raise RequestError(f"{where}: image_url must be a data: URL (or http(s) with --allow-remote-images).",
                        param=where)
+
+
+def _check_image(data: bytes, where: str) -> None:
+    """Name the part that holds a broken image (the engine only sees bytes). Reads the header, decodes nothing."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except Image.DecompressionBombError:
+        return  # the engine's pixel limit answers this one (413)
+    except Exception as e:  # Pillow raises many types for bad data
+        raise RequestError(f"{where}: the image cannot be read ({type(e).__name__}: {e}); send a PNG, JPEG, "
+                           f"WebP, BMP or TIFF.", param=where) from None
 
 
 def _fetch(url: str, where: str, max_bytes: int) -> bytes:
