@@ -88,6 +88,7 @@ class LiveCaption:
     triggered: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     value: Any = None  # a structured answer's parsed value, as Result.value
+    error: str | None = None  # a structured answer that could not complete (text is partial, value None)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "value": plain(self.value)}

@@ -400,6 +400,21 @@ def test_watch_fires_on_a_structured_field(vlm):
     assert len(fired) == sum(c.triggered for c in caps)
 
 
+def test_watch_goes_on_past_an_answer_that_cannot_finish(vlm):
+    """A live camera keeps running: a frame whose structured answer runs out of tokens is a caption with its error
+    (no value, no trigger), and the next frames are captioned."""
+    src = PushSource()
+    for i in range(3):
+        src.push(np.full((64, 64, 3), 80 * i, np.uint8), timestamp=i)
+    src.close()
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 30}}, "required": ["s"]}
+    fired = []
+    trig = edgevlm.Trigger(callback=fired.append, when="s != x")
+    caps = list(vlm.watch(src, threshold=0, json_schema=schema, max_new_tokens=3, trigger=trig))
+    assert caps and all(c.error and "max_new_tokens=3" in c.error and c.value is None for c in caps)
+    assert not fired and all(c.to_dict()["error"] for c in caps)
+
+
 def test_conditions():
     v = {"person": True, "count": 3, "zone": "door", "box": {"x": 5}, "items": ["a", "b"]}
     holds = ["person == true", "count >= 2", "count < 4 and zone == door", 'zone == "door"', "box.x == 5",

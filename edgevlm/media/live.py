@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import IncompleteAnswerError, InputError
 from ..records import LiveCaption
 from .conditions import Condition
 from .motion import MotionGate
@@ -60,7 +60,8 @@ def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIV
     heartbeat: caption an unchanged scene anyway after this many seconds. source: a camera index, /dev/videoN,
     stream URL, video file (replayed in real time) or a LiveSource such as PushSource; a source opened here is
     closed when the generator ends, whatever ends it. A failed source raises its SourceError after the
-    captions it gave.
+    captions it gave. With a constraint (choices=, json_schema=, regex=), a frame whose answer cannot finish
+    within max_new_tokens gives a caption with `error` set and no value (it never triggers); the watch goes on.
     """
     own = not isinstance(source, LiveSource)
     src = open_source(source, **(source_options or {}))
@@ -80,8 +81,11 @@ def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIV
                 static += 1
                 continue
             last_start = time.monotonic()
-            r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False,
-                            **generate_kw)
+            try:
+                r, error = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split,
+                                       cache=False, **generate_kw), None
+            except IncompleteAnswerError as e:  # one frame's structured answer did not fit: say so, go on
+                r, error = e.result, str(e)
             done = time.monotonic()
             s = src.stats
             caption = LiveCaption(
@@ -90,9 +94,9 @@ def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIV
                 latency_ms=round((done - frame.captured) * 1e3, 1), frames_read=s.frames_read,
                 frames_dropped=s.frames_dropped, frames_static=static, reconnects=s.reconnects,
                 timings={"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
-                         "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens})
+                         "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens}, error=error)
             count += 1
-            if trigger is not None and trigger.matches(caption):
+            if trigger is not None and error is None and trigger.matches(caption):
                 caption.triggered = True
                 if trigger.callback is not None:
                     trigger.callback(caption)
