@@ -140,14 +140,13 @@ def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str
 
 
 def _readable_by_all(root: Path) -> None:
-    """mkdtemp makes the folder 0700; a bundle is shared (services, other users), so give it the permissions
-    a plain mkdir would have under the current umask."""
+    """mkdtemp makes the folder 0700 and ONNX writes external weight files 0600; a bundle is shared (services,
+    other users), so give everything the permissions a plain mkdir / open would have under the current umask."""
     umask = os.umask(0)
     os.umask(umask)
     root.chmod(0o777 & ~umask)
     for p in root.rglob("*"):
-        if p.is_dir():
-            p.chmod(0o777 & ~umask)
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _disk_full(out: Path) -> ExportError:

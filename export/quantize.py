@@ -52,6 +52,13 @@ def basic_optimized(src: Path, dst: Path) -> Path:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
+    if external_data(src).exists():
+        # A graph whose weights live beside it (500M and 2.2B decoders): the optimized copy gets its own weights
+        # file. Without this ONNX Runtime writes references to the source's `_data` file, relative to `dst`,
+        # where it does not exist.
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    external_data(dst).name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     return dst
 
