@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import io
 import json
 import logging
@@ -191,7 +192,8 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
 
     @endpoint("page", protected=False)
     async def index(request: Request) -> Response:
-        return HTMLResponse(page.replace("__MODEL__", settings.model_name)
+        return HTMLResponse(page.replace("__MODEL_JSON__", json.dumps(settings.model_name).replace("<", "\\u003c"))
+                            .replace("__MODEL_HTML__", html.escape(settings.model_name))
                             .replace("__NEEDS_KEY__", "true" if settings.api_key else "false"))
 
     middleware = []
