@@ -350,13 +350,14 @@ class Engine:
         t = gen.timings
         decode_steps = max(t.new_tokens - 1, 0)
         vision_s = p.decode_s + e.vision_s
+        text = self.tokenizer.decode(ids)
         result = Result(
-            text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
+            text=text.strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
             new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=vision_s * 1e3,
             prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
             total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
         if gen.constraint is not None:
             self._check_complete(gen, result)
-            result.value = gen.constraint.constraint.parse(self.tokenizer.decode(ids))
+            result.value = gen.constraint.constraint.parse(text)
         return result

@@ -119,10 +119,10 @@ def _image_bytes(url: Any, where: str, max_bytes: int, allow_remote: bool) -> by
 
 
 def _check_image(data: bytes, where: str) -> None:
-    """Name the part that holds a broken image (the engine only sees bytes). Reads the header, decodes nothing."""
+    """Name the part that holds data no image format recognizes (the engine only sees bytes). Reads the header
+    only, on the event loop: decoding (and a truncated body) is the engine's work, on the model's thread."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
+        Image.open(io.BytesIO(data)).close()
     except Image.DecompressionBombError:
         return  # the engine's pixel limit answers this one (413)
     except Exception as e:  # Pillow raises many types for bad data
