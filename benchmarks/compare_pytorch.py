@@ -30,10 +30,11 @@ def pytorch_w1(checkpoint: str, threads: int, runs: int, new_tokens: int) -> dic
     t = time.perf_counter()
     model = SmolVLMForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager").eval()
     load_s = time.perf_counter() - t
-    # The runtime's own preprocessing and prompt give both sides identical inputs.
-    prep = edgevlm.load(checkpoint_bundle, variant="fp32", verify=False)
+    # The runtime's own preprocessing and prompt give both sides identical inputs (no ONNX part is loaded here,
+    # so the peak RSS is PyTorch's alone).
+    prep = edgevlm.Processor.open(checkpoint_bundle)
     image = w1_image(prep.spec.tile)
-    prepared = prep.prepare(prep.user_message(image, QUESTION), split=False)
+    prepared = prep.prepare(edgevlm.Engine.user_message(image, QUESTION), split=False)
     pixels = torch.from_numpy(prep.preprocess(image, split=False).pixel_values[None])
     ids = torch.tensor([prepared.input_ids])
     rows = []

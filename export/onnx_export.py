@@ -97,9 +97,9 @@ def load_reference(source: str | os.PathLike):
     return model.eval()
 
 
-def export_fp32(model, out: Path, fused: bool = True) -> dict[str, Path]:
-    """The three parts in fp32. `fused`: the decoder as a hand-built graph with GroupQueryAttention (faster,
-    see decoder_graph.py); otherwise the traced, unfused decoder (with a position_ids input)."""
+def export_text_parts(model, out: Path, fused: bool = True) -> dict[str, Path]:
+    """The decoder and the token embeddings. `fused`: the decoder as a hand-built graph with GroupQueryAttention
+    (faster, see decoder_graph.py); otherwise the traced, unfused decoder (with a position_ids input)."""
     out.mkdir(parents=True, exist_ok=True)
     if fused:
         from .decoder_graph import build_decoder
@@ -107,4 +107,10 @@ def export_fp32(model, out: Path, fused: bool = True) -> dict[str, Path]:
         decoder = build_decoder(model, out / f"{DECODER}.onnx")
     else:
         decoder = export_decoder(model, out)
-    return {VISION: export_vision(model, out), EMBED: export_embed(model, out), DECODER: decoder}
+    return {EMBED: export_embed(model, out), DECODER: decoder}
+
+
+def export_fp32(model, out: Path, fused: bool = True) -> dict[str, Path]:
+    """The three parts in fp32 from one loaded model."""
+    out.mkdir(parents=True, exist_ok=True)
+    return {VISION: export_vision(model, out), **export_text_parts(model, out, fused)}

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import gc
 import json
 import os
 import platform
 import resource
 import shutil
+import struct
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
+from edgevlm import Processor
 from edgevlm.engine.bundle_format import CONFIG_FILES, RECIPES, SUFFIXES, VARIANTS, recipe_files, write_manifest
 from edgevlm.errors import EdgeVLMError
 
-from . import onnx_export, quantize, verify
+from . import fp32_checkpoint, onnx_export, quantize, verify
 from .architectures import identify
 
 class ExportError(EdgeVLMError):
@@ -85,12 +88,43 @@ def load_model(path: Path):
                           f"incomplete. Re-download or re-save the checkpoint.") from None
 
 
-def build_parts(model, onnx_dir: Path, variants: list[str], log) -> dict[str, dict]:
-    """Export fp32 parts and the quantized files the chosen variants need; return per-file facts."""
-    facts: dict[str, dict] = {}
+def export_fp32(weights: Path, onnx_dir: Path, log) -> dict[str, Path]:
+    """The fp32 parts, each stage from its own lazily loaded model that is dropped before the next: the text
+    weights and the vision trace never share memory (2.2B: 6.8 GB and 2 x 1.7 GB)."""
     t = time.perf_counter()
-    fp32 = onnx_export.export_fp32(model, onnx_dir)
-    log(f"exported fp32 parts in {time.perf_counter() - t:.1f} s")
+    model = load_model(weights)
+    parts = onnx_export.export_text_parts(model, onnx_dir)
+    del model
+    gc.collect()
+    log(f"exported the fp32 decoder and embeddings in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
+    t = time.perf_counter()
+    model = load_model(weights)
+    parts[onnx_export.VISION] = onnx_export.export_vision(model, onnx_dir)
+    del model
+    gc.collect()
+    log(f"exported the fp32 vision encoder in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
+    return parts
+
+
+def fp32_weights(src: Path, work: Path, log) -> Path:
+    """The checkpoint itself when its weights are fp32 safetensors (transformers then maps them lazily), else an
+    fp32 copy under `work` (see fp32_checkpoint.py)."""
+    t = time.perf_counter()
+    try:
+        if not any(src.glob("*.safetensors")) or fp32_checkpoint.is_fp32(src):
+            return src
+        copy = fp32_checkpoint.fp32_copy(src, work / "fp32-checkpoint")
+    except (ValueError, KeyError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"could not read the weights in {src} ({type(e).__name__}: {e}); the files look corrupt "
+                          f"or incomplete. Re-download or re-save the checkpoint.") from None
+    log(f"converted the checkpoint's weights to fp32 in {time.perf_counter() - t:.1f} s")
+    return copy
+
+
+def quantize_parts(fp32: dict[str, Path], onnx_dir: Path, variants: list[str], log) -> dict[str, dict]:
+    """The quantized files the chosen variants need, each made from the saved fp32 file (no model in memory);
+    return per-file facts."""
+    facts: dict[str, dict] = {}
     for part, path in fp32.items():
         facts[f"{part}:fp32"] = {"path": path, "ops": quantize.op_counts(path)}
     needed = {(part, prec) for v in variants for part, prec in RECIPES[v].items() if prec != "fp32"}
@@ -103,9 +137,15 @@ def build_parts(model, onnx_dir: Path, variants: list[str], log) -> dict[str, di
             ops = quantize.to_int8(src, dst, part)
         else:
             ops = quantize.to_q4(src, dst, part)
-        log(f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+        gc.collect()
+        log(f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s (peak RSS "
+            f"{peak_rss_mb():.0f} MB)")
         facts[f"{part}:{prec}"] = {"path": dst, "ops": ops}
     return facts
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _tool_versions() -> dict[str, str]:
@@ -176,21 +216,32 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         raise ExportError(f"cannot write the bundle under {out.parent} ({e.strerror}); choose a folder you can "
                           f"write to. Nothing was written.") from None
     try:
-        model = load_model(src)
-        facts = build_parts(model, tmp / "onnx", names, log)
+        # Memory plan (docs/design.md, "Export within memory"): the PyTorch model and an ONNX Runtime session of
+        # the same weights are never alive together, and no part's weights exist twice.
         for name in CONFIG_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         variant_files = recipe_files(names)
-        # Provisional manifest (no checksums yet) so the runtime can open the variants it is verifying.
+        # Provisional manifest (no checksums yet) so the runtime's processor and variants open the folder.
         write_manifest(tmp, {"variants": variant_files}, with_files=False)
-        report = verify.verify_variants(model, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
+        weights = fp32_weights(src, tmp.parent / f"{tmp.name}.work", log)
+        model = load_model(weights)
+        t = time.perf_counter()
+        processor = Processor.open(tmp)
+        refs = verify.reference_outputs(model, processor, verify.sample_inputs(processor.spec.tile), max_new_tokens)
+        del model
+        gc.collect()
+        log(f"PyTorch reference outputs in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
+        fp32 = export_fp32(weights, tmp / "onnx", log)
+        shutil.rmtree(tmp.parent / f"{tmp.name}.work", ignore_errors=True)  # the fp32 copy, if one was made
+        facts = quantize_parts(fp32, tmp / "onnx", names, log)
+        report = verify.verify_variants(refs, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
             raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
                               f"(max logit difference {report['fp32']['max_abs_logit_diff']:.3g}); the export is "
                               "wrong, so no bundle was written. Please report this with the checkpoint's config.")
         stats = {"seconds": round(time.perf_counter() - t0, 1),
-                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                 "peak_rss_mb": peak_rss_mb()}
         manifest = write_manifest(tmp, manifest_fields(str(source), config, variant_files, facts, report, stats))
         _readable_by_all(tmp)
         if out.exists():
@@ -207,3 +258,4 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent / f"{tmp.name}.work", ignore_errors=True)

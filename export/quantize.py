@@ -36,8 +36,13 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
 
 
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """The initializers' size; protobuf's ByteSize() itself fails on a model over 2 GB."""
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > EXTERNAL_DATA_LIMIT:  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
+    if _weight_bytes(model) > EXTERNAL_DATA_LIMIT:  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=external_data(path).name, size_threshold=1024)
     else:
@@ -64,13 +69,55 @@ def basic_optimized(src: Path, dst: Path) -> Path:
 
 
 def to_fp16(src: Path, dst: Path) -> dict[str, int]:
-    """fp16 weights and compute, fp32 inputs/outputs (so the runtime feeds every variant the same way)."""
+    """fp16 weights and compute, fp32 inputs/outputs (so the runtime feeds every variant the same way).
+
+    A graph with external weights (500M, 2.2B decoders) has its weights converted one tensor at a time, read
+    from the fp32 file and written to the fp16 one, before the converter sees the graph: loading the 2.2B
+    decoder whole to convert it peaked at 15 GB."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    if external_data(src).exists():
+        model = onnx.load(str(src), load_external_data=False)
+        _stream_initializers_to_fp16(model, src.parent, external_data(dst))
+    else:
+        model = onnx.load(str(src))
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-    _save(converted, dst)
+    if external_data(src).exists():
+        onnx.save_model(converted, str(dst))  # its large weights are already in external_data(dst)
+    else:
+        _save(converted, dst)
     return op_counts(dst)
+
+
+def _stream_initializers_to_fp16(model: onnx.ModelProto, src_dir: Path, data_path: Path) -> None:
+    """Every float initializer becomes float16 (clipped as the converter clips); external ones are read from
+    `src_dir` and written to `data_path`, so only one tensor is in memory at a time."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    with open(data_path, "wb") as out:
+        for i, t in enumerate(model.graph.initializer):
+            if t.data_type != TensorProto.FLOAT:
+                continue
+            if t.data_location != TensorProto.EXTERNAL:
+                model.graph.initializer[i].CopyFrom(
+                    numpy_helper.from_array(convert_np_to_float16(numpy_helper.to_array(t)), t.name))
+                continue
+            info = {e.key: e.value for e in t.external_data}
+            with open(src_dir / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                raw = f.read(int(info["length"]))
+            half = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16)
+            offset = out.seek(0, 2)
+            pad = -offset % 4096
+            out.write(b"\0" * pad)
+            out.write(half.tobytes())
+            t.data_type = TensorProto.FLOAT16
+            del t.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", str(offset + pad)),
+                               ("length", str(half.nbytes))):
+                t.external_data.add(key=key, value=value)
 
 
 def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list[str] | None = None,

@@ -57,18 +57,21 @@ class Reference:
     logits: np.ndarray  # teacher-forced over full_ids
 
 
-def reference_outputs(model, vlm, samples: list[Sample], max_new_tokens: int) -> list[Reference]:
-    """Greedy continuation and teacher-forced logits from PyTorch, fed the runtime's own ids and pixels."""
+def reference_outputs(model, processor, samples: list[Sample], max_new_tokens: int) -> list[Reference]:
+    """Greedy continuation and teacher-forced logits from PyTorch, fed the runtime's own ids and pixels.
+
+    `processor` (edgevlm.Processor) builds them without loading any ONNX part, so the exporter can compute the
+    references, free the PyTorch model, and only then open the variants: the two never share memory (2.2B)."""
     import torch
 
     refs = []
-    eos = vlm.spec.eos_ids
+    eos = processor.spec.eos_ids
     for sample in samples:
-        prompt = vlm.prepare(vlm.user_message(sample.image, sample.question), split=sample.split)
+        prompt = processor.prepare(user_message(sample), split=sample.split)
         ids = torch.tensor([prompt.input_ids])
         kw = {}
         if sample.image is not None:
-            pixels = vlm.preprocess(sample.image, split=sample.split).pixel_values
+            pixels = processor.preprocess(sample.image, split=sample.split).pixel_values
             kw["pixel_values"] = torch.from_numpy(pixels[None])
             kw["pixel_attention_mask"] = torch.ones(1, pixels.shape[0], pixels.shape[2], pixels.shape[3],
                                                     dtype=torch.bool)
@@ -81,9 +84,14 @@ def reference_outputs(model, vlm, samples: list[Sample], max_new_tokens: int) ->
     return refs
 
 
+def user_message(sample: Sample) -> list[dict]:
+    content = [] if sample.image is None else [{"type": "image", "image": sample.image}]
+    return [{"role": "user", "content": [*content, {"type": "text", "text": sample.question}]}]
+
+
 def check_sample(vlm, ref: Reference, max_new_tokens: int) -> SampleReport:
     sample = ref.sample
-    messages = vlm.user_message(sample.image, sample.question)
+    messages = user_message(sample)
     prompt = vlm.prepare(messages, split=sample.split)
     encoded = vlm.encode(prompt)
     ours = vlm.chat(messages, max_new_tokens=max_new_tokens, split=sample.split).token_ids
@@ -101,27 +109,22 @@ def check_sample(vlm, ref: Reference, max_new_tokens: int) -> SampleReport:
         teacher_forced_top1=float((onnx_logits.argmax(-1) == ref.logits.argmax(-1)).mean()))
 
 
-def verify_variants(model, bundle_dir: Path, variants: list[str], max_new_tokens: int = 16,
+def verify_variants(refs: list[Reference], bundle_dir: Path, variants: list[str], max_new_tokens: int = 16,
                     threads: int | None = None, log=print) -> dict[str, dict]:
-    """Report per variant; PyTorch runs once (on the fp32 variant's inputs), each variant runs in ORT."""
+    """Report per variant against PyTorch's `refs`. One variant is open at a time (each has its own vision
+    cache, so its encoder runs once per sample), and it is released before the next opens."""
+    import gc
     import time
 
     import edgevlm
 
-    def open_variant(v):
-        # Each variant has its own cache: its vision encoder still runs once per sample, and chat() reuses that
-        # encoding instead of running it a second time.
-        return edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
-
-    t = time.perf_counter()
-    base = open_variant(variants[0])
-    refs = reference_outputs(model, base, sample_inputs(base.spec.tile), max_new_tokens)
-    log(f"PyTorch reference outputs in {time.perf_counter() - t:.1f} s")
     report = {}
     for v in variants:
         t = time.perf_counter()
-        vlm = base if v == variants[0] else open_variant(v)
+        vlm = edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
         samples = [check_sample(vlm, r, max_new_tokens) for r in refs]
+        del vlm
+        gc.collect()
         report[v] = {"variant": v, "all_tokens_equal": all(r.tokens_equal for r in samples),
                      "max_abs_logit_diff": max(r.max_abs_logit_diff for r in samples),
                      "min_teacher_forced_top1": min(r.teacher_forced_top1 for r in samples),

@@ -104,8 +104,10 @@ def processor_files(arch: Architecture) -> dict[str, dict]:
 
 
 def make_checkpoint(out_dir: str | os.PathLike, arch: str = "256M", size: str = "tiny", seed: int = 0,
-                    real_decoder: bool = False, gguf: Path | None = None) -> Path:
-    """Write a SmolVLM2 checkpoint (config, safetensors weights, tokenizer, processor configs) to `out_dir`."""
+                    real_decoder: bool = False, gguf: Path | None = None, dtype: str = "float32") -> Path:
+    """Write a SmolVLM2 checkpoint (config, safetensors weights, tokenizer, processor configs) to `out_dir`.
+    dtype="bfloat16" saves the weights as the released SmolVLM2 checkpoints do (half the disk; the exporter
+    loads them in fp32 either way)."""
     import torch
     from transformers import AutoModelForCausalLM, SmolVLMConfig, SmolVLMForConditionalGeneration
 
@@ -123,6 +125,8 @@ def make_checkpoint(out_dir: str | os.PathLike, arch: str = "256M", size: str = 
     model = SmolVLMForConditionalGeneration(config).eval()
     if real_decoder:
         _load_smollm2_decoder(model, AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer(gguf).save_pretrained(out)
     for name, data in processor_files(a).items():
@@ -160,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", default="tiny", choices=["tiny", "full"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-decoder", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
-    path = make_checkpoint(args.out_dir, args.arch, args.size, args.seed, args.real_decoder)
+    path = make_checkpoint(args.out_dir, args.arch, args.size, args.seed, args.real_decoder, dtype=args.dtype)
     print(path)
 
 

@@ -19,33 +19,16 @@ import numpy as np
 from PIL import Image
 
 from . import bundle as bundle_mod
-from . import prompt as prompt_mod
 from ..errors import IncompleteAnswerError, InputError
 from ..records import Result
 from .generate import Decoder, GenerationConfig, Generator, check_context
 from .structured import Grammars
-from .limits import max_image_pixels as max_image_pixels_limit
-from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame, tile_grid
+from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
+from .processor import Processor, Prompt, frames_given
 from .providers import choose, create_session, session_options, vision_run_options
-from .tokenizer import Tokenizer
 from .frame import Frame
 
 DEFAULT_CAPTION_PROMPT = "Describe this image."
-
-
-@dataclass
-class Prompt:
-    """Stage 1 (`VLM.prepare`): the prompt's token ids, where its images and videos sit, and their decoded pixels
-    waiting to be encoded. Its length is exact before any encoding, so the context budget is checked first."""
-
-    input_ids: list[int]
-    slots: list[prompt_mod.ImageSlot | prompt_mod.VideoSlot]
-    pending: list[tuple[str, Any]]  # ("image", (PIL image, split)) or ("video", [Frame, ...]), in prompt order
-    decode_s: float = 0.0  # time spent decoding images and sampling video frames
-
-    @property
-    def images(self) -> int:
-        return len(self.slots)
 
 
 @dataclass
@@ -115,11 +98,12 @@ class Engine:
                  providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
                  vision_cache_size: int, verify: bool, max_image_pixels: int | None = None):
         self.bundle = model_bundle
-        self.max_image_pixels = max_image_pixels_limit(max_image_pixels)
         self.spec = model_bundle.spec
         files = model_bundle.part_files(variant)
-        if verify:
+        if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
             bundle_mod.verify_files(model_bundle, list(files.values()))
+        self.processor = Processor(model_bundle, max_image_pixels)
+        self.max_image_pixels = self.processor.max_image_pixels
         self.variant = variant or model_bundle.default_variant
         self.files = files
         self.requested_providers = choose(providers)
@@ -129,7 +113,7 @@ class Engine:
         for part, path in files.items():
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
             bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
-        self.tokenizer = Tokenizer(model_bundle.root / "tokenizer.json")
+        self.tokenizer = self.processor.tokenizer
         self.decoder = Decoder(self.sessions["embed_tokens"], self.sessions["decoder_model_merged"],
                                self.spec.num_layers, self.spec.kv_heads, self.spec.head_dim, self.spec.max_positions)
         vis_inputs = {i.name: i for i in self.sessions["vision_encoder"].get_inputs()}
@@ -150,7 +134,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- vision
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
-        return process_image(image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels)
+        return self.processor.preprocess(image, split, color)
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
@@ -189,12 +173,7 @@ class Engine:
 
     def video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
         """The frames of a video item: the caller's own Frames (a subclass may also read files)."""
-        src = item.get("video", item.get("path"))
-        if isinstance(src, Sequence) and not isinstance(src, str) and src and all(isinstance(f, Frame) for f in src):
-            frames = list(src)
-            return frames, float(item.get("duration", frames[-1].timestamp))
-        raise InputError("a video item needs 'video': a non-empty list of edgevlm.Frame (RGB uint8 image + "
-                         "timestamp in seconds), or a file path with edgevlm.load's model.")
+        return frames_given(item)
 
     # -------------------------------------------------------------------------------- staged engine API
     def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb") -> Prompt:
@@ -202,37 +181,7 @@ class Engine:
 
         The tile grid of an image follows from its size alone, so the ids are exact before anything is encoded.
         """
-        messages = prompt_mod.normalize_messages(messages)
-        t0 = time.perf_counter()
-        slots, pending = [], []
-        has_video = False
-        for m in messages:
-            for item in m["content"]:
-                if item["type"] == "video":
-                    has_video = True
-                    frames, duration = self.video_frames(item)
-                    slots.append(prompt_mod.VideoSlot([f.timestamp for f in frames], duration))
-                    pending.append(("video", frames))
-                elif item["type"] == "image":
-                    src = item.get("image", item.get("path", item.get("url")))
-                    if src is None:
-                        raise InputError("an image item needs an 'image' (path, array or PIL image).")
-                    im = load_image(src, item.get("color", color), self.max_image_pixels)
-                    do_split = item.get("split", split)
-                    do_split = self.spec.do_image_splitting if do_split is None else do_split
-                    slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split)))
-                    pending.append(("image", (im, do_split, bool(item.get("cache", True)))))
-        decode_s = time.perf_counter() - t0
-        # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
-        # compatibility with the released checkpoints); images use the model's template.
-        text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template,
-                                 special_tokens=self.bundle.special_tokens)
-        # transformers' processor.apply_chat_template(tokenize=True) adds no special tokens when the rendered prompt
-        # already starts with the tokenizer's BOS (SmolLM2's tokenizer would add a second one).
-        bos = self.bundle.special_tokens.get("bos_token")
-        add_special = not (bos and text.startswith(bos))
-        text = prompt_mod.expand_images(text, slots, self.spec.image_seq_len)
-        return Prompt(self.tokenizer.encode(text, add_special), slots, pending, decode_s)
+        return self.processor.prepare(messages, split, color, self.video_frames)
 
     def encode(self, prompt: Prompt) -> EncodedImages:
         """Stage 2: the vision encoder over the prompt's images (the cache serves repeats). Thread-safe."""
