@@ -1,0 +1,162 @@
+/*
+ * edgevlm C API: SmolVLM2 bundles (made by `edgevlm export`) through ONNX Runtime, for programs without Python.
+ *
+ * The stages mirror the Python engine: open a model -> make images from pixel buffers -> build a prompt
+ * (messages with image slots) -> encode its images -> generate. Every call returns an evlm_status; on an error
+ * evlm_last_error() gives a message for the calling thread. No C++ types or exceptions cross this header.
+ *
+ * Thread safety: an evlm_model may be used from several threads at once (encode and generate take no lock:
+ * ONNX Runtime sessions run concurrently). Images, prompts, encodings and results are owned by one thread at a
+ * time; they may be handed between threads but not used from two at once.
+ */
+#ifndef EDGEVLM_H
+#define EDGEVLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define EVLM_API __declspec(dllexport)
+#else
+#define EVLM_API __attribute__((visibility("default")))
+#endif
+
+#define EVLM_VERSION_MAJOR 0
+#define EVLM_VERSION_MINOR 1
+#define EVLM_VERSION_PATCH 0
+
+typedef enum evlm_status {
+    EVLM_OK = 0,
+    EVLM_ERR_ARGUMENT = 1,  /* a NULL pointer, a size out of range, an unknown option */
+    EVLM_ERR_MODEL = 2,     /* the bundle is missing, altered, incomplete or of an unknown variant */
+    EVLM_ERR_INPUT = 3,     /* an image or prompt the model cannot take */
+    EVLM_ERR_CONTEXT = 4,   /* the prompt and max_new_tokens exceed the model's context */
+    EVLM_ERR_CANCELLED = 5, /* the token callback asked to stop; the result holds the tokens so far */
+    EVLM_ERR_RUNTIME = 6,   /* ONNX Runtime failed */
+    EVLM_ERR_MEMORY = 7
+} evlm_status;
+
+/* "0.1.0 (onnxruntime 1.32.0)"; never NULL. */
+EVLM_API const char *evlm_version(void);
+/* The message of the last failed call on this thread ("" when none); valid until the next call that fails. */
+EVLM_API const char *evlm_last_error(void);
+
+typedef struct evlm_model evlm_model;
+typedef struct evlm_image evlm_image;
+typedef struct evlm_prompt evlm_prompt;
+typedef struct evlm_encoded evlm_encoded;
+typedef struct evlm_result evlm_result;
+
+/* ---------------------------------------------------------------------------------------------- model */
+typedef struct evlm_model_options {
+    const char *variant;   /* "fp32", "int8", "q4", "mixed", ...; NULL: the bundle's default (fp32) */
+    int threads;           /* intra-op threads per session; 0: ONNX Runtime's choice */
+    const char *providers; /* "cpu" (default, NULL) or a comma list such as "cuda,cpu" */
+    int verify;            /* non-zero: check the chosen files' sha256 against the manifest (default 1) */
+} evlm_model_options;
+
+EVLM_API void evlm_model_options_init(evlm_model_options *options);
+/* options may be NULL (defaults). On success *out is a model to close with evlm_model_close. */
+EVLM_API evlm_status evlm_model_open(const char *bundle_dir, const evlm_model_options *options, evlm_model **out);
+EVLM_API void evlm_model_close(evlm_model *model);
+/* Facts of the loaded model (any out pointer may be NULL). */
+EVLM_API evlm_status evlm_model_info(const evlm_model *model, int *tile, int *image_seq_len, int *max_positions,
+                                     int *vocab_size);
+
+/* ---------------------------------------------------------------------------------------------- images */
+typedef enum evlm_pixel_format { EVLM_RGB8 = 0, EVLM_BGR8 = 1, EVLM_RGBA8 = 2 } evlm_pixel_format;
+
+/* Copies the pixels; `stride` is the byte distance between rows (0: tightly packed). The library decodes no
+   files: decode JPEG/PNG with your own library (the CLI uses stb_image). */
+EVLM_API evlm_status evlm_image_from_pixels(const uint8_t *pixels, int width, int height, size_t stride,
+                                            evlm_pixel_format format, evlm_image **out);
+EVLM_API void evlm_image_free(evlm_image *image);
+
+/* ---------------------------------------------------------------------------------------------- prompts */
+typedef enum evlm_role { EVLM_ROLE_SYSTEM = 0, EVLM_ROLE_USER = 1, EVLM_ROLE_ASSISTANT = 2 } evlm_role;
+
+EVLM_API evlm_status evlm_prompt_new(evlm_prompt **out);
+EVLM_API void evlm_prompt_free(evlm_prompt *prompt);
+/* Starts the next message; the items added after it belong to it. */
+EVLM_API evlm_status evlm_prompt_begin(evlm_prompt *prompt, evlm_role role);
+EVLM_API evlm_status evlm_prompt_add_text(evlm_prompt *prompt, const char *utf8_text);
+/* The prompt keeps its own reference to the image. split: 1 tiles + global view, 0 one tile, -1 the model's
+   default (split). */
+EVLM_API evlm_status evlm_prompt_add_image(evlm_prompt *prompt, const evlm_image *image, int split);
+/* The prompt's token ids as the model reads them (images expanded). Call with ids == NULL to learn the count. */
+EVLM_API evlm_status evlm_prompt_tokens(evlm_model *model, const evlm_prompt *prompt, int32_t *ids, size_t capacity,
+                                        size_t *count);
+
+/* ---------------------------------------------------------------------------------------------- stages */
+/* Runs the vision encoder over the prompt's images (in prompt order). Reusable with any number of generations
+   of the same prompt. A text-only prompt gives an encoding with no features. */
+EVLM_API evlm_status evlm_encode(evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out);
+EVLM_API void evlm_encoded_free(evlm_encoded *encoded);
+
+/* Called with each new token and the text it completes (UTF-8, possibly empty while a character is incomplete).
+   Return non-zero to stop: evlm_generate then returns EVLM_ERR_CANCELLED with the tokens so far in *out. */
+typedef int (*evlm_token_callback)(int32_t token, const char *text_piece, void *user_data);
+/* May change the logits (vocab floats) before a token is picked: set -INFINITY to forbid a token. `tokens`:
+   the new tokens so far. */
+typedef void (*evlm_logits_hook)(float *logits, size_t vocab, const int32_t *tokens, size_t n_tokens,
+                                 void *user_data);
+
+typedef struct evlm_generate_options {
+    int max_new_tokens;         /* default 128 */
+    int do_sample;              /* 0: greedy (default) */
+    float temperature;          /* sampling only; default 1 */
+    int top_k;                  /* sampling only; 0: off */
+    float top_p;                /* sampling only; 1: off */
+    uint64_t seed;              /* sampling only: same seed, same tokens */
+    const int32_t *stop_tokens; /* ends generation (besides the model's end-of-sequence ids) */
+    size_t n_stop_tokens;
+    evlm_token_callback on_token;
+    void *on_token_user_data;
+    evlm_logits_hook logits_hook;
+    void *logits_hook_user_data;
+} evlm_generate_options;
+
+EVLM_API void evlm_generate_options_init(evlm_generate_options *options);
+/* encoded may be NULL for a text-only prompt (or to encode here). options may be NULL (defaults). On
+   EVLM_OK and EVLM_ERR_CANCELLED *out is a result to free with evlm_result_free. */
+EVLM_API evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
+                                   const evlm_generate_options *options, evlm_result **out);
+
+/* ---------------------------------------------------------------------------------------------- results */
+typedef struct evlm_timings {
+    double vision_ms;      /* encoding (0 when an encoding was passed in) */
+    double prefill_ms;
+    double decode_ms;
+    double first_token_ms; /* prefill + the first pick */
+    int prompt_tokens;
+    int new_tokens;
+} evlm_timings;
+
+EVLM_API const char *evlm_result_text(const evlm_result *result);
+/* The new token ids (the stop token included, as transformers' generate). */
+EVLM_API const int32_t *evlm_result_tokens(const evlm_result *result, size_t *count);
+/* "stop", "length" or "cancelled". */
+EVLM_API const char *evlm_result_finish_reason(const evlm_result *result);
+EVLM_API evlm_status evlm_result_timings(const evlm_result *result, evlm_timings *out);
+EVLM_API void evlm_result_free(evlm_result *result);
+
+/* ---------------------------------------------------------------------------------------------- helpers */
+/* The model's tokenizer. ids == NULL: count only. add_special: the tokenizer's template (e.g. a BOS). */
+EVLM_API evlm_status evlm_tokenize(evlm_model *model, const char *utf8_text, int add_special, int32_t *ids,
+                                   size_t capacity, size_t *count);
+/* Text of ids (special tokens skipped when skip_special). text == NULL: the byte count (without the NUL). */
+EVLM_API evlm_status evlm_detokenize(evlm_model *model, const int32_t *ids, size_t n_ids, int skip_special,
+                                     char *text, size_t capacity, size_t *length);
+/* The vision encoder's input for one image: floats (tiles, 3, tile, tile), rows and cols of the grid (0, 0 for
+   one tile). values == NULL: sizes only. */
+EVLM_API evlm_status evlm_image_preprocess(evlm_model *model, const evlm_image *image, int split, float *values,
+                                           size_t capacity, size_t *count, int *tiles, int *rows, int *cols);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EDGEVLM_H */

@@ -1,0 +1,34 @@
+// A model folder as `edgevlm export` writes it: configs, onnx/ parts, edgevlm.json (variants, sha256 sums).
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "image.hpp"
+
+namespace evlm {
+
+struct Spec {
+    int image_token_id = 49190;
+    int image_seq_len = 64;
+    int hidden = 0, num_layers = 0, kv_heads = 0, head_dim = 0, vocab_size = 0, max_positions = 8192;
+    std::vector<int32_t> eos_ids;
+    ImageRules image;
+    std::string bos_token;      // from the tokenizer's special tokens: decides whether encode adds its template
+    std::string chat_template;  // as found (checked against SmolVLM2's at open)
+};
+
+struct Bundle {
+    std::string root;
+    Spec spec;
+    std::map<std::string, std::string> parts;  // part name -> absolute path of the chosen variant's file
+    std::string variant;
+};
+
+// Reads the configs, resolves `variant` (empty: the default) and, when `verify`, checks the sha256 and size of
+// the chosen files and the configs against edgevlm.json. Throws evlm::Error (EVLM_ERR_MODEL) with the reason.
+Bundle open_bundle(const std::string &root, const std::string &variant, bool verify);
+
+std::string sha256_file(const std::string &path);
+
+}  // namespace evlm

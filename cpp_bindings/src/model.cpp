@@ -1,0 +1,345 @@
+#include "model.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cmath>
+#include <numeric>
+
+#include "error.hpp"
+
+namespace evlm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+Ort::MemoryInfo &cpu_memory() {
+    static Ort::MemoryInfo info = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    return info;
+}
+
+template <typename T>
+Ort::Value tensor(std::vector<T> &data, const std::vector<int64_t> &shape) {
+    static T empty{};  // a zero-size tensor still needs a valid pointer
+    return Ort::Value::CreateTensor<T>(cpu_memory(), data.empty() ? &empty : data.data(), data.size(), shape.data(),
+                                       shape.size());
+}
+
+[[noreturn]] void runtime_failure(const char *what, const Ort::Exception &e) {
+    fail(EVLM_ERR_RUNTIME, std::string("ONNX Runtime failed while ") + what + ": " + e.what());
+}
+
+// The next token from one row of logits: greedy, or sampled after temperature, top-k and top-p (the Python
+// runtime's order, which is transformers').
+int32_t pick(std::vector<float> &scores, const GenerateOptions &o, std::mt19937_64 &rng) {
+    if (std::none_of(scores.begin(), scores.end(), [](float v) { return std::isfinite(v); }))
+        fail(EVLM_ERR_INPUT, "the logits hook forbade every token; nothing can be generated.");
+    if (!o.do_sample) return int32_t(std::max_element(scores.begin(), scores.end()) - scores.begin());
+    const float neg = -INFINITY;
+    for (float &v : scores) v /= o.temperature;
+    if (o.top_k > 0 && size_t(o.top_k) < scores.size()) {
+        std::vector<float> sorted(scores);
+        std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(), std::greater<float>());
+        float kth = sorted[size_t(o.top_k - 1)];
+        for (float &v : scores) if (v < kth) v = neg;
+    }
+    auto softmax = [](const std::vector<float> &x) {
+        double mx = *std::max_element(x.begin(), x.end());
+        std::vector<double> p(x.size());
+        double sum = 0;
+        for (size_t i = 0; i < x.size(); ++i) sum += p[i] = std::exp(double(x[i]) - mx);
+        for (double &v : p) v /= sum;
+        return p;
+    };
+    if (o.top_p < 1.0f) {
+        std::vector<size_t> order(scores.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] < scores[b]; });
+        std::vector<float> ordered(scores.size());
+        for (size_t i = 0; i < order.size(); ++i) ordered[i] = scores[order[i]];
+        std::vector<double> p = softmax(ordered);
+        double cum = 0;
+        for (size_t i = 0; i + 1 < order.size(); ++i) {  // the best token always stays
+            cum += p[i];
+            if (cum <= 1.0 - o.top_p) scores[order[i]] = neg;
+        }
+    }
+    std::vector<double> p = softmax(scores);
+    std::discrete_distribution<size_t> dist(p.begin(), p.end());
+    return int32_t(dist(rng));
+}
+
+// Python's str.isspace() characters at the start of s (n = their byte length), for the text's strip.
+size_t space_at(const std::string &s, size_t i) {
+    static const char *spaces[] = {"\x85", "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80", "\xE2\x80\xA8", "\xE2\x80\xA9",
+                                   "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE3\x80\x80"};
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if ((c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20)) return 1;
+    if (s.compare(i, 2, "\xE2\x80") == 0 && i + 2 < s.size() && static_cast<unsigned char>(s[i + 2]) <= 0x8A) return 3;
+    for (const char *sp : spaces) {
+        size_t n = std::strlen(sp);
+        if (n > 1 && s.compare(i, n, sp) == 0) return n;
+    }
+    return 0;
+}
+
+// The text as the Python runtime returns it: str.strip() of the decoded answer.
+std::string strip_text(const std::string &s) {
+    size_t a = 0;
+    while (a < s.size()) {
+        size_t n = space_at(s, a);
+        if (!n) break;
+        a += n;
+    }
+    size_t b = s.size();
+    while (b > a) {  // step back one UTF-8 character at a time
+        size_t start = b - 1;
+        while (start > a && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+        if (space_at(s, start) != b - start) break;
+        b = start;
+    }
+    return s.substr(a, b - a);
+}
+
+}  // namespace
+
+Ort::Env &ort_env() {
+    static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "edgevlm");
+    return env;
+}
+
+std::string onnxruntime_version() { return Ort::GetVersionString(); }
+
+Ort::Session Model::open_session(const std::string &path, const Ort::SessionOptions &options) const {
+    try {
+        return Ort::Session(ort_env(), path.c_str(), options);
+    } catch (const Ort::Exception &e) {
+        fail(EVLM_ERR_MODEL, path + " could not be loaded by ONNX Runtime (" + e.what() + "); re-export the bundle.");
+    }
+}
+
+Model::Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers,
+             bool verify)
+    : bundle_(open_bundle(dir, variant, verify)) {
+    check_template(bundle_.spec.chat_template);
+    tokenizer_ = std::make_unique<Tokenizer>(bundle_.root + "/tokenizer.json");
+    Ort::SessionOptions options;
+    try {
+        if (threads > 0) options.SetIntraOpNumThreads(threads);
+        options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+        std::string list = providers.empty() ? "cpu" : providers;
+        for (size_t start = 0; start <= list.size();) {
+            size_t end = list.find(',', start);
+            std::string name = list.substr(start, end == std::string::npos ? std::string::npos : end - start);
+            start = end == std::string::npos ? list.size() + 1 : end + 1;
+            if (name == "cpu" || name == "CPUExecutionProvider") continue;
+            if (name == "cuda" || name == "CUDAExecutionProvider") {
+                OrtCUDAProviderOptions cuda{};
+                options.AppendExecutionProvider_CUDA(cuda);
+            } else {
+                fail(EVLM_ERR_ARGUMENT, "unknown provider '" + name + "'; use cpu or cuda.");
+            }
+        }
+    } catch (const Ort::Exception &e) {
+        fail(EVLM_ERR_MODEL, std::string("the requested execution provider is not available in this ONNX Runtime (") +
+                                 e.what() + "); use providers \"cpu\".");
+    }
+    vision_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), options));
+    embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), options));
+    decoder_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("decoder_model_merged"), options));
+    Ort::AllocatorWithDefaultOptions alloc;
+    for (size_t i = 0; i < decoder_->GetInputCount(); ++i) {
+        decoder_inputs_.push_back(decoder_->GetInputNameAllocated(i, alloc).get());
+        auto type = decoder_->GetInputTypeInfo(i).GetTensorTypeAndShapeInfo().GetElementType();
+        const std::string &n = decoder_inputs_.back();
+        if ((n == "inputs_embeds" || n.rfind("past_key_values", 0) == 0) && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+            fail(EVLM_ERR_MODEL, "the decoder of variant '" + bundle_.variant + "' takes " + n + " in a type other "
+                                 "than float32; the C++ library runs variants with float32 inputs (fp32, int8, q4, mixed).");
+    }
+    for (size_t i = 0; i < decoder_->GetOutputCount(); ++i)
+        decoder_outputs_.push_back(decoder_->GetOutputNameAllocated(i, alloc).get());
+    position_ids_ = std::count(decoder_inputs_.begin(), decoder_inputs_.end(), "position_ids") > 0;
+    logits_to_keep_ = std::count(decoder_inputs_.begin(), decoder_inputs_.end(), "num_logits_to_keep") > 0;
+    if (std::count(decoder_inputs_.begin(), decoder_inputs_.end(), "past_key_values.0.key") == 0 ||
+        decoder_outputs_.empty() || decoder_outputs_[0] != "logits")
+        fail(EVLM_ERR_MODEL, bundle_.parts.at("decoder_model_merged") + " is not a decoder with a KV cache "
+                             "(inputs past_key_values.*, output logits); the bundle's files are mixed up.");
+}
+
+PreparedPrompt Model::prepare(const std::vector<Message> &messages) const {
+    if (messages.empty()) fail(EVLM_ERR_INPUT, "the prompt has no message; call evlm_prompt_begin and add text.");
+    PreparedPrompt p;
+    std::vector<ImageSlot> slots;
+    for (const Message &m : messages) {
+        if (m.items.empty()) fail(EVLM_ERR_INPUT, "a message has no text or image; add some before the next message.");
+        for (const Item &item : m.items) {
+            if (item.kind != Item::Image) continue;
+            bool split = item.split < 0 ? split_default() : item.split != 0;
+            auto [rows, cols] = tile_grid(item.image->width, item.image->height, spec().image, split);
+            slots.push_back({rows, cols});
+            p.images.push_back(item.image.get());
+            p.splits.push_back(split);
+        }
+    }
+    std::string text = render_prompt(messages, slots, spec().image_seq_len);
+    bool add_special = spec().bos_token.empty() || text.rfind(spec().bos_token, 0) != 0;
+    p.ids = tokenizer_->encode(text, add_special);
+    return p;
+}
+
+Features Model::encode(const PreparedPrompt &prompt) const {
+    Features f;
+    auto t0 = Clock::now();
+    const int tile = spec().image.tile;
+    for (size_t i = 0; i < prompt.images.size(); ++i) {
+        Processed px = process_image(*prompt.images[i], spec().image, prompt.splits[i]);
+        std::vector<int64_t> shape{1, px.tiles, 3, tile, tile};
+        std::vector<int64_t> mshape{1, px.tiles, tile, tile};
+        std::unique_ptr<bool[]> mask(new bool[size_t(px.tiles) * size_t(tile) * size_t(tile)]);
+        std::fill_n(mask.get(), size_t(px.tiles) * size_t(tile) * size_t(tile), true);
+        try {
+            Ort::Value inputs[] = {
+                tensor(px.values, shape),
+                Ort::Value::CreateTensor<bool>(cpu_memory(), mask.get(), size_t(px.tiles) * size_t(tile) * size_t(tile),
+                                               mshape.data(), mshape.size())};
+            const char *in_names[] = {"pixel_values", "pixel_attention_mask"};
+            const char *out_names[] = {"image_features"};
+            auto out = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
+            auto info = out[0].GetTensorTypeAndShapeInfo();
+            const float *data = out[0].GetTensorData<float>();
+            f.values.insert(f.values.end(), data, data + info.GetElementCount());
+        } catch (const Ort::Exception &e) {
+            runtime_failure("encoding an image", e);
+        }
+        f.tiles += px.tiles;
+    }
+    f.vision_ms = ms_since(t0);
+    return f;
+}
+
+std::vector<float> Model::embed(const std::vector<int64_t> &ids) const {
+    std::vector<int64_t> data(ids), shape{1, int64_t(ids.size())};
+    try {
+        Ort::Value in = tensor(data, shape);
+        const char *in_names[] = {"input_ids"};
+        const char *out_names[] = {"inputs_embeds"};
+        auto out = embed_->Run(Ort::RunOptions{nullptr}, in_names, &in, 1, out_names, 1);
+        const float *p = out[0].GetTensorData<float>();
+        return std::vector<float>(p, p + out[0].GetTensorTypeAndShapeInfo().GetElementCount());
+    } catch (const Ort::Exception &e) {
+        runtime_failure("embedding tokens", e);
+    }
+}
+
+Generation Model::generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &o) const {
+    const Spec &s = spec();
+    Generation g;
+    g.prompt_tokens = int(prompt.ids.size());
+    if (o.max_new_tokens < 1) fail(EVLM_ERR_ARGUMENT, "max_new_tokens must be at least 1.");
+    if (o.do_sample && !(o.temperature > 0)) fail(EVLM_ERR_ARGUMENT, "temperature must be > 0 when sampling.");
+    if (!(o.top_p > 0 && o.top_p <= 1) || o.top_k < 0) fail(EVLM_ERR_ARGUMENT, "top_p must be in (0, 1] and top_k >= 0.");
+    if (prompt.ids.size() + size_t(o.max_new_tokens) > size_t(s.max_positions))
+        fail(EVLM_ERR_CONTEXT, "the prompt is " + std::to_string(prompt.ids.size()) + " tokens (images included) and " +
+                                   std::to_string(o.max_new_tokens) + " new tokens are asked for, over the model's "
+                                   "context of " + std::to_string(s.max_positions) + ". Use fewer or smaller images "
+                                   "(split 0), a shorter prompt, or a lower max_new_tokens.");
+    size_t image_tokens = size_t(std::count(prompt.ids.begin(), prompt.ids.end(), s.image_token_id));
+    if (image_tokens * size_t(s.hidden) != features.values.size())
+        fail(EVLM_ERR_INPUT, "the prompt has " + std::to_string(image_tokens) + " image tokens but the encoding holds " +
+                                 std::to_string(features.values.size() / size_t(std::max(s.hidden, 1))) +
+                                 " features; encode this prompt (evlm_encode) and pass that encoding.");
+    auto t0 = Clock::now();
+    std::vector<float> embeds = embed(std::vector<int64_t>(prompt.ids.begin(), prompt.ids.end()));
+    size_t row = 0;
+    for (size_t i = 0; i < prompt.ids.size(); ++i)
+        if (prompt.ids[i] == s.image_token_id)
+            std::copy_n(&features.values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
+
+    std::vector<Ort::Value> past;
+    std::vector<float> empty;
+    for (int i = 0; i < 2 * s.num_layers; ++i) past.push_back(tensor(empty, {1, s.kv_heads, 0, s.head_dim}));
+    std::vector<const char *> in_names, out_names;
+    for (const std::string &n : decoder_inputs_) in_names.push_back(n.c_str());
+    for (const std::string &n : decoder_outputs_) out_names.push_back(n.c_str());
+    std::vector<int64_t> mask, positions;
+    std::vector<int64_t> keep{1};
+    std::vector<float> logits(size_t(s.vocab_size));
+    auto step = [&](std::vector<float> &x, size_t past_len) {
+        size_t n = x.size() / size_t(s.hidden);
+        mask.assign(past_len + n, 1);
+        positions.resize(n);
+        std::iota(positions.begin(), positions.end(), int64_t(past_len));
+        std::vector<Ort::Value> feeds;
+        for (const std::string &name : decoder_inputs_) {
+            if (name == "inputs_embeds") feeds.push_back(tensor(x, {1, int64_t(n), s.hidden}));
+            else if (name == "attention_mask") feeds.push_back(tensor(mask, {1, int64_t(mask.size())}));
+            else if (name == "position_ids") feeds.push_back(tensor(positions, {1, int64_t(n)}));
+            else if (name == "num_logits_to_keep") feeds.push_back(tensor(keep, {}));
+            else if (name.rfind("past_key_values.", 0) == 0) {
+                size_t layer = std::stoul(name.substr(16));
+                bool value = name.size() > 6 && name.compare(name.size() - 6, 6, ".value") == 0;
+                feeds.push_back(std::move(past[2 * layer + (value ? 1 : 0)]));
+            } else {
+                fail(EVLM_ERR_MODEL, "the decoder has an input '" + name + "' the C++ library does not know.");
+            }
+        }
+        std::vector<Ort::Value> out;
+        try {
+            out = decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(), feeds.size(),
+                                out_names.data(), out_names.size());
+        } catch (const Ort::Exception &e) {
+            runtime_failure("running the decoder", e);
+        }
+        auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
+        const float *l = out[0].GetTensorData<float>() + (size_t(shape[1]) - 1) * size_t(shape[2]);
+        std::copy_n(l, s.vocab_size, logits.begin());
+        for (size_t i = 1; i < out.size(); ++i) {  // present.{i}.key / .value become the next step's past
+            const std::string &name = decoder_outputs_[i];
+            size_t layer = std::stoul(name.substr(8));
+            bool value = name.compare(name.size() - 6, 6, ".value") == 0;
+            past[2 * layer + (value ? 1 : 0)] = std::move(out[i]);
+        }
+    };
+    step(embeds, 0);
+    g.prefill_ms = ms_since(t0);
+    auto t1 = Clock::now();
+    std::mt19937_64 rng(o.seed);
+    std::string pending;
+    bool started = false;
+    std::vector<float> scores;
+    for (;;) {
+        scores = logits;
+        if (o.logits_hook) o.logits_hook(scores.data(), scores.size(), g.tokens);
+        int32_t token = pick(scores, o, rng);
+        if (g.tokens.empty()) g.first_token_ms = ms_since(t0);
+        g.tokens.push_back(token);
+        std::string rest;
+        std::string piece = utf8_complete_prefix(pending + tokenizer_->token_bytes(token), rest);
+        pending = rest;
+        if (!started) {  // the streamed text starts where the stripped text starts
+            size_t a = 0;
+            while (a < piece.size() && space_at(piece, a)) a += space_at(piece, a);
+            piece.erase(0, a);
+            started = !piece.empty();
+        }
+        bool stop = std::count(s.eos_ids.begin(), s.eos_ids.end(), token) ||
+                    std::count(o.stop_tokens.begin(), o.stop_tokens.end(), token);
+        if (o.on_token && o.on_token(token, piece)) {
+            g.finish_reason = "cancelled";
+            break;
+        }
+        if (stop) {
+            g.finish_reason = "stop";
+            break;
+        }
+        if (g.tokens.size() >= size_t(o.max_new_tokens)) break;
+        std::vector<float> next = embed({int64_t(token)});
+        step(next, prompt.ids.size() + g.tokens.size() - 1);
+    }
+    g.decode_ms = ms_since(t1);
+    g.text = strip_text(tokenizer_->decode(g.tokens, true));
+    return g;
+}
+
+}  // namespace evlm

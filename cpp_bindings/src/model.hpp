@@ -1,0 +1,74 @@
+// The loaded model: three ONNX Runtime sessions (vision encoder, token embeddings, decoder with KV cache), the
+// tokenizer and the image rules. Immutable after open, so one Model serves several threads at once.
+#pragma once
+#include <onnxruntime_cxx_api.h>
+
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bundle.hpp"
+#include "prompt.hpp"
+#include "tokenizer.hpp"
+
+namespace evlm {
+
+struct Features {
+    std::vector<float> values;  // (tiles * image_seq_len, hidden), prompt order
+    int tiles = 0;
+    double vision_ms = 0;
+};
+
+struct GenerateOptions {
+    int max_new_tokens = 128;
+    bool do_sample = false;
+    float temperature = 1.0f, top_p = 1.0f;
+    int top_k = 0;
+    uint64_t seed = 0;
+    std::vector<int32_t> stop_tokens;
+    std::function<bool(int32_t, const std::string &)> on_token;  // true: stop
+    std::function<void(float *, size_t, const std::vector<int32_t> &)> logits_hook;
+};
+
+struct Generation {
+    std::vector<int32_t> tokens;
+    std::string text, finish_reason = "length";
+    double prefill_ms = 0, decode_ms = 0, first_token_ms = 0;
+    int prompt_tokens = 0;
+};
+
+struct PreparedPrompt {
+    std::vector<int32_t> ids;
+    std::vector<const Pixels *> images;
+    std::vector<bool> splits;
+};
+
+class Model {
+public:
+    Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers, bool verify);
+
+    const Spec &spec() const { return bundle_.spec; }
+    const Tokenizer &tokenizer() const { return *tokenizer_; }
+    bool split_default() const { return bundle_.spec.image.split; }
+
+    PreparedPrompt prepare(const std::vector<Message> &messages) const;
+    Features encode(const PreparedPrompt &prompt) const;
+    Generation generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &options) const;
+
+private:
+    std::vector<float> embed(const std::vector<int64_t> &ids) const;
+    Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
+
+    Bundle bundle_;
+    std::unique_ptr<Tokenizer> tokenizer_;
+    std::unique_ptr<Ort::Session> vision_, embed_, decoder_;
+    std::vector<std::string> decoder_inputs_, decoder_outputs_;
+    bool position_ids_ = false, logits_to_keep_ = false;
+};
+
+Ort::Env &ort_env();
+std::string onnxruntime_version();
+
+}  // namespace evlm

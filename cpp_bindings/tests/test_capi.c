@@ -1,0 +1,215 @@
+/* The C API's contract, in C99: bad input returns an error code and a message (never a crash), one model serves
+   two threads with the same tokens as one, and open/ask/close in a loop leaks nothing (LeakSanitizer in the
+   sanitizer build, valgrind otherwise).
+   usage: test_capi BUNDLE ALTERED_BUNDLE [loops] */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgevlm/edgevlm.h"
+
+static int failures = 0;
+#define EXPECT(cond, what)                                                          \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            fprintf(stderr, "FAIL %s (line %d): last error '%s'\n", what, __LINE__, \
+                    evlm_last_error());                                             \
+            ++failures;                                                             \
+        }                                                                           \
+    } while (0)
+#define EXPECT_ERR(call, code, what) \
+    EXPECT((call) == (code) && strlen(evlm_last_error()) > 0, what)
+
+static uint8_t pixels[64 * 48 * 4];
+
+static evlm_model *open_model(const char *dir) {
+    evlm_model_options o;
+    evlm_model *m = NULL;
+    evlm_model_options_init(&o);
+    o.threads = 1;
+    if (evlm_model_open(dir, &o, &m) != EVLM_OK) fprintf(stderr, "open %s: %s\n", dir, evlm_last_error());
+    return m;
+}
+
+static evlm_prompt *image_prompt(const char *text) {
+    evlm_prompt *p = NULL;
+    evlm_image *img = NULL;
+    evlm_prompt_new(&p);
+    evlm_prompt_begin(p, EVLM_ROLE_USER);
+    evlm_image_from_pixels(pixels, 64, 48, 0, EVLM_RGB8, &img);
+    evlm_prompt_add_image(p, img, 0);
+    evlm_image_free(img); /* the prompt keeps its own reference */
+    evlm_prompt_add_text(p, text);
+    return p;
+}
+
+static int cancel_after_three(int32_t token, const char *piece, void *user) {
+    (void)token;
+    (void)piece;
+    return ++*(int *)user >= 3;
+}
+
+static void forbid_all(float *logits, size_t vocab, const int32_t *tokens, size_t n, void *user) {
+    size_t i;
+    (void)tokens;
+    (void)n;
+    (void)user;
+    for (i = 0; i < vocab; ++i) logits[i] = -INFINITY;
+}
+
+static void bad_input(const char *bundle, const char *altered) {
+    evlm_model *m = NULL;
+    evlm_model_options o;
+    evlm_image *img = NULL;
+    evlm_prompt *p = NULL;
+    evlm_result *r = NULL;
+    evlm_generate_options g;
+    int calls = 0;
+    size_t n = 0;
+
+    EXPECT(strlen(evlm_version()) > 0, "version");
+    EXPECT_ERR(evlm_model_open("/nonexistent/bundle", NULL, &m), EVLM_ERR_MODEL, "missing bundle");
+    EXPECT(m == NULL, "no model on failure");
+    EXPECT_ERR(evlm_model_open(altered, NULL, &m), EVLM_ERR_MODEL, "altered file");
+    EXPECT(strstr(evlm_last_error(), "checksum") != NULL, "altered file names the checksum");
+    evlm_model_options_init(&o);
+    o.variant = "int3";
+    EXPECT_ERR(evlm_model_open(bundle, &o, &m), EVLM_ERR_MODEL, "unknown variant");
+    EXPECT(strstr(evlm_last_error(), "fp32") != NULL, "unknown variant lists the variants");
+    EXPECT_ERR(evlm_model_open(NULL, NULL, &m), EVLM_ERR_ARGUMENT, "NULL dir");
+    EXPECT_ERR(evlm_model_open(bundle, NULL, NULL), EVLM_ERR_ARGUMENT, "NULL out");
+    EXPECT_ERR(evlm_image_from_pixels(NULL, 4, 4, 0, EVLM_RGB8, &img), EVLM_ERR_ARGUMENT, "NULL pixels");
+    EXPECT_ERR(evlm_image_from_pixels(pixels, 0, 4, 0, EVLM_RGB8, &img), EVLM_ERR_INPUT, "zero-size image");
+    EXPECT_ERR(evlm_image_from_pixels(pixels, 4, -1, 0, EVLM_RGB8, &img), EVLM_ERR_INPUT, "negative height");
+    EXPECT_ERR(evlm_image_from_pixels(pixels, 16, 4, 40, EVLM_RGB8, &img), EVLM_ERR_ARGUMENT, "stride < row");
+    EXPECT_ERR(evlm_image_from_pixels(pixels, 4, 4, 0, (evlm_pixel_format)9, &img), EVLM_ERR_ARGUMENT, "bad format");
+    EXPECT(img == NULL, "no image on failure");
+    EXPECT_ERR(evlm_prompt_new(NULL), EVLM_ERR_ARGUMENT, "NULL prompt out");
+    evlm_prompt_new(&p);
+    EXPECT_ERR(evlm_prompt_add_text(p, "no message begun"), EVLM_ERR_ARGUMENT, "text before begin");
+    EXPECT_ERR(evlm_prompt_begin(p, (evlm_role)7), EVLM_ERR_ARGUMENT, "unknown role");
+    evlm_prompt_begin(p, EVLM_ROLE_USER);
+    EXPECT_ERR(evlm_prompt_add_text(p, NULL), EVLM_ERR_ARGUMENT, "NULL text");
+    EXPECT_ERR(evlm_prompt_add_text(p, "bad \xff utf8"), EVLM_ERR_INPUT, "invalid UTF-8");
+    EXPECT_ERR(evlm_prompt_add_text(p, "an <image> in text"), EVLM_ERR_INPUT, "reserved token in text");
+    EXPECT_ERR(evlm_prompt_add_image(p, NULL, 0), EVLM_ERR_ARGUMENT, "NULL image");
+    evlm_prompt_free(p);
+    evlm_prompt_free(NULL);
+    evlm_image_free(NULL);
+    evlm_result_free(NULL);
+    evlm_encoded_free(NULL);
+    evlm_model_close(NULL);
+
+    m = open_model(bundle);
+    EXPECT(m != NULL, "open");
+    if (!m) return;
+    EXPECT_ERR(evlm_generate(m, NULL, NULL, NULL, &r), EVLM_ERR_ARGUMENT, "NULL prompt");
+    evlm_prompt_new(&p);
+    EXPECT_ERR(evlm_generate(m, p, NULL, NULL, &r), EVLM_ERR_INPUT, "empty prompt");
+    evlm_prompt_begin(p, EVLM_ROLE_USER);
+    EXPECT_ERR(evlm_generate(m, p, NULL, NULL, &r), EVLM_ERR_INPUT, "message without items");
+    evlm_prompt_free(p);
+
+    p = image_prompt("Describe this image.");
+    evlm_generate_options_init(&g);
+    g.max_new_tokens = 1000000;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_CONTEXT, "prompt past the context");
+    EXPECT(r == NULL, "no result past the context");
+    g.max_new_tokens = 0;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_ARGUMENT, "max_new_tokens 0");
+    g.max_new_tokens = 16;
+    g.on_token = cancel_after_three;
+    g.on_token_user_data = &calls;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_CANCELLED, "cancelled generation");
+    EXPECT(r != NULL && strcmp(evlm_result_finish_reason(r), "cancelled") == 0, "cancelled result kept");
+    evlm_result_tokens(r, &n);
+    EXPECT(n == 3, "three tokens before the cancel");
+    evlm_result_free(r);
+    r = NULL;
+    evlm_generate_options_init(&g);
+    g.logits_hook = forbid_all;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_INPUT, "every token forbidden");
+    evlm_generate_options_init(&g);
+    g.do_sample = 1;
+    g.temperature = 0;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_ARGUMENT, "temperature 0 when sampling");
+    {
+        int32_t ids[2];
+        EXPECT_ERR(evlm_prompt_tokens(m, p, ids, 2, &n), EVLM_ERR_ARGUMENT, "token buffer too small");
+    }
+    evlm_prompt_free(p);
+    evlm_model_close(m);
+}
+
+struct job {
+    evlm_model *model;
+    int32_t tokens[32];
+    size_t n;
+    int status;
+};
+
+static void *ask(void *arg) {
+    struct job *j = arg;
+    evlm_prompt *p = image_prompt("What is in this image?");
+    evlm_result *r = NULL;
+    evlm_generate_options g;
+    evlm_generate_options_init(&g);
+    g.max_new_tokens = 12;
+    j->status = evlm_generate(j->model, p, NULL, &g, &r);
+    if (j->status == EVLM_OK) {
+        const int32_t *t = evlm_result_tokens(r, &j->n);
+        memcpy(j->tokens, t, j->n * sizeof *t);
+    }
+    evlm_result_free(r);
+    evlm_prompt_free(p);
+    return NULL;
+}
+
+static void two_threads(const char *bundle) {
+    struct job alone = {0}, a = {0}, b = {0};
+    pthread_t ta, tb;
+    evlm_model *m = open_model(bundle);
+    if (!m) {
+        ++failures;
+        return;
+    }
+    alone.model = a.model = b.model = m;
+    ask(&alone);
+    pthread_create(&ta, NULL, ask, &a);
+    pthread_create(&tb, NULL, ask, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    EXPECT(alone.status == EVLM_OK && a.status == EVLM_OK && b.status == EVLM_OK, "threads ran");
+    EXPECT(a.n == alone.n && b.n == alone.n && !memcmp(a.tokens, alone.tokens, alone.n * sizeof(int32_t)) &&
+               !memcmp(b.tokens, alone.tokens, alone.n * sizeof(int32_t)),
+           "two threads give the single thread's tokens");
+    evlm_model_close(m);
+}
+
+static void open_ask_close(const char *bundle, int loops) {
+    int i;
+    for (i = 0; i < loops; ++i) {
+        struct job j = {0};
+        j.model = open_model(bundle);
+        if (!j.model) {
+            ++failures;
+            return;
+        }
+        ask(&j);
+        EXPECT(j.status == EVLM_OK, "ask in the loop");
+        evlm_model_close(j.model);
+    }
+}
+
+int main(int argc, char **argv) {
+    size_t i;
+    if (argc < 3) return fprintf(stderr, "usage: test_capi BUNDLE ALTERED_BUNDLE [loops]\n"), 2;
+    for (i = 0; i < sizeof pixels; ++i) pixels[i] = (uint8_t)(i * 7 + i / 13);
+    bad_input(argv[1], argv[2]);
+    two_threads(argv[1]);
+    open_ask_close(argv[1], argc > 3 ? atoi(argv[3]) : 100);
+    printf("%d failures\n", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,160 @@
+// The C API against the Python runtime's outputs (make_fixtures.py): prompt ids, greedy tokens and text for
+// every case, bundle and variant; token ids and decoded text of 2,000+ strings; pixel values of 24 image sizes.
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "edgevlm/edgevlm.h"
+
+using json = nlohmann::json;
+static int failures = 0;
+
+#define CHECK(cond, ...)                     \
+    do {                                     \
+        if (!(cond)) {                       \
+            std::fprintf(stderr, __VA_ARGS__); \
+            std::fprintf(stderr, "\n");      \
+            ++failures;                      \
+        }                                    \
+    } while (0)
+
+static std::string dir;
+
+static evlm_image *load_image(const json &info) {
+    std::ifstream f(dir + "/" + info["file"].get<std::string>(), std::ios::binary);
+    std::vector<uint8_t> px((std::istreambuf_iterator<char>(f)), {});
+    int ch = info["channels"];
+    evlm_image *img = nullptr;
+    if (evlm_image_from_pixels(px.data(), info["width"], info["height"], 0, ch == 4 ? EVLM_RGBA8 : EVLM_RGB8, &img))
+        std::fprintf(stderr, "image: %s\n", evlm_last_error());
+    return img;
+}
+
+static void run_cases(evlm_model *m, const json &cases, const json &expected, const std::string &label) {
+    for (const json &c : cases) {
+        const std::string name = c["name"];
+        evlm_prompt *p = nullptr;
+        evlm_prompt_new(&p);
+        std::vector<evlm_image *> images;
+        for (const json &msg : c["messages"]) {
+            std::string role = msg["role"];
+            evlm_prompt_begin(p, role == "system" ? EVLM_ROLE_SYSTEM : role == "user" ? EVLM_ROLE_USER : EVLM_ROLE_ASSISTANT);
+            for (const json &item : msg["content"]) {
+                if (item["type"] == "text") {
+                    evlm_prompt_add_text(p, item["text"].get<std::string>().c_str());
+                } else {
+                    images.push_back(load_image(item["image"]));
+                    evlm_prompt_add_image(p, images.back(), c["split"]);
+                }
+            }
+        }
+        const json &want = expected[name];
+        size_t n = 0;
+        evlm_prompt_tokens(m, p, nullptr, 0, &n);
+        std::vector<int32_t> ids(n);
+        evlm_status s = evlm_prompt_tokens(m, p, ids.data(), ids.size(), &n);
+        CHECK(s == EVLM_OK && ids == want["prompt_ids"].get<std::vector<int32_t>>(), "%s %s: prompt ids differ (%s)",
+              label.c_str(), name.c_str(), evlm_last_error());
+        evlm_generate_options o;
+        evlm_generate_options_init(&o);
+        o.max_new_tokens = 12;
+        evlm_result *r = nullptr;
+        s = evlm_generate(m, p, nullptr, &o, &r);
+        CHECK(s == EVLM_OK, "%s %s: generate failed: %s", label.c_str(), name.c_str(), evlm_last_error());
+        if (s == EVLM_OK) {
+            size_t k = 0;
+            const int32_t *t = evlm_result_tokens(r, &k);
+            std::vector<int32_t> got(t, t + k);
+            CHECK(got == want["tokens"].get<std::vector<int32_t>>(), "%s %s: tokens differ", label.c_str(), name.c_str());
+            CHECK(want["text"].get<std::string>() == evlm_result_text(r), "%s %s: text differs: '%s'", label.c_str(),
+                  name.c_str(), evlm_result_text(r));
+        }
+        std::printf("%s %s: %zu prompt tokens, %s\n", label.c_str(), name.c_str(), n, s == EVLM_OK ? "ok" : "failed");
+        evlm_result_free(r);
+        for (evlm_image *i : images) evlm_image_free(i);
+        evlm_prompt_free(p);
+    }
+}
+
+static void run_preprocess(evlm_model *m, const json &entries, const std::string &label) {
+    double worst = 0;
+    for (const json &e : entries) {
+        evlm_image *img = load_image(e);
+        size_t n = 0;
+        int tiles = 0, rows = 0, cols = 0;
+        evlm_image_preprocess(m, img, e["split"], nullptr, 0, &n, &tiles, &rows, &cols);
+        std::vector<float> got(n);
+        evlm_status s = evlm_image_preprocess(m, img, e["split"], got.data(), got.size(), &n, &tiles, &rows, &cols);
+        std::ifstream f(dir + "/" + e["values"].get<std::string>(), std::ios::binary);
+        std::vector<char> raw((std::istreambuf_iterator<char>(f)), {});
+        std::vector<float> want(raw.size() / 4);
+        std::memcpy(want.data(), raw.data(), raw.size());
+        CHECK(s == EVLM_OK && got.size() == want.size() && tiles == e["tiles"] && rows == e["rows"] && cols == e["cols"],
+              "%s preprocess %dx%d split %d: shape differs (%zu vs %zu values, %d tiles)", label.c_str(),
+              int(e["width"]), int(e["height"]), int(e["split"]), got.size(), want.size(), tiles);
+        double diff = 0;
+        for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) diff = std::max(diff, double(std::fabs(got[i] - want[i])));
+        CHECK(diff <= 1e-5, "%s preprocess %dx%d split %d: max abs diff %g", label.c_str(), int(e["width"]),
+              int(e["height"]), int(e["split"]), diff);
+        worst = std::max(worst, diff);
+        evlm_image_free(img);
+    }
+    std::printf("%s preprocess: %zu images, max abs diff %g\n", label.c_str(), entries.size(), worst);
+}
+
+static void run_tokenizer(evlm_model *m, const json &entries) {
+    int bad = 0;
+    for (const json &e : entries) {
+        const std::string text = e["text"];
+        size_t n = 0;
+        evlm_status s = evlm_tokenize(m, text.c_str(), e["add_special"] ? 1 : 0, nullptr, 0, &n);
+        std::vector<int32_t> ids(n);
+        if (s == EVLM_OK) s = evlm_tokenize(m, text.c_str(), e["add_special"] ? 1 : 0, ids.data(), n, &n);
+        auto want = e["ids"].get<std::vector<int32_t>>();
+        size_t len = 0;
+        evlm_detokenize(m, want.data(), want.size(), 1, nullptr, 0, &len);
+        std::string decoded(len + 1, '\0');
+        evlm_detokenize(m, want.data(), want.size(), 1, &decoded[0], decoded.size(), &len);
+        decoded.resize(len);
+        if (s != EVLM_OK || ids != want || decoded != e["decoded"].get<std::string>()) {
+            if (bad++ < 10)
+                std::fprintf(stderr, "tokenizer: '%s' (add_special %d): ids %s, decode %s\n", text.c_str(),
+                             int(e["add_special"]), ids == want ? "equal" : "differ",
+                             decoded == e["decoded"].get<std::string>() ? "equal" : "differs");
+        }
+    }
+    CHECK(bad == 0, "tokenizer: %d of %zu strings differ", bad, entries.size());
+    std::printf("tokenizer: %zu strings, %d differ\n", entries.size(), bad);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return std::fprintf(stderr, "usage: test_parity FIXTURES_DIR [256M|2.2B]\n"), 2;
+    dir = argv[1];
+    std::string only = argc > 2 ? argv[2] : "";
+    std::ifstream f(dir + "/expected.json");
+    json expected = json::parse(f);
+    for (auto &[arch, bundle] : expected["bundles"].items()) {
+        if (!only.empty() && arch != only) continue;
+        for (auto &[variant, rows] : bundle["variants"].items()) {
+            evlm_model_options o;
+            evlm_model_options_init(&o);
+            o.variant = variant.c_str();
+            o.threads = 1;
+            evlm_model *m = nullptr;
+            if (evlm_model_open(bundle["path"].get<std::string>().c_str(), &o, &m) != EVLM_OK) {
+                std::fprintf(stderr, "open %s %s: %s\n", arch.c_str(), variant.c_str(), evlm_last_error());
+                return 1;
+            }
+            run_cases(m, expected["cases"], rows, arch + " " + variant);
+            if (variant == "fp32") run_preprocess(m, bundle["preprocess"], arch);
+            if (variant == "fp32" && arch == "256M") run_tokenizer(m, expected["tokenizer"]);
+            evlm_model_close(m);
+        }
+    }
+    std::printf("%d failures\n", failures);
+    return failures ? 1 : 0;
+}
