@@ -1,7 +1,6 @@
 #include "image.hpp"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <tuple>
 
@@ -95,7 +94,9 @@ Pixels vertical(const Pixels &in, int out_h, const Coefficients &c, int shift) {
     return out;
 }
 
-Pixels resample_h_first(const Pixels &in, int w, int h) {
+// Pillow's order: the horizontal pass (over the rows the vertical pass needs), then the vertical pass. Pillow 13
+// sometimes takes the vertical pass first (see docs/design.md, known gap).
+Pixels resample(const Pixels &in, int w, int h) {
     Coefficients cy = coefficients(in.height, h);
     int first_row = cy.first[0];
     int last_row = cy.first[size_t(h) - 1] + cy.count[size_t(h) - 1];
@@ -110,16 +111,6 @@ Pixels resample_h_first(const Pixels &in, int w, int h) {
     }
     if (need_v) return vertical(*src, h, cy, shift);
     return need_h ? cur : in;
-}
-
-Pixels resample_v_first(const Pixels &in, int w, int h) {
-    Pixels cur = h != in.height ? vertical(in, h, coefficients(in.height, h), 0) : in;
-    return w != in.width ? horizontal(cur, w, 0, h, coefficients(in.width, w)) : cur;
-}
-
-Pixels resample(const Pixels &in, int w, int h) {
-    if (getenv("VFIRST")) return resample_v_first(in, w, h);
-    return resample_h_first(in, w, h);
 }
 
 inline uint8_t muldiv255(unsigned a, unsigned b) {
