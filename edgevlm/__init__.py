@@ -11,8 +11,8 @@ from .errors import (ConstraintError, ContextLengthError, EdgeVLMError, Incomple
                      ModelError)
 
 __version__ = "0.1.0"
-_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.processor", "Processor": "engine.processor",
-         "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
+_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.processor",
+         "Processor": "engine.processor", "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
          "Frame": "engine.frame", "Segment": "records", "PushSource": "media.sources",
          "LiveCaption": "records", "Trigger": "media.live", "Constraint": "engine.structured",
          "Condition": "media.conditions"}

@@ -20,6 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgevlm.engine.bundle_format import EXTERNAL_DATA_LIMIT, external_data
 
+from .external_weights import ExternalWeights
+
 MS = "com.microsoft"
 
 
@@ -35,29 +37,18 @@ class _Graph:
 
     def __init__(self, data_path: Path | None = None):
         self.nodes, self.inits = [], []
-        self.data_path = data_path
-        self._data = open(data_path, "wb") if data_path else None
+        self._external = ExternalWeights(data_path) if data_path else None
 
     def init(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        if self._data is None or array.nbytes < 1024:
-            self.inits.append(numpy_helper.from_array(array, name))
-            return name
-        offset = self._data.seek(0, 2)
-        pad = -offset % 4096  # page-aligned, so ONNX Runtime can map the weights
-        self._data.write(b"\0" * pad)
-        self._data.write(memoryview(array).cast("B"))
-        tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
-                                  dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", self.data_path.name), ("offset", str(offset + pad)),
-                           ("length", str(array.nbytes))):
-            tensor.external_data.add(key=key, value=value)
-        self.inits.append(tensor)
+        if self._external is None or array.nbytes < 1024:
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        else:
+            self.inits.append(self._external.add(name, array))
         return name
 
     def close(self) -> None:
-        if self._data is not None:
-            self._data.close()
+        if self._external is not None:
+            self._external.close()
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> list[str]:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))

@@ -212,6 +212,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
     try:  # before the model loads: a target that cannot be written fails in a moment
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        work = tmp.parent / f"{tmp.name}.work"  # an fp32 copy of a bf16 checkpoint, beside the bundle
     except OSError as e:
         raise ExportError(f"cannot write the bundle under {out.parent} ({e.strerror}); choose a folder you can "
                           f"write to. Nothing was written.") from None
@@ -224,7 +225,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         variant_files = recipe_files(names)
         # Provisional manifest (no checksums yet) so the runtime's processor and variants open the folder.
         write_manifest(tmp, {"variants": variant_files}, with_files=False)
-        weights = fp32_weights(src, tmp.parent / f"{tmp.name}.work", log)
+        weights = fp32_weights(src, work, log)
         model = load_model(weights)
         t = time.perf_counter()
         processor = Processor.open(tmp)
@@ -233,7 +234,7 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         gc.collect()
         log(f"PyTorch reference outputs in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
         fp32 = export_fp32(weights, tmp / "onnx", log)
-        shutil.rmtree(tmp.parent / f"{tmp.name}.work", ignore_errors=True)  # the fp32 copy, if one was made
+        shutil.rmtree(work, ignore_errors=True)  # the fp32 copy, if one was made
         facts = quantize_parts(fp32, tmp / "onnx", names, log)
         report = verify.verify_variants(refs, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
@@ -258,4 +259,4 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(tmp.parent / f"{tmp.name}.work", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,8 @@ import onnx
 
 from edgevlm.engine.bundle_format import EXTERNAL_DATA_LIMIT, external_data
 
+from .external_weights import ExternalWeights
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -76,48 +78,36 @@ def to_fp16(src: Path, dst: Path) -> dict[str, int]:
     decoder whole to convert it peaked at 15 GB."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    if external_data(src).exists():
-        model = onnx.load(str(src), load_external_data=False)
-        _stream_initializers_to_fp16(model, src.parent, external_data(dst))
-    else:
-        model = onnx.load(str(src))
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-    if external_data(src).exists():
-        onnx.save_model(converted, str(dst))  # its large weights are already in external_data(dst)
-    else:
-        _save(converted, dst)
+    if not external_data(src).exists():
+        _save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=True), dst)
+        return op_counts(dst)
+    model = onnx.load(str(src), load_external_data=False)
+    with ExternalWeights(external_data(dst)) as weights:
+        _initializers_to_fp16(model, src.parent, weights)
+    # The large weights are in external_data(dst) already: the graph is saved as it is.
+    onnx.save_model(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True), str(dst))
     return op_counts(dst)
 
 
-def _stream_initializers_to_fp16(model: onnx.ModelProto, src_dir: Path, data_path: Path) -> None:
+def _initializers_to_fp16(model: onnx.ModelProto, src_dir: Path, weights: ExternalWeights) -> None:
     """Every float initializer becomes float16 (clipped as the converter clips); external ones are read from
-    `src_dir` and written to `data_path`, so only one tensor is in memory at a time."""
+    `src_dir` and appended to `weights`, so only one tensor is in memory at a time."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
     from onnxruntime.transformers.float16 import convert_np_to_float16
 
-    with open(data_path, "wb") as out:
-        for i, t in enumerate(model.graph.initializer):
-            if t.data_type != TensorProto.FLOAT:
-                continue
-            if t.data_location != TensorProto.EXTERNAL:
-                model.graph.initializer[i].CopyFrom(
-                    numpy_helper.from_array(convert_np_to_float16(numpy_helper.to_array(t)), t.name))
-                continue
-            info = {e.key: e.value for e in t.external_data}
-            with open(src_dir / info["location"], "rb") as f:
-                f.seek(int(info.get("offset", 0)))
-                raw = f.read(int(info["length"]))
-            half = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16)
-            offset = out.seek(0, 2)
-            pad = -offset % 4096
-            out.write(b"\0" * pad)
-            out.write(half.tobytes())
-            t.data_type = TensorProto.FLOAT16
-            del t.external_data[:]
-            for key, value in (("location", data_path.name), ("offset", str(offset + pad)),
-                               ("length", str(half.nbytes))):
-                t.external_data.add(key=key, value=value)
+    for t in model.graph.initializer:
+        if t.data_type != TensorProto.FLOAT:
+            continue
+        if t.data_location != TensorProto.EXTERNAL:
+            t.CopyFrom(numpy_helper.from_array(convert_np_to_float16(numpy_helper.to_array(t)), t.name))
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(src_dir / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            raw = f.read(int(info["length"]))
+        half = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16)
+        t.CopyFrom(weights.add(t.name, half.reshape(tuple(t.dims))))
 
 
 def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list[str] | None = None,

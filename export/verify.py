@@ -85,8 +85,9 @@ def reference_outputs(model, processor, samples: list[Sample], max_new_tokens: i
 
 
 def user_message(sample: Sample) -> list[dict]:
-    content = [] if sample.image is None else [{"type": "image", "image": sample.image}]
-    return [{"role": "user", "content": [*content, {"type": "text", "text": sample.question}]}]
+    from edgevlm import Engine
+
+    return Engine.user_message(sample.image, sample.question)
 
 
 def check_sample(vlm, ref: Reference, max_new_tokens: int) -> SampleReport:

@@ -238,6 +238,28 @@ def test_external_data_for_large_parts(tmp_path):
     np.testing.assert_allclose(out, lin(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
 
 
+def test_fp16_of_external_weights_equals_fp16_in_memory(tmp_path):
+    """Large graphs go to fp16 one tensor at a time, file to file; the result must be the in-memory conversion's."""
+    import onnxruntime as ort
+    from edgevlm_export.onnx_export import externalize_if_large
+    from edgevlm_export.quantize import to_fp16
+
+    lin = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.GELU(), torch.nn.Linear(128, 64))
+    inline, external = tmp_path / "inline.onnx", tmp_path / "ext" / "lin.onnx"
+    external.parent.mkdir()
+    torch.onnx.export(lin, (torch.randn(1, 256),), str(inline), dynamo=False, input_names=["x"])
+    shutil.copy(inline, external)
+    externalize_if_large(external, limit=1000)
+    to_fp16(inline, tmp_path / "inline_fp16.onnx")
+    to_fp16(external, tmp_path / "ext" / "lin_fp16.onnx")
+    assert (tmp_path / "ext" / "lin_fp16.onnx_data").stat().st_size >= (256 * 128 + 128 * 64) * 2
+    assert not (tmp_path / "inline_fp16.onnx_data").exists()
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    a = ort.InferenceSession(str(tmp_path / "inline_fp16.onnx")).run(None, {"x": x})[0]
+    b = ort.InferenceSession(str(tmp_path / "ext" / "lin_fp16.onnx")).run(None, {"x": x})[0]
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+
+
 def test_traced_unfused_decoder_still_matches(tiny256, tmp_path):
     """The fallback exporter (traced, unfused, with position_ids) stays correct."""
     from edgevlm_export.onnx_export import export_decoder, load_reference

@@ -45,7 +45,6 @@ void check_template(const std::string &template_text) {
 }
 
 void check_text(const std::string &text) {
-    std::string rest;
     if (utf8_lossy(text) != text) fail(EVLM_ERR_INPUT, "the text is not valid UTF-8; check its encoding.");
     for (const char *token : kReserved)
         if (text.find(token) != std::string::npos)

@@ -155,8 +155,7 @@ Tokenizer::Tokenizer(const std::string &path) : regex_(new Regex) {
             bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
             byte_to_char_[b] = utf8_of(printable ? uint32_t(b) : uint32_t(256 + extra++));
         }
-        std::unordered_map<std::string, unsigned char> char_to_byte;
-        for (int b = 0; b < 256; ++b) char_to_byte[byte_to_char_[b]] = static_cast<unsigned char>(b);
+        for (int b = 0; b < 256; ++b) char_to_byte_[byte_to_char_[b]] = static_cast<unsigned char>(b);
 
         int32_t max_id = -1;
         for (auto &[piece, id] : model.at("vocab").items()) {
@@ -191,7 +190,6 @@ Tokenizer::Tokenizer(const std::string &path) : regex_(new Regex) {
             id_to_token_[size_t(a.id)] = a.content;
             special_[size_t(a.id)] = a.special;
         }
-        char_to_byte_ = std::move(char_to_byte);
         read_decoder(path, j.value("decoder", json()));
 
         const json &normalizer = j.value("normalizer", json());

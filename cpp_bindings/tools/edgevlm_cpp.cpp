@@ -189,7 +189,8 @@ int run_watch(const Args &a) {
         std::fflush(stdout);
         done = index;
     }
-    reader.join();
+    if (rc) reader.detach();  // it may be blocked reading stdin; the process ends with this error
+    else reader.join();
     evlm_model_close(m);
     return rc;
 }
