@@ -94,23 +94,22 @@ Pixels vertical(const Pixels &in, int out_h, const Coefficients &c, int shift) {
     return out;
 }
 
-// Pillow's order: the horizontal pass (over the rows the vertical pass needs), then the vertical pass. Pillow 13
-// sometimes takes the vertical pass first (see docs/design.md, known gap).
+// Pillow 13's order: the vertical pass first when the height shrinks by more than twice what the width shrinks
+// (fewer rows for the horizontal pass), otherwise the horizontal pass first, over only the rows the vertical
+// pass reads. The order changes the rounding of the 8-bit intermediate image, so it must be Pillow's.
 Pixels resample(const Pixels &in, int w, int h) {
+    bool need_h = w != in.width, need_v = h != in.height;
+    int shrink_y = in.height - h, shrink_x = in.width - w;
+    if (shrink_y > 0 && shrink_y > shrink_x * 2) {
+        Pixels cur = need_v ? vertical(in, h, coefficients(in.height, h), 0) : in;
+        return need_h ? horizontal(cur, w, 0, h, coefficients(in.width, w)) : cur;
+    }
     Coefficients cy = coefficients(in.height, h);
     int first_row = cy.first[0];
     int last_row = cy.first[size_t(h) - 1] + cy.count[size_t(h) - 1];
-    bool need_h = w != in.width, need_v = h != in.height;
-    Pixels cur;
-    const Pixels *src = &in;
-    int shift = 0;
-    if (need_h) {
-        cur = horizontal(in, w, first_row, last_row - first_row, coefficients(in.width, w));
-        src = &cur;
-        shift = first_row;
-    }
-    if (need_v) return vertical(*src, h, cy, shift);
-    return need_h ? cur : in;
+    if (!need_h) return need_v ? vertical(in, h, cy, 0) : in;
+    Pixels cur = horizontal(in, w, first_row, last_row - first_row, coefficients(in.width, w));
+    return need_v ? vertical(cur, h, cy, first_row) : cur;
 }
 
 inline uint8_t muldiv255(unsigned a, unsigned b) {
