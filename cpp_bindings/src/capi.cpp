@@ -22,7 +22,7 @@ struct evlm_encoded {
 };
 struct evlm_result {
     evlm::Generation generation;
-    double vision_ms = 0;
+    double vision_ms = 0, vision_runtime_ms = 0;
 };
 
 namespace {
@@ -253,6 +253,7 @@ evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const ev
         g.top_k = o.top_k;
         g.top_p = o.top_p;
         g.seed = o.seed;
+        g.ignore_eos = o.ignore_eos != 0;
         if (o.n_stop_tokens) {
             need(o.stop_tokens, "stop_tokens");
             g.stop_tokens.assign(o.stop_tokens, o.stop_tokens + o.n_stop_tokens);
@@ -277,6 +278,7 @@ evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const ev
         } else {
             evlm::Features f = model->model->encode(p);
             r->vision_ms = f.vision_ms;
+            r->vision_runtime_ms = f.runtime_ms;
             r->generation = model->model->generate(p, f, g);
         }
         cancelled = r->generation.finish_reason == "cancelled";
@@ -303,6 +305,7 @@ evlm_status evlm_result_timings(const evlm_result *r, evlm_timings *out) {
         out->prefill_ms = r->generation.prefill_ms;
         out->decode_ms = r->generation.decode_ms;
         out->first_token_ms = r->generation.first_token_ms;
+        out->runtime_ms = r->vision_runtime_ms + r->generation.runtime_ms;
         out->prompt_tokens = r->generation.prompt_tokens;
         out->new_tokens = int(r->generation.tokens.size());
     });

@@ -205,7 +205,9 @@ Features Model::encode(const PreparedPrompt &prompt) const {
                                                mshape.data(), mshape.size())};
             const char *in_names[] = {"pixel_values", "pixel_attention_mask"};
             const char *out_names[] = {"image_features"};
+            auto t = Clock::now();
             auto out = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
+            f.runtime_ms += ms_since(t);
             auto info = out[0].GetTensorTypeAndShapeInfo();
             const float *data = out[0].GetTensorData<float>();
             f.values.insert(f.values.end(), data, data + info.GetElementCount());
@@ -218,13 +220,15 @@ Features Model::encode(const PreparedPrompt &prompt) const {
     return f;
 }
 
-std::vector<float> Model::embed(const std::vector<int64_t> &ids) const {
+std::vector<float> Model::embed(const std::vector<int64_t> &ids, double &runtime_ms) const {
     std::vector<int64_t> data(ids), shape{1, int64_t(ids.size())};
     try {
         Ort::Value in = tensor(data, shape);
         const char *in_names[] = {"input_ids"};
         const char *out_names[] = {"inputs_embeds"};
+        auto t = Clock::now();
         auto out = embed_->Run(Ort::RunOptions{nullptr}, in_names, &in, 1, out_names, 1);
+        runtime_ms += ms_since(t);
         const float *p = out[0].GetTensorData<float>();
         return std::vector<float>(p, p + out[0].GetTensorTypeAndShapeInfo().GetElementCount());
     } catch (const Ort::Exception &e) {
@@ -250,7 +254,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
                                  std::to_string(features.values.size() / size_t(std::max(s.hidden, 1))) +
                                  " features; encode this prompt (evlm_encode) and pass that encoding.");
     auto t0 = Clock::now();
-    std::vector<float> embeds = embed(std::vector<int64_t>(prompt.ids.begin(), prompt.ids.end()));
+    std::vector<float> embeds = embed(std::vector<int64_t>(prompt.ids.begin(), prompt.ids.end()), g.runtime_ms);
     size_t row = 0;
     for (size_t i = 0; i < prompt.ids.size(); ++i)
         if (prompt.ids[i] == s.image_token_id)
@@ -286,8 +290,10 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
         }
         std::vector<Ort::Value> out;
         try {
+            auto t = Clock::now();
             out = decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(), feeds.size(),
                                 out_names.data(), out_names.size());
+            g.runtime_ms += ms_since(t);
         } catch (const Ort::Exception &e) {
             runtime_failure("running the decoder", e);
         }
@@ -323,7 +329,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
             piece.erase(0, a);
             started = !piece.empty();
         }
-        bool stop = std::count(s.eos_ids.begin(), s.eos_ids.end(), token) ||
+        bool stop = (!o.ignore_eos && std::count(s.eos_ids.begin(), s.eos_ids.end(), token)) ||
                     std::count(o.stop_tokens.begin(), o.stop_tokens.end(), token);
         if (o.on_token && o.on_token(token, piece)) {
             g.finish_reason = "cancelled";
@@ -334,7 +340,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
             break;
         }
         if (g.tokens.size() >= size_t(o.max_new_tokens)) break;
-        std::vector<float> next = embed({int64_t(token)});
+        std::vector<float> next = embed({int64_t(token)}, g.runtime_ms);
         step(next, prompt.ids.size() + g.tokens.size() - 1);
     }
     g.decode_ms = ms_since(t1);

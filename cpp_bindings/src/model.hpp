@@ -18,7 +18,7 @@ namespace evlm {
 struct Features {
     std::vector<float> values;  // (tiles * image_seq_len, hidden), prompt order
     int tiles = 0;
-    double vision_ms = 0;
+    double vision_ms = 0, runtime_ms = 0;  // runtime_ms: inside ONNX Runtime
 };
 
 struct GenerateOptions {
@@ -28,6 +28,7 @@ struct GenerateOptions {
     int top_k = 0;
     uint64_t seed = 0;
     std::vector<int32_t> stop_tokens;
+    bool ignore_eos = false;
     std::function<bool(int32_t, const std::string &)> on_token;  // true: stop
     std::function<void(float *, size_t, const std::vector<int32_t> &)> logits_hook;
 };
@@ -35,7 +36,7 @@ struct GenerateOptions {
 struct Generation {
     std::vector<int32_t> tokens;
     std::string text, finish_reason = "length";
-    double prefill_ms = 0, decode_ms = 0, first_token_ms = 0;
+    double prefill_ms = 0, decode_ms = 0, first_token_ms = 0, runtime_ms = 0;
     int prompt_tokens = 0;
 };
 
@@ -58,7 +59,7 @@ public:
     Generation generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &options) const;
 
 private:
-    std::vector<float> embed(const std::vector<int64_t> &ids) const;
+    std::vector<float> embed(const std::vector<int64_t> &ids, double &runtime_ms) const;
     Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
 
     Bundle bundle_;

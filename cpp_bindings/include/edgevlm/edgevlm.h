@@ -37,7 +37,8 @@ typedef enum evlm_status {
     EVLM_ERR_CONTEXT = 4,   /* the prompt and max_new_tokens exceed the model's context */
     EVLM_ERR_CANCELLED = 5, /* the token callback asked to stop; the result holds the tokens so far */
     EVLM_ERR_RUNTIME = 6,   /* ONNX Runtime failed */
-    EVLM_ERR_MEMORY = 7
+    EVLM_ERR_MEMORY = 7,
+    EVLM_STATUS_MAX_ENUM = 0x7FFFFFFF /* keeps the enum int-sized, so any int a caller passes is a valid value */
 } evlm_status;
 
 /* "0.1.0 (onnxruntime 1.32.0)"; never NULL. */
@@ -68,7 +69,12 @@ EVLM_API evlm_status evlm_model_info(const evlm_model *model, int *tile, int *im
                                      int *vocab_size);
 
 /* ---------------------------------------------------------------------------------------------- images */
-typedef enum evlm_pixel_format { EVLM_RGB8 = 0, EVLM_BGR8 = 1, EVLM_RGBA8 = 2 } evlm_pixel_format;
+typedef enum evlm_pixel_format {
+    EVLM_RGB8 = 0,
+    EVLM_BGR8 = 1,
+    EVLM_RGBA8 = 2,
+    EVLM_PIXEL_FORMAT_MAX_ENUM = 0x7FFFFFFF
+} evlm_pixel_format;
 
 /* Copies the pixels; `stride` is the byte distance between rows (0: tightly packed). The library decodes no
    files: decode JPEG/PNG with your own library (the CLI uses stb_image). */
@@ -77,7 +83,12 @@ EVLM_API evlm_status evlm_image_from_pixels(const uint8_t *pixels, int width, in
 EVLM_API void evlm_image_free(evlm_image *image);
 
 /* ---------------------------------------------------------------------------------------------- prompts */
-typedef enum evlm_role { EVLM_ROLE_SYSTEM = 0, EVLM_ROLE_USER = 1, EVLM_ROLE_ASSISTANT = 2 } evlm_role;
+typedef enum evlm_role {
+    EVLM_ROLE_SYSTEM = 0,
+    EVLM_ROLE_USER = 1,
+    EVLM_ROLE_ASSISTANT = 2,
+    EVLM_ROLE_MAX_ENUM = 0x7FFFFFFF
+} evlm_role;
 
 EVLM_API evlm_status evlm_prompt_new(evlm_prompt **out);
 EVLM_API void evlm_prompt_free(evlm_prompt *prompt);
@@ -114,6 +125,7 @@ typedef struct evlm_generate_options {
     uint64_t seed;              /* sampling only: same seed, same tokens */
     const int32_t *stop_tokens; /* ends generation (besides the model's end-of-sequence ids) */
     size_t n_stop_tokens;
+    int ignore_eos;             /* non-zero: the model's end-of-sequence ids do not stop (benchmarks) */
     evlm_token_callback on_token;
     void *on_token_user_data;
     evlm_logits_hook logits_hook;
@@ -132,6 +144,7 @@ typedef struct evlm_timings {
     double prefill_ms;
     double decode_ms;
     double first_token_ms; /* prefill + the first pick */
+    double runtime_ms;     /* of all the above, the time inside ONNX Runtime; the rest is this library's */
     int prompt_tokens;
     int new_tokens;
 } evlm_timings;
