@@ -22,7 +22,7 @@ struct evlm_encoded {
 };
 struct evlm_result {
     evlm::Generation generation;
-    double vision_ms = 0, vision_runtime_ms = 0;
+    double vision_ms = 0, preprocess_ms = 0, vision_runtime_ms = 0;
 };
 
 namespace {
@@ -279,6 +279,7 @@ evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const ev
             evlm::Features f = model->model->encode(p);
             r->vision_ms = f.vision_ms;
             r->vision_runtime_ms = f.runtime_ms;
+            r->preprocess_ms = f.preprocess_ms;
             r->generation = model->model->generate(p, f, g);
         }
         cancelled = r->generation.finish_reason == "cancelled";
@@ -302,6 +303,7 @@ evlm_status evlm_result_timings(const evlm_result *r, evlm_timings *out) {
         need(r, "result");
         need(out, "out");
         out->vision_ms = r->vision_ms;
+        out->preprocess_ms = r->preprocess_ms;
         out->prefill_ms = r->generation.prefill_ms;
         out->decode_ms = r->generation.decode_ms;
         out->first_token_ms = r->generation.first_token_ms;

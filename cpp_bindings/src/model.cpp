@@ -193,7 +193,9 @@ Features Model::encode(const PreparedPrompt &prompt) const {
     auto t0 = Clock::now();
     const int tile = spec().image.tile;
     for (size_t i = 0; i < prompt.images.size(); ++i) {
+        auto t_pre = Clock::now();
         Processed px = process_image(*prompt.images[i], spec().image, prompt.splits[i]);
+        f.preprocess_ms += ms_since(t_pre);
         std::vector<int64_t> shape{1, px.tiles, 3, tile, tile};
         std::vector<int64_t> mshape{1, px.tiles, tile, tile};
         std::unique_ptr<bool[]> mask(new bool[size_t(px.tiles) * size_t(tile) * size_t(tile)]);

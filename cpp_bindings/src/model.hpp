@@ -18,7 +18,7 @@ namespace evlm {
 struct Features {
     std::vector<float> values;  // (tiles * image_seq_len, hidden), prompt order
     int tiles = 0;
-    double vision_ms = 0, runtime_ms = 0;  // runtime_ms: inside ONNX Runtime
+    double vision_ms = 0, preprocess_ms = 0, runtime_ms = 0;  // runtime_ms: inside ONNX Runtime
 };
 
 struct GenerateOptions {

@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
     evlm_image *img = NULL;
     evlm_prompt *p = NULL;
     evlm_generate_options g;
-    double load_ms, total[64], vision[64], prefill[64], decode[64], outside[64];
+    double load_ms, total[64], vision[64], prefill[64], decode[64], outside[64], pre[64];
     int w, h, runs, tokens = 0, prompt_tokens = 0, i;
     long size;
     unsigned char *px;
@@ -75,6 +75,7 @@ int main(int argc, char **argv) {
             prefill[i] = t.prefill_ms;
             decode[i] = (t.new_tokens - 1) / (t.decode_ms / 1e3);
             outside[i] = total[i] - t.runtime_ms;
+            pre[i] = t.preprocess_ms;
             tokens = t.new_tokens;
             prompt_tokens = t.prompt_tokens;
         }
@@ -82,10 +83,10 @@ int main(int argc, char **argv) {
     }
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"load_s\": %.3f, \"vision_ms_per_tile\": %.1f, \"prefill_ms\": %.1f, \"decode_tokens_per_s\": %.1f, "
-           "\"end_to_end_s\": %.3f, \"outside_runtime_ms\": %.2f, \"prompt_tokens\": %d, \"new_tokens\": %d, "
+           "\"end_to_end_s\": %.3f, \"outside_runtime_ms\": %.2f, \"preprocess_ms\": %.2f, \"prompt_tokens\": %d, \"new_tokens\": %d, "
            "\"peak_rss_mb\": %.1f}\n",
            load_ms / 1e3, median(vision, runs), median(prefill, runs), median(decode, runs), median(total, runs) / 1e3,
-           median(outside, runs), prompt_tokens, tokens, ru.ru_maxrss / 1024.0);
+           median(outside, runs), median(pre, runs), prompt_tokens, tokens, ru.ru_maxrss / 1024.0);
     evlm_prompt_free(p);
     evlm_image_free(img);
     evlm_model_close(m);

@@ -141,6 +141,7 @@ EVLM_API evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt,
 /* ---------------------------------------------------------------------------------------------- results */
 typedef struct evlm_timings {
     double vision_ms;      /* encoding (0 when an encoding was passed in) */
+    double preprocess_ms;  /* of vision_ms, resizing and normalizing the images */
     double prefill_ms;
     double decode_ms;
     double first_token_ms; /* prefill + the first pick */
