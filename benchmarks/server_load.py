@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -36,12 +37,16 @@ def free_port() -> int:
 
 
 def start_server(bundle: str, port: int, *extra: str) -> subprocess.Popen:
+    # The server's log goes to a file, never to a pipe: a pipe nobody reads fills (64 KiB) and then blocks the
+    # server on its next log line, which once hung a CI run mid-test.
+    log = tempfile.TemporaryFile(mode="w+", prefix="edgevlm-serve-", suffix=".log")
     proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "serve", bundle, "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log  # read with server_log(proc)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read()}")
+            raise RuntimeError(f"the server exited: {server_log(proc)}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
             return proc
@@ -49,6 +54,13 @@ def start_server(bundle: str, port: int, *extra: str) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not come up in 120 s")
+
+
+def server_log(proc: subprocess.Popen, tail: int = 4000) -> str:
+    """The last `tail` characters the server has logged so far."""
+    proc.log.flush()
+    proc.log.seek(0)
+    return proc.log.read()[-tail:]
 
 
 def image_url(seed: int) -> str:

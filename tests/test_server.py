@@ -27,7 +27,7 @@ import edgevlm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from server_load import free_port, start_server  # noqa: E402  (the load test's own server starter)
+from server_load import free_port, server_log, start_server  # noqa: E402  (the load test's own server starter)
 
 KEY = "test-key-123"
 
@@ -39,13 +39,19 @@ def data_url(image, fmt: str = "PNG") -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny256):
+def served(tiny256):
+    """The module's server process and its URL."""
     port = free_port()
     proc = start_server(str(tiny256[1]), port, "--api-key", KEY, "--max-queue", "4", "--max-body-mb", "1",
                         "--max-image-pixels", "4000000", "--model-name", "tiny-smolvlm2", "--threads", "1")
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", proc
     proc.terminate()
-    assert proc.wait(30) == 0  # a clean shutdown on SIGTERM
+    assert proc.wait(30) == 0, server_log(proc)  # a clean shutdown on SIGTERM
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +305,7 @@ def test_serve_refuses_bad_arguments_in_one_line(tiny256):
 
 
 # ------------------------------------------------------------------------------------------ the web page
-def test_webcam_page_captions_the_fake_camera_in_chromium(server, tmp_path):
+def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
     """Debian's chromium, headless, with Chrome's fake camera: the page's captions appear, streamed, one after
     another (newest frame only), and the stats line shows latency and captions/s."""
     from selenium import webdriver
@@ -307,6 +313,7 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    server, server_proc = served
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     assert chromium and driver_path, "Debian's chromium and chromium-driver are needed (.ci/run installs them)"
@@ -331,8 +338,13 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(server, tmp_path):
         driver.find_element(By.ID, "toggle").click()  # pause the camera loop: the timeline gets the model sooner
         driver.find_element(By.ID, "file").send_keys(str(video))
         driver.find_element(By.ID, "timeline-run").click()
-        WebDriverWait(driver, 120).until(lambda d: "-->" in d.find_element(By.ID, "timeline").text)
+        # Ends on the timeline or on an error the page shows; either way the failure says what the page and the
+        # server said (a CI run once timed out here with neither on record).
+        WebDriverWait(driver, 120).until(lambda d: "-->" in d.find_element(By.ID, "timeline").text
+                                         or d.find_element(By.ID, "status").text.strip())
         timeline = driver.find_element(By.ID, "timeline").text
+        assert "-->" in timeline, (f"page status: {driver.find_element(By.ID, 'status').text!r}; "
+                                   f"timeline: {timeline!r}; server log: {server_log(server_proc)}")
         link = driver.find_element(By.ID, "download")
         assert link.is_displayed() and link.get_attribute("download") == "clip.srt"
     finally:
