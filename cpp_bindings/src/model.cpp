@@ -32,10 +32,27 @@ Ort::Value tensor(std::vector<T> &data, const std::vector<int64_t> &shape) {
 
 // The next token from one row of logits: greedy, or sampled after temperature, top-k and top-p (the Python
 // runtime's order, which is transformers').
+// The index of the first largest value, NaN never chosen (max_element's answer where there is no NaN). It runs
+// once per token over the whole vocabulary: eight running maxima keep the loop free of a serial dependency.
+size_t argmax(const std::vector<float> &v) {
+    float lane[8];
+    std::fill_n(lane, 8, -INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= v.size(); i += 8)
+        for (int j = 0; j < 8; ++j) lane[j] = v[i + size_t(j)] > lane[j] ? v[i + size_t(j)] : lane[j];
+    float top = *std::max_element(lane, lane + 8);
+    for (; i < v.size(); ++i) top = v[i] > top ? v[i] : top;
+    return size_t(std::find(v.begin(), v.end(), top) - v.begin());
+}
+
 int32_t pick(std::vector<float> &scores, const GenerateOptions &o, std::mt19937_64 &rng) {
-    if (std::none_of(scores.begin(), scores.end(), [](float v) { return std::isfinite(v); }))
+    size_t best = argmax(scores);
+    float top = best < scores.size() ? scores[best] : -INFINITY;
+    if (!(top > -INFINITY) || (std::isinf(top) && std::none_of(scores.begin(), scores.end(), [](float v) {
+                                   return std::isfinite(v);
+                               })))
         fail(EVLM_ERR_INPUT, "the logits hook forbade every token; nothing can be generated.");
-    if (!o.do_sample) return int32_t(std::max_element(scores.begin(), scores.end()) - scores.begin());
+    if (!o.do_sample) return int32_t(best);
     const float neg = -INFINITY;
     for (float &v : scores) v /= o.temperature;
     if (o.top_k > 0 && size_t(o.top_k) < scores.size()) {
