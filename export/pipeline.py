@@ -23,7 +23,7 @@ from edgevlm import Processor
 from edgevlm.engine.bundle_format import CONFIG_FILES, RECIPES, SUFFIXES, VARIANTS, recipe_files, write_manifest
 from edgevlm.errors import EdgeVLMError
 
-from . import fp32_checkpoint, onnx_export, quantize, verify
+from . import fp32_checkpoint, onnx_export, quantize, verify, vision_fusion
 from .architectures import identify
 
 class ExportError(EdgeVLMError):
@@ -100,9 +100,13 @@ def export_fp32(weights: Path, onnx_dir: Path, log) -> dict[str, Path]:
     t = time.perf_counter()
     model = load_model(weights)
     parts[onnx_export.VISION] = onnx_export.export_vision(model, onnx_dir)
+    heads = model.config.vision_config.num_attention_heads
     del model
     gc.collect()
-    log(f"exported the fp32 vision encoder in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
+    fused = vision_fusion.fuse_file(parts[onnx_export.VISION], heads)
+    log(f"exported the fp32 vision encoder in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB); "
+        f"fused {fused['attention']} attention and {fused['gelu']} GELU blocks "
+        f"({fused['attention_unfused']} and {fused['gelu_unfused']} left as traced)")
     return parts
 
 
@@ -173,7 +177,7 @@ def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str
         "variants": variants,
         "quantization": {key: {"ops": {k: n for k, n in f["ops"].items() if k in (
             "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "GatherBlockQuantized",
-            "DequantizeLinear")}}
+            "DequantizeLinear", "GroupQueryAttention", "MultiHeadAttention", "FastGelu", "Softmax", "Tanh")}}
             for key, f in facts.items()},
         "verification": report, "export_stats": stats, "tools": _tool_versions(),
     }

@@ -43,7 +43,7 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return sum(t.ByteSize() for t in model.graph.initializer)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def save_part(model: onnx.ModelProto, path: Path) -> None:
     if _weight_bytes(model) > EXTERNAL_DATA_LIMIT:  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=external_data(path).name, size_threshold=1024)
@@ -79,7 +79,7 @@ def to_fp16(src: Path, dst: Path) -> dict[str, int]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     if not external_data(src).exists():
-        _save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=True), dst)
+        save_part(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=True), dst)
         return op_counts(dst)
     model = onnx.load(str(src), load_external_data=False)
     with ExternalWeights(external_data(dst)) as weights:
@@ -146,7 +146,7 @@ def to_int8(src: Path, dst: Path, part: str) -> dict[str, int]:
         opt = basic_optimized(src, Path(tmp) / "basic.onnx")
         if part == "decoder_model_merged":
             model = onnx.load(str(opt))
-            _save(_nbits(model, 8, 4, exclude=_lm_head(model), block_size=16), dst)
+            save_part(_nbits(model, 8, 4, exclude=_lm_head(model), block_size=16), dst)
         else:
             ops = ["Gather"] if part == "embed_tokens" else ["MatMul"]
             with _quiet():
@@ -181,7 +181,7 @@ def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
                     set_attr(node, "accuracy_level", 4)
         else:
             model = _nbits(model, 4, 4, gather=part == "embed_tokens")
-        _save(model, dst)
+        save_part(model, dst)
     return op_counts(dst)
 
 
