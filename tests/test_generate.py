@@ -125,3 +125,28 @@ def test_arena_settings_give_the_same_answer(tiny256):
         vlm = edgevlm.load(tiny256[1], memory_arena=arena, vision_cache_size=0)
         answers.append([vlm.caption(image, max_new_tokens=6).token_ids for _ in range(2)])
     assert answers[0][0] == answers[0][1] == answers[1][0] == answers[1][1]
+
+
+def _answers(bundle, variant: str, shared: bool) -> list[list[int]]:
+    from conftest import random_image
+
+    vlm = edgevlm.load(bundle, variant=variant, vision_cache_size=0)
+    assert vlm.decoder.shares_kv  # edgevlm's fused decoder updates its cache in place by default
+    vlm.decoder.shares_kv = shared
+    image = random_image(300, 200, seed=5)
+    # 300 new tokens: the in-place cache starts at prompt + 128 positions and grows twice on the way.
+    answers = [vlm.ask(image, "Describe it.", max_new_tokens=300, ignore_eos=True, split=s).token_ids
+               for s in (False, True)]
+    answers.append(vlm.ask(image, "Describe it.", max_new_tokens=40, temperature=0.9, top_k=50, seed=7).token_ids)
+    return answers
+
+
+def test_in_place_kv_cache_equals_the_growing_cache(tiny_model):
+    """The shared past/present buffers (kv_cache.py) give the same tokens as feeding each step's present back,
+    greedy and sampled, with and without image splitting, across the buffer's growth."""
+    assert _answers(tiny_model[1], "fp32", True) == _answers(tiny_model[1], "fp32", False)
+
+
+@pytest.mark.parametrize("variant", ["fp16", "q4"])
+def test_in_place_kv_cache_equals_the_growing_cache_quantized(tiny256, variant):
+    assert _answers(tiny256[1], variant, True) == _answers(tiny256[1], variant, False)

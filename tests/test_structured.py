@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -477,7 +478,9 @@ def test_cli_watch_with_schema_trigger_and_timeline_jsonl(tiny256, tmp_path):
                                   "required": ["alarm"], "additionalProperties": False}))
     r = run_cli("watch", path, "-m", bundle, "--json-schema", schema, "--format", "jsonl", "--no-realtime",
                 "--trigger", "alarm == on", "--trigger-exit", "5")
-    assert r.returncode == 5 and "TRIGGER t=0.00s when='alarm == on'" in r.stderr, r.stderr
+    # --no-realtime reads the file as fast as it can into a newest-frame slot, so which frame is captioned first
+    # is a race (under load it was t=0.20): the first caption triggers, whatever its time.
+    assert r.returncode == 5 and re.search(r"TRIGGER t=\d+\.\d\ds when='alarm == on'", r.stderr), r.stderr
     assert json.loads(r.stdout.splitlines()[0])["value"] == {"alarm": "on"}
     r = run_cli("caption", path, "-m", bundle, "--choices", "red,blue,green", "--format", "jsonl", "--every", "1")
     assert r.returncode == 0, r.stderr

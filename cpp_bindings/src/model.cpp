@@ -30,6 +30,47 @@ Ort::Value tensor(std::vector<T> &data, const std::vector<int64_t> &shape) {
     fail(EVLM_ERR_RUNTIME, std::string("ONNX Runtime failed while ") + what + ": " + e.what());
 }
 
+// The KV cache the fused decoder updates in place (the Python runtime's kv_cache.py): one buffer per layer and kind,
+// bound through IO binding as both past_key_values.* and present.*, so a step writes only the new positions
+// instead of copying the whole past into a new tensor. Grows by doubling, keeping what is cached.
+class SharedKV {
+public:
+    SharedKV(Ort::Session &session, int layers, int kv_heads, int head_dim, size_t capacity)
+        : binding_(session), layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim) {
+        binding_.BindOutput("logits", cpu_memory());  // bound first: the binding's first output
+        resize(capacity, 0);
+    }
+
+    size_t capacity() const { return capacity_; }
+    Ort::IoBinding &binding() { return binding_; }
+
+    void resize(size_t capacity, size_t keep) {
+        const size_t head = capacity * size_t(head_dim_), old_head = capacity_ * size_t(head_dim_);
+        std::vector<std::vector<float>> host(size_t(2 * layers_), std::vector<float>(size_t(kv_heads_) * head));
+        for (size_t i = 0; i < host.size() && keep; ++i)
+            for (size_t h = 0; h < size_t(kv_heads_); ++h)
+                std::copy_n(&host_[i][h * old_head], keep * size_t(head_dim_), &host[i][h * head]);
+        host_ = std::move(host);
+        values_.clear();
+        const std::vector<int64_t> shape{1, kv_heads_, int64_t(capacity), head_dim_};
+        for (size_t i = 0; i < host_.size(); ++i) values_.push_back(tensor(host_[i], shape));
+        for (int l = 0; l < layers_; ++l)
+            for (int v = 0; v < 2; ++v) {
+                const std::string kind = v ? ".value" : ".key";
+                binding_.BindInput(("past_key_values." + std::to_string(l) + kind).c_str(), values_[size_t(2 * l + v)]);
+                binding_.BindOutput(("present." + std::to_string(l) + kind).c_str(), values_[size_t(2 * l + v)]);
+            }
+        capacity_ = capacity;
+    }
+
+private:
+    Ort::IoBinding binding_;
+    int layers_, kv_heads_, head_dim_;
+    size_t capacity_ = 0;
+    std::vector<std::vector<float>> host_;
+    std::vector<Ort::Value> values_;
+};
+
 // The next token from one row of logits: greedy, or sampled after temperature, top-k and top-p (the Python
 // runtime's order, which is transformers').
 // The index of the first largest value, NaN never chosen (max_element's answer where there is no NaN). It runs
@@ -279,51 +320,83 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
         if (prompt.ids[i] == s.image_token_id)
             std::copy_n(&features.values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
 
-    std::vector<Ort::Value> past;
-    std::vector<float> empty;
-    for (int i = 0; i < 2 * s.num_layers; ++i) past.push_back(tensor(empty, {1, s.kv_heads, 0, s.head_dim}));
-    std::vector<const char *> in_names, out_names;
-    for (const std::string &n : decoder_inputs_) in_names.push_back(n.c_str());
-    for (const std::string &n : decoder_outputs_) out_names.push_back(n.c_str());
     std::vector<int64_t> mask, positions;
     std::vector<int64_t> keep{1};
     std::vector<float> logits(size_t(s.vocab_size));
-    auto step = [&](std::vector<float> &x, size_t past_len) {
+    // Feeds of one step other than the cache: embeddings, mask, and what this decoder declares.
+    auto feeds_for = [&](std::vector<float> &x, size_t past_len, std::vector<std::pair<std::string, Ort::Value>> &out) {
         size_t n = x.size() / size_t(s.hidden);
         mask.assign(past_len + n, 1);
         positions.resize(n);
         std::iota(positions.begin(), positions.end(), int64_t(past_len));
-        std::vector<Ort::Value> feeds;
         for (const std::string &name : decoder_inputs_) {
-            if (name == "inputs_embeds") feeds.push_back(tensor(x, {1, int64_t(n), s.hidden}));
-            else if (name == "attention_mask") feeds.push_back(tensor(mask, {1, int64_t(mask.size())}));
-            else if (name == "position_ids") feeds.push_back(tensor(positions, {1, int64_t(n)}));
-            else if (name == "num_logits_to_keep") feeds.push_back(tensor(keep, {}));
-            else if (name.rfind("past_key_values.", 0) == 0) {
-                size_t layer = std::stoul(name.substr(16));
-                bool value = name.size() > 6 && name.compare(name.size() - 6, 6, ".value") == 0;
-                feeds.push_back(std::move(past[2 * layer + (value ? 1 : 0)]));
-            } else {
+            if (name == "inputs_embeds") out.emplace_back(name, tensor(x, {1, int64_t(n), s.hidden}));
+            else if (name == "attention_mask") out.emplace_back(name, tensor(mask, {1, int64_t(mask.size())}));
+            else if (name == "position_ids") out.emplace_back(name, tensor(positions, {1, int64_t(n)}));
+            else if (name == "num_logits_to_keep") out.emplace_back(name, tensor(keep, {}));
+            else if (name.rfind("past_key_values.", 0) != 0)
                 fail(EVLM_ERR_MODEL, "the decoder has an input '" + name + "' the C++ library does not know.");
-            }
         }
-        std::vector<Ort::Value> out;
+    };
+    auto take_logits = [&](const Ort::Value &out) {
+        auto shape = out.GetTensorTypeAndShapeInfo().GetShape();
+        const float *l = out.GetTensorData<float>() + (size_t(shape[1]) - 1) * size_t(shape[2]);
+        std::copy_n(l, s.vocab_size, logits.begin());
+    };
+
+    // edgevlm's fused decoder (positions from the mask) updates one buffer in place; the traced decoder
+    // (position_ids) grows its cache by feeding each step's present.* back.
+    std::unique_ptr<SharedKV> shared;
+    if (!position_ids_)
+        shared = std::make_unique<SharedKV>(*decoder_, s.num_layers, s.kv_heads, s.head_dim,
+                                            std::min(prompt.ids.size() + size_t(std::min(o.max_new_tokens, 128)),
+                                                     size_t(s.max_positions)));
+    std::vector<Ort::Value> past;
+    std::vector<float> empty;
+    for (int i = 0; i < 2 * s.num_layers && !shared; ++i) past.push_back(tensor(empty, {1, s.kv_heads, 0, s.head_dim}));
+    std::vector<const char *> in_names, out_names;
+    for (const std::string &n : decoder_inputs_) in_names.push_back(n.c_str());
+    for (const std::string &n : decoder_outputs_) out_names.push_back(n.c_str());
+
+    auto step = [&](std::vector<float> &x, size_t past_len) {
+        std::vector<std::pair<std::string, Ort::Value>> named;
+        feeds_for(x, past_len, named);
+        size_t total = past_len + x.size() / size_t(s.hidden);
         try {
+            if (shared) {
+                if (total > shared->capacity())
+                    shared->resize(std::min(std::max(2 * shared->capacity(), total), size_t(s.max_positions)), past_len);
+                for (auto &[name, value] : named) shared->binding().BindInput(name.c_str(), value);
+                auto t = Clock::now();
+                decoder_->Run(Ort::RunOptions{nullptr}, shared->binding());
+                g.runtime_ms += ms_since(t);
+                take_logits(shared->binding().GetOutputValues()[0]);
+                return;
+            }
+            std::vector<Ort::Value> feeds;
+            for (const std::string &name : decoder_inputs_) {
+                if (name.rfind("past_key_values.", 0) == 0) {
+                    size_t layer = std::stoul(name.substr(16));
+                    bool value = name.compare(name.size() - 6, 6, ".value") == 0;
+                    feeds.push_back(std::move(past[2 * layer + (value ? 1 : 0)]));
+                } else {
+                    auto it = std::find_if(named.begin(), named.end(), [&](auto &p) { return p.first == name; });
+                    feeds.push_back(std::move(it->second));
+                }
+            }
             auto t = Clock::now();
-            out = decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(), feeds.size(),
-                                out_names.data(), out_names.size());
+            std::vector<Ort::Value> out = decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(),
+                                                        feeds.size(), out_names.data(), out_names.size());
             g.runtime_ms += ms_since(t);
+            take_logits(out[0]);
+            for (size_t i = 1; i < out.size(); ++i) {  // present.{i}.key / .value become the next step's past
+                const std::string &name = decoder_outputs_[i];
+                size_t layer = std::stoul(name.substr(8));
+                bool value = name.compare(name.size() - 6, 6, ".value") == 0;
+                past[2 * layer + (value ? 1 : 0)] = std::move(out[i]);
+            }
         } catch (const Ort::Exception &e) {
             runtime_failure("running the decoder", e);
-        }
-        auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
-        const float *l = out[0].GetTensorData<float>() + (size_t(shape[1]) - 1) * size_t(shape[2]);
-        std::copy_n(l, s.vocab_size, logits.begin());
-        for (size_t i = 1; i < out.size(); ++i) {  // present.{i}.key / .value become the next step's past
-            const std::string &name = decoder_outputs_[i];
-            size_t layer = std::stoul(name.substr(8));
-            bool value = name.compare(name.size() - 6, 6, ".value") == 0;
-            past[2 * layer + (value ? 1 : 0)] = std::move(out[i]);
         }
     };
     step(embeds, 0);

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContextLengthError, InputError
+from . import kv_cache
+from .kv_cache import FIRST_EXTRA, GrowingKVCache, SharedKVCache
 from .structured import ConstrainedAnswer, Constraint, from_options
 
 
@@ -155,6 +157,7 @@ class Decoder:
         self.uses_position_ids = "position_ids" in inputs
         self.keeps_logits = "num_logits_to_keep" in inputs
         self.output_names = [o.name for o in decoder_session.get_outputs()]
+        self.shares_kv = kv_cache.supported(decoder_session)
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.embed.run(None, {"input_ids": ids.reshape(1, -1).astype(np.int64)})[0]
@@ -175,26 +178,36 @@ class Decoder:
             embeds[0, mask] = image_features.reshape(-1, embeds.shape[-1])
         return embeds
 
-    def step(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits of the last position only (what generation needs) and the grown cache."""
-        logits, cache = self.forward(embeds, cache, past_len, keep=1)
-        return logits[-1], cache
-
     def forward(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int,
                 keep: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits for the last `keep` positions of `embeds` (all when None) and the grown cache."""
-        n = embeds.shape[1]
-        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
-                 "attention_mask": np.ones((1, past_len + n), dtype=np.int64)}
-        if self.keeps_logits:
-            feeds["num_logits_to_keep"] = np.array(keep or n, dtype=np.int64)
-        if self.uses_position_ids:
-            feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        feeds = self._feeds(embeds, past_len, keep)
         for i in range(self.num_layers):
             feeds[f"past_key_values.{i}.key"] = cache[2 * i]
             feeds[f"past_key_values.{i}.value"] = cache[2 * i + 1]
         out = self.decoder.run(self.output_names, feeds)
         return out[0][0], out[1:]
+
+    def new_cache(self, prompt_tokens: int, max_new_tokens: int) -> SharedKVCache | GrowingKVCache:
+        """An answer's KV cache: updated in place where this decoder allows (kv_cache.py), else grown."""
+        if self.shares_kv:
+            return SharedKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype,
+                                 prompt_tokens + min(max_new_tokens, FIRST_EXTRA), self.max_positions)
+        return GrowingKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype)
+
+    def advance(self, embeds: np.ndarray, cache: SharedKVCache | GrowingKVCache, past_len: int) -> np.ndarray:
+        """The last position's logits; `cache` holds the new positions afterwards."""
+        return cache.run(self._feeds(embeds, past_len, 1), past_len, embeds.shape[1])
+
+    def _feeds(self, embeds: np.ndarray, past_len: int, keep: int | None) -> dict[str, np.ndarray]:
+        n = embeds.shape[1]
+        feeds = {"inputs_embeds": np.ascontiguousarray(embeds, dtype=self.embeds_dtype),
+                 "attention_mask": np.ones((1, past_len + n), dtype=np.int64)}
+        if self.keeps_logits:
+            feeds["num_logits_to_keep"] = np.array(keep or n, dtype=np.int64)
+        if self.uses_position_ids:
+            feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        return feeds
 
 
 class Generator:
@@ -224,7 +237,7 @@ class Generator:
         self._rng = np.random.default_rng(config.seed)
         self._history: list[int] = list(input_ids) if config.repetition_penalty != 1.0 else []
         self._logits: np.ndarray | None = None
-        self._cache: list[np.ndarray] | None = None
+        self._cache: SharedKVCache | GrowingKVCache | None = None
         self._t0 = self._t1 = 0.0
 
     @property
@@ -243,7 +256,8 @@ class Generator:
         embeds = self.decoder.merge(np.asarray(self.input_ids, dtype=np.int64), self._features,
                                     self._image_token_id)
         self._features = None  # merged into the embeddings; not needed again
-        self._logits, self._cache = self.decoder.step(embeds, self.decoder.empty_cache(), 0)
+        self._cache = self.decoder.new_cache(len(self.input_ids), self.config.max_new_tokens)
+        self._logits = self.decoder.advance(embeds, self._cache, 0)
         self._t1 = time.perf_counter()
         self.timings.prefill_s = self._t1 - self._t0
 
@@ -268,8 +282,7 @@ class Generator:
             self._finish("length")
         else:
             past = len(self.input_ids) + len(self.tokens) - 1
-            self._logits, self._cache = self.decoder.step(self.decoder.embed_ids(np.array([token])), self._cache,
-                                                          past)
+            self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)
         return token
 
     def cancel(self) -> None:
