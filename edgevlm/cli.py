@@ -462,7 +462,7 @@ def _signals_as_interrupt() -> None:
 
 
 @cli.command()
-@click.argument("source")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--prompt", "-p", default=None, help="Question asked of each frame (default: a one-sentence caption).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
@@ -490,10 +490,11 @@ def _signals_as_interrupt() -> None:
 @click.option("--trigger-exit", type=Number(int, 1, 255), default=None,
               help="With --trigger: stop at the first match and exit with this code (1-255).")
 @_friendly
-def watch(source, prompt, model, variant, providers, threads, max_new_tokens, choices, json_schema, regex, fmt, output,
+def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, choices, json_schema, regex, fmt, output,
           threshold, min_interval, heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
     """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
-    file replayed in real time. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
+    file replayed in real time. Several SOURCEs are captioned together (one batch per round), each caption naming
+    its source. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
     from .media.live import DEFAULT_LIVE_PROMPT, Trigger
     from .media.sources import open_source
 
@@ -521,18 +522,22 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, ch
             trig = Trigger(callback=on_trigger, stop=stop, when=trigger)
     except re.error as e:
         raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
-    inputs = [source] if os.path.exists(source) else []
+    inputs = [s for s in sources if os.path.exists(s)]
     output = None if output == "-" else output  # the captions go to standard output anyway
     to_file = CaptionWriter(fmt, OutputTarget(output, inputs, model_dir=model), mode="append") if output else None
+    srcs = []
     try:
         vlm = _load(model, variant, providers, threads)
-        src = open_source(source, retry_for=retry_for, realtime=not no_realtime)
+        for source in sources:
+            srcs.append(open_source(source, retry_for=retry_for, realtime=not no_realtime))
     except BaseException:
+        for src in srcs:
+            src.close()
         if to_file is not None:
             to_file.commit()  # nothing was appended; the file is as it was
         raise
     try:
-        captions = vlm.watch(src, prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
+        captions = vlm.watch(srcs if len(srcs) > 1 else srcs[0], prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
                              threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
                              max_captions=max_captions, constraint=constraint)
         screen = CaptionWriter(fmt)
@@ -546,9 +551,12 @@ def watch(source, prompt, model, variant, providers, threads, max_new_tokens, ch
     finally:
         if to_file is not None:
             to_file.commit()  # every line is already in the file; a lost stream keeps them all
-        src.close()
-        s = src.stats
-        click.echo(f"frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}", err=True)
+        for src in srcs:
+            src.close()
+            s = src.stats
+            where = f"{src.name}: " if len(srcs) > 1 else ""
+            click.echo(f"{where}frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}",
+                       err=True)
     if fired and trigger_exit is not None:
         sys.exit(trigger_exit)
 

@@ -89,6 +89,7 @@ class LiveCaption:
     timings: dict[str, float] = field(default_factory=dict)
     value: Any = None  # a structured answer's parsed value, as Result.value
     error: str | None = None  # a structured answer that could not complete (text is partial, value None)
+    source: str | None = None  # which source, when a watch has several
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "value": plain(self.value)}

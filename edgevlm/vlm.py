@@ -60,8 +60,9 @@ class VLM(Engine):
         """Timed captions of a video file, one per segment; see edgevlm.media.timeline.timeline for the options."""
         return timeline(self, video, **kw)
 
-    def watch(self, source: str | int | LiveSource, **kw) -> Iterator[LiveCaption]:
-        """Captions of a live source as they happen; see edgevlm.media.live.watch for the options."""
+    def watch(self, source: str | int | LiveSource | Sequence[str | int | LiveSource], **kw) -> Iterator[LiveCaption]:
+        """Captions of a live source (or several, captioned together) as they happen; see edgevlm.media.live.watch
+        for the options."""
         return watch(self, source, **kw)
 
 

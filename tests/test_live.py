@@ -255,3 +255,75 @@ def test_udp_stream(vlm):
         sender.wait()
     assert len(caps) == 3 and caps[0].timestamp < caps[1].timestamp < caps[2].timestamp
     assert max(c.frame_age_ms for c in caps) < 500
+
+
+# ------------------------------------------------------------------------------------ several sources
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (96 + 8 * i, 128, 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "q4", "mixed"])
+def test_caption_batch_equals_captions_one_by_one(tiny256, variant):
+    """Several frames decoded as one batch give each frame's own caption, token for token: greedy and sampled
+    (each row has its own generator), and with the int8 vision encoder of `mixed`, whose activation scale is per
+    run (so each frame gets its own run)."""
+    import edgevlm
+
+    vlm = edgevlm.load(tiny256[1], variant=variant, vision_cache_size=0)
+    frames = _frames(4)
+    for kw in ({}, {"temperature": 0.9, "top_k": 20, "seed": 5}):
+        one = [vlm.caption(f, max_new_tokens=24, split=False, cache=False, **kw) for f in frames]
+        many = vlm.caption_batch(frames, max_new_tokens=24, split=False, cache=False, **kw)
+        assert [r.token_ids for r in many] == [r.token_ids for r in one]
+        assert [r.text for r in many] == [r.text for r in one]
+        assert [r.finish_reason for r in many] == [r.finish_reason for r in one]
+
+
+def test_caption_batch_2_2b_and_uneven_prompts(tiny22b):
+    """The 2.2B layout batches too; images whose prompts differ in length (other tile grids) are captioned one
+    by one, with the same answers."""
+    import edgevlm
+
+    vlm = edgevlm.load(tiny22b[1], vision_cache_size=0)
+    frames = _frames(3, seed=1)
+    assert [r.token_ids for r in vlm.caption_batch(frames, max_new_tokens=16, split=False)] == \
+        [vlm.caption(f, max_new_tokens=16, split=False).token_ids for f in frames]
+    rng = np.random.default_rng(2)
+    uneven = [rng.integers(0, 255, size, dtype=np.uint8) for size in ((60, 80, 3), (700, 1000, 3))]
+    assert [r.token_ids for r in vlm.caption_batch(uneven, max_new_tokens=8, split=True)] == \
+        [vlm.caption(f, max_new_tokens=8, split=True).token_ids for f in uneven]
+
+
+def test_watch_several_pushed_sources_names_each_caption(vlm):
+    """Four cameras through one model: every round captions each source's newest frame together; each caption
+    names its source and equals that frame's own caption."""
+    frames = _frames(4, seed=3)
+    sources = [PushSource(name=f"cam{i}") for i in range(4)]
+    for src, frame in zip(sources, frames):
+        src.push(frame)
+    caps = list(vlm.watch(sources, max_new_tokens=6, max_captions=4, threshold=0))
+    for src in sources:
+        src.close()
+    assert sorted(c.source for c in caps) == ["cam0", "cam1", "cam2", "cam3"]
+    for c in caps:
+        i = int(c.source[3:])
+        assert c.text == vlm.caption(frames[i], max_new_tokens=6, prompt="Describe this image in one sentence.",
+                                     split=False, cache=False).text
+    assert json.loads(json.dumps(caps[0].to_dict()))["source"] == caps[0].source
+    same = [PushSource(), PushSource()]  # equal names get their position
+    for src, frame in zip(same, frames):
+        src.push(frame)
+    assert sorted(c.source for c in vlm.watch(same, max_new_tokens=2, max_captions=2, threshold=0)) == \
+        ["push#1", "push#2"]
+
+
+def test_cli_watch_two_files_names_sources(tiny256, tmp_path):
+    a = scenes(tmp_path / "a.mp4", ("red", "blue"), seconds=1)
+    b = scenes(tmp_path / "b.mp4", ("green", "white"), seconds=1)
+    # In real time (the files' own pace): both open on a scene and change once, so each gives two captions.
+    r = run_cli("watch", a, b, "-m", tiny256[1], "--format", "jsonl", "--max-captions", "4", "--max-new-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 4 and {x["source"] for x in lines} == {str(a), str(b)}
+    assert f"{a}: frames read" in r.stderr and f"{b}: frames read" in r.stderr

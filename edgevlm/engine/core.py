@@ -12,7 +12,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ from PIL import Image
 from . import bundle as bundle_mod
 from ..errors import IncompleteAnswerError, InputError
 from ..records import Result
-from .generate import Decoder, GenerationConfig, Generator, check_context
+from .batch import BatchGenerator
+from .generate import Decoder, GenerationConfig, Generator, Timings, check_context
 from .structured import Grammars
 from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
 from .processor import Processor, Prompt, frames_given
@@ -203,6 +205,43 @@ class Engine:
         features = np.concatenate(feats) if feats else None
         return EncodedImages(features, tiles, cached, time.perf_counter() - t0)
 
+    def encode_batch(self, prompts: Sequence[Prompt]) -> list[EncodedImages]:
+        """Stage 2 for several prompts of images, their images resized side by side (the cache serves repeats as
+        in `encode`). Prompts with video go through `encode` one by one."""
+        if any(kind != "image" for p in prompts for kind, _ in p.pending):
+            return [self.encode(p) for p in prompts]
+        t0 = time.perf_counter()
+        found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None
+        todo: list[tuple[int, int, str | None, Image.Image, bool]] = []
+        for i, p in enumerate(prompts):
+            found.append([])
+            for j, (_, (im, do_split, use_cache)) in enumerate(p.pending):
+                key = self.vision_cache.key(im, do_split) if use_cache else None
+                hit = self.vision_cache.get(key) if key else None
+                found[i].append(hit)
+                if hit is None:
+                    todo.append((i, j, key, im, do_split))
+        if todo:
+            # Resizing is most of the preprocessing and Pillow releases the GIL while it resizes: the frames are
+            # resized side by side (the vision encoder's threads are idle until then).
+            with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4]), todo))
+            # One encoder run per image, not one for all: the int8 encoder quantizes its activations with one
+            # scale per run, so images sharing a run would change each other's features (3 of 4 captions
+            # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.
+            for (i, j, key, _, _), processed in zip(todo, done):
+                found[i][j] = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+                if key:
+                    self.vision_cache.put(key, found[i][j])
+        vision_s = (time.perf_counter() - t0) / max(len(prompts), 1)  # each prompt's share of the vision time
+        out = []
+        for i, p in enumerate(prompts):
+            feats_i = [e.features for e in found[i]]
+            cached = len(found[i]) - sum(1 for t in todo if t[0] == i)
+            out.append(EncodedImages(np.concatenate(feats_i) if feats_i else None,
+                                     sum(f.shape[0] for f in feats_i), cached, vision_s))
+        return out
+
     def generator(self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None,
                   **kw: Any) -> Generator:
         """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()`, or iterate for tokens).
@@ -268,6 +307,27 @@ class Engine:
                 split: bool | None = None, color: str = "rgb", cache: bool = True, **kw) -> Result:
         return self.ask(image, prompt, max_new_tokens, split, color, cache, **kw)
 
+    def caption_batch(self, images: Sequence[ImageLike], max_new_tokens: int = 64,
+                      prompt: str = DEFAULT_CAPTION_PROMPT, split: bool | None = None, color: str = "rgb",
+                      cache: bool = True, **kw) -> list[Result]:
+        """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
+        decoded as one batch (batch.py); the same Results as `caption` on each, in order. Images whose prompts
+        differ in length (other tile counts) and constrained answers are captioned one by one."""
+        config = GenerationConfig.from_kwargs(max_new_tokens=max_new_tokens, **kw)
+        config.check()
+        t0 = time.perf_counter()
+        prompts = [self.prepare(self.user_message(im, prompt, cache), split, color) for im in images]
+        if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
+            return [self.caption(im, max_new_tokens, prompt, split, color, cache, **kw) for im in images]
+        check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
+        encoded = self.encode_batch(prompts)
+        batch = BatchGenerator(self.decoder, [p.input_ids for p in prompts], [e.features for e in encoded],
+                               self.spec.image_token_id, config, self.spec.eos_ids)
+        rows = batch.run()
+        total_s = time.perf_counter() - t0
+        return [self._record(ids, replace(batch.timings, new_tokens=len(ids), finish_reason=finish), p, e, total_s)
+                for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)]
+
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
                max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
@@ -296,17 +356,18 @@ class Engine:
                                     f"(it got as far as {shown!r}){hint}.", result)
 
     def _result(self, ids: list[int], gen: Generator, p: Prompt, e: EncodedImages, total_s: float) -> Result:
-        t = gen.timings
+        result = self._record(ids, gen.timings, p, e, total_s)
+        if gen.constraint is not None:
+            self._check_complete(gen, result)
+            result.value = gen.constraint.constraint.parse(result.text)
+        return result
+
+    def _record(self, ids: list[int], t: Timings, p: Prompt, e: EncodedImages, total_s: float) -> Result:
         decode_steps = max(t.new_tokens - 1, 0)
         vision_s = p.decode_s + e.vision_s
-        text = self.tokenizer.decode(ids)
-        result = Result(
-            text=text.strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
+        return Result(
+            text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
             new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=vision_s * 1e3,
             prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
             total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
-        if gen.constraint is not None:
-            self._check_complete(gen, result)
-            result.value = gen.constraint.constraint.parse(text)
-        return result

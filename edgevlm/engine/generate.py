@@ -188,25 +188,26 @@ class Decoder:
         out = self.decoder.run(self.output_names, feeds)
         return out[0][0], out[1:]
 
-    def new_cache(self, prompt_tokens: int, max_new_tokens: int) -> SharedKVCache | GrowingKVCache:
-        """An answer's KV cache: updated in place where this decoder allows (kv_cache.py), else grown."""
+    def new_cache(self, prompt_tokens: int, max_new_tokens: int, batch: int = 1) -> SharedKVCache | GrowingKVCache:
+        """An answer's KV cache (`batch` answers' in lockstep): updated in place where this decoder allows
+        (kv_cache.py), else grown."""
         if self.shares_kv:
             return SharedKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype,
-                                 prompt_tokens + min(max_new_tokens, FIRST_EXTRA), self.max_positions)
-        return GrowingKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype)
+                                 prompt_tokens + min(max_new_tokens, FIRST_EXTRA), self.max_positions, batch)
+        return GrowingKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype, batch)
 
     def advance(self, embeds: np.ndarray, cache: SharedKVCache | GrowingKVCache, past_len: int) -> np.ndarray:
-        """The last position's logits; `cache` holds the new positions afterwards."""
+        """Each row's last-position logits (batch, vocab); `cache` holds the new positions afterwards."""
         return cache.run(self._feeds(embeds, past_len, 1), past_len, embeds.shape[1])
 
     def _feeds(self, embeds: np.ndarray, past_len: int, keep: int | None) -> dict[str, np.ndarray]:
-        n = embeds.shape[1]
+        batch, n = embeds.shape[:2]
         feeds = {"inputs_embeds": np.ascontiguousarray(embeds, dtype=self.embeds_dtype),
-                 "attention_mask": np.ones((1, past_len + n), dtype=np.int64)}
+                 "attention_mask": np.ones((batch, past_len + n), dtype=np.int64)}
         if self.keeps_logits:
             feeds["num_logits_to_keep"] = np.array(keep or n, dtype=np.int64)
         if self.uses_position_ids:
-            feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+            feeds["position_ids"] = np.repeat(np.arange(past_len, past_len + n, dtype=np.int64)[None], batch, 0)
         return feeds
 
 
@@ -257,7 +258,7 @@ class Generator:
                                     self._image_token_id)
         self._features = None  # merged into the embeddings; not needed again
         self._cache = self.decoder.new_cache(len(self.input_ids), self.config.max_new_tokens)
-        self._logits = self.decoder.advance(embeds, self._cache, 0)
+        self._logits = self.decoder.advance(embeds, self._cache, 0)[0]
         self._t1 = time.perf_counter()
         self.timings.prefill_s = self._t1 - self._t0
 
@@ -282,7 +283,7 @@ class Generator:
             self._finish("length")
         else:
             past = len(self.input_ids) + len(self.tokens) - 1
-            self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)
+            self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)[0]
         return token
 
     def cancel(self) -> None:

@@ -37,11 +37,12 @@ def _device(decoder_session) -> tuple[str, int]:
 
 
 class SharedKVCache:
-    """Past/present buffers (1, kv_heads, capacity, head_dim) per layer, bound to one session's IO binding."""
+    """Past/present buffers (batch, kv_heads, capacity, head_dim) per layer, bound to one session's IO binding.
+    The rows of a batch advance together (batch.py), so one capacity serves them all."""
 
     def __init__(self, session, num_layers: int, kv_heads: int, head_dim: int, dtype, capacity: int,
-                 max_positions: int):
-        self.session, self.num_layers, self.dtype = session, num_layers, dtype
+                 max_positions: int, batch: int = 1):
+        self.session, self.num_layers, self.dtype, self.batch = session, num_layers, dtype, batch
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.max_positions = max_positions
         self.device = _device(session)
@@ -55,7 +56,7 @@ class SharedKVCache:
 
     def _resize(self, capacity: int, keep: int) -> None:
         """New buffers of `capacity` positions holding the first `keep` positions of the old ones."""
-        shape = (1, self.kv_heads, capacity, self.head_dim)
+        shape = (self.batch, self.kv_heads, capacity, self.head_dim)
         host, values = [], []
         for i in range(2 * self.num_layers):
             h = np.zeros(shape, dtype=self.dtype)
@@ -71,8 +72,8 @@ class SharedKVCache:
                 self.binding.bind_ortvalue_output(f"present.{layer}.{kind}", value)
 
     def run(self, feeds: dict[str, np.ndarray], past_len: int, new: int) -> np.ndarray:
-        """One decoder run over `feeds` (`new` positions after `past_len` cached ones); the last position's
-        logits, copied (the output buffer is reused by the next run)."""
+        """One decoder run over `feeds` (`new` positions after `past_len` cached ones); each row's last-position
+        logits (batch, vocab), copied (the output buffer is reused by the next run)."""
         total = past_len + new
         if total > self.capacity:
             if total > self.max_positions:
@@ -82,18 +83,17 @@ class SharedKVCache:
         for name, value in feeds.items():
             self.binding.bind_cpu_input(name, value)
         self.session.run_with_iobinding(self.binding)
-        logits = self.binding.get_outputs()[0].numpy()
-        return logits[0, -1].copy()
+        return self.binding.get_outputs()[0].numpy()[:, -1].copy()
 
 
 class GrowingKVCache:
     """The traced decoder's loop (position_ids, a cache grown by Concat): each step's present.* becomes the next
     step's past_key_values.*."""
 
-    def __init__(self, session, num_layers: int, kv_heads: int, head_dim: int, dtype):
+    def __init__(self, session, num_layers: int, kv_heads: int, head_dim: int, dtype, batch: int = 1):
         self.session, self.num_layers = session, num_layers
         self.output_names = [o.name for o in session.get_outputs()]
-        self.values = [np.zeros((1, kv_heads, 0, head_dim), dtype=dtype) for _ in range(2 * num_layers)]
+        self.values = [np.zeros((batch, kv_heads, 0, head_dim), dtype=dtype) for _ in range(2 * num_layers)]
 
     def run(self, feeds: dict[str, np.ndarray], past_len: int, new: int) -> np.ndarray:
         for i in range(self.num_layers):
@@ -101,4 +101,4 @@ class GrowingKVCache:
             feeds[f"past_key_values.{i}.value"] = self.values[2 * i + 1]
         out = self.session.run(self.output_names, feeds)
         self.values = out[1:]
-        return out[0][0, -1]
+        return out[0][:, -1]

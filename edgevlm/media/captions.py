@@ -83,7 +83,8 @@ class CaptionWriter:
         elif self.fmt == "vtt":
             line = f"{vtt_time(seg.start)} --> {vtt_time(seg.end)}\n{_one_paragraph(seg.text)}\n\n"
         elif isinstance(seg, LiveCaption):  # a moment, not a span
-            line = f"[{vtt_time(seg.timestamp)}] {' '.join(seg.text.split())}\n"
+            where = f" {seg.source}:" if seg.source else ""
+            line = f"[{vtt_time(seg.timestamp)}]{where} {' '.join(seg.text.split())}\n"
         else:
             line = f"[{vtt_time(seg.start)} --> {vtt_time(seg.end)}] {' '.join(seg.text.split())}\n"
         self._emit(line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,62 +49,121 @@ class Trigger:
         return self._condition(caption.value)
 
 
-def watch(vlm: Engine, source: str | int | LiveSource, prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
+def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | LiveSource],
+          prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
           threshold: float = 6.0, min_interval: float = 0.0, heartbeat: float | None = None, split: bool = False,
           trigger: Trigger | None = None, max_captions: int | None = None, source_options: dict | None = None,
           **generate_kw: Any) -> Iterator[LiveCaption]:
-    """Yield a LiveCaption for each frame worth describing until the source ends (or max_captions).
+    """Yield a LiveCaption for each frame worth describing until the sources end (or max_captions).
 
-    threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is 'nothing new'
-    (0 captions every frame it gets to). min_interval: at least this many seconds between caption starts.
-    heartbeat: caption an unchanged scene anyway after this many seconds. source: a camera index, /dev/videoN,
-    stream URL, video file (replayed in real time) or a LiveSource such as PushSource; a source opened here is
-    closed when the generator ends, whatever ends it. A failed source raises its SourceError after the
-    captions it gave. With a constraint (choices=, json_schema=, regex=), a frame whose answer cannot finish
-    within max_new_tokens gives a caption with `error` set and no value (it never triggers); the watch goes on.
+    source: a camera index, /dev/videoN, stream URL, video file (replayed in real time) or a LiveSource such as
+    PushSource, or a list of them: then each round takes the newest frame of every source that shows something
+    new, and captions them together (one vision run, one decode batch: Engine.caption_batch), each caption
+    naming its source. threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is
+    'nothing new' (0 captions every frame it gets to). min_interval: at least this many seconds between caption
+    starts, per source. heartbeat: caption an unchanged scene anyway after this many seconds. Sources opened
+    here are closed when the generator ends, whatever ends it. A failed source raises its SourceError after the
+    captions it gave (with several sources, once the others have ended too). With a constraint (choices=,
+    json_schema=, regex=), a frame whose answer cannot finish within max_new_tokens gives a caption with `error`
+    set and no value (it never triggers); the watch goes on.
     """
-    own = not isinstance(source, LiveSource)
-    src = open_source(source, **(source_options or {}))
-    gate, static, count, last_start = MotionGate(threshold), 0, 0, None
+    given = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not given:
+        raise InputError("watch needs at least one source.")
+    feeds = [_Feed(s, source_options, threshold) for s in given]
+    if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position added
+        names = [f.src.name for f in feeds]
+        for i, f in enumerate(feeds):
+            f.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i + 1}"
+    count = 0
     try:
         while max_captions is None or count < max_captions:
-            frame = src.get(timeout=0.25)
-            if frame is None:
-                if src.finished:
+            ready = [(f, frame) for f in feeds if (frame := f.next_frame(min_interval, heartbeat,
+                                                                         0.25 if len(feeds) == 1 else 0.0))]
+            if not ready:
+                if all(f.src.finished for f in feeds):
                     break
+                if len(feeds) > 1:
+                    time.sleep(0.01)
                 continue
-            now = time.monotonic()
-            if last_start is not None and now - last_start < min_interval:
-                continue
-            due = heartbeat is not None and last_start is not None and now - last_start >= heartbeat
-            if not gate.changed(frame.image) and not due:
-                static += 1
-                continue
-            last_start = time.monotonic()
-            try:
-                r, error = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split,
-                                       cache=False, **generate_kw), None
-            except IncompleteAnswerError as e:  # one frame's structured answer did not fit: say so, go on
-                r, error = e.result, str(e)
+            ready = ready[:None if max_captions is None else max_captions - count]
+            start = time.monotonic()
+            for f, _ in ready:
+                f.last_start = start
+            answers = _caption(vlm, [frame.image for _, frame in ready], max_new_tokens, prompt, split, generate_kw)
             done = time.monotonic()
-            s = src.stats
-            caption = LiveCaption(
-                timestamp=round(frame.timestamp, 3), text=r.text, value=r.value, wall_time=time.time(),
-                frame_age_ms=round((last_start - frame.captured) * 1e3, 1),
-                latency_ms=round((done - frame.captured) * 1e3, 1), frames_read=s.frames_read,
-                frames_dropped=s.frames_dropped, frames_static=static, reconnects=s.reconnects,
-                timings={"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
-                         "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens}, error=error)
-            count += 1
-            if trigger is not None and error is None and trigger.matches(caption):
-                caption.triggered = True
-                if trigger.callback is not None:
-                    trigger.callback(caption)
-            yield caption
-            if caption.triggered and trigger.stop:
+            stop = False
+            for (f, frame), (r, error) in zip(ready, answers):
+                caption = f.record(frame, r, error, start, done)
+                count += 1
+                if trigger is not None and error is None and trigger.matches(caption):
+                    caption.triggered = True
+                    if trigger.callback is not None:
+                        trigger.callback(caption)
+                yield caption
+                if caption.triggered and trigger.stop:
+                    stop = True
+                    break
+            if stop:
                 break
-        if src.error is not None:
-            raise src.error
+        for f in feeds:
+            if f.src.error is not None:
+                raise f.src.error
     finally:
-        if own:
-            src.close()
+        for f in feeds:
+            if f.own:
+                f.src.close()
+
+
+class _Feed:
+    """One source of a watch: its newest frame, its motion gate and counters."""
+
+    def __init__(self, source: str | int | LiveSource, options: dict | None, threshold: float):
+        self.own = not isinstance(source, LiveSource)
+        self.src = open_source(source, **(options or {}))
+        self.gate, self.static, self.last_start = MotionGate(threshold), 0, None
+        self.name: str | None = None  # set when the watch has several sources
+
+    def next_frame(self, min_interval: float, heartbeat: float | None, timeout: float):
+        """The newest frame if it is worth a caption now, else None (counted as static when the gate says so)."""
+        frame = self.src.get(timeout=timeout)
+        if frame is None:
+            return None
+        now = time.monotonic()
+        if self.last_start is not None and now - self.last_start < min_interval:
+            return None
+        due = heartbeat is not None and self.last_start is not None and now - self.last_start >= heartbeat
+        if not self.gate.changed(frame.image) and not due:
+            self.static += 1
+            return None
+        return frame
+
+    def record(self, frame, r, error: str | None, start: float, done: float) -> LiveCaption:
+        s = self.src.stats
+        return LiveCaption(
+            timestamp=round(frame.timestamp, 3), text=r.text, value=r.value, wall_time=time.time(),
+            frame_age_ms=round((start - frame.captured) * 1e3, 1),
+            latency_ms=round((done - frame.captured) * 1e3, 1), frames_read=s.frames_read,
+            frames_dropped=s.frames_dropped, frames_static=self.static, reconnects=s.reconnects,
+            timings={"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
+                     "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens}, error=error,
+            source=self.name)
+
+
+def _caption(vlm: Engine, images: list, max_new_tokens: int, prompt: str, split: bool,
+             generate_kw: dict[str, Any]) -> list[tuple[Any, str | None]]:
+    """(Result, error) per image: one batch for several unconstrained frames; otherwise one by one, where an
+    answer that cannot complete becomes a caption with `error` set."""
+    constrained = any(generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "grammar",
+                                                                  "constraint"))
+    if len(images) > 1 and not constrained:
+        return [(r, None) for r in vlm.caption_batch(images, max_new_tokens=max_new_tokens, prompt=prompt,
+                                                     split=split, cache=False, **generate_kw)]
+    out = []
+    for image in images:
+        try:
+            out.append((vlm.caption(image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False,
+                                    **generate_kw), None))
+        except IncompleteAnswerError as e:  # one frame's structured answer did not fit: say so, go on
+            out.append((e.result, str(e)))
+    return out

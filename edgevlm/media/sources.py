@@ -108,9 +108,11 @@ class PushSource(LiveSource):
 
     name = "push"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
         super().__init__()
         self._index = 0
+        if name is not None:
+            self.name = name  # what a watch of several sources calls this one
 
     def push(self, image: np.ndarray, timestamp: float | None = None, color: str = "rgb") -> None:
         if self.finished:
