@@ -112,6 +112,15 @@ def test_providers_choice_and_fallback_flag(tiny256):
     assert vlm.fell_back_to_cpu is False
 
 
+def test_openvino_provider_only_when_asked_for(monkeypatch):
+    """Measured slower than the CPU provider (docs/benchmarks.md): installed, it is still not chosen automatically."""
+    from edgevlm.engine import providers
+
+    monkeypatch.setattr(providers, "available", lambda: ["OpenVINOExecutionProvider", "CPUExecutionProvider"])
+    assert providers.choose(None) == ["CPUExecutionProvider"]
+    assert providers.choose("openvino") == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+
+
 def test_cli_bench_reports_every_measure(tiny256):
     r = run_cli("bench", tiny256[1], "--variants", "fp32,q4", "--runs", "1", "--new-tokens", "4", "--json")
     assert r.returncode == 0, r.stderr

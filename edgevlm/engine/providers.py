@@ -15,9 +15,11 @@ except ImportError:  # the core package names no ONNX Runtime wheel: [cpu] and [
 
 log = logging.getLogger("edgevlm")
 
-# Most capable first; CPU always last. Used when the caller names no providers.
+# Most capable first; CPU always last. Used when the caller names no providers. OpenVINO's provider is not in it:
+# with default options it ran the vision encoder 1.7-3.9x slower than the CPU provider on an AVX-512 AMD CPU and
+# 1.4-2.7x slower on an Intel CPU with AMX (docs/benchmarks.md), so it is used only when asked for ("openvino").
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
-              "DmlExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider")
+              "DmlExecutionProvider", "CPUExecutionProvider")
 ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
            "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider",
            "openvino": "OpenVINOExecutionProvider"}
