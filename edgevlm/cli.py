@@ -537,7 +537,8 @@ def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, c
             to_file.commit()  # nothing was appended; the file is as it was
         raise
     try:
-        captions = vlm.watch(srcs if len(srcs) > 1 else srcs[0], prompt=prompt or DEFAULT_LIVE_PROMPT, max_new_tokens=max_new_tokens,
+        captions = vlm.watch(srcs if len(srcs) > 1 else srcs[0], prompt=prompt or DEFAULT_LIVE_PROMPT,
+                             max_new_tokens=max_new_tokens,
                              threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
                              max_captions=max_captions, constraint=constraint)
         screen = CaptionWriter(fmt)

@@ -58,8 +58,8 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
 
     source: a camera index, /dev/videoN, stream URL, video file (replayed in real time) or a LiveSource such as
     PushSource, or a list of them: then each round takes the newest frame of every source that shows something
-    new, and captions them together (one vision run, one decode batch: Engine.caption_batch), each caption
-    naming its source. threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is
+    new, and captions them together (resized side by side, decoded as one batch: Engine.caption_batch), each
+    caption naming its source. threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is
     'nothing new' (0 captions every frame it gets to). min_interval: at least this many seconds between caption
     starts, per source. heartbeat: caption an unchanged scene anyway after this many seconds. Sources opened
     here are closed when the generator ends, whatever ends it. A failed source raises its SourceError after the
