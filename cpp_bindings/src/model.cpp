@@ -322,7 +322,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
 
     std::vector<int64_t> mask, positions;
     std::vector<int64_t> keep{1};
-    std::vector<float> logits(size_t(s.vocab_size));
+    std::vector<float> scores(size_t(s.vocab_size));  // each run's last logits, then what the hook and pick make of them
     // Feeds of one step other than the cache: embeddings, mask, and what this decoder declares.
     auto feeds_for = [&](std::vector<float> &x, size_t past_len, std::vector<std::pair<std::string, Ort::Value>> &out) {
         size_t n = x.size() / size_t(s.hidden);
@@ -341,7 +341,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
     auto take_logits = [&](const Ort::Value &out) {
         auto shape = out.GetTensorTypeAndShapeInfo().GetShape();
         const float *l = out.GetTensorData<float>() + (size_t(shape[1]) - 1) * size_t(shape[2]);
-        std::copy_n(l, s.vocab_size, logits.begin());
+        std::copy_n(l, s.vocab_size, scores.begin());
     };
 
     // edgevlm's fused decoder (positions from the mask) updates one buffer in place; the traced decoder
@@ -405,9 +405,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
     std::mt19937_64 rng(o.seed);
     std::string pending;
     bool started = false;
-    std::vector<float> scores;
     for (;;) {
-        scores = logits;
         if (o.logits_hook) o.logits_hook(scores.data(), scores.size(), g.tokens);
         int32_t token = pick(scores, o, rng);
         if (g.tokens.empty()) g.first_token_ms = ms_since(t0);

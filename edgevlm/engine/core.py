@@ -257,7 +257,7 @@ class Engine:
         tokens: what verification and accuracy measurements compare with PyTorch."""
         embeds = self.decoder.merge(np.asarray(input_ids, dtype=np.int64),
                                     None if encoded is None else encoded.features, self.spec.image_token_id)
-        return self.decoder.forward(embeds, self.decoder.empty_cache(), 0)[0]
+        return self.decoder.forward(embeds)
 
     @staticmethod
     def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str,

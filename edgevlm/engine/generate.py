@@ -156,15 +156,10 @@ class Decoder:
         self.embeds_dtype = np.float16 if "float16" in inputs["inputs_embeds"].type else np.float32
         self.uses_position_ids = "position_ids" in inputs
         self.keeps_logits = "num_logits_to_keep" in inputs
-        self.output_names = [o.name for o in decoder_session.get_outputs()]
         self.shares_kv = kv_cache.supported(decoder_session)
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.embed.run(None, {"input_ids": ids.reshape(1, -1).astype(np.int64)})[0]
-
-    def empty_cache(self) -> list[np.ndarray]:
-        shape = (1, self.kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.kv_dtype) for _ in range(2 * self.num_layers)]
 
     def merge(self, ids: np.ndarray, image_features: np.ndarray | None, image_token_id: int) -> np.ndarray:
         """Token embeddings with the <image> rows replaced, in order, by the image features."""
@@ -178,15 +173,10 @@ class Decoder:
             embeds[0, mask] = image_features.reshape(-1, embeds.shape[-1])
         return embeds
 
-    def forward(self, embeds: np.ndarray, cache: list[np.ndarray], past_len: int,
-                keep: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits for the last `keep` positions of `embeds` (all when None) and the grown cache."""
-        feeds = self._feeds(embeds, past_len, keep)
-        for i in range(self.num_layers):
-            feeds[f"past_key_values.{i}.key"] = cache[2 * i]
-            feeds[f"past_key_values.{i}.value"] = cache[2 * i + 1]
-        out = self.decoder.run(self.output_names, feeds)
-        return out[0][0], out[1:]
+    def forward(self, embeds: np.ndarray) -> np.ndarray:
+        """Logits (positions, vocab) for every position of `embeds`, from an empty cache (teacher forcing)."""
+        cache = GrowingKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype)
+        return cache.outputs(self._feeds(embeds, 0, None))[0]
 
     def new_cache(self, prompt_tokens: int, max_new_tokens: int, batch: int = 1) -> SharedKVCache | GrowingKVCache:
         """An answer's KV cache (`batch` answers' in lockstep): updated in place where this decoder allows

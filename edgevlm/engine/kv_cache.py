@@ -95,10 +95,14 @@ class GrowingKVCache:
         self.output_names = [o.name for o in session.get_outputs()]
         self.values = [np.zeros((batch, kv_heads, 0, head_dim), dtype=dtype) for _ in range(2 * num_layers)]
 
-    def run(self, feeds: dict[str, np.ndarray], past_len: int, new: int) -> np.ndarray:
+    def outputs(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The run's logits (batch, kept positions, vocab); the cache grows by the new positions."""
         for i in range(self.num_layers):
             feeds[f"past_key_values.{i}.key"] = self.values[2 * i]
             feeds[f"past_key_values.{i}.value"] = self.values[2 * i + 1]
         out = self.session.run(self.output_names, feeds)
         self.values = out[1:]
-        return out[0][:, -1]
+        return out[0]
+
+    def run(self, feeds: dict[str, np.ndarray], past_len: int, new: int) -> np.ndarray:
+        return self.outputs(feeds)[:, -1]
