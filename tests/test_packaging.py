@@ -25,8 +25,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 def resolve(spec: str, tmp_path: Path) -> set[str]:
     report = tmp_path / "report.json"
+    # onnxruntime-gpu's wheel (~250 MB) is downloaded for its metadata: a dropped connection resumes
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                          "--report", str(report), spec], capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          "--resume-retries", "5", "--report", str(report), spec],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
 
