@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .bundle import ModelSpec
 from ..errors import ImageTooLargeError, InputError
 from .limits import max_image_pixels
+from .resample import resize_lanczos
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
 
@@ -163,16 +164,21 @@ def _tile_multiple(h: int, w: int, tile: int) -> tuple[int, int]:
 
 
 def _resize(im: Image.Image, h: int, w: int) -> Image.Image:
-    return im.resize((w, h), resample=Image.LANCZOS)
+    return resize_lanczos(im, w, h)
 
 
 def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
+    """uint8 tiles -> normalized float32 planes. A byte value maps to one float per channel, so the reference's
+    rescale-then-normalize arithmetic is done 256 times per channel and looked up per pixel (same values)."""
     arr = np.stack([np.asarray(_flatten_alpha(t)) for t in tiles])  # (n, T, T, 3) uint8
-    x = (arr.astype(np.float64) * spec.rescale_factor).astype(np.float32)
+    levels = (np.arange(256, dtype=np.float64) * spec.rescale_factor).astype(np.float32)
     mean = np.asarray(spec.image_mean, dtype=np.float32)
     std = np.asarray(spec.image_std, dtype=np.float32)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    table = (levels[None, :] - mean[:, None]) / std[:, None]  # (3, 256) float32
+    out = np.empty((arr.shape[0], 3) + arr.shape[1:3], dtype=np.float32)
+    for c in range(3):
+        out[:, c] = table[c][arr[..., c]]
+    return out
 
 
 def _flatten_alpha(im: Image.Image) -> Image.Image:

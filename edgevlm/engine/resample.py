@@ -1,0 +1,72 @@
+"""Pillow's LANCZOS resize, byte for byte, on every core.
+
+Pillow resamples one axis at a time through an 8-bit intermediate image, and each output row of the horizontal pass
+(each column of the vertical pass) depends only on its own input row (column). So a pass cut into strips, each
+strip resized by Pillow alone on its own thread (Pillow releases the GIL while it resamples), gives the same bytes
+as the one call. SmolVLM2's rule resizes a 512 px photo to 2048 px and back to 512 px: ~190 M multiply-adds, the
+largest piece of a W1 caption outside ONNX Runtime (tests/test_preprocess.py checks the bytes against
+`Image.resize` on many sizes and modes).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+_MIN_WORK = 512 * 512  # output pixels of a pass below which one thread is quicker than the hand-off
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def resize_lanczos(im: Image.Image, width: int, height: int, workers: int | None = None) -> Image.Image:
+    """`im.resize((width, height), Image.LANCZOS)`, each pass cut into `workers` strips (default: one per core)."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or im.size == (width, height) or im.mode not in ("RGB", "RGBA", "RGBa", "L"):
+        return im.resize((width, height), resample=Image.LANCZOS)
+    if im.mode == "RGBA":  # Pillow premultiplies alpha once around both passes, so must we
+        return resize_lanczos(im.convert("RGBa"), width, height, workers).convert("RGBA")
+    shrink_x, shrink_y = im.width - width, im.height - height
+    if shrink_y > 0 and shrink_y > 2 * shrink_x:  # Pillow 13 resamples the height first here: fewer rows after
+        return _horizontal(_vertical(im, height, workers), width, workers)
+    return _vertical(_horizontal(im, width, workers), height, workers)
+
+
+def _horizontal(im: Image.Image, width: int, workers: int) -> Image.Image:
+    if width == im.width:
+        return im
+    strips = _cuts(im.height, workers if width * im.height >= _MIN_WORK else 1)
+    parts = _map(lambda a, b: im.crop((0, a, im.width, b)).resize((width, b - a), resample=Image.LANCZOS), strips)
+    out = Image.new(im.mode, (width, im.height))
+    for (a, _), part in zip(strips, parts):
+        out.paste(part, (0, a))
+    return out
+
+
+def _vertical(im: Image.Image, height: int, workers: int) -> Image.Image:
+    if height == im.height:
+        return im
+    strips = _cuts(im.width, workers if im.width * height >= _MIN_WORK else 1)
+    parts = _map(lambda a, b: im.crop((a, 0, b, im.height)).resize((b - a, height), resample=Image.LANCZOS), strips)
+    out = Image.new(im.mode, (im.width, height))
+    for (a, _), part in zip(strips, parts):
+        out.paste(part, (a, 0))
+    return out
+
+
+def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _map(fn, strips: list[tuple[int, int]]) -> list[Image.Image]:
+    if len(strips) == 1:
+        return [fn(*strips[0])]
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="edgevlm-resize")
+    futures = [_pool.submit(fn, a, b) for a, b in strips[1:]]
+    first = fn(*strips[0])  # the calling thread takes a strip too
+    return [first] + [f.result() for f in futures]
