@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .engine.bundle import DEFAULT_MODEL
+from .engine.detail import DETAIL, tiling
 from .engine.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import EdgeVLMError, InputError
 from .media.captions import FORMATS, CaptionWriter
@@ -74,7 +75,7 @@ def _friendly(fn):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except MemoryError:
-            click.echo("error: out of memory; try a smaller variant (--variant q4) or --no-split.", err=True)
+            click.echo("error: out of memory; try a smaller variant (--variant q4) or --detail low.", err=True)
             sys.exit(1)
         except Exception as e:  # a bug, not the user's fault: one line, the traceback on request
             if os.environ.get("EDGEVLM_DEBUG"):
@@ -91,7 +92,9 @@ def model_options(fn):
     fn = click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")(fn)
     fn = click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")(fn)
     fn = click.option("--max-new-tokens", type=COUNT, default=None, help="Answer length limit in tokens.")(fn)
-    fn = click.option("--no-split", is_flag=True, help="Do not split the image into tiles (faster, less detail).")(fn)
+    fn = click.option("--detail", "detail", type=click.Choice(list(DETAIL)), default=None,
+                      help="Images: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items()) + ".")(fn)
+    fn = click.option("--no-split", "detail", flag_value="low", help="Same as --detail low.")(fn)
     fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")(fn)
     fn = click.option("--max-image-pixels", type=COUNT, default=None,
@@ -140,25 +143,26 @@ def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
     """Flags the user typed that do nothing for this input: an error, not silence."""
     given = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
     if given:
-        opts = {p.name: p.opts[0] for p in ctx.command.params}
+        opts: dict[str, str] = {}
+        for p in ctx.command.params:  # --detail and --no-split set one value
+            opts[p.name] = f"{opts[p.name]}/{p.opts[0]}" if p.name in opts else p.opts[0]
         flags = ", ".join(opts.get(n, n) for n in given)
         raise InputError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply {why}; leave "
                          f"{'it' if len(given) == 1 else 'them'} out.")
 
 
-def _answer(vlm, images, question, max_new_tokens, no_split, stream, as_json, constraint=None):
-    split = False if no_split else None
+def _answer(vlm, images, question, max_new_tokens, detail, stream, as_json, constraint=None):
+    kw = tiling(detail, vlm.spec.tile)
     if stream is None:
         stream = sys.stdout.isatty() and not as_json
     if stream and as_json:
         raise InputError("--stream and --json cannot be combined; the JSON record is printed at the end.")
     if stream:
-        for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, split=split,
-                                constraint=constraint):
+        for piece in vlm.stream(images, question, max_new_tokens=max_new_tokens, constraint=constraint, **kw):
             click.echo(piece, nl=False)
         click.echo()
         return
-    r = vlm.ask(images, question, max_new_tokens=max_new_tokens, split=split, constraint=constraint)
+    r = vlm.ask(images, question, max_new_tokens=max_new_tokens, constraint=constraint, **kw)
     _print_result(r, as_json)
 
 
@@ -275,7 +279,7 @@ def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
 @archive_options
 @click.pass_context
 @_friendly
-def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
+def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, detail, stream, as_json,
             max_image_pixels, choices, json_schema, regex, mode, every, scene, threshold, fps, max_frames, fmt,
             output, jobs, ray_address, ray_actors, redo):
     """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip).
@@ -290,7 +294,7 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
         _reject(ctx, ("mode", "fps", "max_frames", "stream", "as_json"),
                 "to an archive run (each video gets a timeline file; --format jsonl for records)")
         given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
-        _archive(image, output, fmt if given else "srt", model, variant, providers, threads, max_image_pixels, no_split, jobs,
+        _archive(image, output, fmt if given else "srt", model, variant, providers, threads, max_image_pixels, detail, jobs,
                  ray_address, ray_actors, redo, {"every": every, "scene": scene, "threshold": threshold,
                                                  "max_new_tokens": max_new_tokens or 48,
                                                  **({"prompt": prompt} if prompt else {}),
@@ -301,16 +305,16 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
     if video is None:
         _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, no_split, stream, as_json,
+        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, detail, stream, as_json,
                 constraint)
     elif mode == "clip":
-        _reject(ctx, (*TIMELINE_ONLY, "no_split", "stream", "max_image_pixels"),
+        _reject(ctx, (*TIMELINE_ONLY, "detail", "stream", "max_image_pixels"),
                 "with --mode clip (one answer; video frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
         _print_result(vlm.ask_video(video, prompt or "Describe this video.", max_new_tokens=max_new_tokens or 128,
                                     fps=fps, max_frames=max_frames, constraint=constraint), as_json)
     else:
-        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "no_split"),
+        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "detail"),
                 "to a timeline (its frames are one tile each; --fps and --max-frames are for --mode clip)")
         if as_json:
             raise InputError("--json does not apply to a video timeline; use --format jsonl for one JSON record "
@@ -330,24 +334,24 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
 @click.option("--max-frames", type=COUNT, default=None, help="Video: most frames to sample (model default).")
 @click.pass_context
 @_friendly
-def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens, no_split, stream, as_json,
+def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens, detail, stream, as_json,
         max_image_pixels, choices, json_schema, regex, fps, max_frames):
     """Answer QUESTION about IMAGE(s) or one video (no image: a text-only question)."""
     _check_text("question", question)
     constraint = _constraint(choices, json_schema, regex)
     images, video = _split_inputs(image)
     if video is not None:
-        _reject(ctx, ("no_split", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
+        _reject(ctx, ("detail", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
         _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens or 128, fps=fps,
                                     max_frames=max_frames, constraint=constraint), as_json)
     else:
         _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, question, max_new_tokens or 128, no_split, stream, as_json, constraint)
+        _answer(vlm, images, question, max_new_tokens or 128, detail, stream, as_json, constraint)
 
 
-def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_pixels, no_split, jobs, ray_address,
+def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_pixels, detail, jobs, ray_address,
              ray_actors, redo, options) -> None:
     """Caption every input into OUT_DIR with a manifest; resume by default; a progress bar over the hours of
     video; a summary at the end. Inputs that fail are recorded and the rest go on; the exit code is 2 then."""
@@ -358,8 +362,8 @@ def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_
                          "manifest.jsonl.")
     if os.path.exists(output) and not os.path.isdir(output):
         raise InputError(f"-o {output} is a file; an archive run writes into a folder.")
-    if no_split:
-        options["split"] = False
+    if detail in ("low", "medium"):  # videos are captioned one tile per frame whatever the detail
+        options["detail"] = detail
     job = ArchiveJob(list(inputs), output, fmt,
                      load_kwargs={"model": model, "variant": variant, "providers": providers,
                                   "max_image_pixels": max_image_pixels, "progress": False},

@@ -207,3 +207,18 @@ def test_ray_cluster_with_a_worker_killed_mid_run(archive, reference, tiny256, t
     rows = manifest(tmp_path)
     assert sorted(r["input"] for r in rows) == sorted({r["input"] for r in rows}) and len(rows) == 14
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_detail_applies_to_the_images_of_an_archive(tiny256, tmp_path):
+    """--detail medium resizes an archive's images to two tiles along the longer side before splitting (5 tiles
+    here instead of 13) and leaves its videos as they are (one tile per frame)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    random_image(90, 120).save(src / "still.png")
+    scenes(src / "clip.mp4", (COLORS[0], COLORS[5]), seconds=1)
+    out = tmp_path / "out"
+    r = run_cli("caption", src, "-o", out, "-m", tiny256[1], "--every", "1", "--format", "jsonl", "--detail", "medium",
+                "--max-new-tokens", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "still.jsonl").read_text())["tiles"] == 5
+    assert [json.loads(line)["text"] is not None for line in (out / "clip.jsonl").read_text().splitlines()]

@@ -72,6 +72,12 @@ def test_cli_caption_ask_info(tiny256, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 2 and json.loads(r.stdout)["tiles"] == 2
     r = run_cli("ask", "What is the capital of France?", "-m", bundle, "--max-new-tokens", "3", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 0
+    # --detail trades tiles for speed: low one tile, medium the longer side at 2 tiles, high the model's rule
+    tiles = {d: json.loads(run_cli("caption", a, "-m", bundle, "--max-new-tokens", "1", "--json", "--detail", d)
+                           .stdout)["tiles"] for d in ("low", "medium", "high")}
+    assert tiles == {"low": 1, "medium": 5, "high": record["tiles"]} and record["tiles"] == 13, tiles
+    r = run_cli("caption", a, "-m", bundle, "--detail", "max")
+    assert r.returncode == 2 and "--detail" in r.stderr and "low" in r.stderr
     r = run_cli("info", bundle)
     assert r.returncode == 0 and "variant q4" in r.stdout and "tokens equal=True" in r.stdout
     info = json.loads(run_cli("info", bundle, "--json").stdout)

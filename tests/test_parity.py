@@ -66,6 +66,28 @@ def test_greedy_tokens_equal_transformers(tiny_model, reference_cache, case):
     assert result.new_tokens == len(ref_new)
 
 
+def test_longest_edge_is_the_processors_size_setting(tiny_model, reference_cache):
+    """longest_edge=N equals the model card's way to fewer tiles, processor.image_processor.size =
+    {"longest_edge": N}: the same prompt ids (the smaller tile grid) and the same greedy tokens."""
+    ckpt, bundle = tiny_model
+    model, processor = reference(ckpt, reference_cache)
+    vlm = edgevlm.load(bundle, variant="fp32", providers="cpu")
+    image, question = random_image(300, 420, seed=1), "What is in this image?"
+    edge = 2 * vlm.spec.tile
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+    size = processor.image_processor.size
+    processor.image_processor.size = {"longest_edge": edge}
+    try:
+        ref_prompt, ref_new = reference_tokens(model, processor, messages, True)
+    finally:
+        processor.image_processor.size = size
+    assert len(ref_prompt) < len(vlm.prepare(messages).input_ids)  # fewer tiles than the default rule
+    result = vlm.ask(image, question, max_new_tokens=MAX_NEW, longest_edge=edge)
+    assert result.prompt_tokens == len(ref_prompt) and result.token_ids == ref_new
+    messages[0]["content"][0]["longest_edge"] = edge  # the same choice per image, inside the messages
+    assert vlm.prepare(messages).input_ids == ref_prompt
+
+
 def test_teacher_forced_logits_close(tiny_model, reference_cache):
     """Greedy tokens can hide numeric drift on near-tied random logits; check the logits themselves."""
     ckpt, bundle = tiny_model

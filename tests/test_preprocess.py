@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import random_image
 from edgevlm.engine.bundle import read_spec
 from edgevlm.errors import InputError
-from edgevlm.engine.preprocess import load_image, process_image
+from edgevlm.engine.preprocess import load_image, process_image, tile_grid
 
 SIZES = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (3, 7), (16, 16), (31, 17), (64, 64), (100, 30),
          (30, 100), (224, 224), (256, 511), (333, 500), (383, 385), (384, 384), (480, 640), (511, 512),
@@ -26,10 +26,10 @@ def arch(request, tiny256, tiny22b):
     return read_spec(ckpt), SmolVLMImageProcessor.from_pretrained(str(ckpt))
 
 
-def reference(processor, image: Image.Image, split: bool):
+def reference(processor, image: Image.Image, split: bool, **kw):
     # channels_last stated explicitly: transformers guesses channels-first for images 1, 3 or 4 pixels high.
     out = processor(images=[image], do_image_splitting=split, return_tensors="np", return_row_col_info=True,
-                    input_data_format="channels_last")
+                    input_data_format="channels_last", **kw)
     return out["pixel_values"][0], out["rows"][0][0], out["cols"][0][0]
 
 
@@ -44,6 +44,28 @@ def test_pixels_and_grid_equal_reference(arch, hw):
     assert (ours.rows, ours.cols) == (ref_rows, ref_cols)
     assert ours.pixel_values.shape == ref_pixels.shape
     np.testing.assert_allclose(ours.pixel_values, ref_pixels, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("hw", [(300, 420), (768, 1024), (1000, 40), (2000, 3000)])
+@pytest.mark.parametrize("tiles", [1, 2, 3])
+def test_longest_edge_pixels_and_grid_equal_reference(arch, hw, tiles):
+    """A caller's longest_edge is transformers' size={"longest_edge": N}: same pixels and grid (split or not)."""
+    spec, processor = arch
+    edge, image = tiles * spec.tile, random_image(*hw, seed=hw[0] + tiles)
+    for split in (True, False):
+        ref_pixels, ref_rows, ref_cols = reference(processor, image, split, size={"longest_edge": edge})
+        ours = process_image(image, spec, split=split, longest_edge=edge)
+        assert (ours.rows, ours.cols) == (ref_rows, ref_cols)
+        assert tile_grid(*image.size, spec, split, edge) == (ours.rows, ours.cols)
+        np.testing.assert_allclose(ours.pixel_values, ref_pixels, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 4097, 2.5, "1024", True])
+def test_bad_longest_edge_is_a_clear_error(bad):
+    from edgevlm.engine.preprocess import check_longest_edge
+
+    with pytest.raises(InputError, match="longest_edge must be a whole number of pixels"):
+        check_longest_edge(bad)
 
 
 @pytest.mark.parametrize("split", [True, False])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.bundle_format import sha256_file
+from ..engine.detail import tiling
 from ..errors import EdgeVLMError
 from ..media.captions import CaptionWriter
 from ..media.outputs import OutputStream, OutputTarget
@@ -46,7 +47,7 @@ def _video(vlm: Any, path: str, output: Path, fmt: str, options: dict[str, Any])
     duration = probe(path).duration
     writer = CaptionWriter(fmt, OutputTarget(output, inputs=[path]))
     try:
-        opts = {"prompt": DEFAULT_TIMELINE_PROMPT, **options}
+        opts = {"prompt": DEFAULT_TIMELINE_PROMPT, **{k: v for k, v in options.items() if k != "detail"}}
         for segment in vlm.timeline(path, **opts):
             writer.write(segment)
         writer.commit()
@@ -57,7 +58,8 @@ def _video(vlm: Any, path: str, output: Path, fmt: str, options: dict[str, Any])
 
 
 def _image(vlm: Any, path: str, output: Path, fmt: str, options: dict[str, Any]) -> dict[str, Any]:
-    opts = {k: v for k, v in options.items() if k not in ("every", "scene", "threshold", "sample_fps")}
+    opts = {k: v for k, v in options.items() if k not in ("every", "scene", "threshold", "sample_fps", "detail")}
+    opts.update(tiling(options.get("detail"), vlm.spec.tile))
     r = vlm.caption(path, **opts)
     stream = OutputStream(OutputTarget(output, inputs=[path]), "atomic")
     try:

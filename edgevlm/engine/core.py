@@ -25,7 +25,8 @@ from ..records import Result
 from .batch import BatchGenerator
 from .generate import Decoder, GenerationConfig, Generator, Timings, check_context
 from .structured import Grammars
-from .preprocess import ImageLike, ProcessedImage, load_image, process_image, process_video_frame
+from .preprocess import (ImageLike, ProcessedImage, check_longest_edge, load_image, process_image,
+                         process_video_frame)
 from .processor import Processor, Prompt, frames_given
 from .providers import choose, create_session, session_options, vision_run_options
 from .frame import Frame
@@ -52,7 +53,7 @@ class EncodedImage:
 
 
 class VisionCache:
-    """Encoded images keyed by a hash of the decoded source pixels (and the split choice), so a repeated image
+    """Encoded images keyed by a hash of the decoded source pixels (and the tiling choice), so a repeated image
     skips resizing as well as the encoder; least recently used entries go first."""
 
     def __init__(self, max_entries: int = 16):
@@ -61,9 +62,9 @@ class VisionCache:
         self._lock = threading.Lock()  # one model serves several threads (encode in one, generate in another)
 
     @staticmethod
-    def key(image: Image.Image, split: bool) -> str:
+    def key(image: Image.Image, split: bool, longest_edge: int | None = None) -> str:
         digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-        return f"{digest}:{image.mode}:{image.size}:{split}"
+        return f"{digest}:{image.mode}:{image.size}:{split}:{longest_edge}"
 
     def get(self, key: str) -> EncodedImage | None:
         with self._lock:
@@ -147,16 +148,17 @@ class Engine:
         return feats.astype(np.float32, copy=False)
 
     def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb",
-                     cache: bool = True) -> tuple[EncodedImage, bool]:
-        """Features for one image, from the cache when the same pixels were seen with the same split choice.
+                     cache: bool = True, longest_edge: int | None = None) -> tuple[EncodedImage, bool]:
+        """Features for one image, from the cache when the same pixels were seen with the same tiling choice.
         cache=False (live frames, each new) skips hashing the pixels and leaves the cache as it was."""
         im = load_image(image, color, self.max_image_pixels)
         do_split = self.spec.do_image_splitting if split is None else split
-        key = self.vision_cache.key(im, do_split) if cache else None
+        longest_edge = check_longest_edge(longest_edge)
+        key = self.vision_cache.key(im, do_split, longest_edge) if cache else None
         hit = self.vision_cache.get(key) if key else None
         if hit is not None:
             return hit, True
-        processed = process_image(im, self.spec, split=do_split)
+        processed = process_image(im, self.spec, split=do_split, longest_edge=longest_edge)
         encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
         if key:
             self.vision_cache.put(key, encoded)
@@ -197,8 +199,8 @@ class Engine:
                     cached += hit
                 tiles += len(payload)
             else:
-                im, do_split, use_cache = payload
-                encoded, hit = self.encode_image(im, do_split, cache=use_cache)
+                im, do_split, use_cache, edge = payload
+                encoded, hit = self.encode_image(im, do_split, cache=use_cache, longest_edge=edge)
                 feats.append(encoded.features)
                 tiles += encoded.features.shape[0]
                 cached += hit
@@ -212,24 +214,24 @@ class Engine:
             return [self.encode(p) for p in prompts]
         t0 = time.perf_counter()
         found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None
-        todo: list[tuple[int, int, str | None, Image.Image, bool]] = []
+        todo: list[tuple[int, int, str | None, Image.Image, bool, int | None]] = []
         for i, p in enumerate(prompts):
             found.append([])
-            for j, (_, (im, do_split, use_cache)) in enumerate(p.pending):
-                key = self.vision_cache.key(im, do_split) if use_cache else None
+            for j, (_, (im, do_split, use_cache, edge)) in enumerate(p.pending):
+                key = self.vision_cache.key(im, do_split, edge) if use_cache else None
                 hit = self.vision_cache.get(key) if key else None
                 found[i].append(hit)
                 if hit is None:
-                    todo.append((i, j, key, im, do_split))
+                    todo.append((i, j, key, im, do_split, edge))
         if todo:
             # Resizing is most of the preprocessing and Pillow releases the GIL while it resizes: the frames are
             # resized side by side (the vision encoder's threads are idle until then).
             with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4]), todo))
+                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4], longest_edge=t[5]), todo))
             # One encoder run per image, not one for all: the int8 encoder quantizes its activations with one
             # scale per run, so images sharing a run would change each other's features (3 of 4 captions
             # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.
-            for (i, j, key, _, _), processed in zip(todo, done):
+            for (i, j, key, *_), processed in zip(todo, done):
                 found[i][j] = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
                 if key:
                     self.vision_cache.put(key, found[i][j])
@@ -260,15 +262,18 @@ class Engine:
         return self.decoder.forward(embeds)
 
     @staticmethod
-    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str,
-                     cache: bool = True) -> list[dict[str, Any]]:
+    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str, cache: bool = True,
+                     longest_edge: int | None = None) -> list[dict[str, Any]]:
         """One user turn: the images, then the text (the shape `ask` sends). cache=False marks the images as
-        seen once (live frames): they bypass the vision cache."""
+        seen once (live frames): they bypass the vision cache; longest_edge sets how large split images are
+        resized before they are cut into tiles."""
         if images is None:
             images = []
         elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
             images = [images]
-        content = [{"type": "image", "image": im, **({} if cache else {"cache": False})} for im in images]
+        options = {**({} if cache else {"cache": False}),
+                   **({} if longest_edge is None else {"longest_edge": longest_edge})}
+        content = [{"type": "image", "image": im, **options} for im in images]
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
 
@@ -296,29 +301,35 @@ class Engine:
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
     def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int = 128,
-            split: bool | None = None, color: str = "rgb", cache: bool = True, **kw) -> Result:
+            split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
+            **kw) -> Result:
         """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
-        cache (frames seen once)."""
+        cache (frames seen once). longest_edge: split images are first resized to this many pixels along their
+        longer side (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
+        tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
-        return self.chat(self.user_message(images, question, cache), max_new_tokens, split, color, **kw)
+        return self.chat(self.user_message(images, question, cache, longest_edge), max_new_tokens, split, color,
+                         **kw)
 
     def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
-                split: bool | None = None, color: str = "rgb", cache: bool = True, **kw) -> Result:
-        return self.ask(image, prompt, max_new_tokens, split, color, cache, **kw)
+                split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
+                **kw) -> Result:
+        return self.ask(image, prompt, max_new_tokens, split, color, cache, longest_edge, **kw)
 
     def caption_batch(self, images: Sequence[ImageLike], max_new_tokens: int = 64,
                       prompt: str = DEFAULT_CAPTION_PROMPT, split: bool | None = None, color: str = "rgb",
-                      cache: bool = True, **kw) -> list[Result]:
+                      cache: bool = True, longest_edge: int | None = None, **kw) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
         decoded as one batch (batch.py); the same Results as `caption` on each, in order. Images whose prompts
         differ in length (other tile counts) and constrained answers are captioned one by one."""
         config = GenerationConfig.from_kwargs(max_new_tokens=max_new_tokens, **kw)
         config.check()
         t0 = time.perf_counter()
-        prompts = [self.prepare(self.user_message(im, prompt, cache), split, color) for im in images]
+        prompts = [self.prepare(self.user_message(im, prompt, cache, longest_edge), split, color) for im in images]
         if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
-            return [self.caption(im, max_new_tokens, prompt, split, color, cache, **kw) for im in images]
+            return [self.caption(im, max_new_tokens, prompt, split, color, cache, longest_edge, **kw)
+                    for im in images]
         check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
         encoded = self.encode_batch(prompts)
         batch = BatchGenerator(self.decoder, [p.input_ids for p in prompts], [e.features for e in encoded],
@@ -329,10 +340,11 @@ class Engine:
                 for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)]
 
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
-               max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb", **kw) -> Iterator[str]:
+               max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb",
+               longest_edge: int | None = None, **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
-        gen, _, _ = self.start(self.user_message(images, question), split, color, max_new_tokens=max_new_tokens,
-                               **kw)
+        gen, _, _ = self.start(self.user_message(images, question, longest_edge=longest_edge), split, color,
+                               max_new_tokens=max_new_tokens, **kw)
         first = True
         for piece in self.tokenizer.stream(gen):
             if first:  # the model starts its answer with a space after "Assistant:"

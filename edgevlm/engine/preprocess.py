@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -189,13 +189,26 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
 
 
-def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = None) -> tuple[int, int]:
+def check_longest_edge(longest_edge: Any) -> int | None:
+    """A caller's resize target for split images (transformers' size={"longest_edge": N}): None or 1..4096 px."""
+    if longest_edge is None:
+        return None
+    if isinstance(longest_edge, bool) or not isinstance(longest_edge, (int, np.integer)) or not (
+            1 <= longest_edge <= MAX_IMAGE_SIZE):
+        raise InputError(f"longest_edge must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got "
+                         f"{longest_edge!r}; e.g. 1024 for at most 2 x 2 tiles of 512 px (the model's default is "
+                         "4 tiles along the longer side).")
+    return int(longest_edge)
+
+
+def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = None,
+              longest_edge: int | None = None) -> tuple[int, int]:
     """(rows, cols) of the tile grid an image of this size gets ((0, 0): one tile), from its size alone, so the
     prompt length is known before anything is resized or encoded."""
     do_split = spec.do_image_splitting if split is None else split
     if not do_split:
         return 0, 0
-    h, w = _tile_multiple(*_resize_longest(height, width, spec.longest_edge), spec.tile)
+    h, w = _tile_multiple(*_resize_longest(height, width, longest_edge or spec.longest_edge), spec.tile)
     if h <= spec.tile and w <= spec.tile:
         return 0, 0
     return math.ceil(h / spec.tile), math.ceil(w / spec.tile)
@@ -206,7 +219,7 @@ def process_image(image: ImageLike, spec: ModelSpec, split: bool | None = None, 
     """One image -> tiles (+ the global image) as the vision encoder wants them.
 
     split=None follows the model's preprocessor config (on for SmolVLM2). `longest_edge` overrides the resize
-    target (video frames use video_sampling.video_size).
+    target before splitting (fewer tiles: 1024 gives at most 2 x 2 of 512 px, plus the global view).
     """
     im = load_image(image, color, max_pixels)
     tile = spec.tile

@@ -17,7 +17,7 @@ from . import prompt as prompt_mod
 from ..errors import InputError
 from .frame import Frame
 from .limits import max_image_pixels as max_image_pixels_limit
-from .preprocess import ImageLike, ProcessedImage, load_image, process_image, tile_grid
+from .preprocess import ImageLike, ProcessedImage, check_longest_edge, load_image, process_image, tile_grid
 from .tokenizer import Tokenizer
 
 VideoFrames = Callable[[dict[str, Any]], "tuple[list[Frame], float]"]
@@ -30,7 +30,8 @@ class Prompt:
 
     input_ids: list[int]
     slots: list[prompt_mod.ImageSlot | prompt_mod.VideoSlot]
-    pending: list[tuple[str, Any]]  # ("image", (PIL image, split)) or ("video", [Frame, ...]), in prompt order
+    # ("image", (PIL image, split, use cache, longest edge or None)) or ("video", [Frame, ...]), in prompt order
+    pending: list[tuple[str, Any]]
     decode_s: float = 0.0  # time spent decoding images and sampling video frames
 
     @property
@@ -87,8 +88,9 @@ class Processor:
                     im = load_image(src, item.get("color", color), self.max_image_pixels)
                     do_split = item.get("split", split)
                     do_split = self.spec.do_image_splitting if do_split is None else do_split
-                    slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split)))
-                    pending.append(("image", (im, do_split, bool(item.get("cache", True)))))
+                    edge = check_longest_edge(item.get("longest_edge"))
+                    slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split, edge)))
+                    pending.append(("image", (im, do_split, bool(item.get("cache", True)), edge)))
         decode_s = time.perf_counter() - t0
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.
