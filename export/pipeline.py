@@ -177,7 +177,7 @@ def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str
         "variants": variants,
         "quantization": {key: {"ops": {k: n for k, n in f["ops"].items() if k in (
             "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "GatherBlockQuantized",
-            "DequantizeLinear", "GroupQueryAttention", "MultiHeadAttention", "FastGelu", "Softmax", "Tanh")}}
+            "DequantizeLinear", "GroupQueryAttention", "MultiHeadAttention", "If", "FastGelu", "Softmax", "Tanh")}}
             for key, f in facts.items()},
         "verification": report, "export_stats": stats, "tools": _tool_versions(),
     }

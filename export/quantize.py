@@ -35,7 +35,14 @@ def _quiet():
 
 
 def op_counts(path: Path) -> dict[str, int]:
-    return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
+    """Node counts by op type, the nodes inside If branches included."""
+    def nodes(graph: onnx.GraphProto):
+        for n in graph.node:
+            yield n
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from nodes(a.g)
+    return dict(Counter(n.op_type for n in nodes(onnx.load(str(path), load_external_data=False).graph)))
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:

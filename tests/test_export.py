@@ -279,8 +279,9 @@ def test_traced_unfused_decoder_still_matches(tiny256, tmp_path):
 
 
 def test_vision_encoder_fused_and_equal_to_the_trace(tiny_model, tmp_path):
-    """Every layer's attention and GELU run as ONNX Runtime's fused kernels (MultiHeadAttention, FastGelu), and
-    the fused encoder computes what the trace computes, on a full tile and on a padded one (the masked path)."""
+    """Every layer's attention and GELU run as ONNX Runtime's fused kernels (MultiHeadAttention, FastGelu), each
+    attention in an If whose branches run it without the mask (full tiles: the flash-attention kernel) or with it
+    (padded tiles), and the fused encoder computes what the trace computes on both kinds of tile."""
     import onnx
     import onnxruntime as ort
     from edgevlm_export.onnx_export import export_vision, load_reference
@@ -290,22 +291,25 @@ def test_vision_encoder_fused_and_equal_to_the_trace(tiny_model, tmp_path):
     model = load_reference(ckpt)
     cfg = model.config.vision_config
     ops = json.loads((bundle / MANIFEST).read_text())["quantization"]["vision_encoder:fp32"]["ops"]
-    assert ops["MultiHeadAttention"] == ops["FastGelu"] == cfg.num_hidden_layers
+    assert ops["MultiHeadAttention"] == 2 * ops["If"] == 2 * ops["FastGelu"] == 2 * cfg.num_hidden_layers
     assert "Softmax" not in ops and "Tanh" not in ops
     trace = onnx.load(str(export_vision(model, tmp_path)))
     fused = onnx.ModelProto()
     fused.CopyFrom(trace)
-    assert fuse_vision(fused, cfg.num_attention_heads) == {"attention": cfg.num_hidden_layers, "attention_unfused": 0,
-                                                           "gelu": cfg.num_hidden_layers, "gelu_unfused": 0}
+    layers = cfg.num_hidden_layers
+    assert fuse_vision(fused, cfg.num_attention_heads) == {"attention": layers, "attention_unfused": 0, "gelu": layers,
+                                                           "gelu_unfused": 0, "unmasked_branch": layers}
     tile = cfg.image_size
     pixels = np.random.default_rng(0).standard_normal((1, 2, 3, tile, tile)).astype(np.float32)
-    mask = np.ones((1, 2, tile, tile), bool)
-    mask[0, 1, tile // 2:, :] = False
-    mask[0, 1, :, 2 * tile // 3:] = False
-    feeds = {"pixel_values": pixels, "pixel_attention_mask": mask}
-    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-            for m in (trace, fused))
-    assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+    full = np.ones((1, 2, tile, tile), bool)
+    padded = full.copy()
+    padded[0, 1, tile // 2:, :] = False
+    padded[0, 1, :, 2 * tile // 3:] = False
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (trace, fused)]
+    for mask in (full, padded):
+        feeds = {"pixel_values": pixels, "pixel_attention_mask": mask}
+        a, b = (s.run(None, feeds)[0] for s in sessions)
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
 
 
 @pytest.mark.parametrize("level,tol", [(0, 1e-4), (4, 0.05)])
