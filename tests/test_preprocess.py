@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -185,3 +186,32 @@ def test_resize_in_strips_gives_pillows_bytes(mode, workers):
         image = Image.fromarray(a[..., 0] if mode == "L" else a, mode)
         ours = np.asarray(resize_lanczos(image, W, H, workers=workers))
         assert np.array_equal(ours, np.asarray(image.resize((W, H), Image.LANCZOS))), ((w, h), (W, H))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only")
+def test_resize_after_fork_does_not_hang():
+    """A server that forks workers after loading (gunicorn's pre-fork) resizes in the child: the child makes its
+    own thread pool instead of waiting on the parent's threads, which do not exist there."""
+    import os
+    import time
+
+    from edgevlm.engine.resample import resize_lanczos
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8))
+    want = np.asarray(image.resize((1500, 1500), Image.LANCZOS))
+    assert np.array_equal(np.asarray(resize_lanczos(image, 1500, 1500, workers=2)), want)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if the resize finishes and is right
+        ok = np.array_equal(np.asarray(resize_lanczos(image, 1500, 1500, workers=2)), want)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the resize in a forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -20,6 +20,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:  # a forked child has none of the parent's threads: it makes its own pool
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def resize_lanczos(im: Image.Image, width: int, height: int, workers: int | None = None) -> Image.Image:
     """`im.resize((width, height), Image.LANCZOS)`, each pass cut into `workers` strips (default: one per core)."""
     workers = workers or os.cpu_count() or 1
