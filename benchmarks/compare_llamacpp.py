@@ -6,16 +6,16 @@ llama.cpp is built from the llama-cpp-python sdist (it vendors llama.cpp with to
     cd llama_cpp_python-*/vendor/llama.cpp
     cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
     cmake --build build -j2 --target llama-mtmd-cli llama-quantize
-    python convert_hf_to_gguf.py CKPT --outfile text-f16.gguf --outtype f16      # needs sentencepiece
+    python BENCHMARKS/llamacpp_convert.py CKPT --outfile text-f16.gguf --outtype f16   # see that file
     python convert_hf_to_gguf.py CKPT --outfile mmproj-q8_0.gguf --outtype q8_0 --mmproj
     build/bin/llama-quantize text-f16.gguf text-q4_k_m.gguf Q4_K_M
 
     python benchmarks/compare_llamacpp.py LLAMA_BUILD_BIN TEXT_GGUF MMPROJ_GGUF [--runs 3]
 
-The converter takes the text model's architecture from config.json's text_config.architectures
-("VLlama3ForCausalLM" in the hub's SmolVLM2 configs). mtmd's SmolVLM path encodes a global view beside the slices
-even for one 512 px tile; an mmproj converted with the preprocessor's longest_edge at 512 gives its smallest
-split (2 encoder runs), the hub's 2048 gives 17. The prompt and image are W1's (the same question and synthetic
+llamacpp_convert.py says what a locally built checkpoint needs for the text model's conversion. mtmd's SmolVLM
+path encodes a global view beside the slices even for one 512 px tile; an mmproj converted from a copy of the
+checkpoint whose preprocessor_config.json has size.longest_edge 512 gives its smallest split (2 encoder runs),
+the hub's 2048 gives 17. The prompt and image are W1's (the same question and synthetic
 512x512 image as `edgevlm bench`), greedy, 32 new tokens with end-of-sequence ignored. W1 is read from the
 log's timestamps: from "loading model" (both models loaded) to the last timing line, so it holds reading the PNG,
 preprocessing, the encoder runs, the prompt and the 32 tokens, and not the load.
