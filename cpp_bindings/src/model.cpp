@@ -203,8 +203,12 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
         fail(EVLM_ERR_MODEL, std::string("the requested execution provider is not available in this ONNX Runtime (") +
                                  e.what() + "); use providers \"cpu\".");
     }
-    vision_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), options));
-    embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), options));
+    // The parts that run once per image or per token do not spin after a run: each session has its own workers,
+    // and spinning ones take the cores from the decoder that runs next (as in the Python runtime's providers.py).
+    Ort::SessionOptions quiet = options.Clone();
+    quiet.AddConfigEntry("session.intra_op.allow_spinning", "0");
+    vision_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), quiet));
+    embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), quiet));
     decoder_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("decoder_model_merged"), options));
     Ort::AllocatorWithDefaultOptions alloc;
     for (size_t i = 0; i < decoder_->GetInputCount(); ++i) {

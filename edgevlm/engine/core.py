@@ -110,10 +110,10 @@ class Engine:
         self.variant = variant or model_bundle.default_variant
         self.files = files
         self.requested_providers = choose(providers)
-        opts = session_options(threads, memory_arena)
         self.sessions = {}
         self.providers: dict[str, list[str]] = {}
         for part, path in files.items():
+            opts = session_options(threads, memory_arena, spin=part == "decoder_model_merged")
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
             bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
         self.tokenizer = self.processor.tokenizer
