@@ -318,6 +318,17 @@ def test_watch_several_pushed_sources_names_each_caption(vlm):
         ["push#1", "push#2"]
 
 
+def test_watch_closes_the_sources_it_opened_when_a_later_one_fails(vlm, tmp_path):
+    """A list whose second source cannot be opened: the error is clear, and the first one (a file read by its own
+    thread, in real time) is closed, not left running."""
+    good = scenes(tmp_path / "good.mp4", ("red", "blue"), seconds=2)
+    before = {t for t in threading.enumerate() if t.name.startswith("edgevlm-capture")}
+    with pytest.raises(InputError, match="missing.mp4"):
+        next(vlm.watch([good, tmp_path / "missing.mp4"], max_new_tokens=2))
+    left = [t for t in threading.enumerate() if t.name.startswith("edgevlm-capture") and t not in before]
+    assert not [t for t in left if t.is_alive()], left
+
+
 def test_cli_watch_two_files_names_sources(tiny256, tmp_path):
     a = scenes(tmp_path / "a.mp4", ("red", "blue"), seconds=1)
     b = scenes(tmp_path / "b.mp4", ("green", "white"), seconds=1)

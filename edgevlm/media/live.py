@@ -70,13 +70,15 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
     given = list(source) if isinstance(source, (list, tuple)) else [source]
     if not given:
         raise InputError("watch needs at least one source.")
-    feeds = [_Feed(s, source_options, threshold) for s in given]
-    if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position added
-        names = [f.src.name for f in feeds]
-        for i, f in enumerate(feeds):
-            f.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i + 1}"
+    feeds: list[_Feed] = []
     count = 0
     try:
+        for s in given:  # inside the try: a source that fails to open closes the ones opened before it
+            feeds.append(_Feed(s, source_options, threshold))
+        if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position
+            names = [f.src.name for f in feeds]
+            for i, f in enumerate(feeds):
+                f.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i + 1}"
         while max_captions is None or count < max_captions:
             ready = [(f, frame) for f in feeds if (frame := f.next_frame(min_interval, heartbeat,
                                                                          0.25 if len(feeds) == 1 else 0.0))]
