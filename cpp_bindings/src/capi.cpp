@@ -344,7 +344,8 @@ evlm_status evlm_image_preprocess(evlm_model *model, const evlm_image *image, in
         need(model, "model");
         need(image, "image");
         bool s = split < 0 ? model->model->split_default() : split != 0;
-        evlm::Processed p = evlm::process_image(*image->pixels, model->model->spec().image, s);
+        evlm::Processed p;
+        evlm::process_image(*image->pixels, model->model->spec().image, s, model->model->image_threads(), p);
         copy_out(p.values, values, capacity, count);
         if (tiles) *tiles = p.tiles;
         if (rows) *rows = p.rows;

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,13 +47,18 @@ struct PreparedPrompt {
     std::vector<bool> splits;
 };
 
+class SharedKV;
+
 class Model {
 public:
     Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers, bool verify);
+    ~Model();
 
     const Spec &spec() const { return bundle_.spec; }
     const Tokenizer &tokenizer() const { return *tokenizer_; }
     bool split_default() const { return bundle_.spec.image.split; }
+    // Threads for the image resizes: the count given at open (all cores for 0), as for ONNX Runtime's runs.
+    int image_threads() const { return image_threads_; }
 
     PreparedPrompt prepare(const std::vector<Message> &messages) const;
     Features encode(const PreparedPrompt &prompt) const;
@@ -67,6 +73,9 @@ private:
     std::unique_ptr<Ort::Session> vision_, embed_, decoder_;
     std::vector<std::string> decoder_inputs_, decoder_outputs_;
     bool position_ids_ = false, logits_to_keep_ = false;
+    int image_threads_ = 1;
+    mutable std::mutex kv_lock_;
+    mutable std::unique_ptr<SharedKV> kv_spare_;  // the last generation's decoder cache, for the next one
 };
 
 Ort::Env &ort_env();

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -132,14 +133,20 @@ static void run_tokenizer(evlm_model *m, const json &entries) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return std::fprintf(stderr, "usage: test_parity FIXTURES_DIR [256M|2.2B]\n"), 2;
+    if (argc < 2) return std::fprintf(stderr, "usage: test_parity FIXTURES_DIR [256M|2.2B [preprocess]]\n"), 2;
     dir = argv[1];
     std::string only = argc > 2 ? argv[2] : "";
+    // "preprocess": the pixel values only, as ctest runs them once more for each resampler kernel set
+    // (EDGEVLM_RESAMPLER=avx2|generic; the default is the best this CPU has).
+    const bool preprocess_only = argc > 3 && std::string(argv[3]) == "preprocess";
+    if (preprocess_only)
+        std::printf("resampler kernels asked for: %s\n", std::getenv("EDGEVLM_RESAMPLER") ? std::getenv("EDGEVLM_RESAMPLER") : "best");
     std::ifstream f(dir + "/expected.json");
     json expected = json::parse(f);
     for (auto &[arch, bundle] : expected["bundles"].items()) {
         if (!only.empty() && arch != only) continue;
         for (auto &[variant, rows] : bundle["variants"].items()) {
+            if (preprocess_only && variant != "fp32") continue;
             evlm_model_options o;
             evlm_model_options_init(&o);
             o.variant = variant.c_str();
@@ -149,9 +156,9 @@ int main(int argc, char **argv) {
                 std::fprintf(stderr, "open %s %s: %s\n", arch.c_str(), variant.c_str(), evlm_last_error());
                 return 1;
             }
-            run_cases(m, expected["cases"], rows, arch + " " + variant);
+            if (!preprocess_only) run_cases(m, expected["cases"], rows, arch + " " + variant);
             if (variant == "fp32") run_preprocess(m, bundle["preprocess"], arch);
-            if (variant == "fp32" && arch == "256M") run_tokenizer(m, expected["tokenizer"]);
+            if (variant == "fp32" && arch == "256M" && !preprocess_only) run_tokenizer(m, expected["tokenizer"]);
             evlm_model_close(m);
         }
     }

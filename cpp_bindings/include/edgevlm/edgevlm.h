@@ -5,9 +5,10 @@
  * (messages with image slots) -> encode its images -> generate. Every call returns an evlm_status; on an error
  * evlm_last_error() gives a message for the calling thread. No C++ types or exceptions cross this header.
  *
- * Thread safety: an evlm_model may be used from several threads at once (encode and generate take no lock:
- * ONNX Runtime sessions run concurrently). Images, prompts, encodings and results are owned by one thread at a
- * time; they may be handed between threads but not used from two at once.
+ * Thread safety: an evlm_model may be used from several threads at once (encode and generate hold no lock while
+ * they run: ONNX Runtime sessions run concurrently; the image-resizing helpers serve one caller at a time, and
+ * others resize on their own thread meanwhile). Images, prompts, encodings and results are owned by one thread at
+ * a time; they may be handed between threads but not used from two at once.
  */
 #ifndef EDGEVLM_H
 #define EDGEVLM_H
@@ -55,7 +56,8 @@ typedef struct evlm_result evlm_result;
 /* ---------------------------------------------------------------------------------------------- model */
 typedef struct evlm_model_options {
     const char *variant;   /* "fp32", "int8", "q4", "mixed", ...; NULL: the bundle's default (fp32) */
-    int threads;           /* intra-op threads per session; 0: ONNX Runtime's choice */
+    int threads;           /* intra-op threads per session, and threads for resizing images (the caller plus
+                              helpers the library keeps for the process); 0: every core */
     const char *providers; /* "cpu" (default, NULL) or a comma list such as "cuda,cpu" */
     int verify;            /* non-zero: check the chosen files' sha256 against the manifest (default 1) */
 } evlm_model_options;
