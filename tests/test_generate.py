@@ -150,3 +150,16 @@ def test_in_place_kv_cache_equals_the_growing_cache(tiny_model):
 @pytest.mark.parametrize("variant", ["fp16", "q4"])
 def test_in_place_kv_cache_equals_the_growing_cache_quantized(tiny256, variant):
     assert _answers(tiny256[1], variant, True) == _answers(tiny256[1], variant, False)
+
+
+def test_only_the_decoder_spins_and_it_stops_after_each_run():
+    """Spinning workers of one session take the cores another needs next: the vision encoder and embeddings never
+    spin; the decoder spins during a generation but stops when a run returns (the next image's resize gets the
+    cores). Read back from the options each part is opened with."""
+    from edgevlm.engine.providers import session_options
+
+    decoder, other = session_options(2, True, spin=True), session_options(2, True, spin=False)
+    assert decoder.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert other.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # the decoder keeps the default: spin
+        decoder.get_session_config_entry("session.intra_op.allow_spinning")
