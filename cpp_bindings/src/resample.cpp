@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "parallel.hpp"
@@ -278,14 +279,19 @@ struct Avx2 {
     EVLM_AVX2 void zero() {
         for (__m256i &a : acc) a = _mm256_setzero_si256();
     }
+    // Lanes 16 * half .. + 15 of two taps' bytes a and b as (a, b) int16 pairs: lanes 0-7 in p0, 8-15 in p1.
+    static EVLM_AVX2 void pairs(const uint8_t *a, const uint8_t *b, int half, __m256i &p0, __m256i &p1) {
+        const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i *>(a + 16 * half));
+        const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + 16 * half));
+        p0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+        p1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+    }
     // a and b: 32 bytes of two taps.
     EVLM_AVX2 void add(const uint8_t *a, const uint8_t *b, int32_t hi, int32_t lo) {
         const __m256i whi = _mm256_set1_epi32(hi), wlo = _mm256_set1_epi32(lo);
         for (int half = 0; half < 2; ++half) {
-            const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i *>(a + 16 * half));
-            const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + 16 * half));
-            const __m256i p0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));  // lanes 0-7 as (a, b) int16 pairs
-            const __m256i p1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));  // lanes 8-15
+            __m256i p0, p1;
+            pairs(a, b, half, p0, p1);
             __m256i *h = acc + 2 * half, *l = acc + 4 + 2 * half;
             h[0] = _mm256_add_epi32(h[0], _mm256_madd_epi16(p0, whi));
             h[1] = _mm256_add_epi32(h[1], _mm256_madd_epi16(p1, whi));
@@ -306,6 +312,25 @@ struct Avx2 {
             const __m128i w0 = _mm_packs_epi32(_mm256_castsi256_si128(s0), _mm256_extracti128_si256(s0, 1));
             const __m128i w1 = _mm_packs_epi32(_mm256_castsi256_si128(s1), _mm256_extracti128_si256(s1, 1));
             _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 16 * half), _mm_packus_epi16(w0, w1));
+        }
+    }
+};
+
+// The same with AVX-VNNI (VEX vpdpwssd: the multiply-add and the add in one instruction), for CPUs that have it
+// without AVX-512 (Intel since Alder Lake, AMD since Zen 5).
+#define EVLM_AVXVNNI __attribute__((target("avx2,avxvnni")))
+
+struct AvxVnni : Avx2 {
+    EVLM_AVXVNNI void add(const uint8_t *a, const uint8_t *b, int32_t hi, int32_t lo) {
+        const __m256i whi = _mm256_set1_epi32(hi), wlo = _mm256_set1_epi32(lo);
+        for (int half = 0; half < 2; ++half) {
+            __m256i p0, p1;
+            pairs(a, b, half, p0, p1);
+            __m256i *h = acc + 2 * half, *l = acc + 4 + 2 * half;
+            h[0] = _mm256_dpwssd_avx_epi32(h[0], p0, whi);
+            h[1] = _mm256_dpwssd_avx_epi32(h[1], p1, whi);
+            l[0] = _mm256_dpwssd_avx_epi32(l[0], p0, wlo);
+            l[1] = _mm256_dpwssd_avx_epi32(l[1], p1, wlo);
         }
     }
 };
@@ -373,6 +398,7 @@ struct Avx512 {
     }
 
 EVLM_PASSES(Avx2, EVLM_AVX2)
+EVLM_PASSES(AvxVnni, EVLM_AVXVNNI)
 EVLM_PASSES(Avx512, EVLM_AVX512)
 #pragma GCC diagnostic pop
 #endif
@@ -389,19 +415,25 @@ struct Kernels {
     ScatterBlock scatter;
 };
 
+// The best kernel set this CPU has; EDGEVLM_RESAMPLER names a ceiling (generic < avx2 < avxvnni < avx512vnni).
 const Kernels &kernels() {
     static const Kernels chosen = [] {
         const char *force = std::getenv("EDGEVLM_RESAMPLER");
-        const bool generic = force && std::strcmp(force, "generic") == 0;
+        const std::string cap = force ? force : "";
+        const Kernels generic{"generic", vertical_generic, horizontal_generic, gather_block_sse2, scatter_block_sse2};
+        if (cap == "generic") return generic;
 #if defined(EVLM_X86)
-        const bool avx2 = !generic && __builtin_cpu_supports("avx2");
-        if (avx2 && !(force && std::strcmp(force, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
+        if (!__builtin_cpu_supports("avx2")) return generic;
+        const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512vnni");
+        if (avx512 && cap != "avx2" && cap != "avxvnni")
             return Kernels{"avx512vnni", vertical_Avx512, horizontal_Avx512, gather_block_avx2, scatter_block_avx2};
-        if (avx2) return Kernels{"avx2", vertical_Avx2, horizontal_Avx2, gather_block_avx2, scatter_block_avx2};
+        if (__builtin_cpu_supports("avxvnni") && cap != "avx2")
+            return Kernels{"avxvnni", vertical_AvxVnni, horizontal_AvxVnni, gather_block_avx2, scatter_block_avx2};
+        return Kernels{"avx2", vertical_Avx2, horizontal_Avx2, gather_block_avx2, scatter_block_avx2};
+#else
+        return generic;
 #endif
-        (void)generic;
-        return Kernels{"generic", vertical_generic, horizontal_generic, gather_block_sse2, scatter_block_sse2};
     }();
     return chosen;
 }

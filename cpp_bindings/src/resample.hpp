@@ -38,8 +38,8 @@ Planes resample(const Planes &in, int width, int height, int threads = 1);
 // they are made, in cache, and the intermediate image (2048 x 2048 per channel) is never written out.
 Planes resample_twice(const Planes &in, int w1, int h1, int w2, int h2, int threads = 1);
 
-// "avx2" or "generic": the kernels this CPU runs (EDGEVLM_RESAMPLER=generic forces the portable ones, which the
-// tests use to check both).
+// "avx512vnni", "avxvnni", "avx2" or "generic": the kernels this CPU runs. EDGEVLM_RESAMPLER=avxvnni|avx2|generic
+// caps the choice (the tests check every set the CPU has).
 const char *resampler_kernels();
 
 }  // namespace evlm
