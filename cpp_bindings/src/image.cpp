@@ -54,15 +54,6 @@ Planes to_planes(const Pixels &in, int threads) {
     return out;
 }
 
-Pixels to_pixels(const Planes &in) {
-    const int w = in[0].width, h = in[0].height;
-    const size_t n = size_t(w) * size_t(h), ch = in.size();
-    Pixels out{w, h, int(ch), std::vector<uint8_t>(n * ch)};
-    for (size_t b = 0; b < ch; ++b)
-        for (size_t p = 0; p < n; ++p) out.data[p * ch + b] = in[b].px[p];
-    return out;
-}
-
 Planes resize_or_keep(Planes im, int w, int h, int threads) {
     if (im[0].width == w && im[0].height == h) return im;
     return resize_planes(im, w, h, threads);
@@ -155,11 +146,6 @@ void normalize_into(const Planes &im, int x0, int y0, int size, const ImageRules
 }
 
 }  // namespace
-
-Pixels resize_lanczos(const Pixels &image, int width, int height) {
-    if (image.width == width && image.height == height) return image;
-    return to_pixels(resize_planes(to_planes(image, 1), width, height, 1));
-}
 
 std::pair<int, int> tile_grid(int width, int height, const ImageRules &rules, bool split) {
     if (!split) return {0, 0};

@@ -32,7 +32,5 @@ std::pair<int, int> tile_grid(int width, int height, const ImageRules &rules, bo
 // The image's tiles into `out` (its values' memory reused: callers keep one per thread, as a camera repeats its
 // sizes); the resizes and the normalization split their rows between `threads` threads.
 void process_image(const Pixels &image, const ImageRules &rules, bool split, int threads, Processed &out);
-// Pillow's Image.resize(..., LANCZOS) for RGB and RGBA (premultiplied while resampling, as Pillow does).
-Pixels resize_lanczos(const Pixels &image, int width, int height);
 
 }  // namespace evlm
