@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from . import defaults
 from .engine.bundle import DEFAULT_MODEL
 from .engine.detail import DETAIL, tiling
 from .engine.limits import DEFAULT_MAX_IMAGE_PIXELS
@@ -110,7 +111,7 @@ def constraint_options(fn):
     return fn
 
 
-CONSTRAINED_MAX_NEW_TOKENS = 128  # the default length limit of a structured answer: room for a JSON object
+CONSTRAINED_MAX_NEW_TOKENS = defaults.MAX_NEW_TOKENS["structured"]
 
 
 def _constraint(choices, json_schema, regex):
@@ -272,7 +273,7 @@ def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
 
 @cli.command()
 @click.argument("image", nargs=-1, required=True)
-@click.option("--prompt", "-p", default=None, help="Default: 'Describe this image.' / 'Describe this video.'")
+@click.option("--prompt", "-p", default=None, help=f"Default: '{defaults.CAPTION_PROMPT}' / '{defaults.VIDEO_PROMPT}'")
 @model_options
 @constraint_options
 @video_options
@@ -296,7 +297,7 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
         given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
         _archive(image, output, fmt if given else "srt", model, variant, providers, threads, max_image_pixels, detail, jobs,
                  ray_address, ray_actors, redo, {"every": every, "scene": scene, "threshold": threshold,
-                                                 "max_new_tokens": max_new_tokens or 48,
+                                                 "max_new_tokens": max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"],
                                                  **({"prompt": prompt} if prompt else {}),
                                                  **({"constraint": constraint} if constraint else {})})
         return
@@ -305,13 +306,13 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
     if video is None:
         _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, prompt or "Describe this image.", max_new_tokens or 64, detail, stream, as_json,
+        _answer(vlm, images, prompt or defaults.CAPTION_PROMPT, max_new_tokens or defaults.MAX_NEW_TOKENS["caption"], detail, stream, as_json,
                 constraint)
     elif mode == "clip":
         _reject(ctx, (*TIMELINE_ONLY, "detail", "stream", "max_image_pixels"),
                 "with --mode clip (one answer; video frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
-        _print_result(vlm.ask_video(video, prompt or "Describe this video.", max_new_tokens=max_new_tokens or 128,
+        _print_result(vlm.ask_video(video, prompt or defaults.VIDEO_PROMPT, max_new_tokens=max_new_tokens,
                                     fps=fps, max_frames=max_frames, constraint=constraint), as_json)
     else:
         _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "detail"),
@@ -322,7 +323,7 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
         target = OutputTarget(output, inputs=[video], model_dir=model)
         with CaptionWriter(fmt, target) as writer:  # opened before any work: a bad target fails in a second
             vlm = _load(model, variant, providers, threads)
-            _timeline(vlm, video, prompt, max_new_tokens or 48, every, scene, threshold, writer, constraint)
+            _timeline(vlm, video, prompt, max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"], every, scene, threshold, writer, constraint)
 
 
 @cli.command()
@@ -343,12 +344,12 @@ def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens
     if video is not None:
         _reject(ctx, ("detail", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
-        _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens or 128, fps=fps,
+        _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens, fps=fps,
                                     max_frames=max_frames, constraint=constraint), as_json)
     else:
         _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, question, max_new_tokens or 128, detail, stream, as_json, constraint)
+        _answer(vlm, images, question, max_new_tokens or defaults.MAX_NEW_TOKENS["chat"], detail, stream, as_json, constraint)
 
 
 def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_pixels, detail, jobs, ray_address,
@@ -473,7 +474,7 @@ def _signals_as_interrupt() -> None:
 @click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
 @click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
 @click.option("--max-new-tokens", type=COUNT, default=None,
-              help=f"Answer length limit in tokens (default 32; {CONSTRAINED_MAX_NEW_TOKENS} for a structured answer).")
+              help=f"Answer length limit in tokens (default {defaults.MAX_NEW_TOKENS['live']}; {CONSTRAINED_MAX_NEW_TOKENS} for a structured answer).")
 @constraint_options
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
 @click.option("--output", "-o", default=None,
@@ -508,7 +509,7 @@ def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, c
         raise InputError("--trigger-exit needs --trigger PATTERN.")
     constraint = _constraint(choices, json_schema, regex)
     if max_new_tokens is None:
-        max_new_tokens = 32 if constraint is None else CONSTRAINED_MAX_NEW_TOKENS
+        max_new_tokens = defaults.MAX_NEW_TOKENS["live"] if constraint is None else CONSTRAINED_MAX_NEW_TOKENS
     fired = []
 
     def on_trigger(c):

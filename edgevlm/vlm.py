@@ -12,6 +12,7 @@ from typing import Any
 from .engine import bundle as bundle_mod
 from .engine.core import Engine
 from .engine.frame import Frame
+from . import defaults
 from .errors import InputError
 from .media.live import watch
 from .media.sources import LiveSource
@@ -19,7 +20,7 @@ from .media.timeline import timeline
 from .media.video import sample_clip
 from .records import LiveCaption, Result, Segment
 
-DEFAULT_VIDEO_PROMPT = "Describe this video."
+DEFAULT_VIDEO_PROMPT = defaults.VIDEO_PROMPT
 
 
 class VLM(Engine):
@@ -38,7 +39,7 @@ class VLM(Engine):
         frames, info = sample_clip(src, fps, max_frames)
         return frames, info.duration
 
-    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int = 128,
+    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int | None = None,
                   fps: float | None = None, max_frames: int | None = None, **kw) -> Result:
         """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
         (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
@@ -52,7 +53,7 @@ class VLM(Engine):
         return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
                          max_new_tokens, **kw)
 
-    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int = 128,
+    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int | None = None,
                       prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
         return self.ask_video(video, prompt, max_new_tokens, **kw)
 

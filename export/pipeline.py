@@ -186,11 +186,24 @@ def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str
 def _readable_by_all(root: Path) -> None:
     """mkdtemp makes the folder 0700 and ONNX writes external weight files 0600; a bundle is shared (services,
     other users), so give everything the permissions a plain mkdir / open would have under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     root.chmod(0o777 & ~umask)
     for p in root.rglob("*"):
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _current_umask() -> int:
+    """The umask, read without setting it (Linux 4.7+ reports it in /proc/self/status): os.umask(0) would change it
+    for every thread of the process while we look."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # no /proc: the only portable way, set back at once
+    os.umask(umask)
+    return umask
 
 
 def _disk_full(out: Path) -> ExportError:

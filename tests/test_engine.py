@@ -3,6 +3,7 @@ shared by several threads."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,48 @@ def test_cancel_keeps_tokens_so_far(vlm):
     first = [gen.step(), gen.step(), gen.step()]
     gen.cancel()
     assert gen.step() is None and gen.tokens == first and gen.finish_reason == "cancelled"
+
+
+def test_cancel_from_another_thread_mid_step_ends_cleanly(vlm):
+    """README: cancel() works from any thread. A cancel that lands while step() runs in the driving thread must
+    neither crash that step (it once freed the KV cache under it) nor lose the tokens so far. 200 runs, each
+    cancelled at a different moment of a step (a logits processor holds the step open while the cancel lands)."""
+    prompt = vlm.prepare([{"role": "user", "content": "Count to twenty."}])
+    encoded = vlm.encode(prompt)
+    for i in range(200):
+        inside, landed = threading.Event(), threading.Event()
+        stop_at = 1 + i % 4
+
+        def hold(ids, scores):  # the driving thread, inside step(): wait here until the cancel has returned
+            if len(ids) == stop_at:
+                inside.set()
+                landed.wait(5)
+            return scores
+
+        gen = vlm.generator(prompt, encoded, max_new_tokens=50, ignore_eos=True, logits_processors=[hold])
+        errors, seen = [], []
+
+        def drive():
+            try:
+                while (t := gen.step()) is not None:
+                    seen.append(t)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        if i % 2:
+            assert inside.wait(10)
+        else:  # half of them at any moment at all, as a user's stop button does
+            time.sleep(0.0005 * (i % 7))
+        gen.cancel()
+        landed.set()
+        driver.join(10)
+        assert not driver.is_alive() and not errors, errors
+        assert gen.finish_reason == "cancelled" and gen.done and gen.step() is None
+        assert gen.tokens == seen and len(seen) < 50
+        if i % 2:
+            assert len(seen) == stop_at + 1  # the step under way kept its token; none came after it
 
 
 def test_config_and_keywords_are_one_set_of_options(vlm):
@@ -137,3 +180,15 @@ def test_records_have_to_dict(vlm):
     assert Segment(0.0, 1.0, "a", 0.5).to_dict()["end"] == 1.0
     live = LiveCaption(1.5, "b", 0.0, 1.0, 2.0, 3, 1, 0, 0)
     assert live.to_dict()["timestamp"] == 1.5 and not hasattr(live, "start")
+
+
+def test_a_misspelt_part_in_a_variant_dict_is_an_error(tiny256):
+    """{"vison": "q4"} once loaded the vision encoder at fp32 without a word."""
+    with pytest.raises(InputError, match=r"unknown part 'vison'.*did you mean 'vision'"):
+        edgevlm.load(tiny256[1], variant={"vison": "q4", "decoder": "q4"})
+    with pytest.raises(InputError, match="twice"):
+        edgevlm.load(tiny256[1], variant={"vision": "q4", "vision_encoder": "int8"})
+    with pytest.raises(edgevlm.ModelError, match="no 'q5' file"):
+        edgevlm.load(tiny256[1], variant={"vision": "q5"})
+    vlm = edgevlm.load(tiny256[1], variant={"vision": "int8", "embed_tokens": "q4", "decoder": "q4"})
+    assert vlm.ask(None, "Hi", max_new_tokens=2).new_tokens >= 1

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import require
 from videotools import scenes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -42,7 +43,7 @@ def test_caption_image_example(tiny256, tmp_path):
 
 def test_gstreamer_appsink_example(tiny256):
     python = os.environ.get("EDGEVLM_GST_PYTHON")
-    assert python, ("set EDGEVLM_GST_PYTHON to a python with PyGObject + GStreamer and edgevlm: "
+    require(python, "set EDGEVLM_GST_PYTHON to a python with PyGObject + GStreamer and edgevlm: "
                     ".ci/gstreamer-venv .venv-gst && export EDGEVLM_GST_PYTHON=$PWD/.venv-gst/bin/python")
     r = run(python, "gstreamer_appsink.py", tiny256[1], "", 3)
     assert r.returncode == 0, r.stderr

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import edgevlm
+from conftest import require
 from edgevlm.engine.bundle import MANIFEST, sha256_file
 from edgevlm.errors import ModelError
 
@@ -186,8 +187,7 @@ def test_export_disk_full(tiny256, tmp_path):
     mnt = tmp_path / "small_disk"
     mnt.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    require(mounted.returncode == 0, f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
         out = mnt / "bundle"
         result = _export_cli(ckpt, out)

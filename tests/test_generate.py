@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import edgevlm
+from conftest import random_image
+from edgevlm import defaults
 from edgevlm.errors import ContextLengthError, InputError
 from edgevlm.engine.generate import GenerationConfig, process_logits
 
@@ -57,9 +59,34 @@ def test_top_k_1_is_greedy_and_seed_reproducible():
 
 
 def test_bad_options_rejected():
-    for bad in (dict(max_new_tokens=0), dict(do_sample=True, temperature=0.0), dict(top_p=0.0), dict(top_k=-1)):
+    for bad in (dict(max_new_tokens=0), dict(do_sample=True, temperature=-0.5), dict(temperature=float("nan")),
+                dict(top_p=0.0), dict(top_k=-1)):
         with pytest.raises(InputError):
             GenerationConfig(**bad).check()
+
+
+def test_temperature_zero_is_greedy():
+    """temperature=0 means greedy everywhere (the library, the CLI, the server and C), as in OpenAI's API."""
+    logits = np.random.default_rng(3).normal(size=500).astype(np.float32)
+    for config in (GenerationConfig(do_sample=True, temperature=0.0), GenerationConfig.from_kwargs(temperature=0),
+                   GenerationConfig.from_kwargs(temperature=0, top_p=0.5, seed=9)):
+        config.check()
+        assert config.greedy
+        assert {process_logits(logits, [], config, np.random.default_rng(s)) for s in range(50)} == {
+            int(np.argmax(logits))}
+    assert not GenerationConfig.from_kwargs().do_sample
+    assert GenerationConfig.from_kwargs(temperature=0.5).do_sample
+
+
+def test_keywords_win_over_config():
+    base = GenerationConfig(max_new_tokens=32, repetition_penalty=1.3, seed=5)
+    c = GenerationConfig.from_kwargs(config=base, max_new_tokens=10)
+    assert c.max_new_tokens == 10 and c.repetition_penalty == 1.3 and c.seed == 5
+    assert GenerationConfig.from_kwargs(10, base).max_new_tokens == 10
+    assert GenerationConfig.from_kwargs(config=base).max_new_tokens == 32  # not given: the config's
+    assert GenerationConfig.from_kwargs(config=base, max_new_tokens=None, seed=None).seed == 5  # None: not given
+    assert GenerationConfig.from_kwargs(config=base, seed=8).seed == 8
+    assert base.max_new_tokens == 32  # the caller's config is not modified
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +100,28 @@ def test_sampling_end_to_end_seeded(vlm):
     greedy = vlm.ask(None, "Hello", max_new_tokens=8)
     assert a.token_ids == b.token_ids
     assert a.new_tokens == 8 and greedy.new_tokens == 8
+
+
+def test_call_keywords_win_over_config_and_task_defaults_apply_without_either(vlm):
+    config = GenerationConfig(max_new_tokens=32, ignore_eos=True)
+    messages = [{"role": "user", "content": "Hello"}]
+    assert vlm.chat(messages, config=config, max_new_tokens=10).new_tokens == 10
+    assert vlm.chat(messages, config=config).new_tokens == 32
+    assert vlm.ask(None, "Hello", config=config, max_new_tokens=6).new_tokens == 6
+    assert vlm.caption(random_image(40, 40, seed=1), config=config, max_new_tokens=5, split=False).new_tokens == 5
+    assert vlm.caption(random_image(40, 40, seed=1), config=config, split=False).new_tokens == 32
+    assert len(list(vlm.stream(None, "Hello", config=config, max_new_tokens=4))) <= 4
+    # no keyword and no config: the task's default from edgevlm.defaults
+    assert vlm.caption(random_image(40, 40, seed=1), split=False, ignore_eos=True).new_tokens == \
+        defaults.MAX_NEW_TOKENS["caption"]
+    assert vlm.ask(None, "Hello", ignore_eos=True).new_tokens == defaults.MAX_NEW_TOKENS["chat"]
+
+
+def test_temperature_zero_through_the_api_is_greedy(vlm):
+    greedy = vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True).token_ids
+    assert vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True, temperature=0, seed=1).token_ids == greedy
+    assert vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True, do_sample=True, temperature=0.0,
+                   top_k=5, seed=2).token_ids == greedy
 
 
 def test_stream_joins_to_result_text_and_utf8_whole(vlm):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_image
+from conftest import random_image, require
 from hostile_tools import (ERROR_LINE, Case, cli_argv, edit_json, leftovers, link_copy,
                            refresh_manifest, rewrite, run, snapshot, text)
 from videotools import HttpStream, free_port, make, run_ffmpeg, scenes
@@ -224,7 +224,7 @@ def mount_tmpfs(env, rel, size="64k", ro=False, fill=False):
     mnt = env.w / rel
     mnt.mkdir()
     out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
-    assert out.returncode == 0, f"the corpus needs root to mount a tmpfs: {out.stderr!r}"
+    require(out.returncode == 0, f"this case mounts a small tmpfs, which needs root: {out.stderr.decode().strip()}")
     env.setdefault("mounts", []).append(mnt)
     if fill:
         with open(mnt / "filler", "wb", buffering=0) as f:
@@ -273,6 +273,28 @@ def signal_after(sig, ready, timeout=180.0):
                 proc.wait()
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
     return driver
+
+
+def stdout_into(rel, append=True):
+    """Run the CLI with its stdout on the file {w}/rel, as a shell's `>> rel` (append) or `1<> rel` does."""
+    def driver(env, argv):
+        with open(env.w / rel, "a" if append else "r+") as out:
+            if not append:
+                out.seek(0, os.SEEK_END)
+            r = subprocess.run(cli_argv(*argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               timeout=300)
+        return subprocess.CompletedProcess(argv, r.returncode, b"", r.stderr)
+    return driver
+
+
+def log_kept_and_srt(rel, first="keep\n"):
+    def check(env, r):
+        import srt
+
+        content = (env.w / rel).read_text()
+        assert content.startswith(first), content[:200]
+        assert list(srt.parse(content[len(first):])), content[:400]
+    return check
 
 
 def first_stdout_byte(env, proc):
@@ -641,6 +663,17 @@ def cases() -> list[Case]:
              outputs=("old.srt",), check=srt_ok("old.srt")))
     add(Case("output-dash-is-stdout", [*V, "-o", "-"], 0, r"00:00:00,000 -->"))
     add(Case("output-dev-stdout", [*V, "-o", "/dev/stdout"], 0, r"00:00:00,000 -->"))
+    # `-o /dev/stdout >> log`: the path resolves to log.txt itself; renaming over it once destroyed the log.
+    for name, path in (("dev-stdout", "/dev/stdout"), ("dev-fd-1", "/dev/fd/1"), ("proc-self-fd-1", "/proc/self/fd/1")):
+        add(Case(f"output-{name}-appended-log-kept", [*V, "-o", path], 0, prep=writes_file("log.txt", "keep\n"),
+                 driver=stdout_into("log.txt"), outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
+    add(Case("output-dev-fd-1-read-write-log-kept", [*V, "-o", "/dev/fd/1"], 0,
+             prep=writes_file("log.txt", "keep\n"), driver=stdout_into("log.txt", append=False),
+             outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
+    add(Case("output-link-to-dev-stdout-log-kept", [*V, "-o", "{w}/out.srt"], 0,
+             prep=lambda env: ((env.w / "log.txt").write_text("keep\n"), os.symlink("/dev/stdout", env.w / "out.srt")),
+             driver=stdout_into("log.txt"), outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
+    add(Case("output-closed-descriptor", [*V, "-o", "/dev/fd/9"], 2, "not open"))
     add(Case("output-kept-when-input-bad", [*C, "{w}/text.mp4", *M, "--format", "srt", "-o", "{w}/keep.srt"], 2,
              "video", prep=writes_file("keep.srt"), check=unchanged_file("keep.srt")))
     add(Case("output-kept-when-model-bad", [*V, "-m", "{w}/nothing", "-o", "{w}/keep.srt"], 3, "does not exist",

@@ -68,3 +68,46 @@ def test_exported_bundle_is_readable_by_others(tiny256):
     for p in bundle.rglob("*"):
         if p.is_file():
             assert p.stat().st_mode & 0o044 == 0o044 & ~umask, p
+
+
+def test_atomic_output_takes_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """The temporary file gets open()'s mode under the umask, and os.umask is never called: setting it, even for a
+    moment, changes it for every thread of the process."""
+    old = os.umask(0o027)
+    try:
+        def forbidden(mask):
+            raise AssertionError("os.umask was called while writing")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        stream = OutputTarget(tmp_path / "out.txt").open()
+        stream.write("a line\n")
+        stream.commit()
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "out.txt").read_text() == "a line\n"
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_descriptor_paths_write_through_the_descriptor(tmp_path):
+    """/dev/fd/N names an open descriptor: writes go through it (offset and O_APPEND kept), the file behind it is
+    never replaced."""
+    from edgevlm.media.outputs import open_descriptor
+
+    log = tmp_path / "log.txt"
+    log.write_text("keep\n")
+    with open(log, "a") as f:
+        fd = f.fileno()
+        inode = log.stat().st_ino
+        assert open_descriptor(f"/dev/fd/{fd}") == fd and open_descriptor(f"/proc/self/fd/{fd}") == fd
+        assert open_descriptor(log) is None and open_descriptor(tmp_path / "missing") is None
+        target = OutputTarget(f"/dev/fd/{fd}")
+        assert target.is_stream and target.fd == fd
+        stream = target.open()
+        stream.write("new\n")
+        stream.commit()
+        f.write("after\n")  # the caller's descriptor is still open and still appends
+    assert log.read_text() == "keep\nnew\nafter\n" and log.stat().st_ino == inode
+    with open(log) as f, pytest.raises(OutputError, match="reading only"):
+        OutputTarget(f"/dev/fd/{f.fileno()}")

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
@@ -79,7 +80,7 @@ def test_runtime_on_the_oldest_supported_python(tiny256, tmp_path):
     """EDGEVLM_PY310: a Python 3.10 venv with `pip install .[cpu]` (.ci/run makes it). It captions with the tiny
     bundle through the CLI, imports no torch, and `pip check` finds nothing broken."""
     py = os.environ.get("EDGEVLM_PY310")
-    assert py, "set EDGEVLM_PY310 to a Python 3.10 venv with edgevlm[cpu] installed (.ci/py310-venv DIR makes one)"
+    require(py, "set EDGEVLM_PY310 to a Python 3.10 venv with edgevlm[cpu] installed (.ci/py310-venv DIR makes one)")
     from conftest import random_image
 
     random_image(70, 90).save(tmp_path / "a.png")

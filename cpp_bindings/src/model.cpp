@@ -312,7 +312,7 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
     Generation g;
     g.prompt_tokens = int(prompt.ids.size());
     if (o.max_new_tokens < 1) fail(EVLM_ERR_ARGUMENT, "max_new_tokens must be at least 1.");
-    if (o.do_sample && !(o.temperature > 0)) fail(EVLM_ERR_ARGUMENT, "temperature must be > 0 when sampling.");
+    if (!(o.temperature >= 0)) fail(EVLM_ERR_ARGUMENT, "temperature must be >= 0 (0 is greedy).");
     if (!(o.top_p > 0 && o.top_p <= 1) || o.top_k < 0) fail(EVLM_ERR_ARGUMENT, "top_p must be in (0, 1] and top_k >= 0.");
     if (prompt.ids.size() + size_t(o.max_new_tokens) > size_t(s.max_positions))
         fail(EVLM_ERR_CONTEXT, "the prompt is " + std::to_string(prompt.ids.size()) + " tokens (images included) and " +

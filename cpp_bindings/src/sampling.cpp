@@ -57,7 +57,7 @@ int32_t pick(std::vector<float> &scores, const GenerateOptions &o, std::mt19937_
                                    return std::isfinite(v);
                                })))
         fail(EVLM_ERR_INPUT, "the logits hook forbade every token; nothing can be generated.");
-    if (!o.do_sample) return int32_t(best);
+    if (!o.do_sample || o.temperature == 0) return int32_t(best);  // temperature 0 is greedy, as in Python
     const float neg = -INFINITY;
     for (float &v : scores) v /= o.temperature;
     if (o.top_k > 0 && size_t(o.top_k) < scores.size()) {

@@ -133,8 +133,26 @@ static void bad_input(const char *bundle, const char *altered) {
     EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_INPUT, "every token forbidden");
     evlm_generate_options_init(&g);
     g.do_sample = 1;
-    g.temperature = 0;
-    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_ARGUMENT, "temperature 0 when sampling");
+    g.temperature = -1;
+    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_ARGUMENT, "negative temperature");
+    {   /* temperature 0 is greedy even with do_sample set: the same tokens as greedy, whatever the seed */
+        evlm_result *greedy = NULL, *zero = NULL;
+        const int32_t *a, *b;
+        size_t na, nb;
+        evlm_generate_options_init(&g);
+        g.max_new_tokens = 8;
+        g.ignore_eos = 1;
+        EXPECT(evlm_generate(m, p, NULL, &g, &greedy) == EVLM_OK, "greedy run");
+        g.do_sample = 1;
+        g.temperature = 0;
+        g.seed = 12345;
+        EXPECT(evlm_generate(m, p, NULL, &g, &zero) == EVLM_OK, "temperature 0 run");
+        a = evlm_result_tokens(greedy, &na);
+        b = evlm_result_tokens(zero, &nb);
+        EXPECT(na == 8 && nb == na && memcmp(a, b, na * sizeof *a) == 0, "temperature 0 equals greedy");
+        evlm_result_free(greedy);
+        evlm_result_free(zero);
+    }
     {
         int32_t ids[2];
         EXPECT_ERR(evlm_prompt_tokens(m, p, ids, 2, &n), EVLM_ERR_ARGUMENT, "token buffer too small");

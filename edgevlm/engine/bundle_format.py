@@ -7,6 +7,7 @@ a manifest is validated and written. It needs neither onnx nor torch (docs/desig
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 
 MANIFEST = "edgevlm.json"
 FORMAT = "edgevlm-bundle"
@@ -84,6 +85,7 @@ def choose_parts(variants: Mapping[str, Mapping[str, Any]], variant: str | Mappi
             raise ModelError(f"variant {variant!r} is not in {where}; it has: {', '.join(sorted(variants))}. Pick "
                              f"one of those (edgevlm info lists them).")
         return dict(variants[variant])
+    _check_part_keys(variant)
     chosen = {}
     for part in PARTS:
         short = SHORT_PARTS[part]
@@ -93,6 +95,20 @@ def choose_parts(variants: Mapping[str, Mapping[str, Any]], variant: str | Mappi
                              f"{', '.join(sorted(variants))}")
         chosen[part] = variants[v][part]
     return chosen
+
+
+def _check_part_keys(variant: Mapping[str, str]) -> None:
+    """A misspelt part ("vison") would otherwise load that part silently at fp32: the slow, large file."""
+    known = [*PARTS, *SHORT_PARTS.values()]
+    for key in variant:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown part {key!r} in the variant dict{hint}; the parts are "
+                             f"{', '.join(repr(k) for k in SHORT_PARTS.values())} (or {', '.join(PARTS)}).")
+    for part, short in SHORT_PARTS.items():
+        if part in variant and short in variant:
+            raise InputError(f"the variant dict names the {short} part twice ({part!r} and {short!r}); keep one.")
 
 
 def scan_layout(names: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 from . import bundle as bundle_mod
+from .. import defaults
+from ..defaults import task_default
 from ..errors import IncompleteAnswerError, InputError
 from ..records import Result
 from .batch import BatchGenerator
@@ -31,7 +33,7 @@ from .processor import Processor, Prompt, frames_given
 from .providers import choose, create_session, session_options, vision_run_options
 from .frame import Frame
 
-DEFAULT_CAPTION_PROMPT = "Describe this image."
+DEFAULT_CAPTION_PROMPT = defaults.CAPTION_PROMPT
 
 
 @dataclass
@@ -289,18 +291,19 @@ class Engine:
         return self.generator(prompt, encoded, config), prompt, encoded
 
     # ---------------------------------------------------------------------------------------- public API
-    def chat(self, messages: list[dict[str, Any]], max_new_tokens: int = 128, split: bool | None = None,
+    def chat(self, messages: list[dict[str, Any]], max_new_tokens: int | None = None, split: bool | None = None,
              color: str = "rgb", config: GenerationConfig | None = None, **kw) -> Result:
         """Answer the last user turn of a conversation (system prompt and earlier turns included).
 
         With choices=[...], json_schema=... or regex=... the answer is held to that form and `Result.value` is
         its parsed value; an answer that cannot complete within max_new_tokens raises IncompleteAnswerError."""
         t0 = time.perf_counter()
-        gen, prompt, encoded = self.start(messages, split, color, config, max_new_tokens=max_new_tokens, **kw)
+        gen, prompt, encoded = self.start(messages, split, color, config,
+                                          max_new_tokens=task_default(max_new_tokens, config, "chat"), **kw)
         ids = list(gen)
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
-    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int = 128,
+    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int | None = None,
             split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
             **kw) -> Result:
         """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
@@ -312,17 +315,19 @@ class Engine:
         return self.chat(self.user_message(images, question, cache, longest_edge), max_new_tokens, split, color,
                          **kw)
 
-    def caption(self, image: ImageLike, max_new_tokens: int = 64, prompt: str = DEFAULT_CAPTION_PROMPT,
+    def caption(self, image: ImageLike, max_new_tokens: int | None = None, prompt: str = DEFAULT_CAPTION_PROMPT,
                 split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
                 **kw) -> Result:
-        return self.ask(image, prompt, max_new_tokens, split, color, cache, longest_edge, **kw)
+        return self.ask(image, prompt, task_default(max_new_tokens, kw.get("config"), "caption"), split, color,
+                        cache, longest_edge, **kw)
 
-    def caption_batch(self, images: Sequence[ImageLike], max_new_tokens: int = 64,
+    def caption_batch(self, images: Sequence[ImageLike], max_new_tokens: int | None = None,
                       prompt: str = DEFAULT_CAPTION_PROMPT, split: bool | None = None, color: str = "rgb",
                       cache: bool = True, longest_edge: int | None = None, **kw) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
         decoded as one batch (batch.py); the same Results as `caption` on each, in order. Images whose prompts
         differ in length (other tile counts) and constrained answers are captioned one by one."""
+        max_new_tokens = task_default(max_new_tokens, kw.get("config"), "caption")
         config = GenerationConfig.from_kwargs(max_new_tokens=max_new_tokens, **kw)
         config.check()
         t0 = time.perf_counter()
@@ -340,11 +345,11 @@ class Engine:
                 for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)]
 
     def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
-               max_new_tokens: int = 128, split: bool | None = None, color: str = "rgb",
+               max_new_tokens: int | None = None, split: bool | None = None, color: str = "rgb",
                longest_edge: int | None = None, **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
         gen, _, _ = self.start(self.user_message(images, question, longest_edge=longest_edge), split, color,
-                               max_new_tokens=max_new_tokens, **kw)
+                               max_new_tokens=task_default(max_new_tokens, kw.get("config"), "chat"), **kw)
         first = True
         for piece in self.tokenizer.stream(gen):
             if first:  # the model starts its answer with a space after "Assistant:"

@@ -5,6 +5,7 @@ mean the same thing as in `model.generate`.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -48,8 +49,8 @@ class GenerationConfig:
     def check(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
-        if self.do_sample and self.temperature <= 0:
-            raise InputError(f"temperature must be > 0 when sampling, not {self.temperature}.")
+        if not self.temperature >= 0:  # NaN too
+            raise InputError(f"temperature must be >= 0 (0 is greedy), not {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], not {self.top_p}.")
         if self.top_k < 0 or self.repetition_penalty <= 0:
@@ -59,12 +60,18 @@ class GenerationConfig:
                              "is complete.")
 
     @classmethod
-    def from_kwargs(cls, max_new_tokens: int = 128, config: GenerationConfig | None = None,
+    def from_kwargs(cls, max_new_tokens: int | None = None, config: GenerationConfig | None = None,
                     **kw: Any) -> GenerationConfig:
-        """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given;
-        choices=, json_schema=, regex= or grammar= become its constraint."""
-        shorthand = {k: v for k in ("choices", "json_schema", "regex", "grammar")
-                     if (v := kw.pop(k, None)) is not None}
+        """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given.
+
+        An explicit keyword always wins over the same field of `config`; a keyword given as None counts as not
+        given. choices=, json_schema=, regex= or grammar= become its constraint. temperature=0 means greedy, as in
+        OpenAI's API and the server.
+        """
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if max_new_tokens is not None:
+            kw["max_new_tokens"] = max_new_tokens
+        shorthand = {k: kw.pop(k) for k in ("choices", "json_schema", "regex", "grammar") if k in kw}
         if shorthand:
             if "constraint" in kw:
                 raise InputError(f"give either constraint= or {', '.join(shorthand)}=, not both.")
@@ -74,14 +81,19 @@ class GenerationConfig:
         if unknown:
             raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}; the options are "
                              f"{', '.join(sorted(names | {'choices', 'json_schema', 'regex', 'grammar'}))}.")
-        if "do_sample" not in kw and (kw.get("temperature", 1.0) != 1.0 or kw.get("top_k") or kw.get("top_p", 1) < 1):
+        if "do_sample" not in kw and (kw.get("temperature", 1.0) not in (0, 1.0) or kw.get("top_k")
+                                      or kw.get("top_p", 1) < 1):
             kw["do_sample"] = True
         if "stop_ids" in kw:
             kw["stop_ids"] = tuple(kw["stop_ids"])
         if "logits_processors" in kw:
             kw["logits_processors"] = tuple(kw["logits_processors"])
-        base = config if config is not None else cls(max_new_tokens=max_new_tokens)
-        return replace(base, **kw)
+        return replace(config if config is not None else cls(), **kw)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the next token is always the most likely one (no sampling, or temperature 0)."""
+        return not self.do_sample or self.temperature == 0
 
 
 @dataclass
@@ -118,7 +130,7 @@ def process_logits(logits: np.ndarray, generated: Sequence[int], opts: Generatio
         scores = constraint(new_tokens, scores)
     if not np.isfinite(scores).any():
         raise InputError("the logits processors and the constraint forbade every token; nothing can be generated.")
-    if not opts.do_sample:
+    if opts.greedy:
         return int(np.argmax(scores))
     scores = scores / opts.temperature
     if opts.top_k > 0 and opts.top_k < scores.size:
@@ -206,8 +218,9 @@ class Generator:
 
     Iterating yields the tokens until a stop token (included, as transformers' generate), max_new_tokens,
     `cancel()`, or a constrained answer that is complete and cannot go on (it ends without spending a decoder
-    step on the end-of-sequence token that is all it could still pick). One Generator belongs to one thread;
-    several Generators may share one model (ONNX Runtime sessions run concurrently), each with its own KV cache.
+    step on the end-of-sequence token that is all it could still pick). One thread drives a Generator (prefill,
+    step, iteration); `cancel()` may come from any thread. Several Generators may share one model (ONNX Runtime
+    sessions run concurrently), each with its own KV cache.
     """
 
     def __init__(self, decoder: Decoder, input_ids: Sequence[int], image_features: np.ndarray | None,
@@ -230,6 +243,10 @@ class Generator:
         self._logits: np.ndarray | None = None
         self._cache: SharedKVCache | GrowingKVCache | None = None
         self._t0 = self._t1 = 0.0
+        # A cancel from another thread must not free the KV cache under a running step: the step holds this lock
+        # and honours the flag when it ends.
+        self._busy = threading.Lock()  # not reentrant: a cancel from a logits processor waits for the step's end
+        self._cancel_requested = threading.Event()
 
     @property
     def done(self) -> bool:
@@ -241,8 +258,11 @@ class Generator:
         return self._logits
 
     def prefill(self) -> None:
-        if self._cache is not None:
-            return
+        with self._busy:
+            if self._cache is None and not self.done:
+                self._prefill()
+
+    def _prefill(self) -> None:
         self._t0 = time.perf_counter()
         embeds = self.decoder.merge(np.asarray(self.input_ids, dtype=np.int64), self._features,
                                     self._image_token_id)
@@ -255,9 +275,26 @@ class Generator:
     def step(self) -> int | None:
         """The next token (None once done). The token is chosen from the current logits, then fed to the decoder
         unless it ends the answer."""
-        if self.done:
-            return None
-        self.prefill()
+        with self._busy:
+            if not self.done and self._cancel_requested.is_set():
+                self._finish("cancelled")
+            if self.done:
+                return None
+            if self._cache is None:
+                self._prefill()
+            token = self._pick()
+            if self._cancel_requested.is_set():
+                self._finish("cancelled")  # the token picked stays; the decoder is not run for it
+            elif token in self.stop_ids or (self.constraint is not None and self.constraint.finished):
+                self._finish("stop")
+            elif len(self.tokens) >= self.config.max_new_tokens:
+                self._finish("length")
+            else:
+                past = len(self.input_ids) + len(self.tokens) - 1
+                self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)[0]
+            return token
+
+    def _pick(self) -> int:
         token = process_logits(self._logits, self._history, self.config, self._rng, self.tokens, self.constraint)
         if self.constraint is not None:
             self.constraint.consume(token)
@@ -267,19 +304,18 @@ class Generator:
         self.timings.new_tokens = len(self.tokens)
         if self.config.repetition_penalty != 1.0:
             self._history.append(token)
-        if token in self.stop_ids or (self.constraint is not None and self.constraint.finished):
-            self._finish("stop")
-        elif len(self.tokens) >= self.config.max_new_tokens:
-            self._finish("length")
-        else:
-            past = len(self.input_ids) + len(self.tokens) - 1
-            self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)[0]
         return token
 
     def cancel(self) -> None:
-        """Stop before the next step (from the thread driving this generator, or another); the tokens so far stay."""
-        if not self.done:
-            self._finish("cancelled")
+        """Stop the answer; the tokens so far stay. Safe from any thread: while another thread is inside `step()`,
+        that step ends the answer when it returns (its token is kept), and the next `step()` returns None."""
+        self._cancel_requested.set()
+        if self._busy.acquire(blocking=False):
+            try:
+                if not self.done:
+                    self._finish("cancelled")
+            finally:
+                self._busy.release()
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = self.timings.finish_reason = reason

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..errors import IncompleteAnswerError, InputError
 from ..records import LiveCaption
 from .conditions import Condition
@@ -21,7 +22,7 @@ from .sources import LiveSource, open_source
 if TYPE_CHECKING:
     from ..engine.core import Engine
 
-DEFAULT_LIVE_PROMPT = "Describe this image in one sentence."
+DEFAULT_LIVE_PROMPT = defaults.FRAME_PROMPT
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Trigger:
 
 
 def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | LiveSource],
-          prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int = 32,
+          prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int | None = None,
           threshold: float = 6.0, min_interval: float = 0.0, heartbeat: float | None = None, split: bool = False,
           trigger: Trigger | None = None, max_captions: int | None = None, source_options: dict | None = None,
           **generate_kw: Any) -> Iterator[LiveCaption]:
@@ -70,6 +71,7 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
     given = list(source) if isinstance(source, (list, tuple)) else [source]
     if not given:
         raise InputError("watch needs at least one source.")
+    tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "live")
     feeds: list[_Feed] = []
     count = 0
     try:
@@ -92,7 +94,7 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
             start = time.monotonic()
             for f, _ in ready:
                 f.last_start = start
-            answers = _caption(vlm, [frame.image for _, frame in ready], max_new_tokens, prompt, split, generate_kw)
+            answers = _caption(vlm, [frame.image for _, frame in ready], tokens, prompt, split, generate_kw)
             done = time.monotonic()
             stop = False
             for (f, frame), (r, error) in zip(ready, answers):
@@ -152,7 +154,7 @@ class _Feed:
             source=self.name)
 
 
-def _caption(vlm: Engine, images: list, max_new_tokens: int, prompt: str, split: bool,
+def _caption(vlm: Engine, images: list, max_new_tokens: int | None, prompt: str, split: bool,
              generate_kw: dict[str, Any]) -> list[tuple[Any, str | None]]:
     """(Result, error) per image: one batch for several unconstrained frames; otherwise one by one, where an
     answer that cannot complete becomes a caption with `error` set."""

@@ -5,7 +5,10 @@ Three ways to write, chosen by what the target is:
   end, so a reader never sees half a file and a failed run leaves nothing (`atomic`);
 - a live log: the file is opened for appending and every record is one complete line, flushed as it comes, so a
   lost stream or a killed process keeps every caption already shown (`append`);
-- a stream (`-`, /dev/stdout, a FIFO, a terminal, /dev/null): written as records come; there is nothing to rename.
+- a stream (`-`, a FIFO, a terminal, /dev/null): written as records come; there is nothing to rename;
+- one of this process's open descriptors named as a path (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N):
+  written through that descriptor, so `-o /dev/stdout >> log.txt` appends to the log. Resolving such a path to
+  the file behind it and renaming over that file would silently replace everything the log held.
 
 Symlinks are written through: the link stays and its target gets the new content. A target that is one of the
 run's inputs (same inode, through any path, link or hard link), lies inside the model folder, is a folder, or is
@@ -14,10 +17,12 @@ in a folder that cannot be written is refused up front with a one-line OutputErr
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
+import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -37,6 +42,27 @@ def _describe(e: OSError) -> str:
     return f"{e.strerror or e}"
 
 
+_FD_DIR = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd")
+
+
+def open_descriptor(path: str | os.PathLike) -> int | None:
+    """The descriptor of this process that `path` names (/dev/stdout, /dev/fd/1, a link to them ...), else None.
+
+    The link chain is walked one step at a time: the kernel's own resolution of /proc/self/fd/N jumps straight to
+    the file behind the descriptor, and writing to that file by name loses the descriptor's offset and append mode.
+    """
+    p = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on nested links
+        m = _FD_DIR.fullmatch(os.path.realpath(os.path.dirname(p)))
+        name = os.path.basename(p)
+        if m and name.isdigit():
+            return int(name) if int(m.group(1)) == os.getpid() else None
+        if not os.path.islink(p):
+            return None
+        p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
+    return None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -53,8 +79,13 @@ class OutputTarget:
             raise OutputError("the output file name is empty; pass -o FILE, or -o - for standard output.")
         self.path = None if path is None or os.fspath(path) == STDOUT else Path(path)
         self.real: Path | None = None
+        self.fd: int | None = None  # set when the path names one of this process's open descriptors
         self.is_stream = self.path is None
         if self.path is None:
+            return
+        self.fd = open_descriptor(self.path)
+        if self.fd is not None:
+            self._check_descriptor(inputs)
             return
         try:
             st = os.stat(self.path)  # follows links: /dev/stdout may be a pipe, a terminal or a file
@@ -88,9 +119,43 @@ class OutputTarget:
             raise OutputError(f"cannot write {self.path}: the file is read-only; choose another name or change "
                               f"its permissions.")
 
+    def _check_descriptor(self, inputs: Iterable[str | os.PathLike]) -> None:
+        try:
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        except OSError:
+            raise OutputError(f"cannot write {self.path}: descriptor {self.fd} is not open in this process; "
+                              f"redirect it (e.g. {self.fd}>file) or name a file.") from None
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OutputError(f"cannot write {self.path}: descriptor {self.fd} is open for reading only.")
+        st = os.fstat(self.fd)
+        for i in inputs:
+            try:
+                same = os.path.samestat(st, os.stat(i))
+            except OSError:
+                same = False
+            if same:
+                raise OutputError(f"-o {self.path} is the input {i}; writing there would destroy it. Choose "
+                                  f"another output file name.")
+        self.is_stream = True
+
     def open(self, mode: str = "atomic") -> OutputStream:
         """Open for writing now: a failure (read-only file system, no permission) surfaces before any work."""
         return OutputStream(self, mode)
+
+
+def _create_temporary(real: Path) -> tuple[Path, int]:
+    """A new hidden file beside `real`, with the mode a plain open() would give.
+
+    Not tempfile.mkstemp: it makes 0600 files, and reading the umask to widen them means setting it, process-wide,
+    under every other thread's feet. O_CREAT with 0666 lets the kernel apply the umask itself.
+    """
+    for _ in range(100):
+        tmp = real.parent / f".{real.name}.{secrets.token_hex(4)}.partial"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(real.parent))
 
 
 class OutputStream:
@@ -106,15 +171,17 @@ class OutputStream:
         # An appended log that did not exist and never got a line is removed again: a failed start leaves nothing.
         self._created = mode == "append" and target.real is not None and not target.real.exists()
         try:
-            if target.real is None:
-                self._out: IO[str] = sys.stdout
+            if target.fd is not None:
+                # A duplicate: the caller's descriptor keeps its offset and O_APPEND and stays open after us.
+                self._out: IO[str] = os.fdopen(os.dup(target.fd), "w", encoding="utf-8", newline="\n")
+            elif target.real is None:
+                self._out = sys.stdout
             elif target.is_stream:
                 self._out = open(target.real, "w", encoding="utf-8", newline="\n")
             elif mode == "append":
                 self._out = open(target.real, "a", encoding="utf-8", newline="\n")
             else:
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.real.name}.", suffix=".partial", dir=target.real.parent)
-                self._tmp = Path(tmp)
+                self._tmp, fd = _create_temporary(target.real)
                 self._out = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         except OSError as e:
             raise OutputError(f"cannot write {target.path}: {_describe(e)}.") from None
@@ -148,9 +215,6 @@ class OutputStream:
                     os.fsync(self._out.fileno())
                 self._out.close()
             if self._tmp is not None:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600; the permissions open() would give
                 os.replace(self._tmp, self.target.real)
                 self._tmp = None
             self._remove_if_unused()

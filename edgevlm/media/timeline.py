@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..errors import InputError
 from ..records import Segment
 from .motion import MotionGate, difference, thumbnail
@@ -17,12 +18,12 @@ from .video import Frame, probe, read_frames
 if TYPE_CHECKING:
     from ..engine.core import Engine
 
-DEFAULT_TIMELINE_PROMPT = "Describe this image in one sentence."
+DEFAULT_TIMELINE_PROMPT = defaults.FRAME_PROMPT
 
 
 def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
              threshold: float = 6.0, scene_threshold: float = 30.0, prompt: str = DEFAULT_TIMELINE_PROMPT,
-             max_new_tokens: int = 48, split: bool = False,
+             max_new_tokens: int | None = None, split: bool = False,
              on_progress: Callable[[float, float], None] | None = None, **generate_kw: Any) -> Iterator[Segment]:
     """Yield Segments in time order; each covers [start, end) and the segments tile the whole video.
 
@@ -35,6 +36,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: b
     if every <= 0 or sample_fps <= 0:
         raise InputError("--every and the sampling rate must be positive numbers of seconds / frames per second.")
     info = probe(video)
+    tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "timeline")
     gate = MotionGate(threshold)
     current: Segment | None = None
     last_boundary = prev_thumb = last = None
@@ -55,7 +57,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: b
         else:
             current.end = frame.timestamp
             yield current
-        current = _caption(vlm, frame, prompt, max_new_tokens, split, generate_kw)
+        current = _caption(vlm, frame, prompt, tokens, split, generate_kw)
         if starts_video:
             current.start = 0.0  # the segments tile the video from its first instant
         if on_progress:
@@ -68,7 +70,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: b
         yield current
 
 
-def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int, split: bool, kw: dict) -> Segment:
+def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int | None, split: bool, kw: dict) -> Segment:
     r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **kw)
     timings = {"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
                "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,

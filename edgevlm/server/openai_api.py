@@ -16,11 +16,12 @@ from typing import Any
 
 from PIL import Image
 
+from .. import defaults
 from ..engine.structured import Constraint
 from ..errors import InputError
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_TOKENS = defaults.MAX_NEW_TOKENS["server"]
 
 
 class RequestError(InputError):

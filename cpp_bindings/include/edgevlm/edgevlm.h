@@ -121,7 +121,7 @@ typedef void (*evlm_logits_hook)(float *logits, size_t vocab, const int32_t *tok
 typedef struct evlm_generate_options {
     int max_new_tokens;         /* default 128 */
     int do_sample;              /* 0: greedy (default) */
-    float temperature;          /* sampling only; default 1 */
+    float temperature;          /* sampling only; default 1; 0: greedy (as in Python and the server) */
     int top_k;                  /* sampling only; 0: off */
     float top_p;                /* sampling only; 1: off */
     uint64_t seed;              /* sampling only: same seed, same tokens */
