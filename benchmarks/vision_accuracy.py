@@ -6,7 +6,8 @@ image features, and ms per tile, alternating in one process (this machine's spee
 The issue's guard for an int8 vision recipe is a minimum cosine of 0.999. Any real pictures do; docs/benchmarks.md
 used the photos in scikit-image's wheel (`pip download --no-deps scikit-image`, then unzip `skimage/data/*.png`).
 Each photo is split as the model splits it (its tiles and the global view), so a few photos give many tiles.
-`--files` adds encoder files that are not in the bundle (an experimental recipe).
+`--files` adds encoder files that are not in the bundle (an experimental recipe). `--kernels` adds each variant
+again as the runtime builds it with edgevlm's own kernels (engine/kernels.py), where they apply on this CPU.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_line  # noqa: E402
 
+from edgevlm.engine import kernels  # noqa: E402
 from edgevlm.engine.bundle import open_bundle  # noqa: E402
 from edgevlm.engine.preprocess import process_image  # noqa: E402
 from edgevlm.engine.providers import session_options  # noqa: E402
@@ -45,12 +47,16 @@ def main() -> None:
     p.add_argument("--files", nargs="*", default=[])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kernels", action="store_true", help="also each variant on edgevlm's own kernels")
     a = p.parse_args()
     bundle = open_bundle(a.bundle)
     tiles = [t for photo in a.photos for t in process_image(photo, bundle.spec, split=True).pixel_values]
 
-    def session(path: Path) -> ort.InferenceSession:
-        return ort.InferenceSession(str(path), session_options(a.threads, True, spin=False),
+    def session(path: Path, graph: bytes | None = None) -> ort.InferenceSession:
+        options = session_options(a.threads, True, spin=False)
+        if graph is not None:
+            options.register_custom_ops_library(str(kernels.library()))
+        return ort.InferenceSession(str(path) if graph is None else graph, options,
                                     providers=["CPUExecutionProvider"])
 
     reference = session(bundle.part_files("fp32")["vision_encoder"])
@@ -59,6 +65,12 @@ def main() -> None:
     files = {v: bundle.part_files(v)["vision_encoder"] for v in a.variants.split(",") if v} | \
         {Path(f).name: Path(f) for f in a.files}
     sessions = {name: session(path) for name, path in files.items()}
+    if a.kernels:
+        for name, path in files.items():
+            graph = kernels.vision_graph(path)
+            if graph is not None:
+                sessions[f"{name} + edgevlm kernels"] = session(path, graph)
+    print(f"edgevlm kernels: {kernels.status()}")
     print(f"{cpu_line()} · {a.threads} threads · {len(a.photos)} photos, {len(tiles)} tiles\n")
     for s in sessions.values():
         s.run(None, feed(tiles[0]))  # warm-up

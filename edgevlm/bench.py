@@ -37,6 +37,7 @@ class BenchResult:
     new_tokens: int
     peak_rss_mb: float
     bundle_mb: float
+    kernels: str = ""  # edgevlm's own kernels in use (engine/kernels.py); "" when ONNX Runtime's run everywhere
 
 
 def w1_image(size: int = 512) -> np.ndarray:
@@ -70,7 +71,8 @@ def run_one(model: str, variant: str, providers: str | None, threads: int | None
         decode_tokens_per_s=round(med(lambda r, s: r.decode_tokens_per_s), 1),
         end_to_end_s=round(med(lambda r, s: s), 3), prompt_tokens=results[0][0].prompt_tokens,
         new_tokens=results[0][0].new_tokens,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), bundle_mb=round(size / 1e6, 1))
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), bundle_mb=round(size / 1e6, 1),
+        kernels=", ".join(f"{part} {what}" for part, what in vlm.kernels.items()))
 
 
 def measure(model: str, variant: str, providers: str | None = None, threads: int | None = None, runs: int = 3,
@@ -117,10 +119,10 @@ def import_time(repeats: int = 5) -> float:
 
 def table(results: list[BenchResult]) -> str:
     head = ("| variant | providers | load s | vision ms/tile | prefill ms | TTFT ms | decode tok/s | W1 end-to-end s "
-            "| prompt tok | peak RSS MB | bundle MB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "| prompt tok | peak RSS MB | bundle MB | own kernels |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| {r.variant} | {r.providers.replace('ExecutionProvider', '')} | {r.load_s} | {r.vision_ms_per_tile} | "
             f"{r.prefill_ms} | {r.first_token_ms} | {r.decode_tokens_per_s} | {r.end_to_end_s} | {r.prompt_tokens} | "
-            f"{r.peak_rss_mb} | {r.bundle_mb} |" for r in results]
+            f"{r.peak_rss_mb} | {r.bundle_mb} | {r.kernels or '-'} |" for r in results]
     return "\n".join([head, *rows])
 
 

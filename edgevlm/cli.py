@@ -573,7 +573,7 @@ def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, c
 @_friendly
 def info(model, as_json):
     """What a model folder holds: architecture, variants, files, verification, and this machine's providers."""
-    from .engine import bundle, hub, providers
+    from .engine import bundle, hub, kernels, providers
 
     root = bundle.resolve(model, onnx=False)  # a hub id: configs and manifest only, no ONNX file
     listing = hub.repo_files(model) if hub.is_remote(model) else None
@@ -581,6 +581,7 @@ def info(model, as_json):
     s = b.spec
     data = bundle.describe(b)
     data["providers_available"], data["providers_auto"] = providers.available(), providers.choose(None)
+    data["kernels"] = kernels.status()
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
@@ -596,6 +597,8 @@ def info(model, as_json):
         click.echo(f"variant {v:6s} {size}{extra}")
     click.echo(f"providers:    available {', '.join(data['providers_available'])}; "
                f"auto order {', '.join(data['providers_auto'])}")
+    graphs = ", ".join(Path(k).name for k in b.kernel_graphs) or "none in this bundle"
+    click.echo(f"kernels:      {data['kernels']}; kernel graphs: {graphs}")
 
 
 @cli.command()

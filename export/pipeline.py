@@ -23,7 +23,7 @@ from edgevlm import Processor
 from edgevlm.engine.bundle_format import CONFIG_FILES, RECIPES, SUFFIXES, VARIANTS, recipe_files, write_manifest
 from edgevlm.errors import EdgeVLMError
 
-from . import fp32_checkpoint, onnx_export, quantize, verify, vision_fusion
+from . import fp32_checkpoint, kernel_graphs, onnx_export, quantize, verify, vision_fusion
 from .architectures import identify
 
 class ExportError(EdgeVLMError):
@@ -253,6 +253,10 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         fp32 = export_fp32(weights, tmp / "onnx", log)
         shutil.rmtree(work, ignore_errors=True)  # the fp32 copy, if one was made
         facts = quantize_parts(fp32, tmp / "onnx", names, log)
+        graphs = kernel_graphs.write_kernel_graphs(tmp / "onnx", variant_files)
+        if graphs:  # the provisional manifest names them, so verification runs what this machine will run
+            write_manifest(tmp, {"variants": variant_files, "kernel_graphs": graphs}, with_files=False)
+            log(f"kernel graphs (attention on edgevlm's kernel where a CPU has AVX-512 BF16): {', '.join(graphs.values())}")
         report = verify.verify_variants(refs, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
             raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
@@ -260,7 +264,8 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
                               "wrong, so no bundle was written. Please report this with the checkpoint's config.")
         stats = {"seconds": round(time.perf_counter() - t0, 1),
                  "peak_rss_mb": peak_rss_mb()}
-        manifest = write_manifest(tmp, manifest_fields(str(source), config, variant_files, facts, report, stats))
+        manifest = write_manifest(tmp, {**manifest_fields(str(source), config, variant_files, facts, report, stats),
+                                        **({"kernel_graphs": graphs} if graphs else {})})
         _readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -124,11 +124,13 @@ def verify_variants(refs: list[Reference], bundle_dir: Path, variants: list[str]
         t = time.perf_counter()
         vlm = edgevlm.load(bundle_dir, variant=v, providers="cpu", threads=threads, verify=False)
         samples = [check_sample(vlm, r, max_new_tokens) for r in refs]
+        own_kernels = dict(vlm.kernels)
         del vlm
         gc.collect()
         report[v] = {"variant": v, "all_tokens_equal": all(r.tokens_equal for r in samples),
                      "max_abs_logit_diff": max(r.max_abs_logit_diff for r in samples),
                      "min_teacher_forced_top1": min(r.teacher_forced_top1 for r in samples),
+                     "kernels": own_kernels,  # edgevlm's own kernels this machine ran (empty: ONNX Runtime's)
                      "samples": [asdict(r) for r in samples]}
         log(f"verified {v}: tokens equal={report[v]['all_tokens_equal']} max|dlogit|="
             f"{report[v]['max_abs_logit_diff']:.2e} in {time.perf_counter() - t:.1f} s")

@@ -35,7 +35,7 @@ def test_hub_id_downloads_only_the_chosen_variant_then_runs(tiny256, tmp_path):
         assert r.stdout.strip()
         onnx = sorted(f for f in hub.downloaded if f.startswith("onnx/"))
         assert onnx == ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx",
-                        "onnx/vision_encoder_q4.onnx"]
+                        "onnx/vision_encoder_q4.kernels.onnx", "onnx/vision_encoder_q4.onnx"]
         # The snapshot lands in the Hugging Face cache layout; a second run downloads nothing new.
         assert list((tmp_path / "hf").rglob("models--edgevlm-test--SmolVLM2-tiny"))
         count = len(hub.downloaded)
@@ -145,9 +145,12 @@ def _onnx(hub) -> list[str]:
 
 
 @pytest.mark.parametrize("variant,expected", [
-    ("mixed", ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx", "onnx/vision_encoder_int8.onnx"]),
+    # (a quantized vision encoder comes with its kernel graph, 0.6 MB at full size: engine/kernels.py)
+    ("mixed", ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx",
+               "onnx/vision_encoder_int8.kernels.onnx", "onnx/vision_encoder_int8.onnx"]),
     ({"vision": "int8", "decoder": "q4"},
-     ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder_int8.onnx"]),
+     ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder_int8.kernels.onnx",
+      "onnx/vision_encoder_int8.onnx"]),
 ])
 def test_hub_download_reads_the_manifest_first_then_fetches_one_variant(tiny256, tmp_path, variant, expected):
     with HubStandIn(tiny256[1], REPO) as hub:

@@ -53,26 +53,46 @@ def test_readme_install_lines_are_the_tested_ones():
     assert not any("onnxruntime" in d for d in extras["export"] + extras["dev"])
 
 
-def test_wheel_holds_runtime_and_exporter(tmp_path):
+def _wheel(tmp_path, env: dict | None = None) -> tuple[list[str], str]:
     import shutil
 
     src = tmp_path / "src"  # a clean copy: an in-tree build/ folder from an earlier build would leak stale files
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info",
-                                                             "__pycache__", ".cache", ".pytest_cache"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(src)],
-                         capture_output=True, text=True, timeout=600)
+                                                             "__pycache__", ".cache", ".pytest_cache", "_kernels"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(src)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr[-3000:]
     wheel = next(tmp_path.glob("edgevlm-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    return zipfile.ZipFile(wheel).namelist(), out.stdout + out.stderr
+
+
+KERNEL_LIBRARY = "edgevlm/_kernels/libedgevlm_kernels.so"
+
+
+def test_wheel_without_a_compiler_has_no_kernels_and_says_so(tmp_path):
+    """EDGEVLM_BUILD_KERNELS=0 stands for a machine without cmake, a compiler or ONNX Runtime's headers: the wheel
+    still builds, without the library, and the build says so in one line."""
+    names, log = _wheel(tmp_path, {"EDGEVLM_BUILD_KERNELS": "0"})
+    assert KERNEL_LIBRARY not in names and "edgevlm/engine/core.py" in names
+    assert "edgevlm: the kernel library was not built (EDGEVLM_BUILD_KERNELS=0)" in log
+
+
+def test_wheel_holds_runtime_and_exporter(tmp_path):
+    names, log = _wheel(tmp_path)
+    if os.environ.get("EDGEVLM_CI"):  # CI has cmake, g++ and reaches Debian's archive for the headers
+        assert KERNEL_LIBRARY in names, log[-3000:]
+    elif KERNEL_LIBRARY not in names:
+        assert "edgevlm: the kernel library was not built" in log
     assert {"edgevlm/cli.py", "edgevlm/vlm.py", "edgevlm/engine/core.py", "edgevlm/media/live.py",
             "edgevlm_export/pipeline.py"} <= set(names)
     runtime = {n for n in names if n.startswith("edgevlm/") and n.endswith(".py")}
     assert runtime == {p.relative_to(ROOT).as_posix() for p in (ROOT / "edgevlm").rglob("*.py")}, "a module is missing"
     assert not any(n.startswith(("tests/", "tools/")) for n in names)
     assert "edgevlm_export/checkpoints.py" not in names  # test tooling stays out of the product
-    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    wheel = zipfile.ZipFile(next(tmp_path.glob("edgevlm-*.whl")))
+    meta = wheel.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert re.search(r"^Requires-Python: >=3\.10$", meta, re.M)
-    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    entry = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "edgevlm = edgevlm.cli:main" in entry
 
 

@@ -170,6 +170,7 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
     b.spec = read_spec(root);
     json manifest = read_json(root + "/edgevlm.json", false);
     std::map<std::string, std::map<std::string, std::string>> variants;
+    std::map<std::string, std::string> kernel_graphs;  // standard file -> its kernel graph, both relative
     if (!manifest.empty()) {
         try {
             if (manifest.value("format", "") != "edgevlm-bundle")
@@ -180,6 +181,13 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
                     if (!inside(rel)) fail(EVLM_ERR_MODEL, root + "/edgevlm.json names a file outside the bundle.");
                     variants[name][part] = rel;
                 }
+            const json graphs = manifest.value("kernel_graphs", json::object());
+            for (auto &[standard, kernel] : graphs.items()) {
+                std::string rel = kernel.get<std::string>();
+                if (!inside(standard) || !inside(rel))
+                    fail(EVLM_ERR_MODEL, root + "/edgevlm.json names a file outside the bundle.");
+                kernel_graphs[standard] = rel;
+            }
         } catch (const json::exception &e) {
             fail(EVLM_ERR_MODEL, root + "/edgevlm.json is not a valid manifest (" + e.what() + "); re-export it.");
         }
@@ -208,7 +216,12 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
             verify_file(root, rel, files);
             if (files.contains(rel + "_data") || is_file(root + "/" + rel + "_data")) verify_file(root, rel + "_data", files);
         }
+        auto kernel = kernel_graphs.find(it->second.at("vision_encoder"));
+        if (kernel != kernel_graphs.end()) verify_file(root, kernel->second, files);
     }
+    auto kernel = kernel_graphs.find(it->second.at("vision_encoder"));
+    if (kernel != kernel_graphs.end() && is_file(root + "/" + kernel->second))
+        b.vision_kernel_graph = root + "/" + kernel->second;
     for (auto &[part, rel] : it->second) {
         b.parts[part] = root + "/" + rel;
         if (!is_file(b.parts[part])) fail(EVLM_ERR_MODEL, b.parts[part] + " is missing from the bundle; re-export it.");

@@ -23,6 +23,9 @@ struct Bundle {
     Spec spec;
     std::map<std::string, std::string> parts;  // part name -> absolute path of the chosen variant's file
     std::string variant;
+    // The chosen vision encoder's kernel graph (edgevlm.json "kernel_graphs"; absolute path), or empty: the same
+    // graph with its attention on libedgevlm_kernels, opened instead where that library runs its bf16 kernel.
+    std::string vision_kernel_graph;
 };
 
 // Reads the configs, resolves `variant` (empty: the default) and, when `verify`, checks the sha256 and size of

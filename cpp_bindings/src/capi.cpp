@@ -123,6 +123,10 @@ evlm_status evlm_model_info(const evlm_model *model, int *tile, int *image_seq_l
     });
 }
 
+const char *evlm_model_kernels(const evlm_model *model) {
+    return model ? model->model->kernels().c_str() : "";
+}
+
 evlm_status evlm_image_from_pixels(const uint8_t *pixels, int width, int height, size_t stride,
                                    evlm_pixel_format format, evlm_image **out) {
     if (out) *out = nullptr;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <cmath>
 #include <numeric>
@@ -9,6 +10,10 @@
 
 #include "error.hpp"
 #include "sampling.hpp"
+
+// libedgevlm_kernels (cpp_bindings/kernels), linked into this library.
+extern "C" int evk_attention_level(int head_dim);
+extern "C" OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api);
 
 namespace evlm {
 namespace {
@@ -134,6 +139,20 @@ Ort::Session Model::open_session(const std::string &path, const Ort::SessionOpti
 
 Model::~Model() = default;
 
+// The vision encoder's kernel graph (attention on libedgevlm_kernels, linked into this library) where the bundle
+// has one, the session runs on the CPU and that library runs its bf16 kernel on this CPU; else the standard file.
+// The same rule as the Python runtime's engine/kernels.py, with the same EDGEVLM_KERNELS=off switch.
+std::unique_ptr<Ort::Session> Model::open_vision(const Ort::SessionOptions &options, bool cpu_only) {
+    const char *off = std::getenv("EDGEVLM_KERNELS");
+    bool disabled = off && (std::string(off) == "off" || std::string(off) == "0" || std::string(off) == "none");
+    if (bundle_.vision_kernel_graph.empty() || !cpu_only || disabled || evk_attention_level(64) != 2)
+        return std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), options));
+    Ort::SessionOptions with_kernels = options.Clone();
+    Ort::ThrowOnError(RegisterCustomOps(with_kernels, OrtGetApiBase()));
+    kernels_ = "attention:bf16";
+    return std::make_unique<Ort::Session>(open_session(bundle_.vision_kernel_graph, with_kernels));
+}
+
 Model::Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers,
              bool verify)
     : bundle_(open_bundle(dir, variant, verify)),
@@ -141,10 +160,12 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
     check_template(bundle_.spec.chat_template);
     tokenizer_ = std::make_unique<Tokenizer>(bundle_.root + "/tokenizer.json");
     Ort::SessionOptions options;
+    bool cpu_only = true;
     try {
         if (threads > 0) options.SetIntraOpNumThreads(threads);
         options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
         std::string list = providers.empty() ? "cpu" : providers;
+        cpu_only = list.find("cuda") == std::string::npos && list.find("CUDA") == std::string::npos;
         for (size_t start = 0; start <= list.size();) {
             size_t end = list.find(',', start);
             std::string name = list.substr(start, end == std::string::npos ? std::string::npos : end - start);
@@ -165,7 +186,7 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
     // and spinning ones take the cores from the decoder that runs next (as in the Python runtime's providers.py).
     Ort::SessionOptions quiet = options.Clone();
     quiet.AddConfigEntry("session.intra_op.allow_spinning", "0");
-    vision_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), quiet));
+    vision_ = open_vision(quiet, cpu_only);
     embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), quiet));
     // The decoder spins between its runs (without it, 185 -> 120 tokens/s), but stops the moment a run returns
     // with nothing to follow: the image of the next caption is resized on these cores (2 threads: W1's resize

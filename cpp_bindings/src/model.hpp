@@ -59,6 +59,8 @@ public:
     bool split_default() const { return bundle_.spec.image.split; }
     // Threads for the image resizes: the count given at open (all cores for 0), as for ONNX Runtime's runs.
     int image_threads() const { return image_threads_; }
+    // edgevlm's own kernels this model runs ("attention:bf16" for the vision encoder), or empty: ONNX Runtime's.
+    const std::string &kernels() const { return kernels_; }
 
     PreparedPrompt prepare(const std::vector<Message> &messages) const;
     Features encode(const PreparedPrompt &prompt) const;
@@ -67,6 +69,7 @@ public:
 private:
     std::vector<float> embed(const std::vector<int64_t> &ids, double &runtime_ms) const;
     Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
+    std::unique_ptr<Ort::Session> open_vision(const Ort::SessionOptions &options, bool cpu_only);
 
     Bundle bundle_;
     std::unique_ptr<Tokenizer> tokenizer_;
@@ -74,6 +77,7 @@ private:
     std::vector<std::string> decoder_inputs_, decoder_outputs_;
     bool position_ids_ = false, logits_to_keep_ = false;
     int image_threads_ = 1;
+    std::string kernels_;
     mutable std::mutex kv_lock_;
     mutable std::unique_ptr<SharedKV> kv_spare_;  // the last generation's decoder cache, for the next one
 };

@@ -123,6 +123,8 @@ def main() -> None:
         entry = expected["bundles"][arch] = {"path": str(bundle), "variants": {}}
         for variant in ("fp32", "q4"):
             vlm = edgevlm.load(bundle, variant=variant, threads=1)
+            # edgevlm's own kernels Python runs here: the C library must make the same choice (test_parity)
+            entry.setdefault("kernels", {})[variant] = vlm.kernels.get("vision_encoder", "")
             rows = entry["variants"][variant] = {}
             for case in expected["cases"]:
                 msgs = python_messages(out, case)

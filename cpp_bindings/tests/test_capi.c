@@ -131,6 +131,9 @@ static void bad_input(const char *bundle, const char *altered) {
     evlm_generate_options_init(&g);
     g.logits_hook = forbid_all;
     EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_INPUT, "every token forbidden");
+    EXPECT(strcmp(evlm_model_kernels(NULL), "") == 0, "no kernels for no model");
+    EXPECT(strcmp(evlm_model_kernels(m), "") == 0 || strcmp(evlm_model_kernels(m), "attention:bf16") == 0,
+           "kernels: ONNX Runtime's or the bf16 attention");
     evlm_generate_options_init(&g);
     g.do_sample = 1;
     g.temperature = -1;

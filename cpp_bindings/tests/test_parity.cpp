@@ -156,6 +156,12 @@ int main(int argc, char **argv) {
                 std::fprintf(stderr, "open %s %s: %s\n", arch.c_str(), variant.c_str(), evlm_last_error());
                 return 1;
             }
+            const std::string kernels = bundle.value("kernels", json::object()).value(variant, std::string());
+            if (kernels != evlm_model_kernels(m)) {
+                std::fprintf(stderr, "FAIL %s %s: the C library runs kernels '%s', Python '%s'\n", arch.c_str(),
+                             variant.c_str(), evlm_model_kernels(m), kernels.c_str());
+                ++failures;
+            }
             if (!preprocess_only) run_cases(m, expected["cases"], rows, arch + " " + variant);
             if (variant == "fp32") run_preprocess(m, bundle["preprocess"], arch);
             if (variant == "fp32" && arch == "256M" && !preprocess_only) run_tokenizer(m, expected["tokenizer"]);

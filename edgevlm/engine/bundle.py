@@ -64,6 +64,8 @@ class Bundle:
     manifest: dict | None
     chat_template: str | None
     special_tokens: dict[str, Any] = field(default_factory=dict)  # bos_token, eos_token ... as transformers has them
+    # standard file -> its kernel graph (engine/kernels.py): the same part with attention on edgevlm's kernel
+    kernel_graphs: dict[Path, Path] = field(default_factory=dict)
 
     @property
     def variants(self) -> list[str]:
@@ -211,8 +213,9 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
     if not files:
         raise ModelError(f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
                          f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx).")
+    graphs = {root / k: root / v for k, v in (manifest or {}).get("kernel_graphs", {}).items()}
     return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root),
-                  special_tokens=_special_tokens(root))
+                  special_tokens=_special_tokens(root), kernel_graphs=graphs)
 
 
 def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:

@@ -181,6 +181,12 @@ def validate_manifest(manifest: object, root: Path) -> dict:
             raise bad(f"variant {name!r} must name exactly the parts {', '.join(PARTS)}")
         for part, rel in parts.items():
             parts[part] = _relative_inside(rel, root, f"variant {name!r} part {part}")
+    graphs = manifest.get("kernel_graphs", {})
+    if not isinstance(graphs, dict):
+        raise bad("'kernel_graphs' must map a standard file to its kernel graph")
+    for standard, kernel in list(graphs.items()):
+        graphs[_relative_inside(standard, root, "a kernel graph's file")] = _relative_inside(kernel, root,
+                                                                                             "a kernel graph")
     for rel, entry in files.items():
         _relative_inside(rel, root, "a file entry")
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
@@ -191,11 +197,15 @@ def validate_manifest(manifest: object, root: Path) -> dict:
 
 
 def manifest_files_for(manifest: dict, variant: str | Mapping[str, str] | None) -> list[str]:
-    """The relative paths one variant needs from a (validated) manifest: its graphs and their external data."""
+    """The relative paths one variant needs from a (validated) manifest: its graphs, their external data, and the
+    kernel graph of any of them (small; whether it is used is decided at load, on the machine that runs it)."""
     parts = choose_parts(manifest["variants"], variant)
+    graphs = manifest.get("kernel_graphs", {})
     out = []
     for rel in parts.values():
         out.append(rel)
         if external_data(rel) in manifest["files"]:
             out.append(external_data(rel))
+        if rel in graphs:
+            out.append(graphs[rel])
     return out

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import bundle as bundle_mod
+from . import kernels
 from .. import defaults
 from ..defaults import task_default
 from ..errors import IncompleteAnswerError, InputError
@@ -105,17 +106,27 @@ class Engine:
         self.bundle = model_bundle
         self.spec = model_bundle.spec
         files = model_bundle.part_files(variant)
+        self.requested_providers = choose(providers)
+        # part -> the kernel graph opened instead of its standard file (engine/kernels.py); empty: ONNX Runtime's
+        # (a listed kernel graph that is absent, from an older download, say, only means ONNX Runtime's kernels)
+        self._kernel_files = {part: model_bundle.kernel_graphs[path] for part, path in files.items()
+                              if path in model_bundle.kernel_graphs and model_bundle.kernel_graphs[path].is_file()
+                              and self._own_kernels_apply(part)}
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
-            bundle_mod.verify_files(model_bundle, list(files.values()))
+            bundle_mod.verify_files(model_bundle, [*files.values(), *self._kernel_files.values()])
         self.processor = Processor(model_bundle, max_image_pixels)
         self.max_image_pixels = self.processor.max_image_pixels
         self.variant = variant or model_bundle.default_variant
         self.files = files
-        self.requested_providers = choose(providers)
         self.sessions = {}
         self.providers: dict[str, list[str]] = {}
+        self.kernels: dict[str, str] = {}  # part -> what of edgevlm's own kernels it runs (engine/kernels.py)
         for part, path in files.items():
             opts = session_options(threads, memory_arena, spin=part == "decoder_model_merged")
+            if part in self._kernel_files:
+                opts.register_custom_ops_library(str(kernels.library()))
+                path = self._kernel_files[part]
+                self.kernels[part] = "attention:bf16"
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
             bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
         self.tokenizer = self.processor.tokenizer
@@ -126,6 +137,10 @@ class Engine:
         self._vision_run_options = vision_run_options(self.providers["vision_encoder"], memory_arena)
         self.vision_cache = VisionCache(vision_cache_size)
         self.grammars = Grammars(self.tokenizer, self.spec.vocab_size, self.spec.eos_ids)
+
+    def _own_kernels_apply(self, part: str) -> bool:
+        """Whether `part` opens its kernel graph: a CPU session, and a CPU whose bf16 kernel beats ONNX Runtime's."""
+        return self.requested_providers[0] == "CPUExecutionProvider" and kernels.in_use()
 
     # ----------------------------------------------------------------------------------------------- info
     @property

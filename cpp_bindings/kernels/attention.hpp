@@ -1,0 +1,34 @@
+// Multi-head attention without a mask, for the vision encoder: out = softmax(scale * Q Kᵀ) V per head, where
+// Q, K, V are the packed projections plus their bias (com.microsoft MultiHeadAttention's inputs). Two
+// implementations behind one signature: bf16 dot products (AVX-512 BF16, accumulating in fp32) and a portable
+// fp32 one that any C++ compiler builds.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+
+namespace evk {
+
+// Runs tasks 0..count-1, possibly on several threads; returns when all are done.
+using ParallelFor = std::function<void(size_t count, const std::function<void(size_t)> &task)>;
+
+struct AttentionShape {
+    size_t batch = 1, tokens = 0, heads = 0, head_dim = 0;
+    float scale = 0;  // 0: 1/sqrt(head_dim)
+};
+
+enum class Level { portable = 1, avx512_bf16 = 2 };
+
+// The best implementation this CPU runs for this shape, capped by EDGEVLM_KERNELS ("portable" caps it).
+Level best_level(const AttentionShape &shape);
+
+// q, k, v: (batch, tokens, heads * head_dim); bias: 3 * heads * head_dim (q, k, v) or null.
+void attention(Level level, const AttentionShape &shape, const float *q, const float *k, const float *v,
+               const float *bias, float *out, const ParallelFor &parallel_for);
+
+// The bf16 kernel (head_dim 32 or 64; attention_bf16.cpp, built with AVX-512 BF16 enabled for that file alone).
+bool bf16_supported_shape(const AttentionShape &shape);
+void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
+                    float *out, const ParallelFor &parallel_for);
+
+}  // namespace evk

@@ -1,0 +1,283 @@
+// Attention with AVX-512 BF16 dot products (vdpbf16ps: two bf16 products per fp32 lane, accumulated in fp32).
+// This file alone is compiled with AVX-512 BF16 enabled; attention.cpp calls it only on CPUs that have it.
+//
+// Per (image, head): K and V are converted to bf16 once and laid out for the dot product (K as 64-key panels of
+// key pairs, V as pairs of consecutive keys), then each task takes 32 query rows: S = Q Kᵀ one 64-key panel at a
+// time (8 KB, stays in L1 across the 32 rows), an exact softmax per row in fp32 (the probabilities rounded to
+// bf16 for P V, the sum kept in fp32), and O = P V over 128-key chunks of V. Inputs are rounded to bf16 with
+// round-to-nearest-even; accumulation and the softmax stay fp32.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "attention.hpp"
+
+namespace evk {
+namespace {
+
+constexpr size_t MR = 4;     // rows per micro-kernel: 4 x 4 zmm accumulators
+constexpr size_t RG = 32;    // query rows per task
+constexpr size_t NB = 64;    // keys per K panel
+constexpr size_t JC = 64;    // key pairs per V chunk
+
+struct AlignedFree {
+    void operator()(void *p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<uint32_t[], AlignedFree>;
+
+Buffer aligned_words(size_t words) {
+    void *p = std::aligned_alloc(64, (words * 4 + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return Buffer(static_cast<uint32_t *>(p));
+}
+
+// Packed K/V buffers are a few MB per call: kept between calls (no page faults per layer), one per concurrent call.
+class Pool {
+  public:
+    struct Lease {
+        Pool *pool;
+        Buffer buf;
+        size_t words;
+        ~Lease() { pool->give_back(std::move(buf), words); }
+    };
+    Lease take(size_t words) {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (size_t i = 0; i < free_.size(); ++i)
+            if (free_[i].second >= words) {
+                auto found = std::move(free_[i]);
+                free_.erase(free_.begin() + long(i));
+                return Lease{this, std::move(found.first), found.second};
+            }
+        return Lease{this, aligned_words(words), words};
+    }
+
+  private:
+    void give_back(Buffer buf, size_t words) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (free_.size() < 4) free_.emplace_back(std::move(buf), words);
+    }
+    std::mutex mu_;
+    std::vector<std::pair<Buffer, size_t>> free_;
+};
+
+Pool &pool() {
+    static Pool p;
+    return p;
+}
+
+inline __m512 exp512(__m512 x) {
+    // Cephes-style: x = n ln2 + r, e^r by a degree-6 polynomial, times 2^n. Relative error ~1e-7.
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// D floats (+ bias, times scale) -> D/2 bf16 pairs.
+template <size_t D>
+inline void row_pairs(const float *x, const float *bias, float scale, uint32_t *out) {
+    const __m512 s = _mm512_set1_ps(scale);
+    for (size_t t = 0; t < D / 16; t += 2) {
+        __m512 v0 = _mm512_loadu_ps(x + 16 * t), v1 = _mm512_loadu_ps(x + 16 * t + 16);
+        if (bias) {
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(bias + 16 * t));
+            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(bias + 16 * t + 16));
+        }
+        _mm512_store_si512(out + 8 * t, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(v1, s), _mm512_mul_ps(v0, s)));
+    }
+}
+
+struct HeadLayout {
+    size_t tokens, keys;  // keys: tokens rounded up to NB (the extra keys are zero and masked)
+    size_t stride;        // floats between consecutive tokens of the inputs and the output
+};
+
+// kp: [keys / NB][D / 2][NB] pairs (K[j][2c], K[j][2c+1]); vp: [keys / 2][D] pairs (V[2j][c], V[2j+1][c]).
+template <size_t D>
+void pack_head(const HeadLayout &L, const float *k, const float *v, const float *kbias, const float *vbias,
+               uint32_t *kp, uint32_t *vp) {
+    constexpr size_t DP = D / 2;
+    alignas(64) uint32_t rows[16][DP];
+    const __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(int(DP)));
+    for (size_t j0 = 0; j0 < L.keys; j0 += 16) {
+        for (size_t r = 0; r < 16; ++r) {
+            if (j0 + r < L.tokens)
+                row_pairs<D>(k + (j0 + r) * L.stride, kbias, 1.0f, rows[r]);
+            else
+                std::memset(rows[r], 0, sizeof rows[r]);
+        }
+        uint32_t *panel = kp + (j0 / NB) * NB * DP + j0 % NB;
+        for (size_t c = 0; c < DP; ++c)
+            _mm512_store_si512(panel + c * NB, _mm512_i32gather_epi32(lane, &rows[0][c], 4));
+    }
+    for (size_t jj = 0; jj < L.keys / 2; ++jj) {
+        for (size_t c = 0; c < D; c += 16) {
+            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+            if (2 * jj < L.tokens) {
+                a = _mm512_loadu_ps(v + 2 * jj * L.stride + c);
+                if (vbias) a = _mm512_add_ps(a, _mm512_loadu_ps(vbias + c));
+            }
+            if (2 * jj + 1 < L.tokens) {
+                b = _mm512_loadu_ps(v + (2 * jj + 1) * L.stride + c);
+                if (vbias) b = _mm512_add_ps(b, _mm512_loadu_ps(vbias + c));
+            }
+            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
+            __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b)), 16);
+            _mm512_store_si512(vp + jj * D + c, _mm512_or_si512(lo, hi));
+        }
+    }
+}
+
+struct Scratch {
+    Buffer s, p, o;
+    size_t keys = 0;
+    void fit(size_t k) {
+        if (k <= keys) return;
+        s = aligned_words(RG * k);      // fp32 scores
+        p = aligned_words(RG * k / 2);  // bf16 probabilities
+        o = aligned_words(RG * 64);     // fp32 output sums (head_dim <= 64)
+        keys = k;
+    }
+};
+
+// Rows [m0, m0 + RG) of one head (fewer at the end: missing rows are computed on zeros and not stored).
+template <size_t D>
+void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbias, float scale, const uint32_t *kp,
+                const uint32_t *vp, float *out, Scratch &sc) {
+    constexpr size_t DP = D / 2, T = D / 16;  // pairs per row; zmm per output row
+    const size_t rows = std::min(RG, L.tokens - m0), keys = L.keys;
+    alignas(64) uint32_t qp[RG][DP];
+    for (size_t r = 0; r < RG; ++r) {
+        if (r < rows)
+            row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);
+        else
+            std::memset(qp[r], 0, sizeof qp[r]);
+    }
+    float *s = reinterpret_cast<float *>(sc.s.get());
+    uint16_t *p = reinterpret_cast<uint16_t *>(sc.p.get());
+    float *o = reinterpret_cast<float *>(sc.o.get());
+    for (size_t j0 = 0; j0 < keys; j0 += NB) {
+        const uint32_t *panel = kp + j0 * DP;
+        for (size_t m = 0; m < RG; m += MR) {
+            __m512 acc[MR][4];
+            for (size_t r = 0; r < MR; ++r)
+                for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_setzero_ps();
+            for (size_t c = 0; c < DP; ++c) {
+                const uint32_t *b = panel + c * NB;
+                __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
+                __m512bh b2 = (__m512bh)_mm512_load_si512(b + 32), b3 = (__m512bh)_mm512_load_si512(b + 48);
+                for (size_t r = 0; r < MR; ++r) {
+                    __m512bh a = (__m512bh)_mm512_set1_epi32(int(qp[m + r][c]));
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+                    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+                    acc[r][2] = _mm512_dpbf16_ps(acc[r][2], a, b2);
+                    acc[r][3] = _mm512_dpbf16_ps(acc[r][3], a, b3);
+                }
+            }
+            for (size_t r = 0; r < MR; ++r)
+                for (int t = 0; t < 4; ++t) _mm512_store_ps(s + (m + r) * keys + j0 + 16 * t, acc[r][t]);
+        }
+    }
+    float inv[RG];
+    for (size_t r = 0; r < RG; ++r) {
+        float *sr = s + r * keys;
+        for (size_t j = L.tokens; j < keys; ++j) sr[j] = -INFINITY;  // padding keys
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (size_t j = 0; j < keys; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(sr + j));
+        __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (size_t j = 0; j < keys; j += 32) {
+            __m512 e0 = exp512(_mm512_sub_ps(_mm512_load_ps(sr + j), top));
+            __m512 e1 = exp512(_mm512_sub_ps(_mm512_load_ps(sr + j + 16), top));
+            sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+            _mm512_store_si512(p + r * keys + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    std::memset(o, 0, sizeof(float) * RG * D);
+    for (size_t jc = 0; jc < keys / 2; jc += JC) {
+        const size_t jend = std::min(jc + JC, keys / 2);
+        for (size_t m = 0; m < RG; m += MR) {
+            __m512 acc[MR][T];
+            for (size_t r = 0; r < MR; ++r)
+                for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_load_ps(o + (m + r) * D + 16 * t);
+            for (size_t jj = jc; jj < jend; ++jj) {
+                const uint32_t *b = vp + jj * D;
+                __m512bh bv[T];
+                for (size_t t = 0; t < T; ++t) bv[t] = (__m512bh)_mm512_load_si512(b + 16 * t);
+                for (size_t r = 0; r < MR; ++r) {
+                    uint32_t pair;
+                    std::memcpy(&pair, p + (m + r) * keys + 2 * jj, 4);
+                    __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
+                    for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], a, bv[t]);
+                }
+            }
+            for (size_t r = 0; r < MR; ++r)
+                for (size_t t = 0; t < T; ++t) _mm512_store_ps(o + (m + r) * D + 16 * t, acc[r][t]);
+        }
+    }
+    for (size_t r = 0; r < rows; ++r) {
+        __m512 iv = _mm512_set1_ps(inv[r]);
+        for (size_t t = 0; t < T; ++t)
+            _mm512_storeu_ps(out + (m0 + r) * L.stride + 16 * t, _mm512_mul_ps(_mm512_load_ps(o + r * D + 16 * t), iv));
+    }
+}
+
+template <size_t D>
+void run(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias, float *out,
+         const ParallelFor &parallel_for) {
+    constexpr size_t DP = D / 2;
+    const size_t hidden = shape.heads * D, heads = shape.batch * shape.heads;
+    const HeadLayout L{shape.tokens, (shape.tokens + NB - 1) / NB * NB, hidden};
+    const float scale = shape.scale != 0 ? shape.scale : 1.0f / std::sqrt(float(D));
+    const size_t per_head = L.keys * DP;  // words of one head's kp (and of its vp)
+    Pool::Lease kp = pool().take(heads * per_head), vp = pool().take(heads * per_head);
+    auto base = [&](size_t bh) { return (bh / shape.heads) * shape.tokens * hidden + (bh % shape.heads) * D; };
+    auto b = [&](size_t part, size_t bh) { return bias ? bias + part * hidden + (bh % shape.heads) * D : nullptr; };
+    parallel_for(heads, [&](size_t bh) {
+        pack_head<D>(L, k + base(bh), v + base(bh), b(1, bh), b(2, bh), kp.buf.get() + bh * per_head,
+                     vp.buf.get() + bh * per_head);
+    });
+    const size_t groups = (shape.tokens + RG - 1) / RG;
+    parallel_for(heads * groups, [&](size_t t) {
+        thread_local Scratch scratch;
+        scratch.fit(L.keys);
+        const size_t bh = t / groups;
+        rows_group<D>(L, (t % groups) * RG, q + base(bh), b(0, bh), scale, kp.buf.get() + bh * per_head,
+                      vp.buf.get() + bh * per_head, out + base(bh), scratch);
+    });
+}
+
+}  // namespace
+
+bool bf16_supported_shape(const AttentionShape &shape) {
+    return (shape.head_dim == 32 || shape.head_dim == 64) && shape.tokens > 0;
+}
+
+void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
+                    float *out, const ParallelFor &parallel_for) {
+    if (shape.head_dim == 64)
+        run<64>(shape, q, k, v, bias, out, parallel_for);
+    else
+        run<32>(shape, q, k, v, bias, out, parallel_for);
+}
+
+}  // namespace evk

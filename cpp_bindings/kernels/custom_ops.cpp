@@ -1,0 +1,142 @@
+// ONNX Runtime custom operators of edgevlm, in the domain "ai.edgevlm":
+//   MultiHeadAttention(query, key, value, bias?) with attributes num_heads and scale: com.microsoft
+//   MultiHeadAttention without a mask (self-attention, packed bias), on the kernels of attention.hpp.
+// Sessions load this library with SessionOptions.register_custom_ops_library (Python) or
+// RegisterCustomOpsLibrary_V2 (C); the runtimes rewrite a graph to these ops only when the library loads and its
+// kernel beats ONNX Runtime's on this CPU (evk_attention_level), so a bundle itself always stays standard ONNX.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "attention.hpp"
+
+namespace {
+
+constexpr const char *kDomain = "ai.edgevlm";
+
+struct Parallel {
+    const OrtKernelContext *context;
+    evk::ParallelFor fn() const {
+        const OrtKernelContext *ctx = context;
+        return [ctx](size_t count, const std::function<void(size_t)> &task) {
+            auto call = [](void *data, size_t i) { (*static_cast<const std::function<void(size_t)> *>(data))(i); };
+            Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(
+                ctx, call, count, 0, const_cast<void *>(static_cast<const void *>(&task))));
+        };
+    }
+};
+
+struct AttentionKernel {
+    int64_t heads = 0;
+    float scale = 0;
+
+    AttentionKernel(const OrtKernelInfo *info) {
+        Ort::ConstKernelInfo k(info);
+        heads = k.GetAttribute<int64_t>("num_heads");
+        if (heads < 1) throw std::invalid_argument("num_heads must be at least 1");
+        try {
+            scale = k.GetAttribute<float>("scale");
+        } catch (const Ort::Exception &) {
+            scale = 0;  // absent: 1/sqrt(head_dim), as com.microsoft's
+        }
+    }
+
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+        try {
+            Compute(context);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string("ai.edgevlm.MultiHeadAttention: ") +
+                                                                    e.what()).c_str());
+        }
+    }
+
+    void Compute(OrtKernelContext *context) {
+        Ort::KernelContext ctx(context);
+        Ort::ConstValue q = ctx.GetInput(0), k = ctx.GetInput(1), v = ctx.GetInput(2);
+        std::vector<int64_t> shape = q.GetTensorTypeAndShapeInfo().GetShape();
+        if (shape.size() != 3) throw std::invalid_argument("query must be (batch, tokens, hidden)");
+        if (k.GetTensorTypeAndShapeInfo().GetShape() != shape || v.GetTensorTypeAndShapeInfo().GetShape() != shape)
+            throw std::invalid_argument("key and value must have the query's shape (self-attention)");
+        if (shape[2] % heads != 0) throw std::invalid_argument("hidden size is not a multiple of num_heads");
+        const float *bias = nullptr;
+        if (ctx.GetInputCount() > 3) {
+            Ort::ConstValue b = ctx.GetInput(3);
+            if (b) {
+                if (b.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(3 * shape[2]))
+                    throw std::invalid_argument("bias must hold 3 x hidden values (query, key, value)");
+                bias = b.GetTensorData<float>();
+            }
+        }
+        evk::AttentionShape s;
+        s.batch = size_t(shape[0]);
+        s.tokens = size_t(shape[1]);
+        s.heads = size_t(heads);
+        s.head_dim = size_t(shape[2] / heads);
+        s.scale = scale;
+        Ort::UnownedValue out = ctx.GetOutput(0, shape);
+        if (s.batch * s.tokens == 0) return;
+        evk::attention(evk::best_level(s), s, q.GetTensorData<float>(), k.GetTensorData<float>(),
+                       v.GetTensorData<float>(), bias, out.GetTensorMutableData<float>(), Parallel{context}.fn());
+    }
+};
+
+struct AttentionOp : Ort::CustomOpBase<AttentionOp, AttentionKernel, true> {
+    OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
+        try {
+            *kernel = new AttentionKernel(info);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string("ai.edgevlm.MultiHeadAttention: ") +
+                                                                    e.what()).c_str());
+        }
+    }
+    const char *GetName() const { return "MultiHeadAttention"; }
+    const char *GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+    size_t GetInputTypeCount() const { return 4; }
+    ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+    OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+        return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    }
+    size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+}  // namespace
+
+extern "C" {
+
+// What the attention kernel would be for the vision encoder's shapes (head_dim 64): 2 = AVX-512 BF16, 1 = the
+// portable fp32 loops. The runtimes rewrite their graphs only at level 2.
+__attribute__((visibility("default"))) int evk_attention_level(int head_dim) {
+    evk::AttentionShape s;
+    s.tokens = 1;
+    s.head_dim = size_t(head_dim);
+    return int(evk::best_level(s));
+}
+
+// ONNX Runtime's entry point for a custom-op library.
+__attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
+                                                                               const OrtApiBase *api) {
+    static std::once_flag once;
+    static Ort::CustomOpDomain *domain = nullptr;
+    static AttentionOp attention;
+    try {
+        std::call_once(once, [&] {
+            Ort::InitApi(api->GetApi(ORT_API_VERSION));
+            domain = new Ort::CustomOpDomain(kDomain);  // lives as long as the process: sessions keep pointers
+            domain->Add(&attention);
+        });
+        Ort::UnownedSessionOptions(options).Add(*domain);
+        return nullptr;
+    } catch (const std::exception &e) {
+        return api->GetApi(ORT_API_VERSION)->CreateStatus(ORT_FAIL, e.what());
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,64 @@
+"""Kernel graphs: beside each quantized vision encoder, the same graph with its attention on edgevlm's own kernel
+(edgevlm/engine/kernels.py says when the runtimes use it).
+
+A kernel graph holds no weights of its own: every initializer of 1 KB or more is external data pointing at the
+bytes of the same tensor inside the standard file (an ONNX initializer's raw_data is stored as-is in the protobuf),
+so a 98 MB int8 encoder gets a 0.6 MB companion, and ONNX Runtime maps those bytes instead of parsing them (the
+session opens faster and with a smaller peak than from the standard file; docs/benchmarks.md). The standard file
+is untouched and stays what every other ONNX reader loads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from edgevlm.engine import kernels
+
+SUFFIX = ".kernels.onnx"
+_EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline: not worth a reference
+
+
+def kernel_graph_path(standard: Path) -> Path:
+    return standard.with_name(standard.name[: -len(".onnx")] + SUFFIX)
+
+
+def write_kernel_graph(standard: Path) -> Path | None:
+    """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp32 or fp16 encoder,
+    which keeps ONNX Runtime's attention so fp32 stays PyTorch's exact tokens, or no attention the kernel takes)."""
+    model = onnx.load(str(standard))
+    if not kernels.is_quantized(model) or not kernels.rewrite_attention(model):
+        return None
+    data = standard.read_bytes()
+    for graph in kernels.graphs(model.graph):
+        for tensor in graph.initializer:
+            _point_into(tensor, data, standard.name)
+    target = kernel_graph_path(standard)
+    target.write_bytes(model.SerializeToString())
+    return target
+
+
+def _point_into(tensor: onnx.TensorProto, data: bytes, location: str) -> None:
+    """Make `tensor` external data at an occurrence of its own bytes in `data` (any occurrence: same bytes)."""
+    if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+        return
+    offset = data.find(tensor.raw_data)
+    if offset < 0:  # stored in another encoding: keep it inline
+        return
+    length = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def write_kernel_graphs(onnx_dir: Path, variant_files: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Kernel graphs for the vision encoders of `variant_files`; the manifest's `kernel_graphs` table (standard
+    file -> kernel graph, both relative to the bundle)."""
+    table = {}
+    for rel in sorted({parts["vision_encoder"] for parts in variant_files.values()}):
+        made = write_kernel_graph(onnx_dir.parent / rel)
+        if made is not None:
+            table[rel] = made.relative_to(onnx_dir.parent).as_posix()
+    return table
