@@ -267,7 +267,15 @@ def _remote_image_is_fetched_when_allowed(base: str) -> None:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = png.getvalue() if self.path == "/a.png" else b""
+            if self.path == "/redirect.png":  # to this same loopback host: not a public address
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/a.png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == "/slow.png":
+                time.sleep(4)
+            body = png.getvalue() if self.path in ("/a.png", "/slow.png") else b""
             self.send_response(200 if body else 404)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -287,6 +295,19 @@ def _remote_image_is_fetched_when_allowed(base: str) -> None:
         assert status == 200 and json.loads(body)["usage"]["prompt_tokens"] > 64
         status, body, _ = ask(f"{url}/missing.png")
         assert status == 400 and "could not fetch" in json.loads(body)["error"]["message"]
+        status, body, _ = ask(f"{url}/redirect.png")
+        assert status == 400 and "not a public address" in json.loads(body)["error"]["message"], body
+        # A slow image host (4 s) must not stall the server: /health answers while the fetch waits.
+        slow = {}
+        t = threading.Thread(target=lambda: slow.update(r=ask(f"{url}/slow.png")))
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as r:
+            assert r.status == 200
+        assert time.monotonic() - t0 < 1.0, "the event loop was blocked by the remote fetch"
+        t.join(30)
+        assert slow["r"][0] == 200
     finally:
         images.shutdown()
 

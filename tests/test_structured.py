@@ -426,9 +426,20 @@ def test_conditions():
     assert Condition("value == yes")("yes") and not Condition("value == yes")("no")
     assert Condition("visible == true")(Sighting(True, Colour.RED, "car", []))
     assert Condition("colour == red")(Sighting(True, Colour.RED, "car", []))
-    for bad in ("", "person", "== true", "person === true", "1abc == 2"):
+    for bad in ("", "person", "== true", "person === true", "1abc == 2", 'zone == "door or count > 1'):
         with pytest.raises(InputError):
             Condition(bad)
+
+
+def test_conditions_do_not_split_inside_quoted_strings():
+    """'and' / 'or' inside a "quoted string" are part of the string (they once cut the condition in two)."""
+    either = Condition('label == "cat or dog" and count >= 2')
+    assert either({"label": "cat or dog", "count": 2}) and not either({"label": "cat", "count": 2})
+    assert not either({"label": "dog", "count": 2})
+    both = Condition('label == "salt and pepper" or label == none')
+    assert both({"label": "salt and pepper"}) and both({"label": "none"}) and not both({"label": "salt"})
+    escaped = Condition('say == "\\"yes or no\\"" or n == 1')
+    assert escaped({"say": '"yes or no"'}) and escaped({"n": 1}) and not escaped({"say": "yes"})
 
 
 # --------------------------------------------------------------------------------------------------- CLI

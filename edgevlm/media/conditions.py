@@ -46,8 +46,7 @@ class Condition:
         if not isinstance(text, str) or not text.strip():
             raise InputError("the condition is empty; write one like 'person == true' or 'count >= 2'.")
         self.text = text
-        self._any_of = [[self._parse(c) for c in re.split(r"\s+and\s+", alt)]
-                        for alt in re.split(r"\s+or\s+", text.strip())]
+        self._any_of = [[self._parse(c) for c in _split(alt, "and")] for alt in _split(text.strip(), "or")]
 
     @staticmethod
     def _parse(cond: str) -> _Comparison:
@@ -68,6 +67,23 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.text!r})"
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _split(text: str, word: str) -> list[str]:
+    """`text` cut at ` word ` outside double-quoted strings: `zone == "cat or dog"` is one comparison."""
+    quoted = [m.span() for m in _QUOTED.finditer(text)]
+    if text.count('"') - sum(text[a:b].count('"') for a, b in quoted):
+        raise InputError(f"the condition {text.strip()!r} has a quote that is not closed; write strings as "
+                         f'"text" (a backslash escapes a quote inside).')
+    pieces, start = [], 0
+    for m in re.finditer(rf"\s+{word}\s+", text):
+        if not any(a < m.start() < b for a, b in quoted):
+            pieces.append(text[start:m.start()])
+            start = m.end()
+    return pieces + [text[start:]]
 
 
 def _lookup(value: Any, path: tuple[str, ...]) -> Any:

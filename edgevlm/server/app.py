@@ -111,7 +111,10 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
     @endpoint("chat")
     async def chat(request: Request) -> Response:
         body = await _read_json(request, settings.max_body_bytes)
-        req = api.parse_chat_request(body, settings.max_body_bytes, settings.allow_remote_images)
+        # Off the event loop: with --allow-remote-images parsing fetches URLs, and one slow host would stall every
+        # request, /health included.
+        req = await asyncio.to_thread(api.parse_chat_request, body, settings.max_body_bytes,
+                                      settings.allow_remote_images)
         cid, model = api.completion_id(), settings.model_name
         started = time.monotonic()
         job = admit(chat_work(vlm, req.messages, req.options, req.stop))

@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -121,7 +124,7 @@ def _image_bytes(url: Any, where: str, max_bytes: int, allow_remote: bool) -> by
 
 def _check_image(data: bytes, where: str) -> None:
     """Name the part that holds data no image format recognizes (the engine only sees bytes). Reads the header
-    only, on the event loop: decoding (and a truncated body) is the engine's work, on the model's thread."""
+    only (off the event loop, as the whole request parse): decoding is the engine's work, on the model's thread."""
     try:
         Image.open(io.BytesIO(data)).close()
     except Image.DecompressionBombError:
@@ -131,9 +134,28 @@ def _check_image(data: bytes, where: str) -> None:
                            f"WebP, BMP or TIFF.", param=where) from None
 
 
+class _PublicRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """The operator chose to fetch the URLs clients send; a redirect is the remote side's choice, and one to a
+    loopback, private or link-local address would make this server reach into its own network for a client."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        host = urllib.parse.urlsplit(newurl).hostname or ""
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            addresses = set()
+        if not addresses or any(not ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+            raise urllib.error.URLError(f"redirected to {host or newurl}, which is not a public address; refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_PublicRedirectsOnly)
+
+
 def _fetch(url: str, where: str, max_bytes: int) -> bytes:
+    """Blocking: the server calls parse_chat_request off its event loop (a slow host must not stall /health)."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with _OPENER.open(url, timeout=10) as r:
             data = r.read(max_bytes + 1)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise RequestError(f"{where}: could not fetch {url} ({getattr(e, 'reason', e)}).", param=where) from None

@@ -51,9 +51,19 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
+    on_end: Callable[[], None] | None = None  # frees the runner's slot; called on the loop, once
 
     def post(self, event: Event) -> None:
+        if event.kind in ("done", "error"):
+            self.end()  # queued first: a client that sees this answer end finds the slot free (call_soon is FIFO)
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def end(self) -> None:
+        """Free the slot (from the worker thread; idempotent). The worker posts nothing after its last event, and
+        the executor has one thread, so a job admitted now still never overlaps this one on the model."""
+        end, self.on_end = self.on_end, None
+        if end is not None:
+            self.loop.call_soon_threadsafe(end)
 
     async def next(self) -> Event:
         return await self.events.get()
@@ -81,15 +91,17 @@ class Runner:
     def submit(self, work: Callable[[Job], None]) -> Job:
         """Admit `work` (or raise QueueFull) and queue it for the worker thread; read its events with
         `await job.next()`. Whoever submits sets `job.cancel` when it stops listening (a client gone); the slot
-        frees when the worker has stopped, so answers never overlap on the model."""
+        frees before the job's last event reaches its client (so a client that retries at once finds it free),
+        and answers never overlap on the model (one worker thread)."""
         if self.in_flight > self.max_queue:
             raise QueueFull(self.waiting, self.retry_after())
         loop = asyncio.get_running_loop()
         job = Job(work, deadline=time.monotonic() + self.timeout, loop=loop)
         self.in_flight += 1
         started = time.monotonic()
-        loop.run_in_executor(self._executor, self._execute, job).add_done_callback(
-            lambda _: self._finished(started))
+        job.on_end = lambda: self._finished(started)
+        # A work that ends without a last event (its client left) frees the slot when the worker returns.
+        loop.run_in_executor(self._executor, self._execute, job).add_done_callback(lambda _: job.end())
         return job
 
     def _finished(self, started: float) -> None:
