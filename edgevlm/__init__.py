@@ -7,8 +7,8 @@
 `load`, `VLM` and `Result` are imported on first use (PEP 562): numpy and onnxruntime take ~0.3 s to import,
 which a program that only checks the version or the errors should not pay.
 """
-from .errors import (ConstraintError, ContextLengthError, EdgeVLMError, IncompleteAnswerError, InputError,
-                     ModelError)
+from .errors import (ConstraintError, ContextLengthError, EdgeVLMError, ImageTooLargeError, IncompleteAnswerError,
+                     InputError, ModelError, OutputError, SourceError)
 
 __version__ = "0.1.0"
 _LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.processor",
@@ -17,7 +17,7 @@ _LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "record
          "LiveCaption": "records", "Trigger": "media.live", "Constraint": "engine.structured",
          "Condition": "media.conditions"}
 __all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "ConstraintError",
-           "IncompleteAnswerError", "__version__"]
+           "IncompleteAnswerError", "ImageTooLargeError", "OutputError", "SourceError", "__version__"]
 
 
 def __getattr__(name: str):

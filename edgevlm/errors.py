@@ -35,6 +35,10 @@ class OutputError(InputError):
     """An output file cannot be written where asked (it is an input, a folder, read-only, or the disk is full)."""
 
 
+class SourceError(InputError):
+    """A live source cannot be opened, or it was lost and did not come back in time."""
+
+
 class ConstraintError(InputError):
     """A constraint for a structured answer cannot be used (an empty choice list, an invalid schema or regex)."""
 

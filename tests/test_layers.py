@@ -121,3 +121,21 @@ def test_exporter_and_benchmarks_use_no_private_runtime_name():
                 elif isinstance(node, ast.Attribute) and node.attr in private and node.attr not in own:
                     offenders.append((path.name, node.attr))
     assert not offenders, offenders
+
+
+def test_every_error_class_lives_in_errors_and_is_exported():
+    """One error model: a user catches edgevlm.X for every exception class the library defines (the server's
+    HTTP-level classes are its own business)."""
+    import edgevlm
+    from edgevlm import errors
+
+    outside = []
+    for path in PKG.rglob("*.py"):
+        if path.parent.name == "server" or path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "").endswith("Error") for b in node.bases):
+                outside.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not outside, outside
+    defined = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
+    assert defined <= set(edgevlm.__all__) and all(getattr(edgevlm, n) is getattr(errors, n) for n in defined)

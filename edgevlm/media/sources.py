@@ -15,14 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, SourceError
 from .video import Frame, import_cv2
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "rtp://")
-
-
-class SourceError(InputError):
-    """A live source cannot be opened, or it was lost and did not come back in time."""
 
 
 @dataclass
