@@ -69,7 +69,7 @@ class VLM(Engine):
 
 def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
          providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
-         vision_cache_size: int = 16, verify: bool = True, revision: str | None = None,
+         vision_cache_size: int = 16, verify: bool | str = True, revision: str | None = None,
          progress: bool = True, max_image_pixels: int | None = None) -> VLM:
     """Load a SmolVLM2 ONNX model.
 
@@ -78,7 +78,9 @@ def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dic
         such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
         ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
         memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
-        sha256 sums before loading. max_image_pixels: larger images are refused before they are decoded (default
+        sha256 sums before loading; a file that matched once is trusted while it is unchanged on disk (same
+        inode, size, mtime and ctime), so only the first load hashes it; "full" hashes every file every time;
+        False checks nothing. max_image_pixels: larger images are refused before they are decoded (default
         100 MP, or $EDGEVLM_MAX_IMAGE_PIXELS).
     """
     root = bundle_mod.resolve(model, revision=revision, progress=progress, variant=variant)

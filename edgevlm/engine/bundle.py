@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from . import verified
 from .bundle_format import (MANIFEST, REQUIRED_CONFIGS, SHORT_PARTS, choose_parts, default_variant, external_data,
                             scan_layout, sha256_file, validate_manifest)
 from .hub import resolve
@@ -227,8 +228,13 @@ def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:
                          f"mixed up or foreign. Re-export it.")
 
 
-def verify_files(bundle: Bundle, paths: list[Path]) -> None:
-    """Check size and sha256 of `paths` (and config files) against the manifest; raise ModelError on a mismatch."""
+def verify_files(bundle: Bundle, paths: list[Path], full: bool = False) -> None:
+    """Check size and sha256 of `paths` (and config files) against the manifest; raise ModelError on a mismatch.
+
+    A file whose sha256 matched once is trusted while its identity on disk is unchanged (device, inode, size,
+    mtime and ctime, recorded in the user's cache: verified.py), so a 9 GB 2.2B bundle is hashed on its first
+    load, not on every start. A file changed in place changes its ctime, which no program can set back, and is
+    hashed again. full=True hashes everything regardless (load(verify="full"))."""
     if bundle.manifest is None:
         return
     recorded = bundle.manifest.get("files", {})
@@ -238,6 +244,7 @@ def verify_files(bundle: Bundle, paths: list[Path]) -> None:
         data = external_data(p)
         if data.exists() or (data.relative_to(bundle.root).as_posix() in recorded):
             wanted.add(data.relative_to(bundle.root).as_posix())
+    stamps = verified.Stamps.load()
     for rel in sorted(wanted):
         entry = recorded.get(rel)
         path = bundle.root / rel
@@ -247,12 +254,19 @@ def verify_files(bundle: Bundle, paths: list[Path]) -> None:
         if not path.is_file():
             raise ModelError(f"{path} is missing from the bundle; re-export it or copy the whole folder again.")
         try:
-            same = path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
+            if path.stat().st_size != entry["size"]:
+                same = False
+            elif not full and stamps.holds(path, entry["sha256"]):
+                continue
+            else:
+                same = sha256_file(path) == entry["sha256"]
         except OSError as e:
             raise ModelError(f"{path} cannot be read ({e.strerror}); check the bundle's permissions.") from None
         if not same:
             raise ModelError(f"{path} does not match its checksum in {MANIFEST} (altered or truncated); "
                              f"re-export the bundle or copy it again.")
+        stamps.add(path, entry["sha256"])
+    stamps.save()
 
 
 def describe(b: Bundle) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Engine:
 
     def __init__(self, model_bundle: bundle_mod.Bundle, variant: str | dict[str, str] | None,
                  providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
-                 vision_cache_size: int, verify: bool, max_image_pixels: int | None = None):
+                 vision_cache_size: int, verify: bool | str, max_image_pixels: int | None = None):
         self.bundle = model_bundle
         self.spec = model_bundle.spec
         files = model_bundle.part_files(variant)
@@ -113,7 +113,8 @@ class Engine:
                               if path in model_bundle.kernel_graphs and model_bundle.kernel_graphs[path].is_file()
                               and self._own_kernels_apply(part)}
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
-            bundle_mod.verify_files(model_bundle, [*files.values(), *self._kernel_files.values()])
+            bundle_mod.verify_files(model_bundle, [*files.values(), *self._kernel_files.values()],
+                                    full=verify == "full")
         self.processor = Processor(model_bundle, max_image_pixels)
         self.max_image_pixels = self.processor.max_image_pixels
         self.variant = variant or model_bundle.default_variant
