@@ -166,10 +166,10 @@ def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
     """4-bit weights (block 32), per part:
 
     - decoder: HQQ (a scale/zero search, needs torch at export time) for every MatMul but the lm_head, which
-      stays 8-bit: on the trained SmolLM2 decoder that keeps 97.5 % top-1 agreement with fp32, where plain
-      round-to-nearest 4-bit kept 60-70 % (docs/benchmarks.md). HQQ's float zero points are then moved off
-      ONNX Runtime's slow path by zero_point_correction (3.7 -> 79 tok/s decode here), and everything runs at
-      accuracy_level 4 (int8 compute, activations quantized per block of 32, which SmolLM2's outliers survive).
+      stays 8-bit: on the trained SmolLM2 decoder that keeps top-1 agreement with fp32 in the mid-90s, where
+      plain round-to-nearest 4-bit kept 60-70 %. HQQ's float zero points are then moved off ONNX Runtime's slow
+      path by zero_point_correction, and everything runs at accuracy_level 4 (int8 compute, activations
+      quantized per block of 32, which SmolLM2's outliers survive). Figures: docs/benchmarks.md.
     - token embeddings: GatherBlockQuantized 4-bit. vision: round-to-nearest 4-bit, int8 compute.
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig

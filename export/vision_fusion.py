@@ -2,7 +2,7 @@
 
 The trace of SmolVLM2's SigLIP encoder spells each layer's attention out as 15 nodes (reshapes, transposes,
 Q·Kᵀ, scale, mask add, softmax, ·V) and its tanh GELU as 9 elementwise nodes. ONNX Runtime's own transformer
-optimizer fuses the GELU but finds no attention in this trace (issue 15), and at run time its graph optimizer
+optimizer fuses the GELU but finds no attention in this trace, and at run time its graph optimizer
 fuses neither. Here both are rewritten from the trace's known shape:
 
 - attention -> com.microsoft MultiHeadAttention(query, key, value, bias = the three projection biases packed,

@@ -1,8 +1,8 @@
 """Float zero points on ONNX Runtime's fast 4-bit kernel, exactly.
 
 HQQ (and llama.cpp's Q4_1) store a block of weights as w = s * (q - z) with a *float* offset z. That is what keeps
-4-bit accurate on SmolLM2 (97.5 % top-1 agreement where integer grids kept 60-70 %), but MatMulNBits with float
-zero points runs on a slow reference path (3-4 tok/s decode here). Split the weight instead:
+4-bit accurate on SmolLM2 (far above integer grids' top-1 agreement; docs/benchmarks.md), but MatMulNBits with
+float zero points runs on a slow reference path (a few tokens per second). Split the weight instead:
 
     w = s * (q - 8) + s * (8 - z)
         '-- fast path --'  '-- c: one number per block and output column --'
