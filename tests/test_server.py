@@ -200,6 +200,13 @@ def test_limits_keys_and_other_endpoints(server, client):
     status, body, _ = post(f"{server}/v1/chat/completions", json.dumps({"messages": []}).encode())
     assert status == 400 and json.loads(body)["error"]["param"] == "messages"
     assert "Traceback" not in text and get(f"{server}/")[0] == 200
+    # Unknown paths and methods answer in OpenAI's error shape too, not Starlette's plain text.
+    status, body, _ = get(f"{server}/v1/completions")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    status, body, headers = get(f"{server}/v1/chat/completions", key=KEY)
+    error = json.loads(body)["error"]
+    assert status == 405 and error["code"] == "method_not_allowed" and "POST" in error["message"]
+    assert "POST" in headers["Allow"]
 
 
 def test_client_disconnect_cancels_the_answer(server):

@@ -210,9 +210,22 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/", index, methods=["GET"]),
-    ], middleware=middleware, lifespan=_closing(runner))
+    ], middleware=middleware, lifespan=_closing(runner), exception_handlers={404: _not_routed, 405: _not_routed})
     app.state.runner, app.state.metrics, app.state.settings = runner, metrics, settings
     return app
+
+
+async def _not_routed(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape, as every other error here (clients parse it)."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        allowed = getattr(exc, "headers", None) or {}
+        message = (f"{request.method} is not allowed on {request.url.path}"
+                   + (f"; use {allowed['Allow']}." if "Allow" in allowed else "."))
+        return JSONResponse(api.error_body(message, code="method_not_allowed"), 405, headers=allowed)
+    return JSONResponse(api.error_body(f"no such endpoint: {request.method} {request.url.path}. The API is "
+                                       f"POST /v1/chat/completions, GET /v1/models, POST /v1/timeline, GET /health, "
+                                       f"GET /metrics.", code="not_found"), 404)
 
 
 def _closing(runner: Runner):
