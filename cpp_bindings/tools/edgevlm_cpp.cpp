@@ -21,24 +21,35 @@
 
 namespace {
 
+// The Python CLI's defaults (edgevlm/defaults.py): a caption, and one frame of a live source.
+constexpr const char *kCaptionPrompt = "Describe this image.";
+constexpr const char *kFramePrompt = "Describe this image in one sentence.";
+constexpr int kCaptionTokens = 64, kLiveTokens = 32;
+
 struct Args {
-    std::string command, image, model, variant, prompt = "Describe this image.", size;
-    int max_new_tokens = 64, threads = 0, split = -1;
+    std::string command, image, model, variant, prompt, size;
+    int max_new_tokens = -1, threads = 0, split = -1;  // -1 / empty: the command's default
+    bool help = false;
 };
+
+constexpr const char *kUsage =
+    "usage: edgevlm-cpp caption IMAGE --model BUNDLE [--variant V] [--prompt TEXT] [--max-new-tokens N]\n"
+    "                  [--threads N] [--no-split]\n"
+    "       edgevlm-cpp watch --size WxH --model BUNDLE [...]   (raw RGB24 frames on stdin, one caption a line)\n"
+    "       edgevlm-cpp version\n"
+    "defaults as `edgevlm`'s: caption 64 new tokens, 'Describe this image.'; watch 32, 'Describe this image in one\n"
+    "sentence.'; --model may come from EDGEVLM_MODEL.\n";
 
 int usage(const char *why) {
     if (why) std::fprintf(stderr, "error: %s\n", why);
-    std::fprintf(stderr,
-                 "usage: edgevlm-cpp caption IMAGE --model BUNDLE [--variant V] [--prompt TEXT] [--max-new-tokens N]\n"
-                 "                  [--threads N] [--no-split]\n"
-                 "       edgevlm-cpp watch --size WxH --model BUNDLE [...]   (raw RGB24 frames on stdin)\n"
-                 "       edgevlm-cpp version\n");
+    std::fputs(kUsage, stderr);
     return 2;
 }
 
 bool parse(int argc, char **argv, Args &a, std::string &why) {
     if (argc < 2) return why = "no command", false;
     a.command = argv[1];
+    if (a.command == "--help" || a.command == "-h" || a.command == "help") return a.help = true;
     if (const char *env = std::getenv("EDGEVLM_MODEL")) a.model = env;
     for (int i = 2; i < argc; ++i) {
         std::string k = argv[i];
@@ -57,7 +68,8 @@ bool parse(int argc, char **argv, Args &a, std::string &why) {
             return true;
         };
         bool ok = true;
-        if (k == "--model") ok = value(a.model);
+        if (k == "--help" || k == "-h") a.help = true;
+        else if (k == "--model") ok = value(a.model);
         else if (k == "--variant") ok = value(a.variant);
         else if (k == "--prompt") ok = value(a.prompt);
         else if (k == "--size") ok = value(a.size);
@@ -102,7 +114,7 @@ evlm_status caption(evlm_model *m, evlm_image *img, const Args &a, bool stream, 
     if (s == EVLM_OK) s = evlm_prompt_add_text(p, a.prompt.c_str());
     evlm_generate_options g;
     evlm_generate_options_init(&g);
-    g.max_new_tokens = a.max_new_tokens;
+    g.max_new_tokens = a.max_new_tokens;  // set by main: the command's default unless given
     if (stream) g.on_token = print_piece;
     if (s == EVLM_OK) s = evlm_generate(m, p, nullptr, &g, &r);
     if (s == EVLM_OK && text) *text = evlm_result_text(r);
@@ -185,6 +197,8 @@ int run_watch(const Args &a) {
             break;
         }
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        for (char &c : text)  // one caption per line, as the Python CLI's text output
+            if (c == '\n' || c == '\r') c = ' ';
         std::printf("frame %ld (%.0f ms): %s\n", index, ms, text.c_str());
         std::fflush(stdout);
         done = index;
@@ -201,6 +215,10 @@ int main(int argc, char **argv) {
     Args a;
     std::string why;
     if (!parse(argc, argv, a, why)) return usage(why.c_str());
+    if (a.help) return std::fputs(kUsage, stdout) < 0;
+    const bool live = a.command == "watch";
+    if (a.prompt.empty()) a.prompt = live ? kFramePrompt : kCaptionPrompt;
+    if (a.max_new_tokens < 0) a.max_new_tokens = live ? kLiveTokens : kCaptionTokens;
     if (a.command == "version") return std::printf("edgevlm %s\n", evlm_version()) < 0;
     if (a.command == "caption") return run_caption(a);
     if (a.command == "watch") return run_watch(a);
