@@ -14,6 +14,8 @@ run(${CMAKE_COMMAND} -S ${SOURCE} -B ${BUILD}/example-build -DCMAKE_PREFIX_PATH=
 run(${CMAKE_COMMAND} --build ${BUILD}/example-build)
 run(${BUILD}/example-build/caption ${BUNDLE})
 message(STATUS "find_package example: ${last_output}")
+run(${BUILD}/example-build/caption_cpp ${BUNDLE})
+message(STATUS "find_package C++ example: ${last_output}")
 
 execute_process(COMMAND ${CMAKE_COMMAND} -E env PKG_CONFIG_PATH=${PREFIX}/lib/pkgconfig pkg-config --cflags --libs edgevlm
                 OUTPUT_VARIABLE flags OUTPUT_STRIP_TRAILING_WHITESPACE)
