@@ -274,10 +274,18 @@ bool bf16_supported_shape(const AttentionShape &shape) {
 
 void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
                     float *out, const ParallelFor &parallel_for) {
-    if (shape.head_dim == 64)
-        run<64>(shape, q, k, v, bias, out, parallel_for);
-    else
-        run<32>(shape, q, k, v, bias, out, parallel_for);
+    // One image (tile) at a time: the packed K/V buffers the pool keeps are then one image's (3 MB at SigLIP-B
+    // 512 px), not those of a 17-tile photo (54 MB), and each image still has heads x 32 tasks for the threads.
+    AttentionShape one = shape;
+    one.batch = 1;
+    const size_t step = shape.tokens * shape.heads * shape.head_dim;
+    for (size_t b = 0; b < shape.batch; ++b) {
+        const size_t o = b * step;
+        if (shape.head_dim == 64)
+            run<64>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+        else
+            run<32>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+    }
 }
 
 }  // namespace evk
