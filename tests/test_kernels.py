@@ -70,6 +70,8 @@ SHAPES = [(1, 1024, 768, 12, 0.125),  # SigLIP-B/16 at 512 px: the vision encode
           (2, 1000, 768, 12, None),  # two tiles; tokens not a multiple of the kernel's blocks; default scale
           (1, 37, 128, 2, 0.3),  # fewer tokens than one block of rows or keys
           (3, 256, 64, 2, None),  # head_dim 32: the tiny test checkpoints' vision tower
+          (1, 729, 1152, 16, None),  # head_dim 72: SigLIP so400m at 384 px, the 2.2B's encoder
+          (1, 50, 144, 2, 0.2),  # head_dim 72 with fewer tokens than a block
           (1, 1, 64, 1, 1.0)]
 
 
@@ -81,8 +83,8 @@ def test_bf16_attention_matches_onnxruntime(bf16, shape):
     assert cos > 0.9999, cos
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(1, 729, 1152, 16, None)],  # head_dim 72: 2.2B's SigLIP
-                         ids=[f"{s[0]}x{s[1]}x{s[2]}h{s[3]}" for s in SHAPES + [(1, 729, 1152, 16, None)]])
+@pytest.mark.parametrize("shape", SHAPES + [(1, 64, 160, 2, None)],  # head_dim 80: no bf16 kernel, portable only
+                         ids=[f"{s[0]}x{s[1]}x{s[2]}h{s[3]}" for s in SHAPES + [(1, 64, 160, 2, None)]])
 def test_portable_attention_matches_onnxruntime(library, shape, monkeypatch):
     """The fp32 loops every CPU runs (EDGEVLM_KERNELS=portable caps the library to them): the same numbers."""
     monkeypatch.setenv("EDGEVLM_KERNELS", "portable")

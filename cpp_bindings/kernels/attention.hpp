@@ -26,7 +26,7 @@ Level best_level(const AttentionShape &shape);
 void attention(Level level, const AttentionShape &shape, const float *q, const float *k, const float *v,
                const float *bias, float *out, const ParallelFor &parallel_for);
 
-// The bf16 kernel (head_dim 32 or 64; attention_bf16.cpp, built with AVX-512 BF16 enabled for that file alone).
+// The bf16 kernel (head_dim 32, 64 or 72; attention_bf16.cpp, built with AVX-512 BF16 enabled for that file alone).
 bool bf16_supported_shape(const AttentionShape &shape);
 void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
                     float *out, const ParallelFor &parallel_for);

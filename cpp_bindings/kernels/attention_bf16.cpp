@@ -90,17 +90,31 @@ inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// D floats (+ bias, times scale) -> D/2 bf16 pairs.
+// The lanes of a 16-float vector starting at column c that are inside a row of D (the rest read as zero).
+template <size_t D>
+constexpr __mmask16 lanes(size_t c) {
+    return c >= D ? __mmask16(0) : c + 16 <= D ? __mmask16(0xFFFF) : __mmask16((1u << (D - c)) - 1);
+}
+
+// Head sizes that are not a multiple of 16 (SigLIP so400m's 72) are padded with zeros: DR words per converted
+// row (whole 32-float chunks), DV floats per V / output row (whole vectors).
+template <size_t D>
+struct Dims {
+    static constexpr size_t DP = D / 2, DR = (D + 31) / 32 * 16, DV = (D + 15) / 16 * 16, T = DV / 16;
+};
+
+// D floats (+ bias, times scale) -> D/2 bf16 pairs (and zero pairs up to DR).
 template <size_t D>
 inline void row_pairs(const float *x, const float *bias, float scale, uint32_t *out) {
     const __m512 s = _mm512_set1_ps(scale);
-    for (size_t t = 0; t < D / 16; t += 2) {
-        __m512 v0 = _mm512_loadu_ps(x + 16 * t), v1 = _mm512_loadu_ps(x + 16 * t + 16);
+    for (size_t c = 0; c < D; c += 32) {
+        const __mmask16 m0 = lanes<D>(c), m1 = lanes<D>(c + 16);
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, x + c), v1 = _mm512_maskz_loadu_ps(m1, x + c + 16);
         if (bias) {
-            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(bias + 16 * t));
-            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(bias + 16 * t + 16));
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, bias + c));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, bias + c + 16));
         }
-        _mm512_store_si512(out + 8 * t, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(v1, s), _mm512_mul_ps(v0, s)));
+        _mm512_store_si512(out + c / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(v1, s), _mm512_mul_ps(v0, s)));
     }
 }
 
@@ -109,14 +123,14 @@ struct HeadLayout {
     size_t stride;        // floats between consecutive tokens of the inputs and the output
 };
 
-// kp: [keys / NB][D / 2][NB] pairs (K[j][2c], K[j][2c+1]); vp: [keys / 2][D] pairs (V[2j][c], V[2j+1][c]).
+// kp: [keys / NB][D / 2][NB] pairs (K[j][2c], K[j][2c+1]); vp: [keys / 2][DV] pairs (V[2j][c], V[2j+1][c]).
 template <size_t D>
 void pack_head(const HeadLayout &L, const float *k, const float *v, const float *kbias, const float *vbias,
                uint32_t *kp, uint32_t *vp) {
-    constexpr size_t DP = D / 2;
-    alignas(64) uint32_t rows[16][DP];
+    constexpr size_t DP = Dims<D>::DP, DR = Dims<D>::DR, DV = Dims<D>::DV;
+    alignas(64) uint32_t rows[16][DR];
     const __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(int(DP)));
+                                            _mm512_set1_epi32(int(DR)));
     for (size_t j0 = 0; j0 < L.keys; j0 += 16) {
         for (size_t r = 0; r < 16; ++r) {
             if (j0 + r < L.tokens)
@@ -129,19 +143,20 @@ void pack_head(const HeadLayout &L, const float *k, const float *v, const float 
             _mm512_store_si512(panel + c * NB, _mm512_i32gather_epi32(lane, &rows[0][c], 4));
     }
     for (size_t jj = 0; jj < L.keys / 2; ++jj) {
-        for (size_t c = 0; c < D; c += 16) {
+        for (size_t c = 0; c < DV; c += 16) {
+            const __mmask16 m = lanes<D>(c);
             __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
             if (2 * jj < L.tokens) {
-                a = _mm512_loadu_ps(v + 2 * jj * L.stride + c);
-                if (vbias) a = _mm512_add_ps(a, _mm512_loadu_ps(vbias + c));
+                a = _mm512_maskz_loadu_ps(m, v + 2 * jj * L.stride + c);
+                if (vbias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, vbias + c));
             }
             if (2 * jj + 1 < L.tokens) {
-                b = _mm512_loadu_ps(v + (2 * jj + 1) * L.stride + c);
-                if (vbias) b = _mm512_add_ps(b, _mm512_loadu_ps(vbias + c));
+                b = _mm512_maskz_loadu_ps(m, v + (2 * jj + 1) * L.stride + c);
+                if (vbias) b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(m, vbias + c));
             }
             __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
             __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b)), 16);
-            _mm512_store_si512(vp + jj * D + c, _mm512_or_si512(lo, hi));
+            _mm512_store_si512(vp + jj * DV + c, _mm512_or_si512(lo, hi));
         }
     }
 }
@@ -153,7 +168,7 @@ struct Scratch {
         if (k <= keys) return;
         s = aligned_words(RG * k);      // fp32 scores
         p = aligned_words(RG * k / 2);  // bf16 probabilities
-        o = aligned_words(RG * 64);     // fp32 output sums (head_dim <= 64)
+        o = aligned_words(RG * 128);    // fp32 output sums (head_dim <= 128)
         keys = k;
     }
 };
@@ -162,9 +177,9 @@ struct Scratch {
 template <size_t D>
 void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbias, float scale, const uint32_t *kp,
                 const uint32_t *vp, float *out, Scratch &sc) {
-    constexpr size_t DP = D / 2, T = D / 16;  // pairs per row; zmm per output row
+    constexpr size_t DP = Dims<D>::DP, DR = Dims<D>::DR, DV = Dims<D>::DV, T = Dims<D>::T;
     const size_t rows = std::min(RG, L.tokens - m0), keys = L.keys;
-    alignas(64) uint32_t qp[RG][DP];
+    alignas(64) uint32_t qp[RG][DR];
     for (size_t r = 0; r < RG; ++r) {
         if (r < rows)
             row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);
@@ -212,15 +227,15 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
         }
         inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
     }
-    std::memset(o, 0, sizeof(float) * RG * D);
+    std::memset(o, 0, sizeof(float) * RG * DV);
     for (size_t jc = 0; jc < keys / 2; jc += JC) {
         const size_t jend = std::min(jc + JC, keys / 2);
         for (size_t m = 0; m < RG; m += MR) {
             __m512 acc[MR][T];
             for (size_t r = 0; r < MR; ++r)
-                for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_load_ps(o + (m + r) * D + 16 * t);
+                for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_load_ps(o + (m + r) * DV + 16 * t);
             for (size_t jj = jc; jj < jend; ++jj) {
-                const uint32_t *b = vp + jj * D;
+                const uint32_t *b = vp + jj * DV;
                 __m512bh bv[T];
                 for (size_t t = 0; t < T; ++t) bv[t] = (__m512bh)_mm512_load_si512(b + 16 * t);
                 for (size_t r = 0; r < MR; ++r) {
@@ -231,45 +246,45 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
                 }
             }
             for (size_t r = 0; r < MR; ++r)
-                for (size_t t = 0; t < T; ++t) _mm512_store_ps(o + (m + r) * D + 16 * t, acc[r][t]);
+                for (size_t t = 0; t < T; ++t) _mm512_store_ps(o + (m + r) * DV + 16 * t, acc[r][t]);
         }
     }
     for (size_t r = 0; r < rows; ++r) {
         __m512 iv = _mm512_set1_ps(inv[r]);
         for (size_t t = 0; t < T; ++t)
-            _mm512_storeu_ps(out + (m0 + r) * L.stride + 16 * t, _mm512_mul_ps(_mm512_load_ps(o + r * D + 16 * t), iv));
+            _mm512_mask_storeu_ps(out + (m0 + r) * L.stride + 16 * t, lanes<D>(16 * t),
+                                  _mm512_mul_ps(_mm512_load_ps(o + r * DV + 16 * t), iv));
     }
 }
 
 template <size_t D>
 void run(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias, float *out,
          const ParallelFor &parallel_for) {
-    constexpr size_t DP = D / 2;
     const size_t hidden = shape.heads * D, heads = shape.batch * shape.heads;
     const HeadLayout L{shape.tokens, (shape.tokens + NB - 1) / NB * NB, hidden};
     const float scale = shape.scale != 0 ? shape.scale : 1.0f / std::sqrt(float(D));
-    const size_t per_head = L.keys * DP;  // words of one head's kp (and of its vp)
-    Pool::Lease kp = pool().take(heads * per_head), vp = pool().take(heads * per_head);
+    const size_t k_words = L.keys * Dims<D>::DP, v_words = L.keys / 2 * Dims<D>::DV;  // one head's kp, vp
+    Pool::Lease kp = pool().take(heads * k_words), vp = pool().take(heads * v_words);
     auto base = [&](size_t bh) { return (bh / shape.heads) * shape.tokens * hidden + (bh % shape.heads) * D; };
     auto b = [&](size_t part, size_t bh) { return bias ? bias + part * hidden + (bh % shape.heads) * D : nullptr; };
     parallel_for(heads, [&](size_t bh) {
-        pack_head<D>(L, k + base(bh), v + base(bh), b(1, bh), b(2, bh), kp.buf.get() + bh * per_head,
-                     vp.buf.get() + bh * per_head);
+        pack_head<D>(L, k + base(bh), v + base(bh), b(1, bh), b(2, bh), kp.buf.get() + bh * k_words,
+                     vp.buf.get() + bh * v_words);
     });
     const size_t groups = (shape.tokens + RG - 1) / RG;
     parallel_for(heads * groups, [&](size_t t) {
         thread_local Scratch scratch;
         scratch.fit(L.keys);
         const size_t bh = t / groups;
-        rows_group<D>(L, (t % groups) * RG, q + base(bh), b(0, bh), scale, kp.buf.get() + bh * per_head,
-                      vp.buf.get() + bh * per_head, out + base(bh), scratch);
+        rows_group<D>(L, (t % groups) * RG, q + base(bh), b(0, bh), scale, kp.buf.get() + bh * k_words,
+                      vp.buf.get() + bh * v_words, out + base(bh), scratch);
     });
 }
 
 }  // namespace
 
 bool bf16_supported_shape(const AttentionShape &shape) {
-    return (shape.head_dim == 32 || shape.head_dim == 64) && shape.tokens > 0;
+    return (shape.head_dim == 32 || shape.head_dim == 64 || shape.head_dim == 72) && shape.tokens > 0;
 }
 
 void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
@@ -283,6 +298,8 @@ void attention_bf16(const AttentionShape &shape, const float *q, const float *k,
         const size_t o = b * step;
         if (shape.head_dim == 64)
             run<64>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+        else if (shape.head_dim == 72)  // SigLIP so400m (2.2B)
+            run<72>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
         else
             run<32>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
     }

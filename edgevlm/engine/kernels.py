@@ -25,7 +25,9 @@ log = logging.getLogger("edgevlm")
 DOMAIN = "ai.edgevlm"
 LIBRARY_NAME = "libedgevlm_kernels.so"
 BF16_LEVEL = 2  # evk_attention_level: 2 = AVX-512 BF16, 1 = portable fp32 loops only
-BF16_HEAD_DIMS = (32, 64)  # what the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64, the tiny test models' 32
+# What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
+# models' 32.
+BF16_HEAD_DIMS = (32, 64, 72)
 # Only quantized encoders are rewritten: their features already differ from fp32 by more than bf16 attention adds
 # (cosine 0.9991 against 0.99998 for attention alone), while the fp32 variant's promise is PyTorch's exact tokens.
 QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulNBits", "QLinearMatMul",
@@ -120,7 +122,7 @@ def _rewrite(graph: Any, weights: dict) -> int:
             continue
         hidden, heads = int(bias.dims[0]) // 3, attrs["num_heads"].i
         if not hidden or hidden % heads or hidden // heads not in BF16_HEAD_DIMS:
-            continue  # a head size the bf16 kernel does not take (2.2B's 72): ONNX Runtime's kernel
+            continue  # a head size the bf16 kernel does not take: ONNX Runtime's kernel
         node.domain = DOMAIN
         count += 1
     return count
