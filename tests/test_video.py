@@ -98,7 +98,9 @@ def bad_video(tmp_path, kind: str):
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "garbage":
-        path.write_bytes(os.urandom(50_000))
+        # Fixed bytes: unseeded noise once probed as a playable stream (FFmpeg guesses formats from content) and
+        # the CLI captioned it; this seed's bytes are refused as "cannot be opened".
+        path.write_bytes(np.random.default_rng(0).bytes(50_000))
     elif kind == "audio_only":
         run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", str(path))
     elif kind == "truncated_header":
