@@ -26,10 +26,10 @@ def kernel_graph_path(standard: Path) -> Path:
 def write_kernel_graph(standard: Path) -> Path | None:
     """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp32 or fp16 encoder,
     which keeps ONNX Runtime's attention so fp32 stays PyTorch's exact tokens, or no attention the kernel takes)."""
-    model = onnx.load(str(standard))
+    data = standard.read_bytes()  # parsed once, and searched for each weight's bytes
+    model = onnx.load_from_string(data)
     if not kernels.is_quantized(model) or not kernels.rewrite_attention(model):
         return None
-    data = standard.read_bytes()
     for graph in kernels.graphs(model.graph):
         for tensor in graph.initializer:
             _point_into(tensor, data, standard.name)

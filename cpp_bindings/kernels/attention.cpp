@@ -31,7 +31,7 @@ void rows_portable(const AttentionShape &s, size_t bh, size_t m0, const float *q
     const float scale = s.scale != 0 ? s.scale : 1.0f / std::sqrt(float(hd));
     const float *qb = bias ? bias + head * hd : nullptr, *kb = bias ? bias + hidden + head * hd : nullptr,
                 *vb = bias ? bias + 2 * hidden + head * hd : nullptr;
-    std::vector<float> qr(hd), kr(hd), scores(n), acc(hd);
+    std::vector<float> qr(hd), scores(n), acc(hd);
     for (size_t r = 0; r < rows; ++r) {
         const float *x = q + base + (m0 + r) * hidden;
         for (size_t c = 0; c < hd; ++c) qr[c] = (x[c] + (qb ? qb[c] : 0.0f)) * scale;

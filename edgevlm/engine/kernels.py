@@ -34,10 +34,14 @@ QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMu
                  "QAttention", "DequantizeLinear"}
 
 
+def _switched_off() -> bool:
+    return os.environ.get("EDGEVLM_KERNELS", "").lower() in ("off", "0", "none")
+
+
 @lru_cache(maxsize=1)
 def library() -> Path | None:
     """The custom-op library: EDGEVLM_KERNELS_LIBRARY, else the one built into the package at install time."""
-    if os.environ.get("EDGEVLM_KERNELS", "").lower() in ("off", "0", "none"):
+    if _switched_off():
         return None
     named = os.environ.get("EDGEVLM_KERNELS_LIBRARY")
     path = Path(named) if named else Path(__file__).resolve().parent.parent / "_kernels" / LIBRARY_NAME
@@ -63,7 +67,7 @@ def status() -> str:
     """One line for `edgevlm info` and benchmarks: what the kernels do here."""
     lib = library()
     if lib is None:
-        return "off (EDGEVLM_KERNELS=off)" if os.environ.get("EDGEVLM_KERNELS") else "not built"
+        return "off (EDGEVLM_KERNELS=off)" if _switched_off() else "not built"
     level = attention_level(64)
     return {BF16_LEVEL: "vision attention in bf16 (AVX-512 BF16)"}.get(
         level, "built; this CPU has no AVX-512 BF16, so ONNX Runtime's kernels run")
@@ -90,13 +94,6 @@ def rewrite_attention(model: Any) -> int:
     return changed
 
 
-class _Zero:
-    i = 0
-
-
-_ZERO = _Zero()
-
-
 def graphs(graph: Any):
     """A graph and every subgraph inside it (the vision encoder's attention sits in an If's branch)."""
     yield graph
@@ -114,8 +111,9 @@ def _rewrite(graph: Any, weights: dict) -> int:
         if node.op_type != "MultiHeadAttention" or node.domain != "com.microsoft":
             continue
         attrs = {a.name: a for a in node.attribute}
-        if (set(attrs) - {"num_heads", "scale", "unidirectional"} or attrs.get("unidirectional", _ZERO).i
-                or len(node.input) != 4 or node.input[3] not in weights):
+        causal = "unidirectional" in attrs and attrs["unidirectional"].i
+        if (set(attrs) - {"num_heads", "scale", "unidirectional"} or causal or len(node.input) != 4
+                or node.input[3] not in weights):
             continue  # a mask, causal, another attribute, or no bias to read the size from: ONNX Runtime's kernel
         bias = weights[node.input[3]]
         if bias.data_type != 1 or len(bias.dims) != 1:  # TensorProto.FLOAT: the kernel takes fp32 activations

@@ -62,6 +62,8 @@ class Stamps:
             return
         while len(self.entries) > _LIMIT:
             self.entries.pop(next(iter(self.entries)))
+        self.changed = False
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".verified.", suffix=".partial", dir=self.path.parent)
@@ -69,8 +71,5 @@ class Stamps:
                 json.dump(self.entries, f)
             os.replace(tmp, self.path)
         except OSError:
-            try:
-                os.unlink(tmp)
-            except (OSError, UnboundLocalError):
-                pass
-        self.changed = False
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
