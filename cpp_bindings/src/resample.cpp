@@ -16,6 +16,11 @@
 #include <immintrin.h>
 #define EVLM_X86 1
 #endif
+// NEON (Advanced SIMD) is part of every AArch64 CPU: its kernels need no run-time check.
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define EVLM_NEON 1
+#endif
 
 namespace evlm {
 namespace {
@@ -139,19 +144,39 @@ inline void transpose16(const uint8_t *src, size_t src_stride, uint8_t *dst, siz
     static constexpr int column[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
     for (int i = 0; i < 16; ++i)
         _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + size_t(column[i]) * dst_stride), a[i]);
+#elif defined(EVLM_NEON)
+    // The same network: zip1/zip2 are unpacklo/unpackhi, so the columns come out in the same registers.
+    uint8x16_t a[16], b[16];
+    for (int i = 0; i < 16; ++i) a[i] = vld1q_u8(src + size_t(i) * src_stride);
+    for (int i = 0; i < 8; ++i) {
+        b[i] = vzip1q_u8(a[2 * i], a[2 * i + 1]);
+        b[i + 8] = vzip2q_u8(a[2 * i], a[2 * i + 1]);
+    }
+#define EVLM_ZIP(W, from, to)                                                                                      \
+    for (int i = 0; i < 8; ++i) {                                                                                  \
+        const auto x = vreinterpretq_u##W##_u8(from[2 * i]), y = vreinterpretq_u##W##_u8(from[2 * i + 1]);         \
+        to[i] = vreinterpretq_u8_u##W(vzip1q_u##W(x, y));                                                          \
+        to[i + 8] = vreinterpretq_u8_u##W(vzip2q_u##W(x, y));                                                      \
+    }
+    EVLM_ZIP(16, b, a)
+    EVLM_ZIP(32, a, b)
+    EVLM_ZIP(64, b, a)
+#undef EVLM_ZIP
+    static constexpr int column[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    for (int i = 0; i < 16; ++i) vst1q_u8(dst + size_t(column[i]) * dst_stride, a[i]);
 #else
     for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c) dst[size_t(c) * dst_stride + size_t(r)] = src[size_t(r) * src_stride + size_t(c)];
 #endif
 }
 
-// 32 rows x 16 columns <-> 16 groups of 32 bytes, with the portable 16 x 16 transposes (the vector kernels
-// bring a faster pair).
-void gather_block_sse2(const uint8_t *src, size_t stride, uint8_t *dst) {
+// 32 rows x 16 columns <-> 16 groups of 32 bytes, with the 16 x 16 transposes above (SSE2 or NEON; the x86
+// vector kernels bring a faster pair).
+void gather_block16(const uint8_t *src, size_t stride, uint8_t *dst) {
     for (int r = 0; r < kLanes; r += 16) transpose16(src + size_t(r) * stride, stride, dst + r, kLanes);
 }
 
-void scatter_block_sse2(const uint8_t *src, uint8_t *dst, size_t stride) {
+void scatter_block16(const uint8_t *src, uint8_t *dst, size_t stride) {
     for (int r = 0; r < kLanes; r += 16) transpose16(src + r, kLanes, dst + size_t(r) * stride, stride);
 }
 
@@ -403,6 +428,70 @@ EVLM_PASSES(Avx512, EVLM_AVX512)
 #pragma GCC diagnostic pop
 #endif
 
+#if defined(EVLM_NEON)
+// The NEON kernels: Pillow's own arithmetic (32-bit products of a byte and a whole 22-bit weight, 32-bit sums), 32
+// lanes in eight registers. The x86 kernels split weights in 16-bit halves for vpmaddwd; NEON multiplies 32-bit
+// lanes at the same cost per lane, so the weights stay whole. (The dot-product extension multiplies bytes by
+// bytes: a 22-bit weight would take three of them, so it does not help here.)
+struct Neon {
+    int32x4_t acc[8];
+    void zero() {
+        for (int32x4_t &a : acc) a = vdupq_n_s32(1 << (kPrecisionBits - 1));
+    }
+    // 32 bytes of one tap, times its weight.
+    void add(const uint8_t *src, int32_t w) {
+        for (int half = 0; half < 2; ++half) {
+            const uint8x16_t x = vld1q_u8(src + 16 * half);
+            const int16x8_t lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(x)));
+            const int16x8_t hi = vreinterpretq_s16_u16(vmovl_high_u8(x));
+            int32x4_t *a = acc + 4 * half;
+            a[0] = vmlaq_n_s32(a[0], vmovl_s16(vget_low_s16(lo)), w);
+            a[1] = vmlaq_n_s32(a[1], vmovl_high_s16(lo), w);
+            a[2] = vmlaq_n_s32(a[2], vmovl_s16(vget_low_s16(hi)), w);
+            a[3] = vmlaq_n_s32(a[3], vmovl_high_s16(hi), w);
+        }
+    }
+    // clip8 of each sum: >> 22, then saturating narrows (negative to 0, above 255 to 255).
+    void store(uint8_t *dst) const {
+        for (int half = 0; half < 2; ++half) {
+            const int32x4_t *a = acc + 4 * half;
+            const uint16x8_t w0 = vcombine_u16(vqmovun_s32(vshrq_n_s32(a[0], kPrecisionBits)),
+                                               vqmovun_s32(vshrq_n_s32(a[1], kPrecisionBits)));
+            const uint16x8_t w1 = vcombine_u16(vqmovun_s32(vshrq_n_s32(a[2], kPrecisionBits)),
+                                               vqmovun_s32(vshrq_n_s32(a[3], kPrecisionBits)));
+            vst1q_u8(dst + 16 * half, vcombine_u8(vqmovn_u16(w0), vqmovn_u16(w1)));
+        }
+    }
+};
+
+void vertical_neon(const Plane &in, const Coefficients &c, int shift, int y0, int y1, uint8_t *out, size_t stride) {
+    std::vector<const uint8_t *> rows(size_t(c.ksize));
+    for (int yy = y0; yy < y1; ++yy) {
+        const int32_t *k = &c.weights[size_t(yy) * size_t(c.ksize)];
+        const int n = c.count[size_t(yy)];
+        for (int t = 0; t < n; ++t) rows[size_t(t)] = in.row(c.first[size_t(yy)] - shift + t);
+        uint8_t *dst = out + size_t(yy - y0) * stride;
+        int x = 0;
+        for (; x + kLanes <= in.width; x += kLanes) {
+            Neon acc;
+            acc.zero();
+            for (int t = 0; t < n; ++t) acc.add(rows[size_t(t)] + x, k[t]);
+            acc.store(dst + x);
+        }
+        for (; x < in.width; ++x) vertical_block<1>(rows.data(), n, k, x, dst);
+    }
+}
+
+void horizontal_neon(const uint8_t *cols, const Coefficients &c, int xx, uint8_t *dst) {
+    const int32_t *k = &c.weights[size_t(xx) * size_t(c.ksize)];
+    const uint8_t *src = cols + size_t(c.first[size_t(xx)]) * kLanes;
+    Neon acc;
+    acc.zero();
+    for (int t = 0; t < c.count[size_t(xx)]; ++t, src += kLanes) acc.add(src, k[t]);
+    acc.store(dst);
+}
+#endif
+
 // Output rows y0..y1 of the pass along y to out (row y0 first), input row `shift` being in's first.
 using VerticalFn = void (*)(const Plane &, const Coefficients &, int, int, int, uint8_t *, size_t);
 using HorizontalFn = void (*)(const uint8_t *, const Coefficients &, int, uint8_t *);
@@ -415,12 +504,13 @@ struct Kernels {
     ScatterBlock scatter;
 };
 
-// The best kernel set this CPU has; EDGEVLM_RESAMPLER names a ceiling (generic < avx2 < avxvnni < avx512vnni).
+// The best kernel set this CPU has; EDGEVLM_RESAMPLER names a ceiling (x86: generic < avx2 < avxvnni < avx512vnni;
+// AArch64: generic < neon).
 const Kernels &kernels() {
     static const Kernels chosen = [] {
         const char *force = std::getenv("EDGEVLM_RESAMPLER");
         const std::string cap = force ? force : "";
-        const Kernels generic{"generic", vertical_generic, horizontal_generic, gather_block_sse2, scatter_block_sse2};
+        const Kernels generic{"generic", vertical_generic, horizontal_generic, gather_block16, scatter_block16};
         if (cap == "generic") return generic;
 #if defined(EVLM_X86)
         if (!__builtin_cpu_supports("avx2")) return generic;
@@ -431,6 +521,8 @@ const Kernels &kernels() {
         if (__builtin_cpu_supports("avxvnni") && cap != "avx2")
             return Kernels{"avxvnni", vertical_AvxVnni, horizontal_AvxVnni, gather_block_avx2, scatter_block_avx2};
         return Kernels{"avx2", vertical_Avx2, horizontal_Avx2, gather_block_avx2, scatter_block_avx2};
+#elif defined(EVLM_NEON)
+        return Kernels{"neon", vertical_neon, horizontal_neon, gather_block16, scatter_block16};
 #else
         return generic;
 #endif

@@ -1,5 +1,8 @@
 // The C API against the Python runtime's outputs (make_fixtures.py): prompt ids, greedy tokens and text for
 // every case, bundle and variant; token ids and decoded text of 2,000+ strings; pixel values of 24 image sizes.
+// Fixtures made on another architecture (the aarch64 stage runs x86's): fp32 must still give the same tokens; a
+// quantized case may differ where the fixtures' own quantized tokens already depart from their fp32 tokens (a
+// near-tie that ARM's and x86's int8/int4 kernels, rounding differently, may break either way). It is reported.
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -25,6 +28,14 @@ static int failures = 0;
 
 static std::string dir;
 
+#if defined(__aarch64__)
+static const std::string kMachine = "aarch64";
+#elif defined(__x86_64__)
+static const std::string kMachine = "x86_64";
+#else
+static const std::string kMachine = "other";
+#endif
+
 static evlm_image *load_image(const json &info) {
     std::ifstream f(dir + "/" + info["file"].get<std::string>(), std::ios::binary);
     std::vector<uint8_t> px((std::istreambuf_iterator<char>(f)), {});
@@ -35,7 +46,10 @@ static evlm_image *load_image(const json &info) {
     return img;
 }
 
-static void run_cases(evlm_model *m, const json &cases, const json &expected, const std::string &label) {
+// `fp32`: the fp32 rows of the same bundle when fixtures from another machine are checked on a quantized variant
+// (else null): where they differ from `expected`, a token difference is allowed.
+static void run_cases(evlm_model *m, const json &cases, const json &expected, const std::string &label,
+                      const json *fp32) {
     for (const json &c : cases) {
         const std::string name = c["name"];
         evlm_prompt *p = nullptr;
@@ -70,9 +84,16 @@ static void run_cases(evlm_model *m, const json &cases, const json &expected, co
             size_t k = 0;
             const int32_t *t = evlm_result_tokens(r, &k);
             std::vector<int32_t> got(t, t + k);
-            CHECK(got == want["tokens"].get<std::vector<int32_t>>(), "%s %s: tokens differ", label.c_str(), name.c_str());
-            CHECK(want["text"].get<std::string>() == evlm_result_text(r), "%s %s: text differs: '%s'", label.c_str(),
-                  name.c_str(), evlm_result_text(r));
+            const bool near_tie = fp32 && (*fp32)[name]["tokens"] != want["tokens"];
+            if (near_tie && got != want["tokens"].get<std::vector<int32_t>>()) {
+                std::printf("%s %s: tokens differ from the fixtures' machine, allowed: there its quantized tokens "
+                            "already differ from fp32 ('%s')\n", label.c_str(), name.c_str(), evlm_result_text(r));
+            } else {
+                CHECK(got == want["tokens"].get<std::vector<int32_t>>(), "%s %s: tokens differ", label.c_str(),
+                      name.c_str());
+                CHECK(want["text"].get<std::string>() == evlm_result_text(r), "%s %s: text differs: '%s'",
+                      label.c_str(), name.c_str(), evlm_result_text(r));
+            }
         }
         std::printf("%s %s: %zu prompt tokens, %s\n", label.c_str(), name.c_str(), n, s == EVLM_OK ? "ok" : "failed");
         evlm_result_free(r);
@@ -143,6 +164,7 @@ int main(int argc, char **argv) {
         std::printf("resampler kernels asked for: %s\n", std::getenv("EDGEVLM_RESAMPLER") ? std::getenv("EDGEVLM_RESAMPLER") : "best");
     std::ifstream f(dir + "/expected.json");
     json expected = json::parse(f);
+    std::printf("fixtures made on %s, run on %s\n", expected.value("machine", kMachine).c_str(), kMachine.c_str());
     for (auto &[arch, bundle] : expected["bundles"].items()) {
         if (!only.empty() && arch != only) continue;
         for (auto &[variant, rows] : bundle["variants"].items()) {
@@ -162,7 +184,9 @@ int main(int argc, char **argv) {
                              variant.c_str(), evlm_model_kernels(m), kernels.c_str());
                 ++failures;
             }
-            if (!preprocess_only) run_cases(m, expected["cases"], rows, arch + " " + variant);
+            const bool elsewhere = expected.value("machine", kMachine) != kMachine;
+            const json *fp32 = elsewhere && variant != "fp32" ? &bundle["variants"]["fp32"] : nullptr;
+            if (!preprocess_only) run_cases(m, expected["cases"], rows, arch + " " + variant, fp32);
             if (variant == "fp32") run_preprocess(m, bundle["preprocess"], arch);
             if (variant == "fp32" && arch == "256M" && !preprocess_only) run_tokenizer(m, expected["tokenizer"]);
             evlm_model_close(m);
