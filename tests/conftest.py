@@ -5,7 +5,6 @@ Checkpoints and bundles are built once per test session; tiny sizes keep the who
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -29,8 +28,9 @@ def require(condition: object, reason: str) -> None:
 
 
 def _build(tmp_path_factory, arch: str, variants: str) -> tuple[Path, Path]:
-    from tools.checkpoints import make_checkpoint
     from edgevlm_export.pipeline import export
+
+    from tools.checkpoints import make_checkpoint
 
     root = tmp_path_factory.mktemp(f"tiny_{arch.replace('.', '_')}")
     ckpt = make_checkpoint(root / "ckpt", arch=arch, size="tiny", seed=0)
@@ -60,36 +60,9 @@ def tiny_model(request, tiny256, tiny22b):
 def real_text_bundle(tmp_path_factory, tiny256):
     """(bundle, torch model): the full 256M text decoder with trained SmolLM2-135M weights (fp32, int8, q4) and a
     stand-in vision file; for measurements that need logits that mean something (text-only prompts)."""
-    from edgevlm_export import onnx_export, quantize
-    from tools.checkpoints import make_checkpoint
+    from tools.checkpoints import real_text_bundle as build
 
-    root = tmp_path_factory.mktemp("real256")
-    ckpt = make_checkpoint(root / "ckpt", arch="256M", size="full", real_decoder=True)
-    model = onnx_export.load_reference(ckpt)
-    bundle = root / "bundle"
-    onnx_dir = bundle / "onnx"
-    onnx_dir.mkdir(parents=True)
-    from edgevlm_export.decoder_graph import build_decoder
-
-    onnx_export.export_embed(model, onnx_dir)
-    build_decoder(model, onnx_dir / "decoder_model_merged.onnx")  # the fused decoder the exporter ships
-    # A stand-in vision file (from the tiny bundle): these tests never encode an image.
-    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-                 "tokenizer.json", "tokenizer_config.json"):
-        (bundle / name).write_bytes((ckpt / name).read_bytes())
-    vision = tiny256[1] / "onnx" / "vision_encoder.onnx"
-    (onnx_dir / "vision_encoder.onnx").write_bytes(vision.read_bytes())
-    variants = {"fp32": {}}
-    for prec, fn in (("int8", quantize.to_int8), ("q4", quantize.to_q4)):
-        for part in ("embed_tokens", "decoder_model_merged"):
-            fn(onnx_dir / f"{part}.onnx", onnx_dir / f"{part}_{prec}.onnx", part)
-        variants[prec] = {"embed_tokens": f"onnx/embed_tokens_{prec}.onnx",
-                          "decoder_model_merged": f"onnx/decoder_model_merged_{prec}.onnx"}
-    full = {v: {"vision_encoder": "onnx/vision_encoder.onnx", "embed_tokens": "onnx/embed_tokens.onnx",
-                "decoder_model_merged": "onnx/decoder_model_merged.onnx", **parts} for v, parts in variants.items()}
-    (bundle / "edgevlm.json").write_text(json.dumps({"format": "edgevlm-bundle", "format_version": 1,
-                                                      "variants": full, "files": {}}))
-    return bundle, model
+    return build(tmp_path_factory.mktemp("real256"), tiny256[1] / "onnx" / "vision_encoder.onnx")
 
 
 @pytest.fixture(scope="session")

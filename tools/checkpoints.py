@@ -155,6 +155,38 @@ def _load_smollm2_decoder(model, lm) -> None:
         model.lm_head.weight[head.shape[0]:] *= 0.01
 
 
+def real_text_bundle(root: str | os.PathLike, vision_file: str | os.PathLike, quantized: bool = True):
+    """(bundle, torch model): the full 256M text decoder with trained SmolLM2-135M weights (fp32, and int8 + q4
+    when `quantized`) and `vision_file` as a stand-in vision encoder (a tiny one: these bundles are for text-only
+    prompts, where logits mean something). The manifest lists no checksums: load it with verify=False."""
+    from edgevlm_export import onnx_export, quantize
+    from edgevlm_export.decoder_graph import build_decoder
+
+    root = Path(root)
+    ckpt = make_checkpoint(root / "ckpt", arch="256M", size="full", real_decoder=True)
+    model = onnx_export.load_reference(ckpt)
+    bundle = root / "bundle"
+    onnx_dir = bundle / "onnx"
+    onnx_dir.mkdir(parents=True)
+    onnx_export.export_embed(model, onnx_dir)
+    build_decoder(model, onnx_dir / "decoder_model_merged.onnx")  # the fused decoder the exporter ships
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                 "tokenizer.json", "tokenizer_config.json"):
+        (bundle / name).write_bytes((ckpt / name).read_bytes())
+    (onnx_dir / "vision_encoder.onnx").write_bytes(Path(vision_file).read_bytes())
+    variants: dict[str, dict[str, str]] = {"fp32": {}}
+    for prec, fn in (("int8", quantize.to_int8), ("q4", quantize.to_q4)) if quantized else ():
+        for part in ("embed_tokens", "decoder_model_merged"):
+            fn(onnx_dir / f"{part}.onnx", onnx_dir / f"{part}_{prec}.onnx", part)
+        variants[prec] = {"embed_tokens": f"onnx/embed_tokens_{prec}.onnx",
+                          "decoder_model_merged": f"onnx/decoder_model_merged_{prec}.onnx"}
+    full = {v: {"vision_encoder": "onnx/vision_encoder.onnx", "embed_tokens": "onnx/embed_tokens.onnx",
+                "decoder_model_merged": "onnx/decoder_model_merged.onnx", **parts} for v, parts in variants.items()}
+    (bundle / "edgevlm.json").write_text(json.dumps({"format": "edgevlm-bundle", "format_version": 1,
+                                                      "variants": full, "files": {}}))
+    return bundle, model
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
