@@ -1,5 +1,6 @@
 // The C ABI: handles over the C++ objects; every entry point catches everything and reports a status plus a
 // thread-local message, so no exception or C++ type crosses the boundary.
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -9,6 +10,7 @@
 
 struct evlm_model {
     std::unique_ptr<evlm::Model> model;
+    int64_t max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;
 };
 struct evlm_image {
     std::shared_ptr<const evlm::Pixels> pixels;
@@ -38,7 +40,6 @@ template <typename F>
 evlm_status guarded(F &&body) {
     try {
         body();
-        last_error.clear();
         return EVLM_OK;
     } catch (const evlm::Error &e) {
         return fail_with(e.status, e.what());
@@ -57,10 +58,49 @@ void need(const void *p, const char *what) {
     if (!p) evlm::fail(EVLM_ERR_ARGUMENT, std::string(what) + " is NULL");
 }
 
-evlm::PreparedPrompt prepared(evlm_model *model, const evlm_prompt *prompt) {
+// An image over the model's max_image_pixels is refused before any work on it (the Python runtime's rule).
+void check_pixels(const evlm_model *model, const evlm_prompt *prompt) {
+    for (const evlm::Message &m : prompt->messages)
+        for (const evlm::Item &item : m.items) {
+            if (!item.image) continue;
+            const int64_t n = int64_t(item.image->width) * item.image->height;
+            if (n > model->max_image_pixels)
+                evlm::fail(EVLM_ERR_INPUT, "an image has " + std::to_string(n) + " pixels, over the model's " +
+                                               "max_image_pixels (" + std::to_string(model->max_image_pixels) +
+                                               "); scale it down first.");
+        }
+}
+
+evlm::PreparedPrompt prepared(const evlm_model *model, const evlm_prompt *prompt) {
     need(model, "model");
     need(prompt, "prompt");
+    check_pixels(model, prompt);
     return model->model->prepare(prompt->messages);
+}
+
+// The caller's options struct, as far as its struct_size reaches, over the defaults (ABI policy in edgevlm.h).
+template <typename Options, typename Init>
+Options options_from(const Options *given, Init init, const char *what) {
+    Options o;
+    init(&o, sizeof o);
+    if (!given) return o;
+    const size_t n = given->struct_size;
+    if (n < sizeof(size_t) || n > sizeof o)
+        evlm::fail(EVLM_ERR_ARGUMENT, std::string(what) + ".struct_size is " + std::to_string(n) + "; call " + what +
+                                          "_init on it first (more than " + std::to_string(sizeof o) +
+                                          " means a newer edgevlm.h than this library).");
+    std::memcpy(static_cast<void *>(&o), given, n);
+    o.struct_size = sizeof o;
+    return o;
+}
+
+// Defaults into the first `n` bytes of `o` (a caller compiled with an older, smaller struct passes its size).
+template <typename Options>
+void init_prefix(Options *o, size_t n, const Options &defaults) {
+    if (!o || n < sizeof(size_t)) return;
+    n = std::min(n, sizeof defaults);
+    std::memcpy(static_cast<void *>(o), &defaults, n);
+    o->struct_size = n;
 }
 
 template <typename T>
@@ -85,12 +125,13 @@ const char *evlm_version(void) {
 
 const char *evlm_last_error(void) { return last_error.c_str(); }
 
-void evlm_model_options_init(evlm_model_options *o) {
-    if (!o) return;
-    o->variant = nullptr;
-    o->threads = 0;
-    o->providers = nullptr;
-    o->verify = 1;
+void evlm_model_options_init_sized(evlm_model_options *o, size_t n) {
+    evlm_model_options d;
+    std::memset(static_cast<void *>(&d), 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.verify = 1;
+    d.max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;
+    init_prefix(o, n, d);
 }
 
 evlm_status evlm_model_open(const char *dir, const evlm_model_options *options, evlm_model **out) {
@@ -98,11 +139,11 @@ evlm_status evlm_model_open(const char *dir, const evlm_model_options *options, 
     return guarded([&] {
         need(dir, "bundle_dir");
         need(out, "out");
-        evlm_model_options o;
-        evlm_model_options_init(&o);
-        if (options) o = *options;
+        const evlm_model_options o = options_from(options, evlm_model_options_init_sized, "evlm_model_options");
         if (o.threads < 0) evlm::fail(EVLM_ERR_ARGUMENT, "threads must be >= 0");
+        if (o.max_image_pixels < 0) evlm::fail(EVLM_ERR_ARGUMENT, "max_image_pixels must be >= 0 (0: the default)");
         auto m = std::make_unique<evlm_model>();
+        if (o.max_image_pixels > 0) m->max_image_pixels = o.max_image_pixels;
         m->model = std::make_unique<evlm::Model>(dir, o.variant ? o.variant : "", o.threads,
                                                  o.providers ? o.providers : "", o.verify != 0);
         *out = m.release();
@@ -139,8 +180,9 @@ evlm_status evlm_image_from_pixels(const uint8_t *pixels, int width, int height,
         if (width < 1 || height < 1)
             evlm::fail(EVLM_ERR_INPUT, "the image is " + std::to_string(width) + "x" + std::to_string(height) +
                                            "; it needs at least one pixel.");
-        if (int64_t(width) * height > 100'000'000)
-            evlm::fail(EVLM_ERR_INPUT, "the image has over 100 megapixels; scale it down first.");
+        // The buffer's size must stay addressable; the model's max_image_pixels is checked where a model is known.
+        if (int64_t(width) * height > int64_t(1) << 31)
+            evlm::fail(EVLM_ERR_INPUT, "the image has over 2^31 pixels; scale it down first.");
         size_t row = size_t(width) * size_t(in_ch);
         if (stride == 0) stride = row;
         if (stride < row)
@@ -213,12 +255,12 @@ evlm_status evlm_prompt_add_image(evlm_prompt *prompt, const evlm_image *image, 
     });
 }
 
-evlm_status evlm_prompt_tokens(evlm_model *model, const evlm_prompt *prompt, int32_t *ids, size_t capacity,
+evlm_status evlm_prompt_tokens(const evlm_model *model, const evlm_prompt *prompt, int32_t *ids, size_t capacity,
                                size_t *count) {
     return guarded([&] { copy_out(prepared(model, prompt).ids, ids, capacity, count); });
 }
 
-evlm_status evlm_encode(evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out) {
+evlm_status evlm_encode(const evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out) {
     if (out) *out = nullptr;
     return guarded([&] {
         need(out, "out");
@@ -232,25 +274,30 @@ evlm_status evlm_encode(evlm_model *model, const evlm_prompt *prompt, evlm_encod
 
 void evlm_encoded_free(evlm_encoded *encoded) { delete encoded; }
 
-void evlm_generate_options_init(evlm_generate_options *o) {
-    if (!o) return;
-    std::memset(o, 0, sizeof *o);
-    o->max_new_tokens = 128;
-    o->temperature = 1.0f;
-    o->top_p = 1.0f;
+void evlm_generate_options_init_sized(evlm_generate_options *o, size_t n) {
+    evlm_generate_options d;
+    std::memset(static_cast<void *>(&d), 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.max_new_tokens = EVLM_DEFAULT_MAX_NEW_TOKENS;
+    d.temperature = EVLM_DEFAULT_TEMPERATURE;
+    d.top_k = EVLM_DEFAULT_TOP_K;
+    d.top_p = EVLM_DEFAULT_TOP_P;
+    d.repetition_penalty = EVLM_DEFAULT_REPETITION_PENALTY;
+    init_prefix(o, n, d);
 }
 
-evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
+evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
                           const evlm_generate_options *options, evlm_result **out) {
     if (out) *out = nullptr;
     bool cancelled = false;
     evlm_status status = guarded([&] {
         need(out, "out");
         evlm::PreparedPrompt p = prepared(model, prompt);
-        evlm_generate_options o;
-        evlm_generate_options_init(&o);
-        if (options) o = *options;
+        const evlm_generate_options o =
+            options_from(options, evlm_generate_options_init_sized, "evlm_generate_options");
+        if (!(o.repetition_penalty > 0)) evlm::fail(EVLM_ERR_ARGUMENT, "repetition_penalty must be > 0 (1: off)");
         evlm::GenerateOptions g;
+        g.repetition_penalty = o.repetition_penalty;
         g.max_new_tokens = o.max_new_tokens;
         g.do_sample = o.do_sample != 0;
         g.temperature = o.temperature;
@@ -319,7 +366,7 @@ evlm_status evlm_result_timings(const evlm_result *r, evlm_timings *out) {
 
 void evlm_result_free(evlm_result *r) { delete r; }
 
-evlm_status evlm_tokenize(evlm_model *model, const char *text, int add_special, int32_t *ids, size_t capacity,
+evlm_status evlm_tokenize(const evlm_model *model, const char *text, int add_special, int32_t *ids, size_t capacity,
                           size_t *count) {
     return guarded([&] {
         need(model, "model");
@@ -328,7 +375,7 @@ evlm_status evlm_tokenize(evlm_model *model, const char *text, int add_special, 
     });
 }
 
-evlm_status evlm_detokenize(evlm_model *model, const int32_t *ids, size_t n_ids, int skip_special, char *text,
+evlm_status evlm_detokenize(const evlm_model *model, const int32_t *ids, size_t n_ids, int skip_special, char *text,
                             size_t capacity, size_t *length) {
     return guarded([&] {
         need(model, "model");
@@ -342,7 +389,7 @@ evlm_status evlm_detokenize(evlm_model *model, const int32_t *ids, size_t n_ids,
     });
 }
 
-evlm_status evlm_image_preprocess(evlm_model *model, const evlm_image *image, int split, float *values,
+evlm_status evlm_image_preprocess(const evlm_model *model, const evlm_image *image, int split, float *values,
                                   size_t capacity, size_t *count, int *tiles, int *rows, int *cols) {
     return guarded([&] {
         need(model, "model");

@@ -469,9 +469,18 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
     std::mt19937_64 rng(o.seed);
     std::string pending;
     bool started = false;
+    // The repetition penalty's tokens: the prompt's and the answer's (as transformers and the Python runtime).
+    std::vector<uint8_t> seen;
+    if (o.repetition_penalty != 1.0f) {
+        seen.assign(scores.size(), 0);
+        for (int32_t id : prompt.ids)
+            if (id >= 0 && size_t(id) < seen.size()) seen[size_t(id)] = 1;
+    }
     for (;;) {
+        if (!seen.empty()) penalize(scores, seen, o.repetition_penalty);
         if (o.logits_hook) o.logits_hook(scores.data(), scores.size(), g.tokens);
         int32_t token = pick(scores, o, rng);
+        if (!seen.empty() && token >= 0 && size_t(token) < seen.size()) seen[size_t(token)] = 1;
         if (g.tokens.empty()) g.first_token_ms = ms_since(t0);
         g.tokens.push_back(token);
         std::string rest;

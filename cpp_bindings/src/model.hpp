@@ -27,6 +27,7 @@ struct GenerateOptions {
     bool do_sample = false;
     float temperature = 1.0f, top_p = 1.0f;
     int top_k = 0;
+    float repetition_penalty = 1.0f;  // 1: off
     uint64_t seed = 0;
     std::vector<int32_t> stop_tokens;
     bool ignore_eos = false;

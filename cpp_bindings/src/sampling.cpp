@@ -50,6 +50,11 @@ EVLM_CLONES size_t argmax(const std::vector<float> &v) {
 
 }  // namespace
 
+void penalize(std::vector<float> &scores, const std::vector<uint8_t> &seen, float penalty) {
+    for (size_t i = 0; i < scores.size() && i < seen.size(); ++i)
+        if (seen[i]) scores[i] = scores[i] < 0 ? scores[i] * penalty : scores[i] / penalty;
+}
+
 int32_t pick(std::vector<float> &scores, const GenerateOptions &o, std::mt19937_64 &rng) {
     size_t best = argmax(scores);
     float top = best < scores.size() ? scores[best] : -INFINITY;

@@ -134,6 +134,13 @@ def main() -> None:
                 rows[case["name"]] = {"prompt_ids": vlm.prepare(msgs).input_ids, "tokens": result.token_ids,
                                       "text": result.text}
         vlm = edgevlm.load(bundle, variant="fp32", threads=1)
+        penalty = entry["penalty"] = {"repetition_penalty": 1.3, "rows": {}}
+        for case in expected["cases"]:
+            if case["name"] in ("text_only", "image_no_split"):
+                msgs = python_messages(out, case)
+                result = vlm.chat(msgs, max_new_tokens=12, repetition_penalty=penalty["repetition_penalty"])
+                penalty["rows"][case["name"]] = {"prompt_ids": vlm.prepare(msgs).input_ids,
+                                                 "tokens": result.token_ids, "text": result.text}
         pre = entry["preprocess"] = []
         for i, (w, h) in enumerate(SIZES):
             channels = 4 if i % 6 == 5 else 3

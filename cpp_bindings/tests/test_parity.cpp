@@ -49,7 +49,7 @@ static evlm_image *load_image(const json &info) {
 // `fp32`: the fp32 rows of the same bundle when fixtures from another machine are checked on a quantized variant
 // (else null): where they differ from `expected`, a token difference is allowed.
 static void run_cases(evlm_model *m, const json &cases, const json &expected, const std::string &label,
-                      const json *fp32) {
+                      const json *fp32, float repetition_penalty = 1.0f) {
     for (const json &c : cases) {
         const std::string name = c["name"];
         evlm_prompt *p = nullptr;
@@ -77,6 +77,7 @@ static void run_cases(evlm_model *m, const json &cases, const json &expected, co
         evlm_generate_options o;
         evlm_generate_options_init(&o);
         o.max_new_tokens = 12;
+        o.repetition_penalty = repetition_penalty;
         evlm_result *r = nullptr;
         s = evlm_generate(m, p, nullptr, &o, &r);
         CHECK(s == EVLM_OK, "%s %s: generate failed: %s", label.c_str(), name.c_str(), evlm_last_error());
@@ -187,6 +188,14 @@ int main(int argc, char **argv) {
             const bool elsewhere = expected.value("machine", kMachine) != kMachine;
             const json *fp32 = elsewhere && variant != "fp32" ? &bundle["variants"]["fp32"] : nullptr;
             if (!preprocess_only) run_cases(m, expected["cases"], rows, arch + " " + variant, fp32);
+            // Python's repetition penalty (transformers' rule) on a few cases: the C option must equal it.
+            if (!preprocess_only && variant == "fp32" && bundle.contains("penalty")) {
+                json some = json::array();
+                for (const json &c : expected["cases"])
+                    if (bundle["penalty"]["rows"].contains(c["name"].get<std::string>())) some.push_back(c);
+                const float penalty = bundle["penalty"]["repetition_penalty"].get<float>();
+                run_cases(m, some, bundle["penalty"]["rows"], arch + " fp32 repetition_penalty", nullptr, penalty);
+            }
             if (variant == "fp32") run_preprocess(m, bundle["preprocess"], arch);
             if (variant == "fp32" && arch == "256M" && !preprocess_only) run_tokenizer(m, expected["tokenizer"]);
             evlm_model_close(m);

@@ -22,9 +22,9 @@
 namespace {
 
 // The Python CLI's defaults (edgevlm/defaults.py): a caption, and one frame of a live source.
-constexpr const char *kCaptionPrompt = "Describe this image.";
-constexpr const char *kFramePrompt = "Describe this image in one sentence.";
-constexpr int kCaptionTokens = 64, kLiveTokens = 32;
+constexpr const char *kCaptionPrompt = EVLM_DEFAULT_CAPTION_PROMPT;  // edgevlm.h's table, shared with Python
+constexpr const char *kFramePrompt = EVLM_DEFAULT_LIVE_PROMPT;
+constexpr int kCaptionTokens = EVLM_DEFAULT_CAPTION_TOKENS, kLiveTokens = EVLM_DEFAULT_LIVE_TOKENS;
 
 struct Args {
     std::string command, image, model, variant, prompt, size;

@@ -8,7 +8,15 @@
  * Thread safety: an evlm_model may be used from several threads at once (encode and generate hold no lock while
  * they run: ONNX Runtime sessions run concurrently; the image-resizing helpers serve one caller at a time, and
  * others resize on their own thread meanwhile). Images, prompts, encodings and results are owned by one thread at
- * a time; they may be handed between threads but not used from two at once.
+ * a time; they may be handed between threads but not used from two at once. Every function taking a
+ * `const evlm_model *` is safe to call from several threads on one model.
+ *
+ * ABI policy: functions are only ever added, and option structs only grow at their end. Each option struct starts
+ * with `struct_size`, which its _init function sets to the size the caller was compiled with (the inline wrappers
+ * below pass sizeof); the library reads the fields that size covers and uses the defaults for the rest, so a
+ * program built against an older header keeps working with a newer library (tests/test_abi.c). A struct_size
+ * the library does not know (0: never initialized; larger: a newer header) is EVLM_ERR_ARGUMENT.
+ * Errors: evlm_last_error() keeps the message of this thread's last failed call until another call fails.
  */
 #ifndef EDGEVLM_H
 #define EDGEVLM_H
@@ -20,11 +28,31 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+/* Exported by the library's build (EDGEVLM_BUILDING), imported by its users; EDGEVLM_STATIC: a static library. */
+#if defined(EDGEVLM_STATIC)
+#define EVLM_API
+#elif defined(_WIN32)
+#if defined(EDGEVLM_BUILDING)
 #define EVLM_API __declspec(dllexport)
+#else
+#define EVLM_API __declspec(dllimport)
+#endif
 #else
 #define EVLM_API __attribute__((visibility("default")))
 #endif
+
+/* The defaults every interface shares (Python: edgevlm/defaults.py and GenerationConfig; a test checks they agree;
+   docs/design.md has the table). */
+#define EVLM_DEFAULT_MAX_NEW_TOKENS 128       /* chat/ask; captions use EVLM_DEFAULT_CAPTION_TOKENS */
+#define EVLM_DEFAULT_CAPTION_TOKENS 64
+#define EVLM_DEFAULT_LIVE_TOKENS 32
+#define EVLM_DEFAULT_TEMPERATURE 1.0f
+#define EVLM_DEFAULT_TOP_K 0                  /* off */
+#define EVLM_DEFAULT_TOP_P 1.0f               /* off */
+#define EVLM_DEFAULT_REPETITION_PENALTY 1.0f  /* off */
+#define EVLM_DEFAULT_MAX_IMAGE_PIXELS 100000000
+#define EVLM_DEFAULT_CAPTION_PROMPT "Describe this image."
+#define EVLM_DEFAULT_LIVE_PROMPT "Describe this image in one sentence."
 
 #define EVLM_VERSION_MAJOR 0
 #define EVLM_VERSION_MINOR 1
@@ -44,7 +72,8 @@ typedef enum evlm_status {
 
 /* "0.1.0 (onnxruntime 1.32.0)"; never NULL. */
 EVLM_API const char *evlm_version(void);
-/* The message of the last failed call on this thread ("" when none); valid until the next call that fails. */
+/* The message of this thread's last failed call ("" before any failure); a successful call leaves it as it was.
+   Valid until this thread's next failed call. */
 EVLM_API const char *evlm_last_error(void);
 
 typedef struct evlm_model evlm_model;
@@ -55,14 +84,21 @@ typedef struct evlm_result evlm_result;
 
 /* ---------------------------------------------------------------------------------------------- model */
 typedef struct evlm_model_options {
+    size_t struct_size;    /* set by evlm_model_options_init (ABI policy above) */
     const char *variant;   /* "fp32", "int8", "q4", "mixed", ...; NULL: the bundle's default (fp32) */
     int threads;           /* intra-op threads per session, and threads for resizing images (the caller plus
                               helpers the library keeps for the process); 0: every core */
     const char *providers; /* "cpu" (default, NULL) or a comma list such as "cuda,cpu" */
     int verify;            /* non-zero: check the chosen files' sha256 against the manifest (default 1) */
+    int64_t max_image_pixels; /* larger images are refused by evlm_prompt_tokens, evlm_encode and evlm_generate
+                                 with this model (default EVLM_DEFAULT_MAX_IMAGE_PIXELS; 0: the default) */
 } evlm_model_options;
 
-EVLM_API void evlm_model_options_init(evlm_model_options *options);
+/* Defaults for the first `struct_size` bytes of *options; use evlm_model_options_init. */
+EVLM_API void evlm_model_options_init_sized(evlm_model_options *options, size_t struct_size);
+static inline void evlm_model_options_init(evlm_model_options *options) {
+    evlm_model_options_init_sized(options, sizeof *options);
+}
 /* options may be NULL (defaults). On success *out is a model to close with evlm_model_close. */
 EVLM_API evlm_status evlm_model_open(const char *bundle_dir, const evlm_model_options *options, evlm_model **out);
 EVLM_API void evlm_model_close(evlm_model *model);
@@ -105,13 +141,13 @@ EVLM_API evlm_status evlm_prompt_add_text(evlm_prompt *prompt, const char *utf8_
    default (split). */
 EVLM_API evlm_status evlm_prompt_add_image(evlm_prompt *prompt, const evlm_image *image, int split);
 /* The prompt's token ids as the model reads them (images expanded). Call with ids == NULL to learn the count. */
-EVLM_API evlm_status evlm_prompt_tokens(evlm_model *model, const evlm_prompt *prompt, int32_t *ids, size_t capacity,
+EVLM_API evlm_status evlm_prompt_tokens(const evlm_model *model, const evlm_prompt *prompt, int32_t *ids, size_t capacity,
                                         size_t *count);
 
 /* ---------------------------------------------------------------------------------------------- stages */
 /* Runs the vision encoder over the prompt's images (in prompt order). Reusable with any number of generations
    of the same prompt. A text-only prompt gives an encoding with no features. */
-EVLM_API evlm_status evlm_encode(evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out);
+EVLM_API evlm_status evlm_encode(const evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out);
 EVLM_API void evlm_encoded_free(evlm_encoded *encoded);
 
 /* Called with each new token and the text it completes (UTF-8, possibly empty while a character is incomplete).
@@ -123,11 +159,12 @@ typedef void (*evlm_logits_hook)(float *logits, size_t vocab, const int32_t *tok
                                  void *user_data);
 
 typedef struct evlm_generate_options {
-    int max_new_tokens;         /* default 128 */
+    size_t struct_size;         /* set by evlm_generate_options_init (ABI policy above) */
+    int max_new_tokens;         /* default EVLM_DEFAULT_MAX_NEW_TOKENS */
     int do_sample;              /* 0: greedy (default) */
-    float temperature;          /* sampling only; default 1; 0: greedy (as in Python and the server) */
-    int top_k;                  /* sampling only; 0: off */
-    float top_p;                /* sampling only; 1: off */
+    float temperature;          /* sampling only; default EVLM_DEFAULT_TEMPERATURE; 0: greedy (as in Python) */
+    int top_k;                  /* sampling only; EVLM_DEFAULT_TOP_K: off */
+    float top_p;                /* sampling only; EVLM_DEFAULT_TOP_P: off */
     uint64_t seed;              /* sampling only: same seed, same tokens */
     const int32_t *stop_tokens; /* ends generation (besides the model's end-of-sequence ids) */
     size_t n_stop_tokens;
@@ -136,12 +173,18 @@ typedef struct evlm_generate_options {
     void *on_token_user_data;
     evlm_logits_hook logits_hook;
     void *logits_hook_user_data;
+    float repetition_penalty;   /* > 0; 1 (default): off. Divides the logits (multiplies negative ones) of every
+                                   token already in the prompt or the answer, before logits_hook, as transformers */
 } evlm_generate_options;
 
-EVLM_API void evlm_generate_options_init(evlm_generate_options *options);
+/* Defaults for the first `struct_size` bytes of *options; use evlm_generate_options_init. */
+EVLM_API void evlm_generate_options_init_sized(evlm_generate_options *options, size_t struct_size);
+static inline void evlm_generate_options_init(evlm_generate_options *options) {
+    evlm_generate_options_init_sized(options, sizeof *options);
+}
 /* encoded may be NULL for a text-only prompt (or to encode here). options may be NULL (defaults). On
    EVLM_OK and EVLM_ERR_CANCELLED *out is a result to free with evlm_result_free. */
-EVLM_API evlm_status evlm_generate(evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
+EVLM_API evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
                                    const evlm_generate_options *options, evlm_result **out);
 
 /* ---------------------------------------------------------------------------------------------- results */
@@ -166,14 +209,14 @@ EVLM_API void evlm_result_free(evlm_result *result);
 
 /* ---------------------------------------------------------------------------------------------- helpers */
 /* The model's tokenizer. ids == NULL: count only. add_special: the tokenizer's template (e.g. a BOS). */
-EVLM_API evlm_status evlm_tokenize(evlm_model *model, const char *utf8_text, int add_special, int32_t *ids,
+EVLM_API evlm_status evlm_tokenize(const evlm_model *model, const char *utf8_text, int add_special, int32_t *ids,
                                    size_t capacity, size_t *count);
 /* Text of ids (special tokens skipped when skip_special). text == NULL: the byte count (without the NUL). */
-EVLM_API evlm_status evlm_detokenize(evlm_model *model, const int32_t *ids, size_t n_ids, int skip_special,
+EVLM_API evlm_status evlm_detokenize(const evlm_model *model, const int32_t *ids, size_t n_ids, int skip_special,
                                      char *text, size_t capacity, size_t *length);
 /* The vision encoder's input for one image: floats (tiles, 3, tile, tile), rows and cols of the grid (0, 0 for
    one tile). values == NULL: sizes only. */
-EVLM_API evlm_status evlm_image_preprocess(evlm_model *model, const evlm_image *image, int split, float *values,
+EVLM_API evlm_status evlm_image_preprocess(const evlm_model *model, const evlm_image *image, int split, float *values,
                                            size_t capacity, size_t *count, int *tiles, int *rows, int *cols);
 
 #ifdef __cplusplus

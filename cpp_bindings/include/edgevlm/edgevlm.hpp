@@ -136,6 +136,7 @@ struct GenerateOptions {
         top_p = c.top_p;
         seed = c.seed;
         ignore_eos = c.ignore_eos != 0;
+        repetition_penalty = c.repetition_penalty;
     }
     int max_new_tokens;
     bool do_sample;
@@ -144,6 +145,7 @@ struct GenerateOptions {
     float top_p;
     uint64_t seed;
     bool ignore_eos;
+    float repetition_penalty;  // 1: off
     std::vector<int32_t> stop_tokens;
 };
 
@@ -155,6 +157,7 @@ struct ModelOptions {
     int threads = 0;              // 0: every core
     std::string providers;        // empty: "cpu"
     bool verify = true;
+    int64_t max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;  // larger images are refused
 };
 
 class Model {
@@ -166,6 +169,7 @@ class Model {
         if (!options.providers.empty()) o.providers = options.providers.c_str();
         o.threads = options.threads;
         o.verify = options.verify ? 1 : 0;
+        o.max_image_pixels = options.max_image_pixels;
         evlm_model *out = nullptr;
         detail::check(evlm_model_open(bundle_dir.c_str(), &o, &out));
         handle_.reset(out);
@@ -191,6 +195,7 @@ class Model {
         c.top_p = options.top_p;
         c.seed = options.seed;
         c.ignore_eos = options.ignore_eos ? 1 : 0;
+        c.repetition_penalty = options.repetition_penalty;
         c.stop_tokens = options.stop_tokens.empty() ? nullptr : options.stop_tokens.data();
         c.n_stop_tokens = options.stop_tokens.size();
         Trampoline t{&on_token, nullptr};
