@@ -76,7 +76,8 @@ def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dic
     model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
         (downloaded into the Hugging Face cache). variant: "fp32", "fp16", "int8", "q4", ... or a per-part dict
         such as {"vision": "int8", "decoder": "q4"}. providers: None/"auto" for the best available, or names
-        ("cuda", "cpu", full EP names). threads: intra-op threads (default: onnxruntime's choice).
+        ("cuda", "cpu", full EP names). threads: intra-op threads, and threads per image resize (default:
+        onnxruntime's choice, and every core for resizing).
         memory_arena=False trades some speed for a smaller resident footprint. verify: check the bundle's
         sha256 sums before loading; a file that matched once is trusted while it is unchanged on disk (same
         inode, size, mtime and ctime), so only the first load hashes it; "full" hashes every file every time;

@@ -215,3 +215,22 @@ def test_resize_after_fork_does_not_hang():
             pytest.fail("the resize in a forked child hung")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_threads_bound_each_image_resize(tiny256, monkeypatch):
+    """load(threads=N) also bounds the resize of each image (as the C library's threads): `--jobs N` archive
+    workers, each loaded with its share of the cores, then do not each resize on every core."""
+    import edgevlm
+    from edgevlm.engine import preprocess
+
+    seen = []
+    real = preprocess.resize_lanczos
+
+    def spy(im, width, height, workers=None):
+        seen.append(workers)
+        return real(im, width, height, workers)
+
+    monkeypatch.setattr(preprocess, "resize_lanczos", spy)
+    vlm = edgevlm.load(tiny256[1], threads=1)
+    vlm.ask(random_image(300, 420, seed=5), "What is it?", max_new_tokens=1, split=True)
+    assert seen and set(seen) == {1}, seen

@@ -283,6 +283,7 @@ void evlm_generate_options_init_sized(evlm_generate_options *o, size_t n) {
     d.top_k = EVLM_DEFAULT_TOP_K;
     d.top_p = EVLM_DEFAULT_TOP_P;
     d.repetition_penalty = EVLM_DEFAULT_REPETITION_PENALTY;
+    d.seed = EVLM_SEED_RANDOM;
     init_prefix(o, n, d);
 }
 
@@ -357,7 +358,7 @@ evlm_status evlm_result_timings(const evlm_result *r, evlm_timings *out) {
         out->preprocess_ms = r->preprocess_ms;
         out->prefill_ms = r->generation.prefill_ms;
         out->decode_ms = r->generation.decode_ms;
-        out->first_token_ms = r->generation.first_token_ms;
+        out->first_token_ms = r->vision_ms + r->generation.first_token_ms;
         out->runtime_ms = r->vision_runtime_ms + r->generation.runtime_ms;
         out->prompt_tokens = r->generation.prompt_tokens;
         out->new_tokens = int(r->generation.tokens.size());

@@ -466,7 +466,8 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
     }
     g.prefill_ms = ms_since(t0);
     auto t1 = Clock::now();
-    std::mt19937_64 rng(o.seed);
+    std::mt19937_64 rng(o.seed == EVLM_SEED_RANDOM ? (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}()
+                                                   : o.seed);
     std::string pending;
     bool started = false;
     // The repetition penalty's tokens: the prompt's and the answer's (as transformers and the Python runtime).

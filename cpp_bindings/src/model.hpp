@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bundle.hpp"
+#include "edgevlm/edgevlm.h"
 #include "prompt.hpp"
 #include "tokenizer.hpp"
 
@@ -28,7 +29,7 @@ struct GenerateOptions {
     float temperature = 1.0f, top_p = 1.0f;
     int top_k = 0;
     float repetition_penalty = 1.0f;  // 1: off
-    uint64_t seed = 0;
+    uint64_t seed = EVLM_SEED_RANDOM;
     std::vector<int32_t> stop_tokens;
     bool ignore_eos = false;
     std::function<bool(int32_t, const std::string &)> on_token;  // true: stop

@@ -115,7 +115,9 @@ class Engine:
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
             bundle_mod.verify_files(model_bundle, [*files.values(), *self._kernel_files.values()],
                                     full=verify == "full")
-        self.processor = Processor(model_bundle, max_image_pixels)
+        # `threads` also bounds each image resize (as in the C library): `--jobs N` archive workers, each loaded
+        # with threads=cores/N, then share the cores instead of each resizing on all of them.
+        self.processor = Processor(model_bundle, max_image_pixels, threads)
         self.max_image_pixels = self.processor.max_image_pixels
         self.variant = variant or model_bundle.default_variant
         self.files = files
@@ -176,7 +178,8 @@ class Engine:
         hit = self.vision_cache.get(key) if key else None
         if hit is not None:
             return hit, True
-        processed = process_image(im, self.spec, split=do_split, longest_edge=longest_edge)
+        processed = process_image(im, self.spec, split=do_split, longest_edge=longest_edge,
+                                  threads=self.processor.threads)
         encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
         if key:
             self.vision_cache.put(key, encoded)
@@ -245,7 +248,8 @@ class Engine:
             # Resizing is most of the preprocessing and Pillow releases the GIL while it resizes: the frames are
             # resized side by side (the vision encoder's threads are idle until then).
             with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4], longest_edge=t[5]), todo))
+                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4], longest_edge=t[5],
+                                                             threads=self.processor.threads), todo))
             # One encoder run per image, not one for all: the int8 encoder quantizes its activations with one
             # scale per run, so images sharing a run would change each other's features (3 of 4 captions
             # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.

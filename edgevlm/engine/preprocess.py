@@ -163,8 +163,8 @@ def _tile_multiple(h: int, w: int, tile: int) -> tuple[int, int]:
     return h, w
 
 
-def _resize(im: Image.Image, h: int, w: int) -> Image.Image:
-    return resize_lanczos(im, w, h)
+def _resize(im: Image.Image, h: int, w: int, threads: int | None = None) -> Image.Image:
+    return resize_lanczos(im, w, h, threads)
 
 
 def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
@@ -215,26 +215,28 @@ def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = Non
 
 
 def process_image(image: ImageLike, spec: ModelSpec, split: bool | None = None, color: str = "rgb",
-                  longest_edge: int | None = None, max_pixels: int | None = None) -> ProcessedImage:
+                  longest_edge: int | None = None, max_pixels: int | None = None,
+                  threads: int | None = None) -> ProcessedImage:
     """One image -> tiles (+ the global image) as the vision encoder wants them.
 
     split=None follows the model's preprocessor config (on for SmolVLM2). `longest_edge` overrides the resize
-    target before splitting (fewer tiles: 1024 gives at most 2 x 2 of 512 px, plus the global view).
+    target before splitting (fewer tiles: 1024 gives at most 2 x 2 of 512 px, plus the global view). `threads`:
+    how many threads each resize pass may use (None: every core), the model's `threads`, as in the C library.
     """
     im = load_image(image, color, max_pixels)
     tile = spec.tile
     h, w = _resize_longest(im.height, im.width, longest_edge or spec.longest_edge)
-    im = _resize(im, h, w)
+    im = _resize(im, h, w, threads)
     do_split = spec.do_image_splitting if split is None else split
     if not do_split:
-        return ProcessedImage(_normalize([_resize(im, tile, tile)], spec), 0, 0)
+        return ProcessedImage(_normalize([_resize(im, tile, tile, threads)], spec), 0, 0)
     h, w = _tile_multiple(h, w, tile)
-    im = _resize(im, h, w)
+    im = _resize(im, h, w, threads)
     if h <= tile and w <= tile:
         return ProcessedImage(_normalize([im], spec), 0, 0)
     rows, cols = math.ceil(h / tile), math.ceil(w / tile)
     tiles = [im.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
-    tiles.append(_resize(im, tile, tile))
+    tiles.append(_resize(im, tile, tile, threads))
     return ProcessedImage(_normalize(tiles, spec), rows, cols)
 
 

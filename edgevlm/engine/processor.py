@@ -52,10 +52,12 @@ def frames_given(item: dict[str, Any]) -> tuple[list[Frame], float]:
 class Processor:
     """The bundle's image rules, chat template and tokenizer. `Processor.open(bundle_dir)` loads no model."""
 
-    def __init__(self, model_bundle: bundle_mod.Bundle, max_image_pixels: int | None = None):
+    def __init__(self, model_bundle: bundle_mod.Bundle, max_image_pixels: int | None = None,
+                 threads: int | None = None):
         self.bundle = model_bundle
         self.spec = model_bundle.spec
         self.max_image_pixels = max_image_pixels_limit(max_image_pixels)
+        self.threads = threads  # threads per resize pass (None: every core)
         self.tokenizer = Tokenizer(model_bundle.root / "tokenizer.json")
 
     @classmethod
@@ -63,7 +65,8 @@ class Processor:
         return cls(bundle_mod.open_bundle(root), max_image_pixels)
 
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
-        return process_image(image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels)
+        return process_image(image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels,
+                             threads=self.threads)
 
     def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb",
                 video_frames: VideoFrames = frames_given) -> Prompt:

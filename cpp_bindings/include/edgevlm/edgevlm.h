@@ -53,6 +53,8 @@ extern "C" {
 #define EVLM_DEFAULT_MAX_IMAGE_PIXELS 100000000
 #define EVLM_DEFAULT_CAPTION_PROMPT "Describe this image."
 #define EVLM_DEFAULT_LIVE_PROMPT "Describe this image in one sentence."
+/* evlm_generate_options.seed: fresh entropy for each answer (the default, as Python's seed=None). */
+#define EVLM_SEED_RANDOM UINT64_MAX
 
 #define EVLM_VERSION_MAJOR 0
 #define EVLM_VERSION_MINOR 1
@@ -165,7 +167,7 @@ typedef struct evlm_generate_options {
     float temperature;          /* sampling only; default EVLM_DEFAULT_TEMPERATURE; 0: greedy (as in Python) */
     int top_k;                  /* sampling only; EVLM_DEFAULT_TOP_K: off */
     float top_p;                /* sampling only; EVLM_DEFAULT_TOP_P: off */
-    uint64_t seed;              /* sampling only: same seed, same tokens */
+    uint64_t seed;              /* sampling only: same seed, same tokens; default EVLM_SEED_RANDOM (fresh each answer) */
     const int32_t *stop_tokens; /* ends generation (besides the model's end-of-sequence ids) */
     size_t n_stop_tokens;
     int ignore_eos;             /* non-zero: the model's end-of-sequence ids do not stop (benchmarks) */
@@ -193,7 +195,7 @@ typedef struct evlm_timings {
     double preprocess_ms;  /* of vision_ms, resizing and normalizing the images */
     double prefill_ms;
     double decode_ms;
-    double first_token_ms; /* prefill + the first pick */
+    double first_token_ms; /* vision_ms + prefill + the first pick: the wait for the first token (as Python's) */
     double runtime_ms;     /* of all the above, the time inside ONNX Runtime; the rest is this library's */
     int prompt_tokens;
     int new_tokens;
