@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <optional>
 
 #include "edgevlm/edgevlm.h"
 #include "error.hpp"
@@ -25,6 +26,10 @@ struct evlm_encoded {
 struct evlm_result {
     evlm::Generation generation;
     double vision_ms = 0, preprocess_ms = 0, vision_runtime_ms = 0;
+};
+struct evlm_generator {
+    std::unique_ptr<evlm::Decoding> decoding;
+    double vision_ms = 0, preprocess_ms = 0, vision_runtime_ms = 0;  // when the generator encoded the images
 };
 
 namespace {
@@ -111,6 +116,38 @@ void copy_out(const std::vector<T> &v, T *out, size_t capacity, size_t *count) {
         evlm::fail(EVLM_ERR_ARGUMENT, "the output buffer holds " + std::to_string(capacity) + " values but " +
                                           std::to_string(v.size()) + " are needed; call with NULL first for the count.");
     std::copy(v.begin(), v.end(), out);
+}
+
+// The C options as the library's, checked (NULL: the defaults).
+evlm::GenerateOptions generate_options(const evlm_generate_options *options) {
+    const evlm_generate_options o = options_from(options, evlm_generate_options_init_sized, "evlm_generate_options");
+    if (!(o.repetition_penalty > 0)) evlm::fail(EVLM_ERR_ARGUMENT, "repetition_penalty must be > 0 (1: off)");
+    evlm::GenerateOptions g;
+    g.repetition_penalty = o.repetition_penalty;
+    g.max_new_tokens = o.max_new_tokens;
+    g.do_sample = o.do_sample != 0;
+    g.temperature = o.temperature;
+    g.top_k = o.top_k;
+    g.top_p = o.top_p;
+    g.seed = o.seed;
+    g.ignore_eos = o.ignore_eos != 0;
+    if (o.n_stop_tokens) {
+        need(o.stop_tokens, "stop_tokens");
+        g.stop_tokens.assign(o.stop_tokens, o.stop_tokens + o.n_stop_tokens);
+    }
+    if (o.on_token) {
+        auto cb = o.on_token;
+        void *user = o.on_token_user_data;
+        g.on_token = [cb, user](int32_t t, const std::string &piece) { return cb(t, piece.c_str(), user) != 0; };
+    }
+    if (o.logits_hook) {
+        auto hook = o.logits_hook;
+        void *user = o.logits_hook_user_data;
+        g.logits_hook = [hook, user](float *l, size_t n, const std::vector<int32_t> &toks) {
+            hook(l, n, toks.data(), toks.size(), user);
+        };
+    }
+    return g;
 }
 
 }  // namespace
@@ -294,34 +331,7 @@ evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, co
     evlm_status status = guarded([&] {
         need(out, "out");
         evlm::PreparedPrompt p = prepared(model, prompt);
-        const evlm_generate_options o =
-            options_from(options, evlm_generate_options_init_sized, "evlm_generate_options");
-        if (!(o.repetition_penalty > 0)) evlm::fail(EVLM_ERR_ARGUMENT, "repetition_penalty must be > 0 (1: off)");
-        evlm::GenerateOptions g;
-        g.repetition_penalty = o.repetition_penalty;
-        g.max_new_tokens = o.max_new_tokens;
-        g.do_sample = o.do_sample != 0;
-        g.temperature = o.temperature;
-        g.top_k = o.top_k;
-        g.top_p = o.top_p;
-        g.seed = o.seed;
-        g.ignore_eos = o.ignore_eos != 0;
-        if (o.n_stop_tokens) {
-            need(o.stop_tokens, "stop_tokens");
-            g.stop_tokens.assign(o.stop_tokens, o.stop_tokens + o.n_stop_tokens);
-        }
-        if (o.on_token) {
-            auto cb = o.on_token;
-            void *user = o.on_token_user_data;
-            g.on_token = [cb, user](int32_t t, const std::string &piece) { return cb(t, piece.c_str(), user) != 0; };
-        }
-        if (o.logits_hook) {
-            auto hook = o.logits_hook;
-            void *user = o.logits_hook_user_data;
-            g.logits_hook = [hook, user](float *l, size_t n, const std::vector<int32_t> &toks) {
-                hook(l, n, toks.data(), toks.size(), user);
-            };
-        }
+        evlm::GenerateOptions g = generate_options(options);
         auto r = std::make_unique<evlm_result>();
         if (encoded) {
             if (encoded->ids != p.ids)
@@ -340,6 +350,63 @@ evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, co
     if (status == EVLM_OK && cancelled) return fail_with(EVLM_ERR_CANCELLED, "the token callback stopped generation");
     return status;
 }
+
+evlm_status evlm_generator_new(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
+                               const evlm_generate_options *options, evlm_generator **out) {
+    if (out) *out = nullptr;
+    return guarded([&] {
+        need(out, "out");
+        evlm::PreparedPrompt p = prepared(model, prompt);
+        evlm::GenerateOptions g = generate_options(options);
+        g.on_token = nullptr;  // the caller has each token from evlm_generator_step
+        auto gen = std::make_unique<evlm_generator>();
+        if (encoded) {
+            if (encoded->ids != p.ids)
+                evlm::fail(EVLM_ERR_ARGUMENT, "the encoding was made for another prompt; encode this prompt first.");
+            gen->decoding = std::make_unique<evlm::Decoding>(*model->model, p, encoded->features, g);
+        } else {
+            evlm::Features f = model->model->encode(p);
+            gen->vision_ms = f.vision_ms;
+            gen->vision_runtime_ms = f.runtime_ms;
+            gen->preprocess_ms = f.preprocess_ms;
+            gen->decoding = std::make_unique<evlm::Decoding>(*model->model, p, f, g);
+        }
+        *out = gen.release();
+    });
+}
+
+evlm_status evlm_generator_step(evlm_generator *gen, int32_t *token, int *done) {
+    if (token) *token = -1;
+    if (done) *done = 0;
+    return guarded([&] {
+        need(gen, "generator");
+        need(token, "token");
+        need(done, "done");
+        std::optional<int32_t> t = gen->decoding->next();
+        if (t) *token = *t;
+        *done = gen->decoding->done() ? 1 : 0;
+    });
+}
+
+void evlm_generator_cancel(evlm_generator *gen) {
+    if (gen) gen->decoding->cancel();
+}
+
+evlm_status evlm_generator_result(const evlm_generator *gen, evlm_result **out) {
+    if (out) *out = nullptr;
+    return guarded([&] {
+        need(gen, "generator");
+        need(out, "out");
+        auto r = std::make_unique<evlm_result>();
+        r->generation = gen->decoding->snapshot();
+        r->vision_ms = gen->vision_ms;
+        r->preprocess_ms = gen->preprocess_ms;
+        r->vision_runtime_ms = gen->vision_runtime_ms;
+        *out = r.release();
+    });
+}
+
+void evlm_generator_free(evlm_generator *gen) { delete gen; }
 
 const char *evlm_result_text(const evlm_result *r) { return r ? r->generation.text.c_str() : ""; }
 

@@ -328,40 +328,39 @@ private:
 
 }  // namespace
 
-Generation Model::generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &o) const {
-    const Spec &s = spec();
-    Generation g;
-    g.prompt_tokens = int(prompt.ids.size());
-    if (o.max_new_tokens < 1) fail(EVLM_ERR_ARGUMENT, "max_new_tokens must be at least 1.");
-    if (!(o.temperature >= 0)) fail(EVLM_ERR_ARGUMENT, "temperature must be >= 0 (0 is greedy).");
-    if (!(o.top_p > 0 && o.top_p <= 1) || o.top_k < 0) fail(EVLM_ERR_ARGUMENT, "top_p must be in (0, 1] and top_k >= 0.");
-    if (prompt.ids.size() + size_t(o.max_new_tokens) > size_t(s.max_positions))
-        fail(EVLM_ERR_CONTEXT, "the prompt is " + std::to_string(prompt.ids.size()) + " tokens (images included) and " +
-                                   std::to_string(o.max_new_tokens) + " new tokens are asked for, over the model's "
-                                   "context of " + std::to_string(s.max_positions) + ". Use fewer or smaller images "
-                                   "(split 0), a shorter prompt, or a lower max_new_tokens.");
-    size_t image_tokens = size_t(std::count(prompt.ids.begin(), prompt.ids.end(), s.image_token_id));
-    if (image_tokens * size_t(s.hidden) != features.values.size())
-        fail(EVLM_ERR_INPUT, "the prompt has " + std::to_string(image_tokens) + " image tokens but the encoding holds " +
-                                 std::to_string(features.values.size() / size_t(std::max(s.hidden, 1))) +
-                                 " features; encode this prompt (evlm_encode) and pass that encoding.");
-    auto t0 = Clock::now();
-    std::vector<float> embeds = embed(std::vector<int64_t>(prompt.ids.begin(), prompt.ids.end()), g.runtime_ms);
-    size_t row = 0;
-    for (size_t i = 0; i < prompt.ids.size(); ++i)
-        if (prompt.ids[i] == s.image_token_id)
-            std::copy_n(&features.values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
+// One answer's state between steps: the decoder's cache, the logits of the last run, the tokens so far.
+struct Decoding::State {
+    State(const Model &model, const PreparedPrompt &p, const Features &f, const GenerateOptions &options)
+        : m(model), s(model.spec()), prompt(p), features(f), o(options), scores(size_t(s.vocab_size)),
+          logits_value(tensor(scores, {1, 1, int64_t(s.vocab_size)})) {}
 
-    std::vector<int64_t> mask, positions;
-    std::vector<int64_t> keep{1};
-    std::vector<float> scores(size_t(s.vocab_size));  // each run's last logits, then what the hook and pick make of them
+    const Model &m;
+    const Spec &s;
+    PreparedPrompt prompt;
+    Features features;  // dropped after the prefill
+    GenerateOptions o;
+    Generation g;
+    std::vector<int64_t> mask, positions, keep{1};
+    std::vector<float> scores;  // each run's last logits, then what the penalty, the hook and the pick make of them
+    std::unique_ptr<SharedKV> shared;
+    std::vector<Ort::Value> past;
+    std::vector<const char *> in_names, out_names;
+    std::unique_ptr<NextEmbedding> next_embedding;
+    bool logits_bound = false, prefilled = false, done = false;
+    Ort::Value logits_value;
+    std::mt19937_64 rng;
+    std::vector<uint8_t> seen;  // the repetition penalty's tokens: the prompt's and the answer's (as transformers)
+    std::string pending;
+    bool started = false;
+    Clock::time_point t0, t1;
+
     // Feeds of one step other than the cache: embeddings, mask, and what this decoder declares.
-    auto feeds_for = [&](std::vector<float> &x, size_t past_len, std::vector<std::pair<std::string, Ort::Value>> &out) {
+    void feeds_for(std::vector<float> &x, size_t past_len, std::vector<std::pair<std::string, Ort::Value>> &out) {
         size_t n = x.size() / size_t(s.hidden);
         mask.assign(past_len + n, 1);
         positions.resize(n);
         std::iota(positions.begin(), positions.end(), int64_t(past_len));
-        for (const std::string &name : decoder_inputs_) {
+        for (const std::string &name : m.decoder_inputs_) {
             if (name == "inputs_embeds") out.emplace_back(name, tensor(x, {1, int64_t(n), s.hidden}));
             else if (name == "attention_mask") out.emplace_back(name, tensor(mask, {1, int64_t(mask.size())}));
             else if (name == "position_ids") out.emplace_back(name, tensor(positions, {1, int64_t(n)}));
@@ -369,42 +368,17 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
             else if (name.rfind("past_key_values.", 0) != 0)
                 fail(EVLM_ERR_MODEL, "the decoder has an input '" + name + "' the C++ library does not know.");
         }
-    };
-    auto take_logits = [&](const Ort::Value &out) {
+    }
+
+    void take_logits(const Ort::Value &out) {
         auto shape = out.GetTensorTypeAndShapeInfo().GetShape();
         const float *l = out.GetTensorData<float>() + (size_t(shape[1]) - 1) * size_t(shape[2]);
         std::copy_n(l, s.vocab_size, scores.begin());
-    };
-
-    // edgevlm's fused decoder (positions from the mask) updates one buffer in place; the traced decoder
-    // (position_ids) grows its cache by feeding each step's present.* back.
-    std::unique_ptr<SharedKV> shared;
-    if (!position_ids_) {
-        const size_t need = std::min(prompt.ids.size() + size_t(std::min(o.max_new_tokens, 128)),
-                                     size_t(s.max_positions));
-        {
-            std::lock_guard<std::mutex> hold(kv_lock_);
-            shared = std::move(kv_spare_);
-        }
-        try {
-            if (shared) shared->reuse(need);
-            else shared = std::make_unique<SharedKV>(*decoder_, s.num_layers, s.kv_heads, s.head_dim, need);
-        } catch (const Ort::Exception &e) {
-            runtime_failure("binding the decoder's cache", e);
-        }
     }
-    std::vector<Ort::Value> past;
-    std::vector<float> empty;
-    for (int i = 0; i < 2 * s.num_layers && !shared; ++i) past.push_back(tensor(empty, {1, s.kv_heads, 0, s.head_dim}));
-    std::vector<const char *> in_names, out_names;
-    for (const std::string &n : decoder_inputs_) in_names.push_back(n.c_str());
-    for (const std::string &n : decoder_outputs_) out_names.push_back(n.c_str());
 
     // A decode step of the fused decoder feeds one token: its embedding row is bound once (NextEmbedding writes
     // it in place), the mask is the only input that changes shape, and the logits land in `scores` directly.
-    bool logits_bound = false;
-    Ort::Value logits_value = tensor(scores, {1, 1, int64_t(s.vocab_size)});
-    auto step = [&](std::vector<float> &x, size_t past_len) {
+    void step(std::vector<float> &x, size_t past_len) {
         std::vector<std::pair<std::string, Ort::Value>> named;
         if (shared && logits_bound) {
             mask.assign(past_len + 1, 1);
@@ -419,13 +393,13 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
                     shared->resize(std::min(std::max(2 * shared->capacity(), total), size_t(s.max_positions)), past_len);
                 for (auto &[name, value] : named) shared->binding().BindInput(name.c_str(), value);
                 auto t = Clock::now();
-                decoder_->Run(Ort::RunOptions{nullptr}, shared->binding());
+                m.decoder_->Run(Ort::RunOptions{nullptr}, shared->binding());
                 g.runtime_ms += ms_since(t);
                 if (!logits_bound) take_logits(shared->binding().GetOutputValues()[0]);
                 return;
             }
             std::vector<Ort::Value> feeds;
-            for (const std::string &name : decoder_inputs_) {
+            for (const std::string &name : m.decoder_inputs_) {
                 if (name.rfind("past_key_values.", 0) == 0) {
                     size_t layer = std::stoul(name.substr(16));
                     bool value = name.compare(name.size() - 6, 6, ".value") == 0;
@@ -436,12 +410,12 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
                 }
             }
             auto t = Clock::now();
-            std::vector<Ort::Value> out = decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(),
-                                                        feeds.size(), out_names.data(), out_names.size());
+            std::vector<Ort::Value> out = m.decoder_->Run(Ort::RunOptions{nullptr}, in_names.data(), feeds.data(),
+                                                          feeds.size(), out_names.data(), out_names.size());
             g.runtime_ms += ms_since(t);
             take_logits(out[0]);
             for (size_t i = 1; i < out.size(); ++i) {  // present.{i}.key / .value become the next step's past
-                const std::string &name = decoder_outputs_[i];
+                const std::string &name = m.decoder_outputs_[i];
                 size_t layer = std::stoul(name.substr(8));
                 bool value = name.compare(name.size() - 6, 6, ".value") == 0;
                 past[2 * layer + (value ? 1 : 0)] = std::move(out[i]);
@@ -449,43 +423,89 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
         } catch (const Ort::Exception &e) {
             runtime_failure("running the decoder", e);
         }
-    };
-    step(embeds, 0);
-    NextEmbedding next_embedding(*embed_, s.hidden);
-    if (shared) {  // from here on each step is one token: bind its embedding row and the logits once
-        try {
-            std::vector<std::pair<std::string, Ort::Value>> named;
-            feeds_for(next_embedding.row(), prompt.ids.size(), named);
-            for (auto &[name, value] : named)
-                if (name != "attention_mask") shared->binding().BindInput(name.c_str(), value);
-            shared->binding().BindOutput("logits", logits_value);
-            logits_bound = true;
-        } catch (const Ort::Exception &e) {
-            runtime_failure("binding the decoder's inputs", e);
+    }
+
+    void check() const {
+        if (o.max_new_tokens < 1) fail(EVLM_ERR_ARGUMENT, "max_new_tokens must be at least 1.");
+        if (!(o.temperature >= 0)) fail(EVLM_ERR_ARGUMENT, "temperature must be >= 0 (0 is greedy).");
+        if (!(o.top_p > 0 && o.top_p <= 1) || o.top_k < 0)
+            fail(EVLM_ERR_ARGUMENT, "top_p must be in (0, 1] and top_k >= 0.");
+        if (prompt.ids.size() + size_t(o.max_new_tokens) > size_t(s.max_positions))
+            fail(EVLM_ERR_CONTEXT, "the prompt is " + std::to_string(prompt.ids.size()) + " tokens (images included) and " +
+                                       std::to_string(o.max_new_tokens) + " new tokens are asked for, over the model's "
+                                       "context of " + std::to_string(s.max_positions) + ". Use fewer or smaller images "
+                                       "(split 0), a shorter prompt, or a lower max_new_tokens.");
+        size_t image_tokens = size_t(std::count(prompt.ids.begin(), prompt.ids.end(), s.image_token_id));
+        if (image_tokens * size_t(s.hidden) != features.values.size())
+            fail(EVLM_ERR_INPUT, "the prompt has " + std::to_string(image_tokens) + " image tokens but the encoding holds " +
+                                     std::to_string(features.values.size() / size_t(std::max(s.hidden, 1))) +
+                                     " features; encode this prompt (evlm_encode) and pass that encoding.");
+    }
+
+    // The prompt through the decoder: the first logits.
+    void prefill() {
+        t0 = Clock::now();
+        std::vector<float> embeds = m.embed(std::vector<int64_t>(prompt.ids.begin(), prompt.ids.end()), g.runtime_ms);
+        size_t row = 0;
+        for (size_t i = 0; i < prompt.ids.size(); ++i)
+            if (prompt.ids[i] == s.image_token_id)
+                std::copy_n(&features.values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
+        features = Features{};
+        // edgevlm's fused decoder (positions from the mask) updates one buffer in place; the traced decoder
+        // (position_ids) grows its cache by feeding each step's present.* back.
+        if (!m.position_ids_) {
+            const size_t need = std::min(prompt.ids.size() + size_t(std::min(o.max_new_tokens, 128)),
+                                         size_t(s.max_positions));
+            {
+                std::lock_guard<std::mutex> hold(m.kv_lock_);
+                shared = std::move(m.kv_spare_);
+            }
+            try {
+                if (shared) shared->reuse(need);
+                else shared = std::make_unique<SharedKV>(*m.decoder_, s.num_layers, s.kv_heads, s.head_dim, need);
+            } catch (const Ort::Exception &e) {
+                runtime_failure("binding the decoder's cache", e);
+            }
         }
+        std::vector<float> empty;
+        for (int i = 0; i < 2 * s.num_layers && !shared; ++i) past.push_back(tensor(empty, {1, s.kv_heads, 0, s.head_dim}));
+        for (const std::string &n : m.decoder_inputs_) in_names.push_back(n.c_str());
+        for (const std::string &n : m.decoder_outputs_) out_names.push_back(n.c_str());
+        step(embeds, 0);
+        next_embedding = std::make_unique<NextEmbedding>(*m.embed_, s.hidden);
+        if (shared) {  // from here on each step is one token: bind its embedding row and the logits once
+            try {
+                std::vector<std::pair<std::string, Ort::Value>> named;
+                feeds_for(next_embedding->row(), prompt.ids.size(), named);
+                for (auto &[name, value] : named)
+                    if (name != "attention_mask") shared->binding().BindInput(name.c_str(), value);
+                shared->binding().BindOutput("logits", logits_value);
+                logits_bound = true;
+            } catch (const Ort::Exception &e) {
+                runtime_failure("binding the decoder's inputs", e);
+            }
+        }
+        g.prefill_ms = ms_since(t0);
+        t1 = Clock::now();
+        rng.seed(o.seed == EVLM_SEED_RANDOM ? (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}() : o.seed);
+        if (o.repetition_penalty != 1.0f) {
+            seen.assign(scores.size(), 0);
+            for (int32_t id : prompt.ids)
+                if (id >= 0 && size_t(id) < seen.size()) seen[size_t(id)] = 1;
+        }
+        prefilled = true;
     }
-    g.prefill_ms = ms_since(t0);
-    auto t1 = Clock::now();
-    std::mt19937_64 rng(o.seed == EVLM_SEED_RANDOM ? (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}()
-                                                   : o.seed);
-    std::string pending;
-    bool started = false;
-    // The repetition penalty's tokens: the prompt's and the answer's (as transformers and the Python runtime).
-    std::vector<uint8_t> seen;
-    if (o.repetition_penalty != 1.0f) {
-        seen.assign(scores.size(), 0);
-        for (int32_t id : prompt.ids)
-            if (id >= 0 && size_t(id) < seen.size()) seen[size_t(id)] = 1;
-    }
-    for (;;) {
+
+    // Pick, record and report one token; true when it ends the answer.
+    bool pick_one(int32_t &token) {
         if (!seen.empty()) penalize(scores, seen, o.repetition_penalty);
         if (o.logits_hook) o.logits_hook(scores.data(), scores.size(), g.tokens);
-        int32_t token = pick(scores, o, rng);
+        token = pick(scores, o, rng);
         if (!seen.empty() && token >= 0 && size_t(token) < seen.size()) seen[size_t(token)] = 1;
         if (g.tokens.empty()) g.first_token_ms = ms_since(t0);
         g.tokens.push_back(token);
         std::string rest;
-        std::string piece = utf8_complete_prefix(pending + tokenizer_->token_bytes(token), rest);
+        std::string piece = utf8_complete_prefix(pending + m.tokenizer().token_bytes(token), rest);
         pending = rest;
         if (!started) {  // the streamed text starts where the stripped text starts
             size_t a = 0;
@@ -495,26 +515,81 @@ Generation Model::generate(const PreparedPrompt &prompt, const Features &feature
         }
         bool stop = (!o.ignore_eos && std::count(s.eos_ids.begin(), s.eos_ids.end(), token)) ||
                     std::count(o.stop_tokens.begin(), o.stop_tokens.end(), token);
-        if (o.on_token && o.on_token(token, piece)) {
-            g.finish_reason = "cancelled";
-            break;
-        }
-        if (stop) {
-            g.finish_reason = "stop";
-            break;
-        }
-        if (g.tokens.size() >= size_t(o.max_new_tokens)) break;
-        step(next_embedding.run(token, g.runtime_ms), prompt.ids.size() + g.tokens.size() - 1);
+        if (o.on_token && o.on_token(token, piece)) return finish("cancelled"), true;
+        if (stop) return finish("stop"), true;
+        if (g.tokens.size() >= size_t(o.max_new_tokens)) return finish("length"), true;
+        return false;
     }
-    g.decode_ms = ms_since(t1);
+
+    void finish(const char *reason) {
+        if (done) return;
+        done = true;
+        g.finish_reason = reason;
+        if (prefilled) g.decode_ms = ms_since(t1);
+        give_back_cache();
+        g.text = strip_text(m.tokenizer().decode(g.tokens, true));
+    }
+
     // Binding a new cache (60 buffers for the 256M model) and zeroing it cost ~0.3 ms per caption: the next
     // generation takes this one, unless it grew large (a long prompt of many tiles).
-    if (shared && shared->bytes() <= (size_t(32) << 20)) {
-        std::lock_guard<std::mutex> hold(kv_lock_);
-        kv_spare_ = std::move(shared);
+    void give_back_cache() {
+        if (!shared) return;
+        next_embedding.reset();
+        if (shared->bytes() <= (size_t(32) << 20)) {
+            std::lock_guard<std::mutex> hold(m.kv_lock_);
+            m.kv_spare_ = std::move(shared);
+        }
+        shared.reset();
     }
-    g.text = strip_text(tokenizer_->decode(g.tokens, true));
+};
+
+Decoding::Decoding(const Model &model, const PreparedPrompt &prompt, const Features &features,
+                   const GenerateOptions &options)
+    : st_(std::make_unique<State>(model, prompt, features, options)) {
+    st_->g.prompt_tokens = int(prompt.ids.size());
+    st_->check();
+}
+
+Decoding::~Decoding() {
+    if (st_) st_->give_back_cache();
+}
+
+std::optional<int32_t> Decoding::next() {
+    State &st = *st_;
+    if (st.done) return std::nullopt;
+    if (cancel_.load()) {
+        st.finish("cancelled");
+        return std::nullopt;
+    }
+    if (!st.prefilled) {
+        st.prefill();
+    } else {
+        const int32_t last = st.g.tokens.back();
+        st.step(st.next_embedding->run(last, st.g.runtime_ms), st.prompt.ids.size() + st.g.tokens.size() - 1);
+    }
+    int32_t token = 0;
+    st.pick_one(token);
+    return token;
+}
+
+bool Decoding::done() const { return st_->done; }
+
+const Generation &Decoding::generation() const { return st_->g; }
+
+Generation Decoding::snapshot() const {
+    Generation g = st_->g;
+    if (!st_->done) {
+        g.finish_reason.clear();
+        g.text = strip_text(st_->m.tokenizer().decode(g.tokens, true));
+    }
     return g;
+}
+
+Generation Model::generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &o) const {
+    Decoding d(*this, prompt, features, o);
+    while (d.next()) {
+    }
+    return d.generation();
 }
 
 }  // namespace evlm

@@ -3,9 +3,11 @@
 #pragma once
 #include <onnxruntime_cxx_api.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -51,6 +53,34 @@ struct PreparedPrompt {
 
 class SharedKV;
 
+class Model;
+
+// One answer, step by step (the C API's evlm_generator; Model::generate runs one to its end). The model must
+// outlive it. next() and done() belong to one thread at a time; cancel() may come from any thread.
+class Decoding {
+public:
+    Decoding(const Model &model, const PreparedPrompt &prompt, const Features &features, const GenerateOptions &o);
+    ~Decoding();
+    Decoding(const Decoding &) = delete;
+    Decoding &operator=(const Decoding &) = delete;
+    // The next token (the first call runs the prompt); nullopt once the answer has ended. The token that ends it
+    // (end of sequence, max_new_tokens, a callback's stop) is returned, and done() is true from then on.
+    std::optional<int32_t> next();
+    // The next call to next() ends the answer with finish_reason "cancelled" (a step running now completes).
+    void cancel() { cancel_.store(true); }
+    bool done() const;
+    // Tokens, timings, finish_reason; the text once done.
+    const Generation &generation() const;
+    // The same, with the text of the tokens so far when not done (finish_reason then "").
+    Generation snapshot() const;
+
+    struct State;  // defined in model.cpp (a friend of Model's)
+
+private:
+    std::unique_ptr<State> st_;
+    std::atomic<bool> cancel_{false};
+};
+
 class Model {
 public:
     Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers, bool verify);
@@ -69,6 +99,7 @@ public:
     Generation generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &options) const;
 
 private:
+    friend struct Decoding::State;
     std::vector<float> embed(const std::vector<int64_t> &ids, double &runtime_ms) const;
     Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
     std::unique_ptr<Ort::Session> open_vision(const Ort::SessionOptions &options, bool cpu_only);

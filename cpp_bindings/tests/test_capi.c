@@ -1,5 +1,6 @@
 /* The C API's contract, in C99: bad input returns an error code and a message (never a crash), one model serves
-   two threads with the same tokens as one, and open/ask/close in a loop leaks nothing (LeakSanitizer in the
+   two threads with the same tokens as one, the step-wise generator gives evlm_generate's tokens and ends cleanly
+   when another thread cancels it mid-step, and open/ask/close in a loop leaks nothing (LeakSanitizer in the
    sanitizer build, valgrind otherwise).
    usage: test_capi BUNDLE ALTERED_BUNDLE [loops] */
 #include <math.h>
@@ -209,6 +210,94 @@ static void two_threads(const char *bundle) {
     evlm_model_close(m);
 }
 
+/* Another thread's cancel: it waits until the generator has produced `after` tokens, cancels, and notes how many
+   tokens had been produced once the cancel returned: at most one step (running then) may follow. */
+struct canceller {
+    evlm_generator *gen;
+    int produced, after, seen;
+};
+
+static void *cancel_when_ready(void *arg) {
+    struct canceller *c = arg;
+    while (__atomic_load_n(&c->produced, __ATOMIC_ACQUIRE) < c->after) {
+    }
+    evlm_generator_cancel(c->gen);
+    c->seen = __atomic_load_n(&c->produced, __ATOMIC_ACQUIRE);
+    return NULL;
+}
+
+static void generator(const char *bundle, int rounds) {
+    evlm_model *m = open_model(bundle);
+    evlm_prompt *p = image_prompt("Describe this image.");
+    evlm_generate_options g;
+    evlm_generator *gen = NULL;
+    evlm_result *whole = NULL, *r = NULL;
+    int32_t tokens[64], token = 0;
+    size_t n = 0, i;
+    int done = 0, steps = 0, round, clean = 0;
+    const int32_t *want;
+    if (!m) {
+        ++failures;
+        return;
+    }
+    evlm_generate_options_init(&g);
+    g.max_new_tokens = 8;
+    g.ignore_eos = 1;
+    EXPECT(evlm_generate(m, p, NULL, &g, &whole) == EVLM_OK, "generate for the generator's reference");
+    want = evlm_result_tokens(whole, &n);
+    /* step by step: the same tokens, the same text, then done with no token */
+    EXPECT(evlm_generator_new(m, p, NULL, &g, &gen) == EVLM_OK, "generator_new");
+    EXPECT(evlm_generator_result(gen, &r) == EVLM_OK && strcmp(evlm_result_finish_reason(r), "") == 0,
+           "no finish_reason before the end");
+    evlm_result_free(r);
+    while (!done && steps < 64 && evlm_generator_step(gen, &token, &done) == EVLM_OK) tokens[steps++] = token;
+    EXPECT(steps == (int)n && !memcmp(tokens, want, n * sizeof *want), "steps give evlm_generate's tokens");
+    EXPECT(evlm_generator_step(gen, &token, &done) == EVLM_OK && done == 1 && token == -1, "a step after the end");
+    EXPECT(evlm_generator_result(gen, &r) == EVLM_OK && strcmp(evlm_result_text(r), evlm_result_text(whole)) == 0 &&
+               strcmp(evlm_result_finish_reason(r), "length") == 0, "the generator's result equals generate's");
+    evlm_result_free(r);
+    evlm_generator_free(gen);
+    /* cancelled before the first step: nothing runs */
+    EXPECT(evlm_generator_new(m, p, NULL, &g, &gen) == EVLM_OK, "generator_new");
+    evlm_generator_cancel(gen);
+    EXPECT(evlm_generator_step(gen, &token, &done) == EVLM_OK && done == 1 && token == -1, "cancelled at once");
+    EXPECT(evlm_generator_result(gen, &r) == EVLM_OK && strcmp(evlm_result_finish_reason(r), "cancelled") == 0 &&
+               (evlm_result_tokens(r, &i), i == 0), "cancelled before any token");
+    evlm_result_free(r);
+    evlm_generator_free(gen);
+    /* another thread cancels while this one steps: the answer ends within one more token, cleanly, every time */
+    g.max_new_tokens = 400;
+    for (round = 0; round < rounds; ++round) {
+        struct canceller c;
+        pthread_t t;
+        size_t before;
+        c.produced = 0;
+        c.after = 1 + round % 4;
+        done = 0;
+        steps = 0;
+        if (evlm_generator_new(m, p, NULL, &g, &gen) != EVLM_OK) break;
+        c.gen = gen;
+        pthread_create(&t, NULL, cancel_when_ready, &c);
+        while (!done && evlm_generator_step(gen, &token, &done) == EVLM_OK) {
+            if (!done) ++steps;
+            __atomic_store_n(&c.produced, steps, __ATOMIC_RELEASE);
+        }
+        pthread_join(t, NULL);
+        if (evlm_generator_result(gen, &r) == EVLM_OK) {
+            evlm_result_tokens(r, &before);
+            clean += strcmp(evlm_result_finish_reason(r), "cancelled") == 0 && before >= (size_t)c.after &&
+                     before <= (size_t)c.seen + 1;
+            evlm_result_free(r);
+        }
+        evlm_generator_free(gen);
+    }
+    EXPECT(clean == rounds, "a cancel from another thread ends every generator within one token");
+    printf("generator: %d of %d cancels from another thread ended cleanly\n", clean, rounds);
+    evlm_result_free(whole);
+    evlm_prompt_free(p);
+    evlm_model_close(m);
+}
+
 static void open_ask_close(const char *bundle, int loops) {
     int i;
     for (i = 0; i < loops; ++i) {
@@ -230,6 +319,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < sizeof pixels; ++i) pixels[i] = (uint8_t)(i * 7 + i / 13);
     bad_input(argv[1], argv[2]);
     two_threads(argv[1]);
+    generator(argv[1], 200);
     open_ask_close(argv[1], argc > 3 ? atoi(argv[3]) : 100);
     printf("%d failures\n", failures);
     return failures ? 1 : 0;

@@ -52,6 +52,19 @@ int main(int argc, char **argv) {
     edgevlm::Encoded enc = model.encode(prompt);
     EXPECT(model.generate(prompt, opts, nullptr, &enc).tokens() == r.tokens(), "generation from an encoding");
 
+    // Step by step: the same tokens, and a cancel ends it ("cancelled", no token after).
+    {
+        edgevlm::Generator gen = model.generator(prompt, opts, &enc);
+        std::vector<int32_t> steps;
+        while (auto t = gen.next()) steps.push_back(*t);
+        EXPECT(steps == r.tokens() && gen.done() && gen.result().text() == r.text(), "generator steps");
+        edgevlm::Generator cut = model.generator(prompt, opts);
+        EXPECT(cut.next().has_value(), "first step");
+        cut.cancel();
+        EXPECT(!cut.next().has_value() && cut.result().finish_reason() == "cancelled" &&
+                   cut.result().tokens().size() == 1, "generator cancel");
+    }
+
     // A callback that returns false stops: a result, not an exception.
     int seen = 0;
     edgevlm::Result stopped = model.generate(prompt, opts, [&](int32_t, std::string_view) { return ++seen < 3; });

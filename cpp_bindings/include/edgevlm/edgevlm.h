@@ -189,6 +189,24 @@ static inline void evlm_generate_options_init(evlm_generate_options *options) {
 EVLM_API evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
                                    const evlm_generate_options *options, evlm_result **out);
 
+/* Stage 3, one token per call (Python's Generator). `encoded` as in evlm_generate (NULL: the images are encoded
+   here). The options' on_token is not called (each token comes from evlm_generator_step); logits_hook is. The
+   model must outlive the generator. Thread safety: step and result belong to one thread at a time;
+   evlm_generator_cancel may be called from any thread. */
+typedef struct evlm_generator evlm_generator;
+EVLM_API evlm_status evlm_generator_new(const evlm_model *model, const evlm_prompt *prompt,
+                                        const evlm_encoded *encoded, const evlm_generate_options *options,
+                                        evlm_generator **out);
+/* The next token into *token (the first call runs the prompt: the slow one). *done is 1 with the token that ends
+   the answer (end of sequence, a stop token, max_new_tokens) and on every call after it, where *token is -1. */
+EVLM_API evlm_status evlm_generator_step(evlm_generator *generator, int32_t *token, int *done);
+/* The next step ends the answer (finish_reason "cancelled", *done 1, *token -1); a step running now completes
+   and keeps its token. Any thread; NULL is ignored. */
+EVLM_API void evlm_generator_cancel(evlm_generator *generator);
+/* The answer so far: tokens, timings, text; finish_reason "" while not done. Free with evlm_result_free. */
+EVLM_API evlm_status evlm_generator_result(const evlm_generator *generator, evlm_result **out);
+EVLM_API void evlm_generator_free(evlm_generator *generator);
+
 /* ---------------------------------------------------------------------------------------------- results */
 typedef struct evlm_timings {
     double vision_ms;      /* encoding (0 when an encoding was passed in) */

@@ -19,6 +19,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -120,8 +121,36 @@ class Result {
 
   private:
     friend class Model;
+    friend class Generator;
     explicit Result(evlm_result *h) : handle_(h) {}
     std::unique_ptr<evlm_result, detail::Deleter<evlm_result, evlm_result_free>> handle_;
+};
+
+// Stage 3 one token at a time (evlm_generator, Python's Generator): next() gives each token and std::nullopt once
+// the answer has ended; cancel() may come from any thread (the next step ends the answer, "cancelled").
+class Generator {
+  public:
+    std::optional<int32_t> next() {
+        int32_t token = -1;
+        int done = 0;
+        detail::check(evlm_generator_step(handle_.get(), &token, &done));
+        done_ = done != 0;
+        return token >= 0 ? std::optional<int32_t>(token) : std::nullopt;
+    }
+    bool done() const noexcept { return done_; }
+    void cancel() noexcept { evlm_generator_cancel(handle_.get()); }
+    // The answer so far (finish_reason "" until it ends).
+    Result result() const {
+        evlm_result *out = nullptr;
+        detail::check(evlm_generator_result(handle_.get(), &out));
+        return Result(out);
+    }
+
+  private:
+    friend class Model;
+    explicit Generator(evlm_generator *h) : handle_(h) {}
+    std::unique_ptr<evlm_generator, detail::Deleter<evlm_generator, evlm_generator_free>> handle_;
+    bool done_ = false;
 };
 
 // The generation options, with C's defaults (evlm_generate_options_init); stop tokens are copied.
@@ -186,18 +215,7 @@ class Model {
     // an error; an exception thrown by the callback stops generation and is rethrown here.
     Result generate(const Prompt &prompt, const GenerateOptions &options = {}, TokenCallback on_token = nullptr,
                     const Encoded *encoded = nullptr) {
-        evlm_generate_options c;
-        evlm_generate_options_init(&c);
-        c.max_new_tokens = options.max_new_tokens;
-        c.do_sample = options.do_sample ? 1 : 0;
-        c.temperature = options.temperature;
-        c.top_k = options.top_k;
-        c.top_p = options.top_p;
-        c.seed = options.seed;
-        c.ignore_eos = options.ignore_eos ? 1 : 0;
-        c.repetition_penalty = options.repetition_penalty;
-        c.stop_tokens = options.stop_tokens.empty() ? nullptr : options.stop_tokens.data();
-        c.n_stop_tokens = options.stop_tokens.size();
+        evlm_generate_options c = to_c(options);
         Trampoline t{&on_token, nullptr};
         if (on_token) {
             c.on_token = &Trampoline::call;
@@ -210,6 +228,33 @@ class Model {
         if (s != EVLM_ERR_CANCELLED) detail::check(s);
         return result;
     }
+
+    // Stage 3 step by step; the Model must outlive the Generator.
+    Generator generator(const Prompt &prompt, const GenerateOptions &options = {}, const Encoded *encoded = nullptr) {
+        const evlm_generate_options c = to_c(options);
+        evlm_generator *out = nullptr;
+        detail::check(evlm_generator_new(handle_.get(), prompt.get(), encoded ? encoded->get() : nullptr, &c, &out));
+        return Generator(out);
+    }
+
+  private:
+    static evlm_generate_options to_c(const GenerateOptions &options) {
+        evlm_generate_options c;
+        evlm_generate_options_init(&c);
+        c.max_new_tokens = options.max_new_tokens;
+        c.do_sample = options.do_sample ? 1 : 0;
+        c.temperature = options.temperature;
+        c.top_k = options.top_k;
+        c.top_p = options.top_p;
+        c.seed = options.seed;
+        c.ignore_eos = options.ignore_eos ? 1 : 0;
+        c.repetition_penalty = options.repetition_penalty;
+        c.stop_tokens = options.stop_tokens.empty() ? nullptr : options.stop_tokens.data();
+        c.n_stop_tokens = options.stop_tokens.size();
+        return c;
+    }
+
+  public:
 
     // The prompt's token ids as the model reads them (images expanded).
     std::vector<int32_t> prompt_tokens(const Prompt &prompt) {
