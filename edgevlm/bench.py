@@ -92,7 +92,7 @@ def measure(model: str, variant: str, providers: str | None = None, threads: int
             err.exit_code = record.get("exit_code", 1)
             raise err
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"benchmark of {variant} failed in its child process: {tail}")
+        raise EdgeVLMError(f"benchmark of {variant} failed in its child process: {tail}")
     return BenchResult(**record)
 
 

@@ -139,3 +139,19 @@ def test_every_error_class_lives_in_errors_and_is_exported():
     assert not outside, outside
     defined = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
     assert defined <= set(edgevlm.__all__) and all(getattr(edgevlm, n) is getattr(errors, n) for n in defined)
+
+
+def test_library_raises_only_edgevlm_errors():
+    """What a caller of the library can catch is an EdgeVLMError from errors.py: no `raise ValueError(...)`,
+    TypeError, RuntimeError or KeyError in edgevlm/ (one raised only to be turned into a ModelError in the same
+    module says so on its line)."""
+    bad = []
+    for path in sorted((ROOT / "edgevlm").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        lines = path.read_text().splitlines()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                if node.exc.func.id in ("ValueError", "TypeError", "RuntimeError", "KeyError", "Exception"):
+                    if "ModelError" not in lines[node.lineno - 1]:
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not bad, "\n".join(bad)

@@ -84,7 +84,7 @@ def test_wheel_holds_runtime_and_exporter(tmp_path):
     elif KERNEL_LIBRARY not in names:
         assert "edgevlm: the kernel library was not built" in log
     assert {"edgevlm/cli.py", "edgevlm/vlm.py", "edgevlm/engine/core.py", "edgevlm/media/live.py",
-            "edgevlm_export/pipeline.py"} <= set(names)
+            "edgevlm_export/pipeline.py", "edgevlm/py.typed"} <= set(names)  # py.typed: PEP 561, typed
     runtime = {n for n in names if n.startswith("edgevlm/") and n.endswith(".py")}
     assert runtime == {p.relative_to(ROOT).as_posix() for p in (ROOT / "edgevlm").rglob("*.py")}, "a module is missing"
     assert not any(n.startswith(("tests/", "tools/")) for n in names)

@@ -148,7 +148,7 @@ def _spec(root: Path, config: dict) -> ModelSpec:
                  "kv_heads", "head_dim", "vocab_size", "max_positions", "longest_edge"):
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TypeError(f"{name} must be a positive integer, not {value!r}")
+            raise TypeError(f"{name} must be a positive integer, not {value!r}")  # read_spec: ModelError
     return spec
 
 

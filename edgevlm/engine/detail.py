@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
+
 DETAIL = {"low": "one tile, fastest", "medium": "up to 2 x 2 tiles plus the global view",
           "high": "the model's rule, up to 4 x 4 tiles plus the global view (default)"}
 
@@ -22,4 +24,4 @@ def tiling(detail: str | None, tile: int) -> dict[str, Any]:
         return {"longest_edge": 2 * tile}
     if detail in (None, "high"):
         return {}
-    raise ValueError(f"unknown detail level {detail!r}; use one of {', '.join(DETAIL)}.")
+    raise InputError(f"detail={detail!r} is not a detail level; use one of {', '.join(DETAIL)}.")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ContextLengthError
+
 try:
     import onnxruntime as ort
 except ImportError:  # providers.py raises the install hint
@@ -77,7 +79,8 @@ class SharedKVCache:
         total = past_len + new
         if total > self.capacity:
             if total > self.max_positions:
-                raise ValueError(f"{total} positions exceed the model's {self.max_positions}")
+                raise ContextLengthError(f"{total} positions exceed the model's context of {self.max_positions}; "
+                                         f"use a shorter prompt, fewer images or a lower max_new_tokens.")
             self._resize(min(max(2 * self.capacity, total), self.max_positions), keep=past_len)
         self._feeds = list(feeds.values())
         for name, value in feeds.items():

@@ -89,7 +89,7 @@ def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
         raise InputError(f"{name} has no pixels ({w}x{h}).")
     if w * h > limit:
         raise ImageTooLargeError(f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, "
-                                 f"or raise the limit (--max-image-pixels, load(max_image_pixels=...) or "
+                                 f"or raise the limit (load(max_image_pixels=...), CLI --max-image-pixels, or "
                                  f"EDGEVLM_MAX_IMAGE_PIXELS).")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 THUMB = (64, 36)
 
 
@@ -32,7 +34,8 @@ class MotionGate:
 
     def __init__(self, threshold: float = 6.0):
         if threshold < 0:
-            raise ValueError("the motion threshold cannot be negative.")
+            raise InputError(f"threshold={threshold!r}: the motion threshold cannot be negative (0 lets every frame "
+                             f"through).")
         self.threshold = threshold
         self.reference: np.ndarray | None = None
 

@@ -163,7 +163,7 @@ class OutputStream:
 
     def __init__(self, target: OutputTarget, mode: str):
         if mode not in ("atomic", "append"):
-            raise ValueError(mode)
+            raise OutputError(f"mode={mode!r}: an output stream is 'atomic' or 'append'.")
         self.target, self.mode = target, mode
         self._tmp: Path | None = None
         self._closed = False

@@ -218,7 +218,7 @@ class CaptureSource(LiveSource):
         while not self._stop.is_set():
             if time.monotonic() - lost_at > self.retry_for:
                 self.error = SourceError(f"the stream {self.name} was lost and did not come back within "
-                                         f"{self.retry_for:g} s; check the source (or raise --retry-for).")
+                                         f"{self.retry_for:g} s; check the source (or raise retry_for, CLI --retry-for).")
                 return None
             if self._stop.wait(delay):
                 return None

@@ -34,7 +34,8 @@ def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: b
     on_progress(seconds_done, duration) is called as frames are examined.
     """
     if every <= 0 or sample_fps <= 0:
-        raise InputError("--every and the sampling rate must be positive numbers of seconds / frames per second.")
+        raise InputError("every (CLI: --every) and sample_fps must be positive numbers of seconds / frames "
+                         "per second.")
     info = probe(video)
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "timeline")
     gate = MotionGate(threshold)
