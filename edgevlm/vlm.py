@@ -39,8 +39,9 @@ class VLM(Engine):
         frames, info = sample_clip(src, fps, max_frames)
         return frames, info.duration
 
-    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, max_new_tokens: int | None = None,
-                  fps: float | None = None, max_frames: int | None = None, **kw) -> Result:
+    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, *,
+                  max_new_tokens: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                  **kw) -> Result:
         """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
         (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
         if not isinstance(question, str) or not question.strip():
@@ -51,11 +52,11 @@ class VLM(Engine):
         if max_frames is not None:
             item["max_frames"] = max_frames
         return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
-                         max_new_tokens, **kw)
+                         max_new_tokens=max_new_tokens, **kw)
 
-    def caption_video(self, video: str | os.PathLike | Sequence[Frame], max_new_tokens: int | None = None,
+    def caption_video(self, video: str | os.PathLike | Sequence[Frame], *, max_new_tokens: int | None = None,
                       prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
-        return self.ask_video(video, prompt, max_new_tokens, **kw)
+        return self.ask_video(video, prompt, max_new_tokens=max_new_tokens, **kw)
 
     def timeline(self, video: str | os.PathLike, **kw) -> Iterator[Segment]:
         """Timed captions of a video file, one per segment; see edgevlm.media.timeline.timeline for the options."""
@@ -67,7 +68,7 @@ class VLM(Engine):
         return watch(self, source, **kw)
 
 
-def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, variant: str | dict[str, str] | None = None,
+def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, *, variant: str | dict[str, str] | None = None,
          providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
          vision_cache_size: int = 16, verify: bool | str = True, revision: str | None = None,
          progress: bool = True, max_image_pixels: int | None = None) -> VLM:

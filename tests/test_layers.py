@@ -155,3 +155,21 @@ def test_library_raises_only_edgevlm_errors():
                     if "ModelError" not in lines[node.lineno - 1]:
                         bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_public_options_are_keyword_only():
+    """The public calls take their subject positionally (model; messages; images and question; video; source) and
+    every option by name only, so options can be added or reordered without breaking callers."""
+    import inspect
+
+    import edgevlm
+    from edgevlm.media.live import watch
+    from edgevlm.media.timeline import timeline
+
+    positional = {edgevlm.load: 1, edgevlm.VLM.chat: 2, edgevlm.VLM.ask: 3, edgevlm.VLM.caption: 2,
+                  edgevlm.VLM.caption_batch: 2, edgevlm.VLM.stream: 3, edgevlm.VLM.ask_video: 3,
+                  edgevlm.VLM.caption_video: 2, timeline: 2, watch: 2}
+    for fn, n in positional.items():
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[n:]), (fn.__qualname__, params[n:])
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:n]), (fn.__qualname__, params[:n])

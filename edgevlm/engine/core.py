@@ -311,7 +311,7 @@ class Engine:
         return self.generator(prompt, encoded, config), prompt, encoded
 
     # ---------------------------------------------------------------------------------------- public API
-    def chat(self, messages: list[dict[str, Any]], max_new_tokens: int | None = None, split: bool | None = None,
+    def chat(self, messages: list[dict[str, Any]], *, max_new_tokens: int | None = None, split: bool | None = None,
              color: str = "rgb", config: GenerationConfig | None = None, **kw) -> Result:
         """Answer the last user turn of a conversation (system prompt and earlier turns included).
 
@@ -323,25 +323,25 @@ class Engine:
         ids = list(gen)
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
-    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, max_new_tokens: int | None = None,
-            split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
-            **kw) -> Result:
+    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, *,
+            max_new_tokens: int | None = None, split: bool | None = None, color: str = "rgb", cache: bool = True,
+            longest_edge: int | None = None, **kw) -> Result:
         """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
         cache (frames seen once). longest_edge: split images are first resized to this many pixels along their
         longer side (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
         tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
-        return self.chat(self.user_message(images, question, cache, longest_edge), max_new_tokens, split, color,
-                         **kw)
+        return self.chat(self.user_message(images, question, cache, longest_edge), max_new_tokens=max_new_tokens,
+                         split=split, color=color, **kw)
 
-    def caption(self, image: ImageLike, max_new_tokens: int | None = None, prompt: str = DEFAULT_CAPTION_PROMPT,
+    def caption(self, image: ImageLike, *, max_new_tokens: int | None = None, prompt: str = DEFAULT_CAPTION_PROMPT,
                 split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
                 **kw) -> Result:
-        return self.ask(image, prompt, task_default(max_new_tokens, kw.get("config"), "caption"), split, color,
-                        cache, longest_edge, **kw)
+        return self.ask(image, prompt, max_new_tokens=task_default(max_new_tokens, kw.get("config"), "caption"),
+                        split=split, color=color, cache=cache, longest_edge=longest_edge, **kw)
 
-    def caption_batch(self, images: Sequence[ImageLike], max_new_tokens: int | None = None,
+    def caption_batch(self, images: Sequence[ImageLike], *, max_new_tokens: int | None = None,
                       prompt: str = DEFAULT_CAPTION_PROMPT, split: bool | None = None, color: str = "rgb",
                       cache: bool = True, longest_edge: int | None = None, **kw) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
@@ -353,7 +353,8 @@ class Engine:
         t0 = time.perf_counter()
         prompts = [self.prepare(self.user_message(im, prompt, cache, longest_edge), split, color) for im in images]
         if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
-            return [self.caption(im, max_new_tokens, prompt, split, color, cache, longest_edge, **kw)
+            return [self.caption(im, max_new_tokens=max_new_tokens, prompt=prompt, split=split, color=color, cache=cache,
+                                 longest_edge=longest_edge, **kw)
                     for im in images]
         check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
         encoded = self.encode_batch(prompts)
@@ -364,7 +365,7 @@ class Engine:
         return [self._record(ids, replace(batch.timings, new_tokens=len(ids), finish_reason=finish), p, e, total_s)
                 for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)]
 
-    def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT,
+    def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT, *,
                max_new_tokens: int | None = None, split: bool | None = None, color: str = "rgb",
                longest_edge: int | None = None, **kw) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""

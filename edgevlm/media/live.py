@@ -50,7 +50,7 @@ class Trigger:
         return self._condition(caption.value)
 
 
-def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | LiveSource],
+def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | LiveSource], *,
           prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int | None = None,
           threshold: float = 6.0, min_interval: float = 0.0, heartbeat: float | None = None, split: bool = False,
           trigger: Trigger | None = None, max_captions: int | None = None, source_options: dict | None = None,

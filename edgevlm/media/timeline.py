@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_TIMELINE_PROMPT = defaults.FRAME_PROMPT
 
 
-def timeline(vlm: Engine, video: str | os.PathLike, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
+def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
              threshold: float = 6.0, scene_threshold: float = 30.0, prompt: str = DEFAULT_TIMELINE_PROMPT,
              max_new_tokens: int | None = None, split: bool = False,
              on_progress: Callable[[float, float], None] | None = None, **generate_kw: Any) -> Iterator[Segment]:
