@@ -71,7 +71,7 @@ def test_cancel_keeps_tokens_so_far(vlm):
 
 
 def test_cancel_from_another_thread_mid_step_ends_cleanly(vlm):
-    """README: cancel() works from any thread. A cancel that lands while step() runs in the driving thread must
+    """docs/python-api.md: cancel() works from any thread. A cancel that lands while step() runs in the driving thread must
     neither crash that step (it once freed the KV cache under it) nor lose the tokens so far. 200 runs, each
     cancelled at a different moment of a step (a logits processor holds the step open while the cancel lands)."""
     prompt = vlm.prepare([{"role": "user", "content": "Count to twenty."}])

@@ -127,3 +127,12 @@ def test_without_onnxruntime_the_error_says_which_extra(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == ["error: ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or "
                                              "'edgevlm[gpu]' for CUDA; from a checkout: pip install '.[cpu]')."]
+
+
+def test_readme_stays_a_first_screen():
+    """README.md is for a newcomer's first hour (at most 200 lines); the interfaces in full, contributor and CI
+    details live beside it, and every document it points to exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for doc in re.findall(r"\b((?:docs/[\w-]+|CONTRIBUTING)\.md)\b", readme):
+        assert (ROOT / doc).is_file(), doc
