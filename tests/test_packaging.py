@@ -136,3 +136,12 @@ def test_readme_stays_a_first_screen():
     assert len(readme.splitlines()) <= 200
     for doc in re.findall(r"\b((?:docs/[\w-]+|CONTRIBUTING)\.md)\b", readme):
         assert (ROOT / doc).is_file(), doc
+
+
+def test_c_docs_show_the_example_files_whole():
+    """The C and C++ code in docs/c-api.md are examples/cpp/caption.c and caption.cpp as they are: ctest builds and
+    runs those files, so the documented code is the tested code."""
+    doc = (ROOT / "docs" / "c-api.md").read_text()
+    for lang, name in (("c", "caption.c"), ("cpp", "caption.cpp")):
+        blocks = re.findall(rf"```{lang}\n(.*?)```", doc, re.S)
+        assert (ROOT / "examples" / "cpp" / name).read_text() in blocks, name
