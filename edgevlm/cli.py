@@ -152,8 +152,32 @@ def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
                          f"{'it' if len(given) == 1 else 'them'} out.")
 
 
+def _speed_hint(vlm, images, kw) -> None:
+    """One line on stderr when this run takes edgevlm's slowest path: fp32 on the CPU with many tiles, which is what
+    the defaults give for a photo (issue 24's newcomer waited 42.7 s where mixed + low took 3.8 s). The default
+    stays fp32, the variant that reproduces PyTorch's tokens exactly (docs/design.md, "Defaults")."""
+    if vlm.variant != "fp32" or vlm.providers.get("vision_encoder", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider":
+        return
+    from PIL import Image
+
+    from .engine.preprocess import tile_grid
+
+    tiles = 0
+    for path in images:
+        try:
+            with Image.open(path) as im:  # the header only
+                rows, cols = tile_grid(im.width, im.height, vlm.spec, kw.get("split"), kw.get("longest_edge"))
+        except Exception:  # the answer itself reports an unreadable image
+            return
+        tiles += rows * cols + 1 if rows else 1
+    if tiles >= 5:
+        click.echo(f"note: fp32 on the CPU with {tiles} image tiles is the slowest way to run; --variant mixed and "
+                   f"--detail medium (or low) are several times faster (README: Which variant?).", err=True)
+
+
 def _answer(vlm, images, question, max_new_tokens, detail, stream, as_json, constraint=None):
     kw = tiling(detail, vlm.spec.tile)
+    _speed_hint(vlm, images, kw)
     if stream is None:
         stream = sys.stdout.isatty() and not as_json
     if stream and as_json:

@@ -68,8 +68,14 @@ def test_cli_caption_ask_info(tiny256, tmp_path):
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
     assert record["new_tokens"] == 4 and record["tiles"] > 1 and record["prompt_tokens"] > 64
+    # the default path (fp32, every tile) is the slowest: said once on stderr, with the faster choices
+    hint = "note: fp32 on the CPU with 13 image tiles"
+    assert r.stderr.count(hint) == 1 and "--variant mixed" in r.stderr, r.stderr
     r = run_cli("ask", a, b, "What changed?", "-m", bundle, "--max-new-tokens", "3", "--no-split", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 2 and json.loads(r.stdout)["tiles"] == 2
+    assert "note: fp32" not in r.stderr
+    r = run_cli("caption", a, "-m", bundle, "--max-new-tokens", "1", "--variant", "int8")
+    assert r.returncode == 0 and "note: fp32" not in r.stderr, r.stderr
     r = run_cli("ask", "What is the capital of France?", "-m", bundle, "--max-new-tokens", "3", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 0
     # --detail trades tiles for speed: low one tile, medium the longer side at 2 tiles, high the model's rule
