@@ -91,7 +91,7 @@ def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid
     def client(i: int) -> None:
         n = 0
         while time.monotonic() < stop_at:
-            body = json.dumps({"model": "m", "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
+            body = json.dumps({"max_tokens": max_tokens, "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": image_url(i * 1000 + n), "detail": "low"}},
                 {"type": "text", "text": f"Describe image {n}."}]}]}).encode()
             status, data, took, headers = one_request(url, body)

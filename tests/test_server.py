@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from server_load import free_port, server_log, start_server  # noqa: E402  (the load test's own server starter)
 
 KEY = "test-key-123"
+MODEL = "tiny-smolvlm2"  # the served id (--model-name); requests name it
 
 
 def data_url(image, fmt: str = "PNG") -> str:
@@ -43,7 +44,7 @@ def served(tiny256):
     """The module's server process and its URL."""
     port = free_port()
     proc = start_server(str(tiny256[1]), port, "--api-key", KEY, "--max-queue", "4", "--max-body-mb", "1",
-                        "--max-image-pixels", "4000000", "--model-name", "tiny-smolvlm2", "--threads", "1")
+                        "--max-image-pixels", "4000000", "--model-name", MODEL, "--threads", "1")
     yield f"http://127.0.0.1:{port}", proc
     proc.terminate()
     assert proc.wait(30) == 0, server_log(proc)  # a clean shutdown on SIGTERM
@@ -84,7 +85,7 @@ def post(url: str, body: bytes, key: str | None = KEY, content_type: str = "appl
 
 # ------------------------------------------------------------------------------------ the openai client
 def test_text_answer_equals_the_python_api(client, vlm):
-    r = client.chat.completions.create(model="tiny-smolvlm2", max_tokens=12,
+    r = client.chat.completions.create(model=MODEL, max_tokens=12,
                                        messages=[{"role": "user", "content": "What is the capital of France?"}])
     expected = vlm.ask(None, "What is the capital of France?", max_new_tokens=12)
     assert r.choices[0].message.content == expected.text
@@ -97,7 +98,7 @@ def test_streaming_gives_the_same_answer_in_pieces(client, vlm):
     img = random_image(90, 120, 3)
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(img)}},
                                              {"type": "text", "text": "Describe it."}]}]
-    chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=16, stream=True,
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stream=True,
                                                  stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -119,7 +120,7 @@ def test_two_images_system_and_multi_turn(client, vlm):
                                                                          "detail": "low"}},
                                      {"type": "text", "text": "And this one?"}]},
     ]
-    r = client.chat.completions.create(model="m", messages=messages, max_tokens=8)
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     ours = vlm.chat([
         {"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "What is this?"}]},
@@ -131,7 +132,7 @@ def test_two_images_system_and_multi_turn(client, vlm):
 
 
 def test_sampling_options_and_stop_strings(client):
-    base = dict(model="m", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20)
+    base = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20)
     a = client.chat.completions.create(**base, temperature=0.9, top_p=0.95, seed=7).choices[0].message.content
     b = client.chat.completions.create(**base, temperature=0.9, top_p=0.95, seed=7).choices[0].message.content
     assert a == b  # seeded sampling repeats
@@ -150,7 +151,7 @@ def test_response_format_json_schema(client):
               "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0,
                                                                      "maximum": 9}}}
     for seed in range(3):
-        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Who is there?"}],
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who is there?"}],
                                            max_tokens=40, temperature=1.0, seed=seed,
                                            response_format={"type": "json_schema",
                                                             "json_schema": {"name": "who", "schema": schema}})
@@ -167,7 +168,7 @@ def test_response_format_json_schema(client):
 ])
 def test_bad_requests_are_openai_errors(client, content, status, message):
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
     assert e.value.status_code == status and message in e.value.message
     assert e.value.body["type"] == "invalid_request_error"
 
@@ -175,21 +176,24 @@ def test_bad_requests_are_openai_errors(client, content, status, message):
 def test_limits_keys_and_other_endpoints(server, client):
     big = random_image(1100, 1100)  # PNG of noise: over the 1 MB body limit of this server
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_url(big)}}]}])
     assert e.value.status_code == 413
     from PIL import Image
 
     wide = Image.new("RGB", (4000, 1001), "white")  # compresses to a few kB, but 4.0 MP > the 4,000,000 limit
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_url(wide)}}]}])
     assert e.value.status_code == 413 and "over the limit" in e.value.message
     wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        wrong.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert get(f"{server}/v1/models")[0] == 401
     assert [m.id for m in client.models.list()] == ["tiny-smolvlm2"]
+    with pytest.raises(openai.NotFoundError) as e:  # a model this server does not serve: OpenAI's 404
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_found" and "tiny-smolvlm2" in e.value.message
     status, body, _ = get(f"{server}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, body, headers = get(f"{server}/metrics")
@@ -214,7 +218,7 @@ def test_client_disconnect_cancels_the_answer(server):
     before the 3,000 tokens it was asked for), and the next request is served."""
     schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}}, "required": ["s"],
               "additionalProperties": False}
-    body = json.dumps({"model": "m", "stream": True, "max_tokens": 3000, "temperature": 1.0, "seed": 1,
+    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 3000, "temperature": 1.0, "seed": 1,
                        "messages": [{"role": "user", "content": "Write."}],
                        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
     host, port = server.removeprefix("http://").split(":")
@@ -240,7 +244,7 @@ def test_queue_full_gives_429_with_retry_after_and_timeouts_504(tiny256):
     base = f"http://127.0.0.1:{port}"
     schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}}, "required": ["s"],
               "additionalProperties": False}
-    long = json.dumps({"model": "m", "max_tokens": 3000, "temperature": 1.0, "seed": 3,
+    long = json.dumps({"max_tokens": 3000, "temperature": 1.0, "seed": 3,  # no "model": the one served
                        "messages": [{"role": "user", "content": "Write."}],
                        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
     try:

@@ -115,6 +115,9 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
         # request, /health included.
         req = await asyncio.to_thread(api.parse_chat_request, body, settings.max_body_bytes,
                                       settings.allow_remote_images)
+        if req.model and req.model != settings.model_name:  # as OpenAI answers a model it does not have
+            raise HTTPError(404, f"The model '{req.model}' does not exist on this server; it serves "
+                                 f"'{settings.model_name}' (GET /v1/models).", code="model_not_found", param="model")
         cid, model = api.completion_id(), settings.model_name
         started = time.monotonic()
         job = admit(chat_work(vlm, req.messages, req.options, req.stop))
