@@ -18,7 +18,7 @@ from . import defaults
 from .engine.bundle import DEFAULT_MODEL
 from .engine.detail import DETAIL, tiling
 from .engine.limits import DEFAULT_MAX_IMAGE_PIXELS
-from .errors import EdgeVLMError, InputError
+from .errors import ContextLengthError, EdgeVLMError, InputError
 from .media.captions import FORMATS, CaptionWriter
 from .media.outputs import OutputTarget
 
@@ -67,7 +67,10 @@ def _friendly(fn):
             _signals_as_interrupt()
             return fn(*args, **kwargs)
         except EdgeVLMError as e:
-            click.echo(f"error: {e}", err=True)
+            if isinstance(e, ContextLengthError) and e.max_positions:  # in flags, not the Python API's names
+                click.echo(f"error: {e.told('--detail low', '--max-new-tokens')}", err=True)
+            else:
+                click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

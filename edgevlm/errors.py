@@ -28,7 +28,18 @@ class ImageTooLargeError(InputError):
 
 
 class ContextLengthError(InputError):
-    """The prompt (with its image tokens) does not fit in the model's context."""
+    """The prompt (with its image tokens) does not fit in the model's context. The numbers ride along so that the
+    CLI and the server can say what to change in their own terms (flags, request fields)."""
+
+    def __init__(self, message: str, prompt_tokens: int = 0, max_new_tokens: int = 0, max_positions: int = 0):
+        super().__init__(message)
+        self.prompt_tokens, self.max_new_tokens, self.max_positions = prompt_tokens, max_new_tokens, max_positions
+
+    def told(self, fewer_tiles: str, length: str) -> str:
+        """The message with the fixes named as `fewer_tiles` and `length` (e.g. '"detail": "low"', 'max_tokens')."""
+        return (f"the prompt is {self.prompt_tokens} tokens (images included) and {self.max_new_tokens} new tokens "
+                f"are asked for, over the model's context of {self.max_positions}. Use fewer or smaller images "
+                f"({fewer_tiles}), a shorter prompt, or a lower {length}.")
 
 
 class OutputError(InputError):

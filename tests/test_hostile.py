@@ -581,7 +581,8 @@ def cases() -> list[Case]:
     # ---- arguments
     for value in ("0", "-1", "abc", "1.5"):
         add(Case(f"max-new-tokens-{value}", [*C, *IMG, *M, "--max-new-tokens", value], 2, "--max-new-tokens"))
-    add(Case("max-new-tokens-past-context", [*C, *IMG, *M, "--max-new-tokens", "9000"], 2, "context"))
+    add(Case("max-new-tokens-past-context", [*C, *IMG, *M, "--max-new-tokens", "9000"], 2,
+             r"context.*\(--detail low\).*lower --max-new-tokens"))
     add(Case("forty-images-past-context", [*C, *[f"{{w}}/img{i}.png" for i in range(40)], *M], 2,
              "context of 8192", prep=lambda env: [shutil.copy(env.w / "img.png", env.w / f"img{i}.png")
                                                   for i in range(40)]))

@@ -161,6 +161,8 @@ def test_response_format_json_schema(client):
 @pytest.mark.parametrize("content,status,message", [
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], 400,
      "messages[0].content[0]: the image cannot be read"),
+    ([{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGVsbG8gd29ybGQ="}}], 400,
+     "no image format recognizes the data"),
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], 400, "not valid base64"),
     ([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}], 400, "remote image URLs are off"),
     ([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], 400, "must be a data: URL"),
@@ -171,6 +173,7 @@ def test_bad_requests_are_openai_errors(client, content, status, message):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
     assert e.value.status_code == status and message in e.value.message
     assert e.value.body["type"] == "invalid_request_error"
+    assert " object at 0x" not in e.value.message  # no Python reprs in what an HTTP client reads
 
 
 def test_limits_keys_and_other_endpoints(server, client):
@@ -191,12 +194,17 @@ def test_limits_keys_and_other_endpoints(server, client):
         wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert get(f"{server}/v1/models")[0] == 401
     assert [m.id for m in client.models.list()] == ["tiny-smolvlm2"]
+    with pytest.raises(openai.BadRequestError) as e:  # past the context: said in request terms
+        client.chat.completions.create(model=MODEL, max_tokens=100000, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "context_length_exceeded" and '"detail": "low"' in e.value.message
+    assert "max_tokens" in e.value.message and "split=False" not in e.value.message, e.value.message
     with pytest.raises(openai.NotFoundError) as e:  # a model this server does not serve: OpenAI's 404
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["code"] == "model_not_found" and "tiny-smolvlm2" in e.value.message
     status, body, _ = get(f"{server}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
-    status, body, headers = get(f"{server}/metrics")
+    client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    status, body, headers = get(f"{server}/metrics")  # counts that answer (this test does not lean on others')
     text = body.decode()
     assert status == 200 and 'edgevlm_requests_total{endpoint="chat",status="200"}' in text
     assert "edgevlm_generated_tokens_total" in text and "edgevlm_request_seconds_bucket" in text

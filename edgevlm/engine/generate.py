@@ -107,10 +107,9 @@ class Timings:
 
 def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -> None:
     if prompt_tokens + max_new_tokens > max_positions:
-        raise ContextLengthError(
-            f"the prompt is {prompt_tokens} tokens (images included) and {max_new_tokens} new tokens are asked "
-            f"for, over the model's context of {max_positions}. Use fewer or smaller images (split=False), a "
-            f"shorter prompt, or a lower max_new_tokens.")
+        e = ContextLengthError("", prompt_tokens, max_new_tokens, max_positions)
+        e.args = (e.told("split=False", "max_new_tokens"),)
+        raise e
 
 
 def process_logits(logits: np.ndarray, generated: Sequence[int], opts: GenerationConfig,

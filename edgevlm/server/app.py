@@ -275,8 +275,9 @@ async def _read_json(request: Request, limit: int) -> Any:
 def _error_response(e: EdgeVLMError) -> JSONResponse:
     if isinstance(e, ImageTooLargeError):
         return JSONResponse(api.error_body(str(e), code="image_too_large"), 413)
-    if isinstance(e, ContextLengthError):
-        return JSONResponse(api.error_body(str(e), code="context_length_exceeded"), 400)
+    if isinstance(e, ContextLengthError):  # in request terms, not the Python API's
+        message = e.told('"detail": "low" image parts', "max_tokens") if e.max_positions else str(e)
+        return JSONResponse(api.error_body(message, code="context_length_exceeded", param="max_tokens"), 400)
     if isinstance(e, InputError):
         return JSONResponse(api.error_body(str(e)), 400)
     return JSONResponse(api.error_body(str(e), "server_error"), 500)

@@ -129,6 +129,9 @@ def _check_image(data: bytes, where: str) -> None:
         Image.open(io.BytesIO(data)).close()
     except Image.DecompressionBombError:
         return  # the engine's pixel limit answers this one (413)
+    except Image.UnidentifiedImageError:  # its message holds a Python object's repr: not for an HTTP client
+        raise RequestError(f"{where}: the image cannot be read (no image format recognizes the data); send a PNG, "
+                           f"JPEG, WebP, BMP or TIFF.", param=where) from None
     except Exception as e:  # Pillow raises many types for bad data
         raise RequestError(f"{where}: the image cannot be read ({type(e).__name__}: {e}); send a PNG, JPEG, "
                            f"WebP, BMP or TIFF.", param=where) from None
