@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import sys
@@ -671,6 +672,13 @@ def serve(model, host, port, variant, providers, threads, api_key, max_queue, ti
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model.",
                    err=True)
     click.echo(f"edgevlm serving {name} on http://{host}:{port} (page: /, API: /v1, queue {max_queue})", err=True)
+    access = logging.getLogger("edgevlm.server.access")  # edgevlm's own access line, with status, ms and tokens
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     uvicorn.run(create_app(vlm, settings), host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -414,3 +415,13 @@ def test_bounded_load_32_clients(tiny256):
     assert s["rejected_with_full_queue"] == rejected == s["server_rejected_metric"], s
     assert s["server_in_flight_after"] == 0, s
     assert s["rss_mb_end"] <= s["rss_mb_after_warmup"] * 1.10 + 20, s
+
+
+def test_one_access_line_per_request(served, client):
+    """`edgevlm serve` logs each request on stderr: client, method and path, status, milliseconds, tokens."""
+    server, proc = served
+    client.chat.completions.create(model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    get(f"{server}/v1/models", key=None)
+    lines = [line for line in server_log(proc, tail=100_000).splitlines() if '"POST /v1/chat/completions"' in line]
+    assert any(re.search(r'127\.0\.0\.1 "POST /v1/chat/completions" 200 \d+ ms \d+ tokens$', x) for x in lines), lines
+    assert re.search(r'"GET /v1/models" 401 \d+ ms -', server_log(proc, tail=100_000))

@@ -37,6 +37,8 @@ from .metrics import Metrics
 from .runner import Event, Job, QueueFull, Runner, TimedOut, chat_work
 
 log = logging.getLogger("edgevlm.server")
+# One line per request (`edgevlm serve` prints it to stderr): who, what, status, time, tokens generated.
+access_log = logging.getLogger("edgevlm.server.access")
 
 
 @dataclass
@@ -72,6 +74,7 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
 
         def wrap(fn):
             async def handler(request: Request) -> Response:
+                started = time.monotonic()
                 try:
                     if protected:
                         _check_key(request, settings.api_key)
@@ -89,6 +92,12 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
                     response = JSONResponse(api.error_body("internal server error; see the server log.",
                                                            "server_error"), 500)
                 metrics.requests.labels(name, str(response.status_code)).inc()
+                tokens = getattr(request.state, "tokens", None)
+                access_log.info('%s "%s %s" %d %.0f ms %s', request.client.host if request.client else "-",
+                                request.method, request.url.path, response.status_code,
+                                (time.monotonic() - started) * 1e3,
+                                "streamed" if isinstance(response, StreamingResponse) else
+                                f"{tokens} tokens" if tokens is not None else "-")
                 return response
             return handler
         return wrap
@@ -147,6 +156,7 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
                 job.cancel.set()
             track_queue()
         _record(metrics, "chat", started, done)
+        request.state.tokens = done["completion_tokens"]
         return JSONResponse(api.completion(cid, model, "".join(pieces).rstrip(), done["finish_reason"],
                                            done["prompt_tokens"], done["completion_tokens"]))
 
