@@ -621,8 +621,14 @@ def info(model, as_json):
         if "verification" in data and v in data["verification"]:
             r = data["verification"][v]
             extra += f"  verified: tokens equal={r['tokens_equal']}, max|dlogit|={r['max_abs_logit_diff']:.2e}"
+            if r.get("top1_agreement") is not None:
+                extra += f", top-1 agreement {100 * r['top1_agreement']:.1f} %"
         size = f"{data['variant_bytes'][v] / 1e6:8.1f} MB" if "variant_bytes" in data else ""
         click.echo(f"variant {v:6s} {size}{extra}")
+    if data.get("verification"):
+        click.echo("              (against PyTorch at export: fp32 must give its exact tokens; quantized variants "
+                   "trade some top-1 agreement for speed and size, a few percent with trained weights and more with "
+                   "random test weights, so tokens equal=False is expected there)")
     click.echo(f"providers:    available {', '.join(data['providers_available'])}; "
                f"auto order {', '.join(data['providers_auto'])}")
     graphs = ", ".join(Path(k).name for k in b.kernel_graphs) or "none in this bundle"

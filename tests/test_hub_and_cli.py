@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,8 @@ def test_cli_caption_ask_info(tiny256, tmp_path):
     assert r.returncode == 2 and "--detail" in r.stderr and "low" in r.stderr
     r = run_cli("info", bundle)
     assert r.returncode == 0 and "variant q4" in r.stdout and "tokens equal=True" in r.stdout
+    # each variant's measured agreement, and what tokens equal=False means for a quantized one
+    assert re.search(r"variant fp32 .*top-1 agreement 100\.0 %", r.stdout) and "expected there" in r.stdout
     info = json.loads(run_cli("info", bundle, "--json").stdout)
     assert info["verification"]["fp32"]["tokens_equal"] is True and "CPUExecutionProvider" in info["providers_auto"]
 

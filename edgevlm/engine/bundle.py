@@ -281,7 +281,8 @@ def describe(b: Bundle) -> dict[str, Any]:
         "default_variant": b.default_variant,
     }
     if b.manifest:
-        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"], "max_abs_logit_diff": r["max_abs_logit_diff"]}
+        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"], "max_abs_logit_diff": r["max_abs_logit_diff"],
+                                    "top1_agreement": r.get("min_teacher_forced_top1")}
                                 for v, r in manifest.get("verification", {}).items()}
         table = manifest["files"]
         data["variant_bytes"] = {v: sum(table.get(rel, {}).get("size", 0) + table.get(rel + "_data", {}).get("size", 0)
