@@ -15,7 +15,9 @@
  * with `struct_size`, which its _init function sets to the size the caller was compiled with (the inline wrappers
  * below pass sizeof); the library reads the fields that size covers and uses the defaults for the rest, so a
  * program built against an older header keeps working with a newer library (tests/test_abi.c). A struct_size
- * the library does not know (0: never initialized; larger: a newer header) is EVLM_ERR_ARGUMENT.
+ * the library does not know (0: never initialized; larger: a newer header) is EVLM_ERR_ARGUMENT. A field added
+ * later starts at or after the older struct's sizeof, never inside its tail padding (which an old caller leaves
+ * uninitialized): pad explicitly where alignment would put it there.
  * Errors: evlm_last_error() keeps the message of this thread's last failed call until another call fails.
  */
 #ifndef EDGEVLM_H
