@@ -168,6 +168,8 @@ def _speed_hint(vlm, images, kw) -> None:
 
     tiles = 0
     for path in images:
+        if not os.path.isfile(path):  # a FIFO, a device, "-": never opened here (the answer reports what it is)
+            return
         try:
             with Image.open(path) as im:  # the header only
                 rows, cols = tile_grid(im.width, im.height, vlm.spec, kw.get("split"), kw.get("longest_edge"))
