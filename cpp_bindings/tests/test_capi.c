@@ -2,7 +2,7 @@
    two threads with the same tokens as one, the step-wise generator gives evlm_generate's tokens and ends cleanly
    when another thread cancels it mid-step, and open/ask/close in a loop leaks nothing (LeakSanitizer in the
    sanitizer build, valgrind otherwise).
-   usage: test_capi BUNDLE ALTERED_BUNDLE [loops] */
+   usage: test_capi BUNDLE ALTERED_BUNDLE [loops [cancel_rounds]] */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -315,11 +315,11 @@ static void open_ask_close(const char *bundle, int loops) {
 
 int main(int argc, char **argv) {
     size_t i;
-    if (argc < 3) return fprintf(stderr, "usage: test_capi BUNDLE ALTERED_BUNDLE [loops]\n"), 2;
+    if (argc < 3) return fprintf(stderr, "usage: test_capi BUNDLE ALTERED_BUNDLE [loops [cancel_rounds]]\n"), 2;
     for (i = 0; i < sizeof pixels; ++i) pixels[i] = (uint8_t)(i * 7 + i / 13);
     bad_input(argv[1], argv[2]);
     two_threads(argv[1]);
-    generator(argv[1], 200);
+    generator(argv[1], argc > 4 ? atoi(argv[4]) : 200);
     open_ask_close(argv[1], argc > 3 ? atoi(argv[3]) : 100);
     printf("%d failures\n", failures);
     return failures ? 1 : 0;
