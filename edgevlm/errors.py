@@ -31,9 +31,9 @@ class ContextLengthError(InputError):
     """The prompt (with its image tokens) does not fit in the model's context. The numbers ride along so that the
     CLI and the server can say what to change in their own terms (flags, request fields)."""
 
-    def __init__(self, message: str, prompt_tokens: int = 0, max_new_tokens: int = 0, max_positions: int = 0):
-        super().__init__(message)
+    def __init__(self, message: str = "", prompt_tokens: int = 0, max_new_tokens: int = 0, max_positions: int = 0):
         self.prompt_tokens, self.max_new_tokens, self.max_positions = prompt_tokens, max_new_tokens, max_positions
+        super().__init__(message or self.told("split=False", "max_new_tokens"))  # the Python API's terms
 
     def told(self, fewer_tiles: str, length: str) -> str:
         """The message with the fixes named as `fewer_tiles` and `length` (e.g. '"detail": "low"', 'max_tokens')."""

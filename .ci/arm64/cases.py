@@ -118,8 +118,10 @@ def compare(x86: dict, x86_logits: dict, here: dict) -> tuple[list[dict], list[s
         ref = x86["cases"][key]
         bundle, variant, name = key.split("/")
         a, b = mine["tokens"], ref["tokens"]
-        first = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), None if len(a) == len(b) else min(len(a), len(b)))
-        steps = (first if first is not None else len(a)) + (1 if first is not None else 0)
+        first = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), None)
+        if first is None and len(a) != len(b):
+            first = min(len(a), len(b))
+        steps = len(a) if first is None else first + 1  # the logits rows both runs share
         la, lb = mine["logits"][:steps], x86_logits[key][:steps]
         rel = float(max((np.abs(p - q).max() / max(np.abs(q).max(), 1e-30) for p, q in zip(la, lb)), default=0.0))
         fp32_ref = x86["cases"].get(f"{bundle}/fp32/{name}")

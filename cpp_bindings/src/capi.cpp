@@ -28,6 +28,7 @@ struct evlm_result {
     double vision_ms = 0, preprocess_ms = 0, vision_runtime_ms = 0;
 };
 struct evlm_generator {
+    evlm::Features features;  // its own: the caller may free an evlm_encoded before the first step
     std::unique_ptr<evlm::Decoding> decoding;
     double vision_ms = 0, preprocess_ms = 0, vision_runtime_ms = 0;  // when the generator encoded the images
 };
@@ -116,6 +117,11 @@ void copy_out(const std::vector<T> &v, T *out, size_t capacity, size_t *count) {
         evlm::fail(EVLM_ERR_ARGUMENT, "the output buffer holds " + std::to_string(capacity) + " values but " +
                                           std::to_string(v.size()) + " are needed; call with NULL first for the count.");
     std::copy(v.begin(), v.end(), out);
+}
+
+void check_encoding(const evlm_encoded *encoded, const evlm::PreparedPrompt &p) {
+    if (encoded->ids != p.ids)
+        evlm::fail(EVLM_ERR_ARGUMENT, "the encoding was made for another prompt; encode this prompt first.");
 }
 
 // The C options as the library's, checked (NULL: the defaults).
@@ -334,8 +340,7 @@ evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, co
         evlm::GenerateOptions g = generate_options(options);
         auto r = std::make_unique<evlm_result>();
         if (encoded) {
-            if (encoded->ids != p.ids)
-                evlm::fail(EVLM_ERR_ARGUMENT, "the encoding was made for another prompt; encode this prompt first.");
+            check_encoding(encoded, p);
             r->generation = model->model->generate(p, encoded->features, g);
         } else {
             evlm::Features f = model->model->encode(p);
@@ -361,16 +366,15 @@ evlm_status evlm_generator_new(const evlm_model *model, const evlm_prompt *promp
         g.on_token = nullptr;  // the caller has each token from evlm_generator_step
         auto gen = std::make_unique<evlm_generator>();
         if (encoded) {
-            if (encoded->ids != p.ids)
-                evlm::fail(EVLM_ERR_ARGUMENT, "the encoding was made for another prompt; encode this prompt first.");
-            gen->decoding = std::make_unique<evlm::Decoding>(*model->model, p, encoded->features, g);
+            check_encoding(encoded, p);
+            gen->features = encoded->features;
         } else {
-            evlm::Features f = model->model->encode(p);
-            gen->vision_ms = f.vision_ms;
-            gen->vision_runtime_ms = f.runtime_ms;
-            gen->preprocess_ms = f.preprocess_ms;
-            gen->decoding = std::make_unique<evlm::Decoding>(*model->model, p, f, g);
+            gen->features = model->model->encode(p);
+            gen->vision_ms = gen->features.vision_ms;
+            gen->vision_runtime_ms = gen->features.runtime_ms;
+            gen->preprocess_ms = gen->features.preprocess_ms;
         }
+        gen->decoding = std::make_unique<evlm::Decoding>(*model->model, p, gen->features, g);
         *out = gen.release();
     });
 }

@@ -331,13 +331,13 @@ private:
 // One answer's state between steps: the decoder's cache, the logits of the last run, the tokens so far.
 struct Decoding::State {
     State(const Model &model, const PreparedPrompt &p, const Features &f, const GenerateOptions &options)
-        : m(model), s(model.spec()), prompt(p), features(f), o(options), scores(size_t(s.vocab_size)),
+        : m(model), s(model.spec()), prompt(p), features(&f), o(options), scores(size_t(s.vocab_size)),
           logits_value(tensor(scores, {1, 1, int64_t(s.vocab_size)})) {}
 
     const Model &m;
     const Spec &s;
     PreparedPrompt prompt;
-    Features features;  // dropped after the prefill
+    const Features *features;  // the caller's, read by the prefill only (null after it)
     GenerateOptions o;
     Generation g;
     std::vector<int64_t> mask, positions, keep{1};
@@ -436,9 +436,9 @@ struct Decoding::State {
                                        "context of " + std::to_string(s.max_positions) + ". Use fewer or smaller images "
                                        "(split 0), a shorter prompt, or a lower max_new_tokens.");
         size_t image_tokens = size_t(std::count(prompt.ids.begin(), prompt.ids.end(), s.image_token_id));
-        if (image_tokens * size_t(s.hidden) != features.values.size())
+        if (image_tokens * size_t(s.hidden) != features->values.size())
             fail(EVLM_ERR_INPUT, "the prompt has " + std::to_string(image_tokens) + " image tokens but the encoding holds " +
-                                     std::to_string(features.values.size() / size_t(std::max(s.hidden, 1))) +
+                                     std::to_string(features->values.size() / size_t(std::max(s.hidden, 1))) +
                                      " features; encode this prompt (evlm_encode) and pass that encoding.");
     }
 
@@ -449,8 +449,8 @@ struct Decoding::State {
         size_t row = 0;
         for (size_t i = 0; i < prompt.ids.size(); ++i)
             if (prompt.ids[i] == s.image_token_id)
-                std::copy_n(&features.values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
-        features = Features{};
+                std::copy_n(&features->values[(row++) * size_t(s.hidden)], s.hidden, &embeds[i * size_t(s.hidden)]);
+        features = nullptr;
         // edgevlm's fused decoder (positions from the mask) updates one buffer in place; the traced decoder
         // (position_ids) grows its cache by feeding each step's present.* back.
         if (!m.position_ids_) {

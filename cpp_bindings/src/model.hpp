@@ -56,7 +56,8 @@ class SharedKV;
 class Model;
 
 // One answer, step by step (the C API's evlm_generator; Model::generate runs one to its end). The model must
-// outlive it. next() and done() belong to one thread at a time; cancel() may come from any thread.
+// outlive it, and `features` must stay alive until the first next() (the prompt's pass reads them; no copy).
+// next() and done() belong to one thread at a time; cancel() may come from any thread.
 class Decoding {
 public:
     Decoding(const Model &model, const PreparedPrompt &prompt, const Features &features, const GenerateOptions &o);

@@ -107,9 +107,8 @@ class Timings:
 
 def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -> None:
     if prompt_tokens + max_new_tokens > max_positions:
-        e = ContextLengthError("", prompt_tokens, max_new_tokens, max_positions)
-        e.args = (e.told("split=False", "max_new_tokens"),)
-        raise e
+        raise ContextLengthError(prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+                                 max_positions=max_positions)
 
 
 def process_logits(logits: np.ndarray, generated: Sequence[int], opts: GenerationConfig,
