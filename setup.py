@@ -7,6 +7,7 @@ libonnxruntime-dev), else fetched from Debian's archive by cpp_bindings/scripts/
 Missing any of them, the install prints one notice and the runtime uses ONNX Runtime's own kernels, as before.
 EDGEVLM_BUILD_KERNELS=0 skips the step on purpose.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ LIBRARY = "libedgevlm_kernels.so"
 
 
 def _notice(why: str) -> None:
-    print(f"edgevlm: the kernel library was not built ({why}); the runtime will use ONNX Runtime's kernels.",
-          file=sys.stderr)
+    print(
+        f"edgevlm: the kernel library was not built ({why}); the runtime will use ONNX Runtime's kernels.",
+        file=sys.stderr,
+    )
 
 
 def _headers(work: Path) -> Path | None:
@@ -66,9 +69,18 @@ def build_kernels(dest: Path) -> bool:
         if include is None:
             _notice("no ONNX Runtime headers; set ORT_INCLUDE to a folder holding onnxruntime_cxx_api.h")
             return False
-        steps = [[cmake, "-S", str(KERNELS), "-B", str(work / "build"), f"-DORT_INCLUDE={include}",
-                  "-DCMAKE_BUILD_TYPE=Release"],
-                 [cmake, "--build", str(work / "build"), "-j", str(os.cpu_count() or 1)]]
+        steps = [
+            [
+                cmake,
+                "-S",
+                str(KERNELS),
+                "-B",
+                str(work / "build"),
+                f"-DORT_INCLUDE={include}",
+                "-DCMAKE_BUILD_TYPE=Release",
+            ],
+            [cmake, "--build", str(work / "build"), "-j", str(os.cpu_count() or 1)],
+        ]
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:

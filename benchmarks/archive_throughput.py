@@ -7,6 +7,7 @@ Makes N real H.264 videos of S seconds (a colour change every 5 s, so timelines 
 time. The wall time includes loading the model(s) and, for Ray, starting a private cluster (`--ray local`): what
 a user waits for.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from videotools import scenes  # noqa: E402
-from machine import cpu_line  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import cpu_line
+from videotools import scenes
 
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "cyan", "magenta", "gray", "pink"]
 
@@ -39,14 +40,28 @@ def main() -> None:
             colors = [COLORS[(i + k) % len(COLORS)] for k in range(max(1, args.seconds // 5))]
             scenes(src / f"{i:04d}.mp4", colors, seconds=5)
         video_seconds = args.videos * (args.seconds // 5) * 5
-        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_line()}; {args.videos} videos, "
-              f"{video_seconds / 60:.1f} min of video, --every {args.every}")
+        print(
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_line()}; {args.videos} videos, "
+            f"{video_seconds / 60:.1f} min of video, --every {args.every}"
+        )
         print("| runner | wall s | files/hour | video-hours/hour | outputs |\n|---|---|---|---|---|")
-        base = [sys.executable, "-m", "edgevlm.cli", "caption", str(src), "-m", args.bundle, "--every",
-                str(args.every)] + (["--variant", args.variant] if args.variant else [])
-        for name, extra in [("1 process (2 threads)", []), ("--jobs 2 (1 thread each)", ["--jobs", "2"]),
-                            ("Ray, 1 actor (2 threads)", ["--ray", "local", "--ray-actors", "1", "--threads", "2"]),
-                            ("Ray, 2 actors (1 thread each)", ["--ray", "local", "--ray-actors", "2"])]:
+        base = [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "caption",
+            str(src),
+            "-m",
+            args.bundle,
+            "--every",
+            str(args.every),
+        ] + (["--variant", args.variant] if args.variant else [])
+        for name, extra in [
+            ("1 process (2 threads)", []),
+            ("--jobs 2 (1 thread each)", ["--jobs", "2"]),
+            ("Ray, 1 actor (2 threads)", ["--ray", "local", "--ray-actors", "1", "--threads", "2"]),
+            ("Ray, 2 actors (1 thread each)", ["--ray", "local", "--ray-actors", "2"]),
+        ]:
             out = Path(tmp) / re.sub(r"\W+", "_", name)
             t0 = time.monotonic()
             r = subprocess.run(base + ["-o", str(out)] + extra, capture_output=True, text=True)

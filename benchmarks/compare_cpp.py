@@ -7,6 +7,7 @@ docs/benchmarks.md with the CPU line; "C outside ORT" is the C library's own tim
 tokenizer, prompt, sampling, copies): end-to-end minus the time inside ONNX Runtime's Run calls; "of which
 resizing" is the image preprocessing part of it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
 
 def main() -> None:
@@ -41,19 +42,39 @@ def main() -> None:
         w1_image(tile).tofile(raw)
         for v in a.variants.split(","):
             py = measure(a.bundle, v, "cpu", a.threads, a.runs, a.new_tokens)
-            out = subprocess.run([str(Path(a.build_dir) / "edgevlm-cpp-bench"), a.bundle, v, str(raw), str(tile),
-                                  str(tile), str(a.runs), str(a.new_tokens), str(a.threads), QUESTION],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    str(Path(a.build_dir) / "edgevlm-cpp-bench"),
+                    a.bundle,
+                    v,
+                    str(raw),
+                    str(tile),
+                    str(tile),
+                    str(a.runs),
+                    str(a.new_tokens),
+                    str(a.threads),
+                    QUESTION,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append((v, py, json.loads(out.stdout.strip().splitlines()[-1])))
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} · {cpu_line()} · {a.threads} threads")
     print("command: python " + " ".join(sys.argv))
-    print("\n| variant | API | vision ms/tile | prefill ms | decode tok/s | W1 s | C outside ORT ms | of which resizing ms "
-          "| peak RSS MB |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| variant | API | vision ms/tile | prefill ms | decode tok/s | W1 s | C outside ORT ms | of which resizing ms "
+        "| peak RSS MB |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for v, py, c in rows:
-        print(f"| {v} | Python | {py.vision_ms_per_tile} | {py.prefill_ms} | {py.decode_tokens_per_s} | "
-              f"{py.end_to_end_s} | — | — | {py.peak_rss_mb} |")
-        print(f"| {v} | C | {c['vision_ms_per_tile']} | {c['prefill_ms']} | {c['decode_tokens_per_s']} | "
-              f"{c['end_to_end_s']} | {c['outside_runtime_ms']} | {c['preprocess_ms']} | {c['peak_rss_mb']} |")
+        print(
+            f"| {v} | Python | {py.vision_ms_per_tile} | {py.prefill_ms} | {py.decode_tokens_per_s} | "
+            f"{py.end_to_end_s} | — | — | {py.peak_rss_mb} |"
+        )
+        print(
+            f"| {v} | C | {c['vision_ms_per_tile']} | {c['prefill_ms']} | {c['decode_tokens_per_s']} | "
+            f"{c['end_to_end_s']} | {c['outside_runtime_ms']} | {c['preprocess_ms']} | {c['peak_rss_mb']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ the hub's 2048 gives 17. The prompt and image are W1's (the same question and sy
 log's timestamps: from "loading model" (both models loaded) to the last timing line, so it holds reading the PNG,
 preprocessing, the encoder runs, the prompt and the 32 tokens, and not the load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_openvino import QUESTION, w1_image  # noqa: E402  (the same pixels and question)
-from machine import cpu_line  # noqa: E402
+from compare_openvino import QUESTION, w1_image
+from machine import cpu_line
 
 STAMP = r"^(\d+)\.(\d+)\.(\d+)\.(\d+) "  # llama.cpp's log prefix: minutes.seconds.milliseconds.microseconds
 
@@ -45,9 +46,30 @@ def stamp(line: str) -> float:
 def run_once(bin_dir: Path, text: Path, mmproj: Path, image: Path, threads: int, new_tokens: int) -> dict:
     """One process: models load, then (from the "loading model" line, logged once both are loaded) the image is
     read, preprocessed, encoded and the answer generated; that span is W1, the load is reported apart."""
-    cmd = [str(bin_dir / "llama-mtmd-cli"), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image),
-           "-p", QUESTION, "-n", str(new_tokens), "--ignore-eos", "--temp", "0", "-t", str(threads),
-           "--no-warmup", "--perf", "-lv", "4", "--log-timestamps", "--log-prefix"]
+    cmd = [
+        str(bin_dir / "llama-mtmd-cli"),
+        "-m",
+        str(text),
+        "--mmproj",
+        str(mmproj),
+        "--image",
+        str(image),
+        "-p",
+        QUESTION,
+        "-n",
+        str(new_tokens),
+        "--ignore-eos",
+        "--temp",
+        "0",
+        "-t",
+        str(threads),
+        "--no-warmup",
+        "--perf",
+        "-lv",
+        "4",
+        "--log-timestamps",
+        "--log-prefix",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"llama-mtmd-cli failed ({out.returncode}):\n{out.stderr[-2000:]}")
@@ -55,11 +77,19 @@ def run_once(bin_dir: Path, text: Path, mmproj: Path, image: Path, threads: int,
     start = next(stamp(ln) for ln in lines if "main: loading model" in ln)
     end = next(stamp(ln) for ln in lines if "llama_perf_context_print:       total time" in ln)
     encodes = [int(m) for ln in lines for m in re.findall(r"mtmd batch encoding done in (\d+) ms", ln)]
-    evals = [re.search(r"eval time =\s+([\d.]+) ms /\s+(\d+) runs", ln) for ln in lines
-             if "llama_perf_context_print:        eval time" in ln]
+    evals = [
+        re.search(r"eval time =\s+([\d.]+) ms /\s+(\d+) runs", ln)
+        for ln in lines
+        if "llama_perf_context_print:        eval time" in ln
+    ]
     eval_ms, runs = float(evals[-1].group(1)), int(evals[-1].group(2))
-    return {"w1_s": end - start, "load_s": start, "encodes": len(encodes), "encode_ms": sum(encodes),
-            "decode_tok_s": runs / (eval_ms / 1e3)}
+    return {
+        "w1_s": end - start,
+        "load_s": start,
+        "encodes": len(encodes),
+        "encode_ms": sum(encodes),
+        "decode_tok_s": runs / (eval_ms / 1e3),
+    }
 
 
 def main() -> None:
@@ -80,8 +110,10 @@ def main() -> None:
         for mmproj in a.mmproj:
             rows = [run_once(a.bin_dir, a.text, mmproj, image, a.threads, a.new_tokens) for _ in range(a.runs)]
             med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            print(f"| {a.text.name} | {mmproj.name} | {med['encodes']:.0f} | {med['encode_ms']:.0f} | "
-                  f"{med['decode_tok_s']:.1f} | {med['w1_s']:.3f} | {med['load_s']:.2f} |")
+            print(
+                f"| {a.text.name} | {mmproj.name} | {med['encodes']:.0f} | {med['encode_ms']:.0f} | "
+                f"{med['decode_tok_s']:.1f} | {med['w1_s']:.3f} | {med['load_s']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Runs in an environment with optimum-intel[openvino] and transformers 4.57 (optim
 it does not import edgevlm. The prompt and image are W1's: the same question and the same synthetic 512x512
 image as `edgevlm bench`, one tile (no splitting), 32 new tokens with end-of-sequence ignored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,7 @@ def main() -> None:
     def timed():
         stamps = Stamps()
         t0 = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, streamer=stamps,
-                             **gen)
+        out = model.generate(**inputs, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, streamer=stamps, **gen)
         end = time.perf_counter()
         new = out.shape[1] - inputs["input_ids"].shape[1]
         first = stamps.times[1]  # first generated token
@@ -79,8 +79,10 @@ def main() -> None:
     ttft, rate, e2e = (statistics.median(r[i] for r in runs) for i in range(3))
     n = runs[0][3]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| OpenVINO int8 (optimum-intel, hint {a.hint or 'default'}) | — | — | {ttft * 1e3:.1f} | "
-          f"{rate:.1f} | {e2e:.3f} | — | {rss:.0f} | — |")
+    print(
+        f"| OpenVINO int8 (optimum-intel, hint {a.hint or 'default'}) | — | — | {ttft * 1e3:.1f} | "
+        f"{rate:.1f} | {e2e:.3f} | — | {rss:.0f} | — |"
+    )
     print(f"load {load_s:.2f} s, prompt tokens {inputs['input_ids'].shape[1]}, new tokens {n}")
 
 

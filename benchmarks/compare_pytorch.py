@@ -5,6 +5,7 @@
 CHECKPOINT is the transformers folder the BUNDLE was exported from. Prints a markdown table for
 docs/benchmarks.md. Needs the export extra (torch, transformers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,17 +48,28 @@ def pytorch_w1(checkpoint: str, threads: int, runs: int, new_tokens: int) -> dic
             t2 = time.perf_counter()
             past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), ids.shape[1]
             for _ in range(new_tokens - 1):
-                out = model(input_ids=tok, past_key_values=past, use_cache=True,
-                            attention_mask=torch.ones(1, n + 1, dtype=torch.long))
+                out = model(
+                    input_ids=tok,
+                    past_key_values=past,
+                    use_cache=True,
+                    attention_mask=torch.ones(1, n + 1, dtype=torch.long),
+                )
                 past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), n + 1
             t3 = time.perf_counter()
             rows.append((t1 - t0, t2 - t1, (new_tokens - 1) / (t3 - t2), t3 - t0))
     rows = rows[1:]
     med = lambda i: statistics.median(r[i] for r in rows)  # noqa: E731
-    return {"variant": "PyTorch fp32 eager", "load_s": round(load_s, 2), "vision_ms_per_tile": round(med(0) * 1e3, 1),
-            "prefill_ms": round(med(1) * 1e3, 1), "first_token_ms": round((med(0) + med(1)) * 1e3, 1),
-            "decode_tokens_per_s": round(med(2), 1), "end_to_end_s": round(med(3), 3),
-            "prompt_tokens": ids.shape[1], "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "variant": "PyTorch fp32 eager",
+        "load_s": round(load_s, 2),
+        "vision_ms_per_tile": round(med(0) * 1e3, 1),
+        "prefill_ms": round(med(1) * 1e3, 1),
+        "first_token_ms": round((med(0) + med(1)) * 1e3, 1),
+        "decode_tokens_per_s": round(med(2), 1),
+        "end_to_end_s": round(med(3), 3),
+        "prompt_tokens": ids.shape[1],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -79,15 +91,21 @@ def main() -> None:
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
     print(f"{datetime.date.today()} · {cpu.stdout.strip()} · {a.threads} threads · python {platform.python_version()}")
     print("command: python " + " ".join(sys.argv))
-    print("\n| system | vision ms/tile | prefill ms | TTFT ms | decode tok/s | W1 end-to-end s | speed-up vs PyTorch "
-          "| peak RSS MB | bundle MB |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| system | vision ms/tile | prefill ms | TTFT ms | decode tok/s | W1 end-to-end s | speed-up vs PyTorch "
+        "| peak RSS MB | bundle MB |\n|---|---|---|---|---|---|---|---|---|"
+    )
     t = torch_row
-    print(f"| {t['variant']} | {t['vision_ms_per_tile']} | {t['prefill_ms']} | {t['first_token_ms']} | "
-          f"{t['decode_tokens_per_s']} | {t['end_to_end_s']} | 1.0× | {t['peak_rss_mb']} | — |")
+    print(
+        f"| {t['variant']} | {t['vision_ms_per_tile']} | {t['prefill_ms']} | {t['first_token_ms']} | "
+        f"{t['decode_tokens_per_s']} | {t['end_to_end_s']} | 1.0× | {t['peak_rss_mb']} | — |"
+    )
     for r in ours:
-        print(f"| edgevlm {r.variant} | {r.vision_ms_per_tile} | {r.prefill_ms} | {r.first_token_ms} | "
-              f"{r.decode_tokens_per_s} | {r.end_to_end_s} | {t['end_to_end_s'] / r.end_to_end_s:.1f}× | "
-              f"{r.peak_rss_mb} | {r.bundle_mb} |")
+        print(
+            f"| edgevlm {r.variant} | {r.vision_ms_per_tile} | {r.prefill_ms} | {r.first_token_ms} | "
+            f"{r.decode_tokens_per_s} | {r.end_to_end_s} | {t['end_to_end_s'] / r.end_to_end_s:.1f}× | "
+            f"{r.peak_rss_mb} | {r.bundle_mb} |"
+        )
     _ = np  # numpy imported for the runtime side
 
 

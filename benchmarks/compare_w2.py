@@ -7,6 +7,7 @@ prompt tokens), 32 new tokens with end-of-sequence ignored.
 Both sides get the runtime's own prompt ids and pixel values (the same inputs); prints a markdown table with the
 CPU line for docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
 
 def pytorch_w2(checkpoint: str, bundle: str, threads: int, runs: int, new_tokens: int) -> float:
@@ -40,8 +41,12 @@ def pytorch_w2(checkpoint: str, bundle: str, threads: int, runs: int, new_tokens
             out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
             past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), ids.shape[1]
             for _ in range(new_tokens - 1):
-                out = model(input_ids=tok, past_key_values=past, use_cache=True,
-                            attention_mask=torch.ones(1, n + 1, dtype=torch.long))
+                out = model(
+                    input_ids=tok,
+                    past_key_values=past,
+                    use_cache=True,
+                    attention_mask=torch.ones(1, n + 1, dtype=torch.long),
+                )
                 past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), n + 1
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -53,12 +58,17 @@ def edgevlm_w2(bundle: str, variant: str, threads: int, runs: int, new_tokens: i
 
     vlm = edgevlm.load(bundle, variant=variant, threads=threads, vision_cache_size=0)
     image = w1_image(vlm.spec.tile)
-    results = [vlm.ask(image, QUESTION, max_new_tokens=new_tokens, split=True, ignore_eos=True)
-               for _ in range(runs + 1)][1:]
+    results = [
+        vlm.ask(image, QUESTION, max_new_tokens=new_tokens, split=True, ignore_eos=True) for _ in range(runs + 1)
+    ][1:]
     r = results[len(results) // 2]
     return statistics.median(x.total_ms / 1e3 for x in results), {
-        "tiles": r.tiles, "prompt_tokens": r.prompt_tokens, "vision_ms": round(r.vision_ms), "prefill_ms":
-        round(r.prefill_ms), "decode_tok_s": round(r.decode_tokens_per_s, 1)}
+        "tiles": r.tiles,
+        "prompt_tokens": r.prompt_tokens,
+        "vision_ms": round(r.vision_ms),
+        "prefill_ms": round(r.prefill_ms),
+        "decode_tok_s": round(r.decode_tokens_per_s, 1),
+    }
 
 
 def main() -> None:
@@ -79,8 +89,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| PyTorch fp32 eager | {torch_s:.2f} | 1.0x | | | | | |")
     for v, (s, d) in ours.items():
-        print(f"| edgevlm {v} | {s:.2f} | {torch_s / s:.1f}x | {d['tiles']} | {d['prompt_tokens']} | {d['vision_ms']} "
-              f"| {d['prefill_ms']} | {d['decode_tok_s']} |")
+        print(
+            f"| edgevlm {v} | {s:.2f} | {torch_s / s:.1f}x | {d['tiles']} | {d['prompt_tokens']} | {d['vision_ms']} "
+            f"| {d['prefill_ms']} | {d['decode_tok_s']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ weight format (every weight read once per token).
 
     python benchmarks/cpu_ceiling.py
 """
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,13 @@ def _session(op: str, m: int, k: int, n: int):
         w = numpy_helper.from_array(rng.integers(-127, 127, (k, n)).astype(np.int8), "w")
         node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
         xt, yt = TensorProto.UINT8, TensorProto.INT32
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", xt, [m, k])],
-                          [helper.make_tensor_value_info("y", yt, [m, n])], [w])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", xt, [m, k])],
+        [helper.make_tensor_value_info("y", yt, [m, n])],
+        [w],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
@@ -38,8 +44,11 @@ def _session(op: str, m: int, k: int, n: int):
 
 def gflops(op: str, m=1024, k=768, n=3072, reps=10) -> float:
     sess = _session(op, m, k, n)
-    x = (np.random.default_rng(1).standard_normal((m, k)).astype(np.float32) if op == "MatMul"
-         else np.random.default_rng(1).integers(0, 255, (m, k)).astype(np.uint8))
+    x = (
+        np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+        if op == "MatMul"
+        else np.random.default_rng(1).integers(0, 255, (m, k)).astype(np.uint8)
+    )
     sess.run(None, {"x": x})
     t = time.perf_counter()
     for _ in range(reps):
@@ -61,12 +70,18 @@ def main() -> None:
     fp32 = max(gflops("MatMul"), gflops("MatMul", 1024, 3072, 768))
     int8 = max(gflops("MatMulInteger"), gflops("MatMulInteger", 1024, 3072, 768))
     bw = bandwidth_gbs()
-    print(f"fp32 MatMul (onnxruntime, 2 threads): {fp32:.0f} GFLOP/s -> vision floor {VISION_GFLOP / fp32 * 1e3:.0f} "
-          f"ms per 512 tile")
-    print(f"int8 MatMulInteger: {int8:.0f} GOP/s -> vision floor {VISION_GFLOP / int8 * 1e3:.0f} ms per tile if every "
-          f"op were int8")
-    print(f"memory bandwidth (copy): {bw:.1f} GB/s -> decode ceilings: fp32 540 MB/token {bw * 1e3 / 540:.0f} tok/s, "
-          f"int8 ~150 MB {bw * 1e3 / 150:.0f} tok/s, 4-bit ~100 MB {bw * 1e3 / 100:.0f} tok/s")
+    print(
+        f"fp32 MatMul (onnxruntime, 2 threads): {fp32:.0f} GFLOP/s -> vision floor {VISION_GFLOP / fp32 * 1e3:.0f} "
+        f"ms per 512 tile"
+    )
+    print(
+        f"int8 MatMulInteger: {int8:.0f} GOP/s -> vision floor {VISION_GFLOP / int8 * 1e3:.0f} ms per tile if every "
+        f"op were int8"
+    )
+    print(
+        f"memory bandwidth (copy): {bw:.1f} GB/s -> decode ceilings: fp32 540 MB/token {bw * 1e3 / 540:.0f} tok/s, "
+        f"int8 ~150 MB {bw * 1e3 / 150:.0f} tok/s, 4-bit ~100 MB {bw * 1e3 / 100:.0f} tok/s"
+    )
 
 
 if __name__ == "__main__":

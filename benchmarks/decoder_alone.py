@@ -6,6 +6,7 @@ process (this machine's speed drifts between runs, so only alternation compares)
 Each file must be edgevlm's fused decoder (inputs_embeds, attention_mask, past_key_values.* updated in place).
 The inputs are random embeddings: this measures speed, not answers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
-from edgevlm.engine.kv_cache import SharedKVCache  # noqa: E402
-from edgevlm.engine.providers import session_options  # noqa: E402
+from edgevlm.engine.kv_cache import SharedKVCache
+from edgevlm.engine.providers import session_options
 
 
 def shape_of(session: ort.InferenceSession) -> tuple[int, int, int, int]:
@@ -54,8 +55,10 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=88)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    sessions = [ort.InferenceSession(f, session_options(a.threads, True), providers=["CPUExecutionProvider"])
-                for f in a.decoders]
+    sessions = [
+        ort.InferenceSession(f, session_options(a.threads, True), providers=["CPUExecutionProvider"])
+        for f in a.decoders
+    ]
     hidden = shape_of(sessions[0])[3]
     prompt = (np.random.default_rng(0).standard_normal((1, a.prompt_tokens, hidden)) * 0.05).astype(np.float32)
     for s in sessions:

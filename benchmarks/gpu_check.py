@@ -18,6 +18,7 @@ the same device is the speed reference). It prints one markdown table set:
 `--providers cpu` runs everything on the CPU: what CI runs (tests/test_gpu_check.py) so the script stays correct
 between the rare runs on a real GPU. docs/gpu.md says how to bring onnxruntime-gpu onto the GPU machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,26 +31,32 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
 CASE_TOKENS = 16
 
 
 def parity(bundle: str, providers: str) -> tuple[list[str], bool, bool]:
     """Rows of table 1, whether fp32 matched everywhere, and whether any part fell back to the CPU."""
-    import edgevlm
     from edgevlm_export.verify import sample_inputs
+
+    import edgevlm
 
     cpu = edgevlm.load(bundle, variant="fp32", providers="cpu")
     dev = {v: edgevlm.load(bundle, variant=v, providers=providers) for v in ("fp32", "fp16")}
     fell_back = any(vlm.fell_back_to_cpu for vlm in dev.values())
     rows, all_equal = [], True
     for s in sample_inputs(cpu.spec.tile):
-        messages = edgevlm.Engine.user_message(s.image, s.question) if s.image is not None else [
-            {"role": "user", "content": s.question}]
+        messages = (
+            edgevlm.Engine.user_message(s.image, s.question)
+            if s.image is not None
+            else [{"role": "user", "content": s.question}]
+        )
         want = cpu.chat(messages, max_new_tokens=CASE_TOKENS, split=s.split, ignore_eos=True).token_ids
-        got = {v: vlm.chat(messages, max_new_tokens=CASE_TOKENS, split=s.split, ignore_eos=True).token_ids
-               for v, vlm in dev.items()}
+        got = {
+            v: vlm.chat(messages, max_new_tokens=CASE_TOKENS, split=s.split, ignore_eos=True).token_ids
+            for v, vlm in dev.items()
+        }
         equal = got["fp32"] == want
         all_equal &= equal
         rows.append(f"| {s.name} | {equal} | {_agreement(got['fp16'], want):.2f} |")
@@ -63,8 +70,9 @@ def _agreement(a: list[int], b: list[int]) -> float:
     return n / max(len(b), 1)
 
 
-def edgevlm_speed(bundle: str, variant: str, providers: str, split: bool, runs: int, new_tokens: int,
-                  host_kv: bool = False) -> dict:
+def edgevlm_speed(
+    bundle: str, variant: str, providers: str, split: bool, runs: int, new_tokens: int, host_kv: bool = False
+) -> dict:
     import edgevlm
     from edgevlm.bench import QUESTION, w1_image
 
@@ -72,12 +80,16 @@ def edgevlm_speed(bundle: str, variant: str, providers: str, split: bool, runs: 
     if host_kv:  # the feed-back loop: each step's cache goes to host memory and back
         vlm.decoder.shares_kv = False
     image = w1_image(vlm.spec.tile)
-    results = [vlm.ask(image, QUESTION, max_new_tokens=new_tokens, split=split, ignore_eos=True)
-               for _ in range(runs + 1)][1:]
-    return {"s": statistics.median(r.total_ms / 1e3 for r in results),
-            "vision_ms": statistics.median(r.vision_ms / max(r.tiles, 1) for r in results),
-            "prefill_ms": statistics.median(r.prefill_ms for r in results),
-            "decode": statistics.median(r.decode_tokens_per_s for r in results), "tiles": results[0].tiles}
+    results = [
+        vlm.ask(image, QUESTION, max_new_tokens=new_tokens, split=split, ignore_eos=True) for _ in range(runs + 1)
+    ][1:]
+    return {
+        "s": statistics.median(r.total_ms / 1e3 for r in results),
+        "vision_ms": statistics.median(r.vision_ms / max(r.tiles, 1) for r in results),
+        "prefill_ms": statistics.median(r.prefill_ms for r in results),
+        "decode": statistics.median(r.decode_tokens_per_s for r in results),
+        "tiles": results[0].tiles,
+    }
 
 
 def pytorch_speed(checkpoint: str, bundle: str, device: str, split: bool, runs: int, new_tokens: int) -> float:
@@ -91,8 +103,9 @@ def pytorch_speed(checkpoint: str, bundle: str, device: str, split: bool, runs: 
     model = SmolVLMForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager").eval().to(device)
     prep = edgevlm.Processor.open(bundle)
     image = w1_image(prep.spec.tile)
-    ids = torch.tensor([prep.prepare(edgevlm.Engine.user_message(image, QUESTION), split=split).input_ids],
-                       device=device)
+    ids = torch.tensor(
+        [prep.prepare(edgevlm.Engine.user_message(image, QUESTION), split=split).input_ids], device=device
+    )
     pixels = torch.from_numpy(prep.preprocess(image, split=split).pixel_values[None]).to(device)
 
     def sync():
@@ -107,8 +120,12 @@ def pytorch_speed(checkpoint: str, bundle: str, device: str, split: bool, runs: 
             out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
             past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), ids.shape[1]
             for _ in range(new_tokens - 1):
-                out = model(input_ids=tok, past_key_values=past, use_cache=True,
-                            attention_mask=torch.ones(1, n + 1, dtype=torch.long, device=device))
+                out = model(
+                    input_ids=tok,
+                    past_key_values=past,
+                    use_cache=True,
+                    attention_mask=torch.ones(1, n + 1, dtype=torch.long, device=device),
+                )
                 past, tok, n = out.past_key_values, out.logits[:, -1:].argmax(-1), n + 1
             sync()
             if i:  # the first run warms up CUDA's kernels and allocator
@@ -128,8 +145,12 @@ class DeviceMemory:
     def _sample(self):
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True, timeout=5)
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 used = float(out.stdout.strip().splitlines()[0])
                 self.peak_mb = max(self.peak_mb or 0.0, used)
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
@@ -155,23 +176,38 @@ def main() -> int:
     p.add_argument("--out", default=None, help="also write the tables to this file")
     a = p.parse_args()
     device = "cuda" if a.providers == "cuda" else "cpu"
-    lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} · providers {a.providers} · "
-             f"{_device_line(device)} · {cpu_line()}", "command: python " + " ".join(sys.argv), ""]
+    lines = [
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} · providers {a.providers} · "
+        f"{_device_line(device)} · {cpu_line()}",
+        "command: python " + " ".join(sys.argv),
+        "",
+    ]
     rows, equal, fell_back = parity(a.bundle, a.providers)
-    lines += [f"| case ({CASE_TOKENS} greedy tokens) | {a.providers} fp32 tokens = CPU fp32 | {a.providers} fp16 "
-              f"agreement with CPU fp32 |", "|---|---|---|", *rows, "",
-              f"fell back to the CPU: {fell_back}", ""]
-    lines += ["| workload | system | end to end s | vs PyTorch | vision ms/tile | prefill ms | decode tok/s | "
-              "peak device MB |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| case ({CASE_TOKENS} greedy tokens) | {a.providers} fp32 tokens = CPU fp32 | {a.providers} fp16 "
+        f"agreement with CPU fp32 |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"fell back to the CPU: {fell_back}",
+        "",
+    ]
+    lines += [
+        "| workload | system | end to end s | vs PyTorch | vision ms/tile | prefill ms | decode tok/s | "
+        "peak device MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, split in (("W1", False), ("W2", True)):
         torch_s = pytorch_speed(a.checkpoint, a.bundle, device, split, a.runs, a.new_tokens)
         lines.append(f"| {name} | PyTorch fp32 eager ({device}) | {torch_s:.3f} | 1.0x | | | | |")
         for variant in ("fp32", "fp16"):
             with DeviceMemory() as mem:
                 r = edgevlm_speed(a.bundle, variant, a.providers, split, a.runs, a.new_tokens)
-            lines.append(f"| {name} | edgevlm {variant} | {r['s']:.3f} | {torch_s / r['s']:.1f}x | "
-                         f"{r['vision_ms']:.1f} | {r['prefill_ms']:.1f} | {r['decode']:.1f} | "
-                         f"{'' if mem.peak_mb is None else f'{mem.peak_mb:.0f}'} |")
+            lines.append(
+                f"| {name} | edgevlm {variant} | {r['s']:.3f} | {torch_s / r['s']:.1f}x | "
+                f"{r['vision_ms']:.1f} | {r['prefill_ms']:.1f} | {r['decode']:.1f} | "
+                f"{'' if mem.peak_mb is None else f'{mem.peak_mb:.0f}'} |"
+            )
     lines += ["", "| KV cache (fp16, W1) | decode tok/s |", "|---|---|"]
     for label, host in (("resident on the device (IO binding)", False), ("copied through the host", True)):
         r = edgevlm_speed(a.bundle, "fp16", a.providers, False, a.runs, a.new_tokens, host_kv=host)
@@ -187,8 +223,12 @@ def _device_line(device: str) -> str:
     if device != "cuda":
         return "no GPU (the CPU fallback path)"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return "GPU: " + out.stdout.strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "GPU: (nvidia-smi not found)"

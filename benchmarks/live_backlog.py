@@ -6,6 +6,7 @@ latency (first / median / max), frames read and dropped, and resident memory at 
 
     python benchmarks/live_backlog.py BUNDLE [--duration 60] [--variant fp32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from videotools import HttpStream, free_port  # noqa: E402
+from videotools import HttpStream, free_port
 
 
 def main() -> None:
@@ -48,11 +49,15 @@ def main() -> None:
         server.stop()
     elapsed = rows[-1][0]
     ages, lats, rss = [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
-    print(f"stream {a.size} @ {a.rate} fps, {a.variant}, {elapsed:.0f} s: {len(rows)} captions "
-          f"({len(rows) / elapsed:.2f}/s)")
+    print(
+        f"stream {a.size} @ {a.rate} fps, {a.variant}, {elapsed:.0f} s: {len(rows)} captions "
+        f"({len(rows) / elapsed:.2f}/s)"
+    )
     print(f"frame age ms: first {ages[0]:.0f}, median {statistics.median(ages):.0f}, max {max(ages):.0f}")
-    print(f"latency ms:   first {lats[0]:.0f}, median {statistics.median(lats):.0f}, max {max(lats):.0f}, "
-          f"last {lats[-1]:.0f}")
+    print(
+        f"latency ms:   first {lats[0]:.0f}, median {statistics.median(lats):.0f}, max {max(lats):.0f}, "
+        f"last {lats[-1]:.0f}"
+    )
     print(f"frames read {stats.frames_read} ({stats.frames_read / elapsed:.1f}/s), dropped {stats.frames_dropped}")
     mid = rss[len(rss) // 2]
     print(f"RSS MB: after 1st caption {rss[0]:.0f}, middle {mid:.0f}, end {rss[-1]:.0f}, max {max(rss):.0f}")

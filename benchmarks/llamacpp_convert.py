@@ -7,6 +7,7 @@ tokenize: "unordered_map::at"), and the pre-tokenizer is named SmolLM's (the loc
 differently from the hub's, which llama.cpp lists). The checkpoint's config.json needs
 text_config.architectures = ["VLlama3ForCausalLM"], as the hub's has.
 """
+
 import runpy
 import sys
 

@@ -1,5 +1,6 @@
 """The CPU line every benchmark table is printed with: model, cores, and the SIMD/matrix flags that decide
 which kernels run (the VM changes between sessions; compare only rows measured under the same line)."""
+
 from __future__ import annotations
 
 import os

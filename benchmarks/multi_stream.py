@@ -6,6 +6,7 @@
 Each round takes one 640x480 frame per stream (different pictures), 32 new tokens each (end-of-sequence ignored,
 so both ways do the same work); reports captions/s both ways, the ratio, and checks the answers are equal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
 
 def frames(streams: int) -> list[np.ndarray]:
@@ -46,7 +47,7 @@ def main() -> None:
     kw = dict(max_new_tokens=a.new_tokens, split=False, cache=False, ignore_eos=True)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} · {cpu_line()} · {a.threads} threads")
     print("command: python " + " ".join(sys.argv))
-    print(f"\n| variant | streams | one after another, captions/s | together, captions/s | ratio | answers equal |")
+    print("\n| variant | streams | one after another, captions/s | together, captions/s | ratio | answers equal |")
     print("|---|---|---|---|---|---|")
     for v in a.variants.split(","):
         vlm = edgevlm.load(a.bundle, variant=v, threads=a.threads, vision_cache_size=0)

@@ -7,6 +7,7 @@ Captions N distinct frames three ways and prints captions per second:
 
     python benchmarks/overlap.py BUNDLE [--frames 6] [--new-tokens 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--variant", default="fp32")
     a = ap.parse_args()
-    for label, threads, fn in [("sequential", None, sequential), ("overlapped", None, overlapped),
-                               ("overlapped-1thread", 1, overlapped), ("sequential-1thread", 1, sequential)]:
+    for label, threads, fn in [
+        ("sequential", None, sequential),
+        ("overlapped", None, overlapped),
+        ("overlapped-1thread", 1, overlapped),
+        ("sequential-1thread", 1, sequential),
+    ]:
         vlm = edgevlm.load(a.bundle, variant=a.variant, threads=threads, vision_cache_size=a.frames + 2)
         vlm.caption(frames(1)[0], max_new_tokens=4, split=False)  # warm-up
         vlm.vision_cache.clear()

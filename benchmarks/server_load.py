@@ -7,6 +7,7 @@ Starts `edgevlm serve` on a free 127.0.0.1 port, then every client loops: one ch
 percentiles of the answered requests, the status codes, whether every 429 came with a full queue, and the
 server's RSS after warm-up and at the end. tests/test_server.py runs it and checks the same numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import psutil
-from PIL import Image
 from machine import cpu_line
+from PIL import Image
 
 
 def free_port() -> int:
@@ -39,9 +40,13 @@ def free_port() -> int:
 def start_server(bundle: str, port: int, *extra: str) -> subprocess.Popen:
     # The server's log goes to a file, never to a pipe: a pipe nobody reads fills (64 KiB) and then blocks the
     # server on its next log line, which once hung a CI run mid-test.
-    log = tempfile.TemporaryFile(mode="w+", prefix="edgevlm-serve-", suffix=".log")
-    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "serve", bundle, "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+    log = tempfile.TemporaryFile(mode="w+", prefix="edgevlm-serve-", suffix=".log")  # noqa: SIM115 (lives with proc)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgevlm.cli", "serve", bundle, "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     proc.log = log  # read with server_log(proc)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -80,8 +85,7 @@ def one_request(url: str, body: bytes) -> tuple[int, dict, float, Any]:
         return e.code, json.loads(e.read() or b"{}"), time.perf_counter() - t0, e.headers
 
 
-def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid: int,
-             max_tokens: int = 16) -> dict:
+def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid: int, max_tokens: int = 16) -> dict:
     url = f"{base}/v1/chat/completions"
     stop_at = time.monotonic() + seconds
     results, lock = [], threading.Lock()
@@ -91,9 +95,20 @@ def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid
     def client(i: int) -> None:
         n = 0
         while time.monotonic() < stop_at:
-            body = json.dumps({"max_tokens": max_tokens, "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_url(i * 1000 + n), "detail": "low"}},
-                {"type": "text", "text": f"Describe image {n}."}]}]}).encode()
+            body = json.dumps(
+                {
+                    "max_tokens": max_tokens,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": image_url(i * 1000 + n), "detail": "low"}},
+                                {"type": "text", "text": f"Describe image {n}."},
+                            ],
+                        }
+                    ],
+                }
+            ).encode()
             status, data, took, headers = one_request(url, body)
             with lock:
                 results.append((time.monotonic(), status, data, took, headers))
@@ -117,15 +132,22 @@ def run_load(base: str, clients: int, seconds: float, max_queue: int, server_pid
     rejected = [r for r in results if r[1] == 429]
     warm = [m for t, m in rss if t >= min(10.0, seconds / 3)] or [m for _, m in rss]
     return {
-        "clients": clients, "seconds": round(elapsed, 1), "requests": len(results), "answered": len(ok),
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(results),
+        "answered": len(ok),
         "statuses": statuses,
         "answered_per_s": round(len(ok) / elapsed, 2),
         "p50_s": round(statistics.median(latencies), 3) if latencies else None,
         "p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3) if latencies else None,
-        "answers_with_text": sum(1 for r in ok if r[2]["choices"][0]["message"]["content"] is not None
-                                 and r[2]["usage"]["completion_tokens"] > 0),
+        "answers_with_text": sum(
+            1
+            for r in ok
+            if r[2]["choices"][0]["message"]["content"] is not None and r[2]["usage"]["completion_tokens"] > 0
+        ),
         "rejected_with_full_queue": sum(1 for r in rejected if int(r[4].get("X-Queue-Depth", -1)) >= max_queue),
-        "rss_mb_after_warmup": round(warm[0], 1), "rss_mb_end": round(rss[-1][1], 1),
+        "rss_mb_after_warmup": round(warm[0], 1),
+        "rss_mb_end": round(rss[-1][1], 1),
         "rss_mb_max": round(max(m for _, m in rss), 1),
     }
 
@@ -141,18 +163,26 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object (what the test reads)")
     args = ap.parse_args()
     port = free_port()
-    extra = ["--max-queue", str(args.max_queue), "--threads", "2"] + (["--variant", args.variant] if args.variant
-                                                                       else [])
+    extra = ["--max-queue", str(args.max_queue), "--threads", "2"] + (
+        ["--variant", args.variant] if args.variant else []
+    )
     server = start_server(args.bundle, port, *extra)
     try:
-        stats = run_load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.max_queue, server.pid,
-                         args.max_tokens)
+        stats = run_load(
+            f"http://127.0.0.1:{port}", args.clients, args.seconds, args.max_queue, server.pid, args.max_tokens
+        )
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         stats["server_rejected_metric"] = next(
-            (float(line.split()[-1]) for line in metrics.splitlines()
-             if line.startswith("edgevlm_rejected_queue_full_total")), None)
-        stats["server_in_flight_after"] = json.loads(
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())["in_flight"]
+            (
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith("edgevlm_rejected_queue_full_total")
+            ),
+            None,
+        )
+        stats["server_in_flight_after"] = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())[
+            "in_flight"
+        ]
     finally:
         server.terminate()
         server.wait(30)
@@ -160,12 +190,16 @@ def main() -> None:
         print(json.dumps(stats))
         return
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_line()}")
-    print("| clients | seconds | requests | answered | answered/s | p50 s | p95 s | statuses | RSS MB after "
-          "warm-up → end (max) |")
+    print(
+        "| clients | seconds | requests | answered | answered/s | p50 s | p95 s | statuses | RSS MB after "
+        "warm-up → end (max) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {stats['clients']} | {stats['seconds']} | {stats['requests']} | {stats['answered']} | "
-          f"{stats['answered_per_s']} | {stats['p50_s']} | {stats['p95_s']} | {stats['statuses']} | "
-          f"{stats['rss_mb_after_warmup']} → {stats['rss_mb_end']} ({stats['rss_mb_max']}) |")
+    print(
+        f"| {stats['clients']} | {stats['seconds']} | {stats['requests']} | {stats['answered']} | "
+        f"{stats['answered_per_s']} | {stats['p50_s']} | {stats['p95_s']} | {stats['statuses']} | "
+        f"{stats['rss_mb_after_warmup']} → {stats['rss_mb_end']} ({stats['rss_mb_max']}) |"
+    )
     print(json.dumps(stats))
 
 

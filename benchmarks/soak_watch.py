@@ -8,6 +8,7 @@ latency in the first window after warm-up against the last window (growth in %);
 
     python benchmarks/soak_watch.py BUNDLE [--duration 1800] [--plot docs/soak_watch.png] [--out soak.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from videotools import ffmpeg, free_port, make  # noqa: E402
-from machine import cpu_line  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import cpu_line
+from videotools import ffmpeg, free_port, make
 
 
 def window(rows: list[tuple[float, float]], lo: float, hi: float) -> float:
@@ -43,16 +44,52 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgevlm-soak-"))
-    clip = make(work / "loop.mp4", "testsrc", 12, ["-c:v", "libx264", "-pix_fmt", "yuv420p"], size="640x360",
-                rate=15)
+    clip = make(work / "loop.mp4", "testsrc", 12, ["-c:v", "libx264", "-pix_fmt", "yuv420p"], size="640x360", rate=15)
     port = free_port()
-    sender = subprocess.Popen([ffmpeg(), "-hide_banner", "-loglevel", "quiet", "-re", "-stream_loop", "-1", "-i",
-                               str(clip), "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
-                              stdin=subprocess.DEVNULL)
+    sender = subprocess.Popen(
+        [
+            ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "quiet",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+            str(clip),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     jsonl = work / "captions.jsonl"
-    cli = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "watch", f"udp://127.0.0.1:{port}", "-m", a.bundle,
-                            "--variant", a.variant, "--threshold", "0", "--max-new-tokens", "16", "--format",
-                            "jsonl", "-o", str(jsonl)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "watch",
+            f"udp://127.0.0.1:{port}",
+            "-m",
+            a.bundle,
+            "--variant",
+            a.variant,
+            "--threshold",
+            "0",
+            "--max-new-tokens",
+            "16",
+            "--format",
+            "jsonl",
+            "-o",
+            str(jsonl),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wall0 = time.time()
     proc = psutil.Process(cli.pid)
     rss: list[tuple[float, float]] = []
@@ -74,12 +111,19 @@ def main() -> None:
     first = (a.warmup, a.warmup + a.window)
     last = (end - a.window, end + 1)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_line(), "bundle": a.bundle,
-        "variant": a.variant, "duration_s": round(end), "captions": len(lat), "exit_code": cli.returncode,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_line(),
+        "bundle": a.bundle,
+        "variant": a.variant,
+        "duration_s": round(end),
+        "captions": len(lat),
+        "exit_code": cli.returncode,
         "stderr_tail": err.strip().splitlines()[-2:],
-        "rss_mb_first": round(window(rss, *first), 1), "rss_mb_last": round(window(rss, *last), 1),
+        "rss_mb_first": round(window(rss, *first), 1),
+        "rss_mb_last": round(window(rss, *last), 1),
         "rss_mb_max": round(max(v for _, v in rss), 1),
-        "latency_ms_first": round(window(lat, *first), 1), "latency_ms_last": round(window(lat, *last), 1),
+        "latency_ms_first": round(window(lat, *first), 1),
+        "latency_ms_last": round(window(lat, *last), 1),
     }
     result["rss_growth_pct"] = round(100 * (result["rss_mb_last"] / result["rss_mb_first"] - 1), 2)
     result["latency_growth_pct"] = round(100 * (result["latency_ms_last"] / result["latency_ms_first"] - 1), 2)
@@ -99,9 +143,11 @@ def plot(rss, lat, result, path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     ax1.plot([t / 60 for t, _ in rss], [v for _, v in rss], lw=1)
     ax1.set_ylabel("RSS of edgevlm watch (MB)")
-    ax1.set_title(f"edgevlm watch soak: {result['captions']} captions in {result['duration_s'] / 60:.0f} min, "
-                  f"RSS {result['rss_growth_pct']:+.1f} %, latency {result['latency_growth_pct']:+.1f} %",
-                  fontsize=10)
+    ax1.set_title(
+        f"edgevlm watch soak: {result['captions']} captions in {result['duration_s'] / 60:.0f} min, "
+        f"RSS {result['rss_growth_pct']:+.1f} %, latency {result['latency_growth_pct']:+.1f} %",
+        fontsize=10,
+    )
     ax2.plot([t / 60 for t, _ in lat], [v for _, v in lat], ".", ms=1.5)
     ax2.set_ylabel("caption latency (ms)")
     ax2.set_xlabel(f"minutes  ({result['date']}; {result['cpu']})")

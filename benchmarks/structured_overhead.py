@@ -7,6 +7,7 @@ Each prompt is answered constrained first; the unconstrained answer is then made
 max_new_tokens = the constrained length), so both decode the same number of tokens at the same context lengths.
 Text-only prompts: the overhead is per decoded token, and the trained-decoder test bundle has a random vision tower.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,24 +15,35 @@ import datetime
 import statistics
 import time
 
+from machine import cpu_line
+
 import edgevlm
 from edgevlm import Constraint
-from machine import cpu_line
 
 SCHEMAS = {
     "flags (bool + int)": {
-        "type": "object", "additionalProperties": False, "required": ["person", "count"],
-        "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0, "maximum": 99}}},
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["person", "count"],
+        "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0, "maximum": 99}},
+    },
     "caption + list (free strings)": {
-        "type": "object", "additionalProperties": False, "required": ["caption", "objects", "count"],
-        "properties": {"caption": {"type": "string", "maxLength": 160},
-                       "objects": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 6},
-                       "count": {"type": "integer", "minimum": 0, "maximum": 99}}},
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["caption", "objects", "count"],
+        "properties": {
+            "caption": {"type": "string", "maxLength": 160},
+            "objects": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 6},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+    },
 }
-PROMPTS = ["Describe a kitchen with two people cooking, as JSON.",
-           "A cat sits on a red sofa next to a lamp. Answer in JSON.",
-           "What is on a busy street at night? Reply with JSON.",
-           "Describe the weather on a sunny beach in JSON."]
+PROMPTS = [
+    "Describe a kitchen with two people cooking, as JSON.",
+    "A cat sits on a red sofa next to a lamp. Answer in JSON.",
+    "What is on a busy street at night? Reply with JSON.",
+    "Describe the weather on a sunny beach in JSON.",
+]
 
 
 def timed(fn, n: int = 20) -> float:
@@ -50,8 +62,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {cpu_line()}; "
-          f"edgevlm {edgevlm.__version__}, variant {args.variant}, {args.threads} threads")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {cpu_line()}; "
+        f"edgevlm {edgevlm.__version__}, variant {args.variant}, {args.threads} threads"
+    )
     vlm = edgevlm.load(args.bundle, variant=args.variant, threads=args.threads)
 
     t0 = time.perf_counter()
@@ -59,9 +73,9 @@ def main() -> None:
     print(f"\ntoken table for the constraint engine (once per model): {(time.perf_counter() - t0) * 1e3:.0f} ms")
     print("\n| schema | compile + check ms | matcher per answer ms |\n|---|---|---|")
     for name, schema in SCHEMAS.items():
-        compile_ms = timed(lambda: Constraint.json_schema(schema))
+        compile_ms = timed(lambda schema=schema: Constraint.json_schema(schema))
         c = Constraint.json_schema(schema)
-        start_ms = timed(lambda: vlm.grammars.start(c))
+        start_ms = timed(lambda c=c: vlm.grammars.start(c))
         print(f"| {name} | {compile_ms:.2f} | {start_ms:.2f} |")
 
     vlm.ask(None, "warm up", max_new_tokens=8)
@@ -79,8 +93,10 @@ def main() -> None:
                 lengths.append(r.new_tokens)
                 mask_ms.append(_mask_time(vlm, c, r.token_ids))
         f, h = statistics.median(free), statistics.median(held)
-        print(f"| {name} | {len(held)} | {statistics.median(lengths):.0f} | {f:.1f} | {h:.1f} | "
-              f"{(f / h - 1) * 100:+.1f} % | {statistics.median(mask_ms):.3f} |")
+        print(
+            f"| {name} | {len(held)} | {statistics.median(lengths):.0f} | {f:.1f} | {h:.1f} | "
+            f"{(f / h - 1) * 100:+.1f} % | {statistics.median(mask_ms):.3f} |"
+        )
     print(f"\nexample answer: {vlm.ask(None, PROMPTS[1], constraint=c, max_new_tokens=200).text}")
 
 

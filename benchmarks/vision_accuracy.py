@@ -9,6 +9,7 @@ Each photo is split as the model splits it (its tiles and the global view), so a
 `--files` adds encoder files that are not in the bundle (an experimental recipe). `--kernels` adds each variant
 again as the runtime builds it with edgevlm's own kernels (engine/kernels.py), where they apply on this CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,17 +22,19 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_line  # noqa: E402
+from machine import cpu_line
 
-from edgevlm.engine import kernels  # noqa: E402
-from edgevlm.engine.bundle import open_bundle  # noqa: E402
-from edgevlm.engine.preprocess import process_image  # noqa: E402
-from edgevlm.engine.providers import session_options  # noqa: E402
+from edgevlm.engine import kernels
+from edgevlm.engine.bundle import open_bundle
+from edgevlm.engine.preprocess import process_image
+from edgevlm.engine.providers import session_options
 
 
 def feed(tile: np.ndarray) -> dict[str, np.ndarray]:
-    return {"pixel_values": tile[None, None].astype(np.float32),
-            "pixel_attention_mask": np.ones((1, 1, *tile.shape[1:]), bool)}
+    return {
+        "pixel_values": tile[None, None].astype(np.float32),
+        "pixel_attention_mask": np.ones((1, 1, *tile.shape[1:]), bool),
+    }
 
 
 def token_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,14 +59,14 @@ def main() -> None:
         options = session_options(a.threads, True, spin=False)
         if graph is not None:
             options.register_custom_ops_library(str(kernels.library()))
-        return ort.InferenceSession(str(path) if graph is None else graph, options,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path) if graph is None else graph, options, providers=["CPUExecutionProvider"])
 
     reference = session(bundle.part_files("fp32")["vision_encoder"])
     expected = [reference.run(None, feed(t))[0] for t in tiles]
     del reference
-    files = {v: bundle.part_files(v)["vision_encoder"] for v in a.variants.split(",") if v} | \
-        {Path(f).name: Path(f) for f in a.files}
+    files = {v: bundle.part_files(v)["vision_encoder"] for v in a.variants.split(",") if v} | {
+        Path(f).name: Path(f) for f in a.files
+    }
     sessions = {name: session(path) for name, path in files.items()}
     if a.kernels:
         for name, path in files.items():
@@ -76,7 +79,7 @@ def main() -> None:
         s.run(None, feed(tiles[0]))  # warm-up
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for r in range(a.rounds):  # alternating, the order reversed every other round
-        for name, s in (list(sessions.items()) if r % 2 else list(sessions.items())[::-1]):
+        for name, s in list(sessions.items()) if r % 2 else list(sessions.items())[::-1]:
             t = time.perf_counter()
             s.run(None, feed(tiles[0]))
             times[name].append(1e3 * (time.perf_counter() - t))

@@ -7,17 +7,84 @@
 `load`, `VLM` and `Result` are imported on first use (PEP 562): numpy and onnxruntime take ~0.3 s to import,
 which a program that only checks the version or the errors should not pay.
 """
-from .errors import (ConstraintError, ContextLengthError, EdgeVLMError, ImageTooLargeError, IncompleteAnswerError,
-                     InputError, ModelError, OutputError, SourceError)
+
+from typing import TYPE_CHECKING
+
+from .errors import (
+    ConstraintError,
+    ContextLengthError,
+    EdgeVLMError,
+    ImageTooLargeError,
+    IncompleteAnswerError,
+    InputError,
+    ModelError,
+    OutputError,
+    SourceError,
+)
 
 __version__ = "0.1.0"
-_LAZY = {"load": "vlm", "VLM": "vlm", "Engine": "engine.core", "Result": "records", "Prompt": "engine.processor",
-         "Processor": "engine.processor", "EncodedImages": "engine.core", "GenerationConfig": "engine.generate", "Generator": "engine.generate",
-         "Frame": "engine.frame", "Segment": "records", "PushSource": "media.sources",
-         "LiveCaption": "records", "Trigger": "media.live", "Constraint": "engine.structured",
-         "Condition": "media.conditions"}
-__all__ = [*_LAZY, "EdgeVLMError", "InputError", "ModelError", "ContextLengthError", "ConstraintError",
-           "IncompleteAnswerError", "ImageTooLargeError", "OutputError", "SourceError", "__version__"]
+
+# Imported on first use (PEP 562); the TYPE_CHECKING block below names the same objects for type checkers and IDEs,
+# and tests/test_layers.py checks that the two lists agree.
+_LAZY = {
+    "load": "vlm",
+    "VLM": "vlm",
+    "Engine": "engine.core",
+    "EncodedImages": "engine.core",
+    "Result": "records",
+    "Segment": "records",
+    "LiveCaption": "records",
+    "Prompt": "engine.processor",
+    "Processor": "engine.processor",
+    "GenerationConfig": "engine.generate",
+    "Generator": "engine.generate",
+    "Frame": "engine.frame",
+    "PushSource": "media.sources",
+    "Trigger": "media.live",
+    "Constraint": "engine.structured",
+    "Condition": "media.conditions",
+}
+
+if TYPE_CHECKING:
+    from .engine.core import EncodedImages, Engine
+    from .engine.frame import Frame
+    from .engine.generate import GenerationConfig, Generator
+    from .engine.processor import Processor, Prompt
+    from .engine.structured import Constraint
+    from .media.conditions import Condition
+    from .media.live import Trigger
+    from .media.sources import PushSource
+    from .records import LiveCaption, Result, Segment
+    from .vlm import VLM, load
+
+__all__ = [
+    "VLM",
+    "Condition",
+    "Constraint",
+    "ConstraintError",
+    "ContextLengthError",
+    "EdgeVLMError",
+    "EncodedImages",
+    "Engine",
+    "Frame",
+    "GenerationConfig",
+    "Generator",
+    "ImageTooLargeError",
+    "IncompleteAnswerError",
+    "InputError",
+    "LiveCaption",
+    "ModelError",
+    "OutputError",
+    "Processor",
+    "Prompt",
+    "PushSource",
+    "Result",
+    "Segment",
+    "SourceError",
+    "Trigger",
+    "__version__",
+    "load",
+]
 
 
 def __getattr__(name: str):

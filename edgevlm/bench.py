@@ -3,6 +3,7 @@
 Workload W1 (docs/benchmarks.md): one 512x512 image as a single tile, about 80 prompt tokens, 32 new tokens with
 end-of-sequence ignored. Each variant runs in a fresh subprocess so its load time and peak RSS are its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,9 @@ def w1_image(size: int = 512) -> np.ndarray:
     return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
 
 
-def run_one(model: str, variant: str, providers: str | None, threads: int | None, runs: int,
-            new_tokens: int) -> BenchResult:
+def run_one(
+    model: str, variant: str, providers: str | None, threads: int | None, runs: int, new_tokens: int
+) -> BenchResult:
     """Measure one variant in this process (call through `measure` to get a fresh process)."""
     import edgevlm
 
@@ -65,18 +67,30 @@ def run_one(model: str, variant: str, providers: str | None, threads: int | None
     med = lambda f: statistics.median(f(r, s) for r, s in results)  # noqa: E731
     size = sum(p.stat().st_size for p in with_external_data(vlm.files.values()))
     return BenchResult(
-        variant=variant, providers=",".join(vlm.providers["decoder_model_merged"]), load_s=round(load_s, 3),
+        variant=variant,
+        providers=",".join(vlm.providers["decoder_model_merged"]),
+        load_s=round(load_s, 3),
         vision_ms_per_tile=round(med(lambda r, s: r.vision_ms / max(r.tiles, 1)), 1),
-        prefill_ms=round(med(lambda r, s: r.prefill_ms), 1), first_token_ms=round(med(lambda r, s: r.first_token_ms), 1),
+        prefill_ms=round(med(lambda r, s: r.prefill_ms), 1),
+        first_token_ms=round(med(lambda r, s: r.first_token_ms), 1),
         decode_tokens_per_s=round(med(lambda r, s: r.decode_tokens_per_s), 1),
-        end_to_end_s=round(med(lambda r, s: s), 3), prompt_tokens=results[0][0].prompt_tokens,
+        end_to_end_s=round(med(lambda r, s: s), 3),
+        prompt_tokens=results[0][0].prompt_tokens,
         new_tokens=results[0][0].new_tokens,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), bundle_mb=round(size / 1e6, 1),
-        kernels=", ".join(f"{part} {what}" for part, what in vlm.kernels.items()))
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        bundle_mb=round(size / 1e6, 1),
+        kernels=", ".join(f"{part} {what}" for part, what in vlm.kernels.items()),
+    )
 
 
-def measure(model: str, variant: str, providers: str | None = None, threads: int | None = None, runs: int = 3,
-            new_tokens: int = 32) -> BenchResult:
+def measure(
+    model: str,
+    variant: str,
+    providers: str | None = None,
+    threads: int | None = None,
+    runs: int = 3,
+    new_tokens: int = 32,
+) -> BenchResult:
     """Measure one variant in a fresh process. A problem the user can fix (EdgeVLMError) comes back as the same
     error class with its message; anything else as a RuntimeError with the child's last line."""
     args = json.dumps([str(model), variant, providers, threads, runs, new_tokens])
@@ -110,19 +124,28 @@ def import_time(repeats: int = 5) -> float:
     """Median seconds for `import edgevlm` in a fresh interpreter."""
     times = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", "import time; t=time.perf_counter(); import edgevlm; "
-                              "print(time.perf_counter()-t)"], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        out = subprocess.run(
+            [sys.executable, "-c", "import time; t=time.perf_counter(); import edgevlm; print(time.perf_counter()-t)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         times.append(float(out.stdout.strip()))
     return statistics.median(times)
 
 
 def table(results: list[BenchResult]) -> str:
-    head = ("| variant | providers | load s | vision ms/tile | prefill ms | TTFT ms | decode tok/s | W1 end-to-end s "
-            "| prompt tok | peak RSS MB | bundle MB | own kernels |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = [f"| {r.variant} | {r.providers.replace('ExecutionProvider', '')} | {r.load_s} | {r.vision_ms_per_tile} | "
-            f"{r.prefill_ms} | {r.first_token_ms} | {r.decode_tokens_per_s} | {r.end_to_end_s} | {r.prompt_tokens} | "
-            f"{r.peak_rss_mb} | {r.bundle_mb} | {r.kernels or '-'} |" for r in results]
+    head = (
+        "| variant | providers | load s | vision ms/tile | prefill ms | TTFT ms | decode tok/s | W1 end-to-end s "
+        "| prompt tok | peak RSS MB | bundle MB | own kernels |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| {r.variant} | {r.providers.replace('ExecutionProvider', '')} | {r.load_s} | {r.vision_ms_per_tile} | "
+        f"{r.prefill_ms} | {r.first_token_ms} | {r.decode_tokens_per_s} | {r.end_to_end_s} | {r.prompt_tokens} | "
+        f"{r.peak_rss_mb} | {r.bundle_mb} | {r.kernels or '-'} |"
+        for r in results
+    ]
     return "\n".join([head, *rows])
 
 

@@ -3,6 +3,7 @@
 Errors the user can fix print one line to stderr and exit non-zero (2 bad input, 3 bad model, 4 export failed,
 130 interrupted); never a traceback.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,7 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, kind: type = float, min: float | None = None, max: float | None = None,
-                 min_open: bool = False):
+    def __init__(self, kind: type = float, min: float | None = None, max: float | None = None, min_open: bool = False):
         self.kind, self.min, self.max, self.min_open = kind, min, max, min_open
 
     def convert(self, value, param, ctx):
@@ -85,9 +85,13 @@ def _friendly(fn):
         except Exception as e:  # a bug, not the user's fault: one line, the traceback on request
             if os.environ.get("EDGEVLM_DEBUG"):
                 raise
-            click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in edgevlm; run again with "
-                       f"EDGEVLM_DEBUG=1 for the traceback and report it)", err=True)
+            click.echo(
+                f"error: unexpected {type(e).__name__}: {e} (this is a bug in edgevlm; run again with "
+                f"EDGEVLM_DEBUG=1 for the traceback and report it)",
+                err=True,
+            )
             sys.exit(1)
+
     return wrapper
 
 
@@ -97,20 +101,32 @@ def model_options(fn):
     fn = click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")(fn)
     fn = click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")(fn)
     fn = click.option("--max-new-tokens", type=COUNT, default=None, help="Answer length limit in tokens.")(fn)
-    fn = click.option("--detail", "detail", type=click.Choice(list(DETAIL)), default=None,
-                      help="Images: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items()) + ".")(fn)
+    fn = click.option(
+        "--detail",
+        "detail",
+        type=click.Choice(list(DETAIL)),
+        default=None,
+        help="Images: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items()) + ".",
+    )(fn)
     fn = click.option("--no-split", "detail", flag_value="low", help="Same as --detail low.")(fn)
-    fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(fn)
+    fn = click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default on a terminal).")(
+        fn
+    )
     fn = click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")(fn)
-    fn = click.option("--max-image-pixels", type=COUNT, default=None,
-                      help=f"Refuse larger images before decoding them (default {DEFAULT_MAX_IMAGE_PIXELS:,}).")(fn)
+    fn = click.option(
+        "--max-image-pixels",
+        type=COUNT,
+        default=None,
+        help=f"Refuse larger images before decoding them (default {DEFAULT_MAX_IMAGE_PIXELS:,}).",
+    )(fn)
     return fn
 
 
 def constraint_options(fn):
     fn = click.option("--choices", default=None, help="Answer with exactly one of these, comma-separated (yes,no).")(fn)
-    fn = click.option("--json-schema", default=None, metavar="FILE",
-                      help="Answer with JSON valid for the schema in FILE.")(fn)
+    fn = click.option(
+        "--json-schema", default=None, metavar="FILE", help="Answer with JSON valid for the schema in FILE."
+    )(fn)
     fn = click.option("--regex", default=None, help="Answer with text the regular expression matches in whole.")(fn)
     return fn
 
@@ -125,8 +141,11 @@ def _constraint(choices, json_schema, regex):
 
     for label, text in (("choices", choices), ("JSON schema path", json_schema), ("regex", regex)):
         _check_text(label, text)
-    given = [flag for flag, v in (("--choices", choices), ("--json-schema", json_schema), ("--regex", regex))
-             if v is not None]
+    given = [
+        flag
+        for flag, v in (("--choices", choices), ("--json-schema", json_schema), ("--regex", regex))
+        if v is not None
+    ]
     if len(given) > 1:
         raise InputError(f"give one of {', '.join(given)}, not several.")
     if choices is not None:
@@ -152,15 +171,20 @@ def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
         for p in ctx.command.params:  # --detail and --no-split set one value
             opts[p.name] = f"{opts[p.name]}/{p.opts[0]}" if p.name in opts else p.opts[0]
         flags = ", ".join(opts.get(n, n) for n in given)
-        raise InputError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply {why}; leave "
-                         f"{'it' if len(given) == 1 else 'them'} out.")
+        raise InputError(
+            f"{flags} {'does' if len(given) == 1 else 'do'} not apply {why}; leave "
+            f"{'it' if len(given) == 1 else 'them'} out."
+        )
 
 
 def _speed_hint(vlm, images, kw) -> None:
     """One line on stderr when this run takes edgevlm's slowest path: fp32 on the CPU with many tiles, which is what
     the defaults give for a photo (issue 24's newcomer waited 42.7 s where mixed + low took 3.8 s). The default
     stays fp32, the variant that reproduces PyTorch's tokens exactly (docs/design.md, "Defaults")."""
-    if vlm.variant != "fp32" or vlm.providers.get("vision_encoder", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider":
+    if (
+        vlm.variant != "fp32"
+        or vlm.providers.get("vision_encoder", ["CPUExecutionProvider"])[0] != "CPUExecutionProvider"
+    ):
         return
     from PIL import Image
 
@@ -177,8 +201,11 @@ def _speed_hint(vlm, images, kw) -> None:
             return
         tiles += rows * cols + 1 if rows else 1
     if tiles >= 5:
-        click.echo(f"note: fp32 on the CPU with {tiles} image tiles is the slowest way to run; --variant mixed and "
-                   f"--detail medium (or low) are several times faster (README: Which variant?).", err=True)
+        click.echo(
+            f"note: fp32 on the CPU with {tiles} image tiles is the slowest way to run; --variant mixed and "
+            f"--detail medium (or low) are several times faster (README: Which variant?).",
+            err=True,
+        )
 
 
 def _answer(vlm, images, question, max_new_tokens, detail, stream, as_json, constraint=None):
@@ -233,20 +260,43 @@ def main(args: list[str] | None = None) -> None:
 
 
 def video_options(fn):
-    fn = click.option("--mode", type=click.Choice(["timeline", "clip"]), default="timeline", show_default=True,
-                      help="Video: a caption per segment (timeline) or one description of the whole clip.")(fn)
-    fn = click.option("--every", type=POSITIVE, default=5.0, show_default=True,
-                      help="Timeline: seconds between sample points (a segment is at least this long).")(fn)
-    fn = click.option("--scene/--no-scene", default=True, show_default=True,
-                      help="Timeline: also cut segments at scene changes.")(fn)
-    fn = click.option("--threshold", type=Number(float, 0, 255), default=6.0, show_default=True,
-                      help="Timeline: grey-level change below which a segment is merged, not captioned.")(fn)
-    fn = click.option("--fps", type=POSITIVE, default=None, help="Clip: frames per second to sample (model default).")(fn)
+    fn = click.option(
+        "--mode",
+        type=click.Choice(["timeline", "clip"]),
+        default="timeline",
+        show_default=True,
+        help="Video: a caption per segment (timeline) or one description of the whole clip.",
+    )(fn)
+    fn = click.option(
+        "--every",
+        type=POSITIVE,
+        default=5.0,
+        show_default=True,
+        help="Timeline: seconds between sample points (a segment is at least this long).",
+    )(fn)
+    fn = click.option(
+        "--scene/--no-scene", default=True, show_default=True, help="Timeline: also cut segments at scene changes."
+    )(fn)
+    fn = click.option(
+        "--threshold",
+        type=Number(float, 0, 255),
+        default=6.0,
+        show_default=True,
+        help="Timeline: grey-level change below which a segment is merged, not captioned.",
+    )(fn)
+    fn = click.option("--fps", type=POSITIVE, default=None, help="Clip: frames per second to sample (model default).")(
+        fn
+    )
     fn = click.option("--max-frames", type=COUNT, default=None, help="Clip: most frames to sample (model default).")(fn)
-    fn = click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-                      help="Timeline output format.")(fn)
-    fn = click.option("--output", "-o", default=None,
-                      help="Timeline: write the captions to this file (atomically; - for standard output).")(fn)
+    fn = click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True, help="Timeline output format."
+    )(fn)
+    fn = click.option(
+        "--output",
+        "-o",
+        default=None,
+        help="Timeline: write the captions to this file (atomically; - for standard output).",
+    )(fn)
     return fn
 
 
@@ -276,11 +326,19 @@ TIMELINE_ONLY = ("every", "scene", "threshold", "fmt", "output")
 
 
 def archive_options(fn):
-    fn = click.option("--jobs", type=COUNT, default=None,
-                      help="Archive: worker processes, each with its own model (threads split between them).")(fn)
-    fn = click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
-                      help="Archive: run on a Ray cluster (HOST:PORT, 'auto' for the local one, 'local' to start "
-                           "one here).")(fn)
+    fn = click.option(
+        "--jobs",
+        type=COUNT,
+        default=None,
+        help="Archive: worker processes, each with its own model (threads split between them).",
+    )(fn)
+    fn = click.option(
+        "--ray",
+        "ray_address",
+        default=None,
+        metavar="ADDRESS",
+        help="Archive: run on a Ray cluster (HOST:PORT, 'auto' for the local one, 'local' to start one here).",
+    )(fn)
     fn = click.option("--ray-actors", type=COUNT, default=None, help="Archive with --ray: actors (models) to run.")(fn)
     fn = click.option("--redo", is_flag=True, help="Archive: caption every input again, even finished ones.")(fn)
     return fn
@@ -297,8 +355,12 @@ def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
 
     flags = any(ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE for n in ARCHIVE_ONLY)
     folders = any(os.path.isdir(i) and not wanted(Path(i)) for i in inputs)
-    return (flags or folders or any(is_glob(i) and not os.path.exists(i) for i in inputs)
-            or sum(is_video_path(i) for i in inputs) > 1)
+    return (
+        flags
+        or folders
+        or any(is_glob(i) and not os.path.exists(i) for i in inputs)
+        or sum(is_video_path(i) for i in inputs) > 1
+    )
 
 
 @cli.command()
@@ -310,9 +372,35 @@ def _is_archive(inputs: tuple[str, ...], ctx: click.Context) -> bool:
 @archive_options
 @click.pass_context
 @_friendly
-def caption(ctx, image, prompt, model, variant, providers, threads, max_new_tokens, detail, stream, as_json,
-            max_image_pixels, choices, json_schema, regex, mode, every, scene, threshold, fps, max_frames, fmt,
-            output, jobs, ray_address, ray_actors, redo):
+def caption(
+    ctx,
+    image,
+    prompt,
+    model,
+    variant,
+    providers,
+    threads,
+    max_new_tokens,
+    detail,
+    stream,
+    as_json,
+    max_image_pixels,
+    choices,
+    json_schema,
+    regex,
+    mode,
+    every,
+    scene,
+    threshold,
+    fps,
+    max_frames,
+    fmt,
+    output,
+    jobs,
+    ray_address,
+    ray_actors,
+    redo,
+):
     """Describe IMAGE (one or more image files) or one video file (timed captions, or one for the clip).
 
     Folders, globs or several videos with -o OUT_DIR caption an archive: one output per input, a manifest.jsonl,
@@ -322,38 +410,93 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
     if constraint is not None and max_new_tokens is None:
         max_new_tokens = CONSTRAINED_MAX_NEW_TOKENS
     if _is_archive(image, ctx):
-        _reject(ctx, ("mode", "fps", "max_frames", "stream", "as_json"),
-                "to an archive run (each video gets a timeline file; --format jsonl for records)")
+        _reject(
+            ctx,
+            ("mode", "fps", "max_frames", "stream", "as_json"),
+            "to an archive run (each video gets a timeline file; --format jsonl for records)",
+        )
         given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
-        _archive(image, output, fmt if given else "srt", model, variant, providers, threads, max_image_pixels, detail, jobs,
-                 ray_address, ray_actors, redo, {"every": every, "scene": scene, "threshold": threshold,
-                                                 "max_new_tokens": max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"],
-                                                 **({"prompt": prompt} if prompt else {}),
-                                                 **({"constraint": constraint} if constraint else {})})
+        _archive(
+            image,
+            output,
+            fmt if given else "srt",
+            model,
+            variant,
+            providers,
+            threads,
+            max_image_pixels,
+            detail,
+            jobs,
+            ray_address,
+            ray_actors,
+            redo,
+            {
+                "every": every,
+                "scene": scene,
+                "threshold": threshold,
+                "max_new_tokens": max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"],
+                **({"prompt": prompt} if prompt else {}),
+                **({"constraint": constraint} if constraint else {}),
+            },
+        )
         return
     _reject(ctx, ARCHIVE_ONLY, "to one input (they are for an archive: a folder, a glob or several videos)")
     images, video = _split_inputs(image)
     if video is None:
         _reject(ctx, VIDEO_ONLY, "to images (they are for videos)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, prompt or defaults.CAPTION_PROMPT, max_new_tokens or defaults.MAX_NEW_TOKENS["caption"], detail, stream, as_json,
-                constraint)
+        _answer(
+            vlm,
+            images,
+            prompt or defaults.CAPTION_PROMPT,
+            max_new_tokens or defaults.MAX_NEW_TOKENS["caption"],
+            detail,
+            stream,
+            as_json,
+            constraint,
+        )
     elif mode == "clip":
-        _reject(ctx, (*TIMELINE_ONLY, "detail", "stream", "max_image_pixels"),
-                "with --mode clip (one answer; video frames are one tile each)")
+        _reject(
+            ctx,
+            (*TIMELINE_ONLY, "detail", "stream", "max_image_pixels"),
+            "with --mode clip (one answer; video frames are one tile each)",
+        )
         vlm = _load(model, variant, providers, threads)
-        _print_result(vlm.ask_video(video, prompt or defaults.VIDEO_PROMPT, max_new_tokens=max_new_tokens,
-                                    fps=fps, max_frames=max_frames, constraint=constraint), as_json)
+        _print_result(
+            vlm.ask_video(
+                video,
+                prompt or defaults.VIDEO_PROMPT,
+                max_new_tokens=max_new_tokens,
+                fps=fps,
+                max_frames=max_frames,
+                constraint=constraint,
+            ),
+            as_json,
+        )
     else:
-        _reject(ctx, ("fps", "max_frames", "stream", "max_image_pixels", "detail"),
-                "to a timeline (its frames are one tile each; --fps and --max-frames are for --mode clip)")
+        _reject(
+            ctx,
+            ("fps", "max_frames", "stream", "max_image_pixels", "detail"),
+            "to a timeline (its frames are one tile each; --fps and --max-frames are for --mode clip)",
+        )
         if as_json:
-            raise InputError("--json does not apply to a video timeline; use --format jsonl for one JSON record "
-                             "per segment.")
+            raise InputError(
+                "--json does not apply to a video timeline; use --format jsonl for one JSON record per segment."
+            )
         target = OutputTarget(output, inputs=[video], model_dir=model)
         with CaptionWriter(fmt, target) as writer:  # opened before any work: a bad target fails in a second
             vlm = _load(model, variant, providers, threads)
-            _timeline(vlm, video, prompt, max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"], every, scene, threshold, writer, constraint)
+            _timeline(
+                vlm,
+                video,
+                prompt,
+                max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"],
+                every,
+                scene,
+                threshold,
+                writer,
+                constraint,
+            )
 
 
 @cli.command()
@@ -365,8 +508,25 @@ def caption(ctx, image, prompt, model, variant, providers, threads, max_new_toke
 @click.option("--max-frames", type=COUNT, default=None, help="Video: most frames to sample (model default).")
 @click.pass_context
 @_friendly
-def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens, detail, stream, as_json,
-        max_image_pixels, choices, json_schema, regex, fps, max_frames):
+def ask(
+    ctx,
+    image,
+    question,
+    model,
+    variant,
+    providers,
+    threads,
+    max_new_tokens,
+    detail,
+    stream,
+    as_json,
+    max_image_pixels,
+    choices,
+    json_schema,
+    regex,
+    fps,
+    max_frames,
+):
     """Answer QUESTION about IMAGE(s) or one video (no image: a text-only question)."""
     _check_text("question", question)
     constraint = _constraint(choices, json_schema, regex)
@@ -374,38 +534,83 @@ def ask(ctx, image, question, model, variant, providers, threads, max_new_tokens
     if video is not None:
         _reject(ctx, ("detail", "stream", "max_image_pixels"), "to a video (its frames are one tile each)")
         vlm = _load(model, variant, providers, threads)
-        _print_result(vlm.ask_video(video, question, max_new_tokens=max_new_tokens, fps=fps,
-                                    max_frames=max_frames, constraint=constraint), as_json)
+        _print_result(
+            vlm.ask_video(
+                video, question, max_new_tokens=max_new_tokens, fps=fps, max_frames=max_frames, constraint=constraint
+            ),
+            as_json,
+        )
     else:
         _reject(ctx, ("fps", "max_frames"), "to images (they are for a video)")
         vlm = _load(model, variant, providers, threads, max_image_pixels)
-        _answer(vlm, images, question, max_new_tokens or defaults.MAX_NEW_TOKENS["chat"], detail, stream, as_json, constraint)
+        _answer(
+            vlm,
+            images,
+            question,
+            max_new_tokens or defaults.MAX_NEW_TOKENS["chat"],
+            detail,
+            stream,
+            as_json,
+            constraint,
+        )
 
 
-def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_pixels, detail, jobs, ray_address,
-             ray_actors, redo, options) -> None:
+def _archive(
+    inputs,
+    output,
+    fmt,
+    model,
+    variant,
+    providers,
+    threads,
+    max_image_pixels,
+    detail,
+    jobs,
+    ray_address,
+    ray_actors,
+    redo,
+    options,
+) -> None:
     """Caption every input into OUT_DIR with a manifest; resume by default; a progress bar over the hours of
     video; a summary at the end. Inputs that fail are recorded and the rest go on; the exit code is 2 then."""
     from .archive.run import ArchiveJob, caption_archive
 
     if not output or output == "-":
-        raise InputError("captioning many files needs -o OUT_DIR: one output per input goes there, with a "
-                         "manifest.jsonl.")
+        raise InputError(
+            "captioning many files needs -o OUT_DIR: one output per input goes there, with a manifest.jsonl."
+        )
     if os.path.exists(output) and not os.path.isdir(output):
         raise InputError(f"-o {output} is a file; an archive run writes into a folder.")
     if detail in ("low", "medium"):  # videos are captioned one tile per frame whatever the detail
         options["detail"] = detail
-    job = ArchiveJob(list(inputs), output, fmt,
-                     load_kwargs={"model": model, "variant": variant, "providers": providers,
-                                  "max_image_pixels": max_image_pixels, "progress": False},
-                     options=options, jobs=jobs or 1, ray_address=None if ray_address == "local" else ray_address,
-                     use_ray=ray_address is not None, actors=ray_actors or 1, threads=threads, redo=redo)
+    job = ArchiveJob(
+        list(inputs),
+        output,
+        fmt,
+        load_kwargs={
+            "model": model,
+            "variant": variant,
+            "providers": providers,
+            "max_image_pixels": max_image_pixels,
+            "progress": False,
+        },
+        options=options,
+        jobs=jobs or 1,
+        ray_address=None if ray_address == "local" else ray_address,
+        use_ray=ray_address is not None,
+        actors=ray_actors or 1,
+        threads=threads,
+        redo=redo,
+    )
     bar = None
 
     def on_plan(items, todo, seconds):
         nonlocal bar
-        click.echo(f"{len(items)} input(s) for {output}: {len(items) - len(todo)} already done, {len(todo)} to "
-                   f"caption ({_span(seconds)} of video)", err=True)
+        click.echo(
+            f"{len(items)} input(s) for {output}: {len(items) - len(todo)} already done, {len(todo)} to "
+            f"caption ({_span(seconds)} of video)",
+            err=True,
+        )
         bar = _progress(seconds)
         bar.set_postfix_str(f"0/{len(todo)} files")
 
@@ -425,17 +630,25 @@ def _archive(inputs, output, fmt, model, variant, providers, threads, max_image_
     finally:
         if bar is not None:
             bar.close()
-    click.echo(f"done {summary.done}, failed {summary.errors}, skipped {summary.skipped} (finished before) of "
-               f"{summary.planned}; {_span(summary.video_seconds)} of video in {_span(summary.wall_seconds)} "
-               f"({summary.files_per_hour:.0f} files/h, {summary.video_hours_per_hour:.1f} video-h/h); manifest: "
-               f"{os.path.join(output, 'manifest.jsonl')}", err=True)
+    click.echo(
+        f"done {summary.done}, failed {summary.errors}, skipped {summary.skipped} (finished before) of "
+        f"{summary.planned}; {_span(summary.video_seconds)} of video in {_span(summary.wall_seconds)} "
+        f"({summary.files_per_hour:.0f} files/h, {summary.video_hours_per_hour:.1f} video-h/h); manifest: "
+        f"{os.path.join(output, 'manifest.jsonl')}",
+        err=True,
+    )
     if summary.errors:
         sys.exit(2)
 
 
 def _span(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
-        f"{seconds / 3600:.2f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.2f} h"
+    )
 
 
 def _progress(total: float | None):
@@ -449,12 +662,20 @@ def _progress(total: float | None):
     except OSError:
         size = None
     cols, rows = (size.columns, size.lines) if size else (0, 0)
-    return tqdm(total=round(total or 0, 1) or None, unit="s", leave=False, disable=not tty, ncols=cols or 80,
-                nrows=rows or 24, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+    return tqdm(
+        total=round(total or 0, 1) or None,
+        unit="s",
+        leave=False,
+        disable=not tty,
+        ncols=cols or 80,
+        nrows=rows or 24,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
+    )
 
 
-def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter,
-              constraint=None) -> None:
+def _timeline(
+    vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter, constraint=None
+) -> None:
     """Each sampled frame is one tile, as vlm.timeline's default (and watch's): a caption per segment, not a
     detailed reading of each frame."""
     from .media.timeline import DEFAULT_TIMELINE_PROMPT
@@ -466,9 +687,16 @@ def _timeline(vlm, video, prompt, max_new_tokens, every, scene, threshold, write
     def on_progress(done, total):
         bar.update(max(done - bar.n, 0))
 
-    segments = vlm.timeline(video, every=every, scene=scene, threshold=threshold,
-                            prompt=prompt or DEFAULT_TIMELINE_PROMPT, max_new_tokens=max_new_tokens,
-                            on_progress=on_progress, constraint=constraint)
+    segments = vlm.timeline(
+        video,
+        every=every,
+        scene=scene,
+        threshold=threshold,
+        prompt=prompt or DEFAULT_TIMELINE_PROMPT,
+        max_new_tokens=max_new_tokens,
+        on_progress=on_progress,
+        constraint=constraint,
+    )
     where = f" to {writer.path}" if writer.path else ""
     try:
         for rec in segments:
@@ -503,30 +731,74 @@ def _signals_as_interrupt() -> None:
 @click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
 @click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
 @click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
-@click.option("--max-new-tokens", type=COUNT, default=None,
-              help=f"Answer length limit in tokens (default {defaults.MAX_NEW_TOKENS['live']}; {CONSTRAINED_MAX_NEW_TOKENS} for a structured answer).")
+@click.option(
+    "--max-new-tokens",
+    type=COUNT,
+    default=None,
+    help=f"Answer length limit in tokens (default {defaults.MAX_NEW_TOKENS['live']}; {CONSTRAINED_MAX_NEW_TOKENS} for a structured answer).",
+)
 @constraint_options
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
-@click.option("--output", "-o", default=None,
-              help="Also append the captions to this file, one complete line each as they come.")
-@click.option("--threshold", type=Number(float, 0, 255), default=6.0, show_default=True,
-              help="Motion gate: grey-level change under which a frame is skipped (0: caption every frame).")
-@click.option("--min-interval", type=NON_NEGATIVE, default=0.0, show_default=True,
-              help="Seconds between captions, at least.")
-@click.option("--heartbeat", type=POSITIVE, default=None,
-              help="Caption an unchanged scene again after this many seconds.")
+@click.option(
+    "--output", "-o", default=None, help="Also append the captions to this file, one complete line each as they come."
+)
+@click.option(
+    "--threshold",
+    type=Number(float, 0, 255),
+    default=6.0,
+    show_default=True,
+    help="Motion gate: grey-level change under which a frame is skipped (0: caption every frame).",
+)
+@click.option(
+    "--min-interval", type=NON_NEGATIVE, default=0.0, show_default=True, help="Seconds between captions, at least."
+)
+@click.option(
+    "--heartbeat", type=POSITIVE, default=None, help="Caption an unchanged scene again after this many seconds."
+)
 @click.option("--max-captions", type=COUNT, default=None, help="Stop after this many captions.")
-@click.option("--retry-for", type=NON_NEGATIVE, default=30.0, show_default=True,
-              help="Seconds to keep reconnecting to a network stream that dropped.")
+@click.option(
+    "--retry-for",
+    type=NON_NEGATIVE,
+    default=30.0,
+    show_default=True,
+    help="Seconds to keep reconnecting to a network stream that dropped.",
+)
 @click.option("--no-realtime", is_flag=True, help="A video file is read as fast as possible, not at its own pace.")
-@click.option("--trigger", default=None,
-              help="Regular expression; a matching caption is an event (stderr). With --choices/--json-schema/--regex: "
-                   "a condition on the answer instead, such as 'person == true and count >= 2' or 'value == yes'.")
-@click.option("--trigger-exit", type=Number(int, 1, 255), default=None,
-              help="With --trigger: stop at the first match and exit with this code (1-255).")
+@click.option(
+    "--trigger",
+    default=None,
+    help="Regular expression; a matching caption is an event (stderr). With --choices/--json-schema/--regex: "
+    "a condition on the answer instead, such as 'person == true and count >= 2' or 'value == yes'.",
+)
+@click.option(
+    "--trigger-exit",
+    type=Number(int, 1, 255),
+    default=None,
+    help="With --trigger: stop at the first match and exit with this code (1-255).",
+)
 @_friendly
-def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, choices, json_schema, regex, fmt, output,
-          threshold, min_interval, heartbeat, max_captions, retry_for, no_realtime, trigger, trigger_exit):
+def watch(
+    sources,
+    prompt,
+    model,
+    variant,
+    providers,
+    threads,
+    max_new_tokens,
+    choices,
+    json_schema,
+    regex,
+    fmt,
+    output,
+    threshold,
+    min_interval,
+    heartbeat,
+    max_captions,
+    retry_for,
+    no_realtime,
+    trigger,
+    trigger_exit,
+):
     """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
     file replayed in real time. Several SOURCEs are captioned together (one batch per round), each caption naming
     its source. Stop with Ctrl-C (or SIGTERM); outputs are completed, not cut."""
@@ -572,10 +844,17 @@ def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, c
             to_file.commit()  # nothing was appended; the file is as it was
         raise
     try:
-        captions = vlm.watch(srcs if len(srcs) > 1 else srcs[0], prompt=prompt or DEFAULT_LIVE_PROMPT,
-                             max_new_tokens=max_new_tokens,
-                             threshold=threshold, min_interval=min_interval, heartbeat=heartbeat, trigger=trig,
-                             max_captions=max_captions, constraint=constraint)
+        captions = vlm.watch(
+            srcs if len(srcs) > 1 else srcs[0],
+            prompt=prompt or DEFAULT_LIVE_PROMPT,
+            max_new_tokens=max_new_tokens,
+            threshold=threshold,
+            min_interval=min_interval,
+            heartbeat=heartbeat,
+            trigger=trig,
+            max_captions=max_captions,
+            constraint=constraint,
+        )
         screen = CaptionWriter(fmt)
         try:
             for c in captions:
@@ -591,8 +870,9 @@ def watch(sources, prompt, model, variant, providers, threads, max_new_tokens, c
             src.close()
             s = src.stats
             where = f"{src.name}: " if len(srcs) > 1 else ""
-            click.echo(f"{where}frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}",
-                       err=True)
+            click.echo(
+                f"{where}frames read {s.frames_read}, dropped {s.frames_dropped}, reconnects {s.reconnects}", err=True
+            )
     if fired and trigger_exit is not None:
         sys.exit(trigger_exit)
 
@@ -616,8 +896,10 @@ def info(model, as_json):
         click.echo(json.dumps(data, indent=1))
         return
     click.echo(f"model:        {data['model']} ({'edgevlm bundle' if data['bundle'] else 'onnx/ layout'})")
-    click.echo(f"architecture: {data['architecture']}  tile {s.tile}, patch {s.patch}, scale {s.scale_factor}, "
-               f"{s.image_seq_len} tokens per tile; text {s.hidden} hidden x {s.num_layers} layers")
+    click.echo(
+        f"architecture: {data['architecture']}  tile {s.tile}, patch {s.patch}, scale {s.scale_factor}, "
+        f"{s.image_seq_len} tokens per tile; text {s.hidden} hidden x {s.num_layers} layers"
+    )
     for v in sorted(data["variants"]):
         extra = " (default)" if v == data["default_variant"] else ""
         if "verification" in data and v in data["verification"]:
@@ -628,40 +910,84 @@ def info(model, as_json):
         size = f"{data['variant_bytes'][v] / 1e6:8.1f} MB" if "variant_bytes" in data else ""
         click.echo(f"variant {v:6s} {size}{extra}")
     if data.get("verification"):
-        click.echo("              (against PyTorch at export: fp32 must give its exact tokens; quantized variants "
-                   "trade some top-1 agreement for speed and size, a few percent with trained weights and more with "
-                   "random test weights, so tokens equal=False is expected there)")
-    click.echo(f"providers:    available {', '.join(data['providers_available'])}; "
-               f"auto order {', '.join(data['providers_auto'])}")
+        click.echo(
+            "              (against PyTorch at export: fp32 must give its exact tokens; quantized variants "
+            "trade some top-1 agreement for speed and size, a few percent with trained weights and more with "
+            "random test weights, so tokens equal=False is expected there)"
+        )
+    click.echo(
+        f"providers:    available {', '.join(data['providers_available'])}; "
+        f"auto order {', '.join(data['providers_auto'])}"
+    )
     graphs = ", ".join(Path(k).name for k in b.kernel_graphs) or "none in this bundle"
     click.echo(f"kernels:      {data['kernels']}; kernel graphs: {graphs}")
 
 
 @cli.command()
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 exposes it to the network: set --api-key then).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 exposes it to the network: set --api-key then).",
+)
 @click.option("--port", type=Number(int, 0, 65535), default=8000, show_default=True)
 @click.option("--variant", "-v", default=None, help="fp32, fp16, int8, q4, mixed ... (default fp32).")
 @click.option("--providers", default=None, help="Comma list: cuda, cpu, openvino ... (default: auto).")
 @click.option("--threads", type=COUNT, default=None, help="Intra-op threads.")
-@click.option("--api-key", default=None, envvar="EDGEVLM_API_KEY",
-              help="Require 'Authorization: Bearer KEY' on /v1 (or set EDGEVLM_API_KEY).")
-@click.option("--max-queue", type=Number(int, 0), default=8, show_default=True,
-              help="Requests that may wait beside the running one; more get HTTP 429 with Retry-After.")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="EDGEVLM_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on /v1 (or set EDGEVLM_API_KEY).",
+)
+@click.option(
+    "--max-queue",
+    type=Number(int, 0),
+    default=8,
+    show_default=True,
+    help="Requests that may wait beside the running one; more get HTTP 429 with Retry-After.",
+)
 @click.option("--timeout", type=POSITIVE, default=120.0, show_default=True, help="Seconds per request.")
-@click.option("--max-body-mb", type=POSITIVE, default=20.0, show_default=True,
-              help="Largest chat request (images as data URLs); larger gets HTTP 413.")
-@click.option("--max-image-pixels", type=COUNT, default=None,
-              help=f"Refuse larger images with HTTP 413 (default {DEFAULT_MAX_IMAGE_PIXELS:,}).")
-@click.option("--allow-remote-images", is_flag=True, help="Let requests name http(s) image URLs for the server "
-              "to fetch (off: only data: URLs).")
-@click.option("--cors", "cors", multiple=True,
-              help="Allow browser pages from this origin (repeatable; off by default).")
+@click.option(
+    "--max-body-mb",
+    type=POSITIVE,
+    default=20.0,
+    show_default=True,
+    help="Largest chat request (images as data URLs); larger gets HTTP 413.",
+)
+@click.option(
+    "--max-image-pixels",
+    type=COUNT,
+    default=None,
+    help=f"Refuse larger images with HTTP 413 (default {DEFAULT_MAX_IMAGE_PIXELS:,}).",
+)
+@click.option(
+    "--allow-remote-images",
+    is_flag=True,
+    help="Let requests name http(s) image URLs for the server to fetch (off: only data: URLs).",
+)
+@click.option(
+    "--cors", "cors", multiple=True, help="Allow browser pages from this origin (repeatable; off by default)."
+)
 @click.option("--model-name", default=None, help="The model id /v1/models reports (default: the folder name).")
 @_friendly
-def serve(model, host, port, variant, providers, threads, api_key, max_queue, timeout, max_body_mb,
-          max_image_pixels, allow_remote_images, cors, model_name):
+def serve(
+    model,
+    host,
+    port,
+    variant,
+    providers,
+    threads,
+    api_key,
+    max_queue,
+    timeout,
+    max_body_mb,
+    max_image_pixels,
+    allow_remote_images,
+    cors,
+    model_name,
+):
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions (streaming too), /v1/models, /health, /metrics, and a
     live webcam page at /. Needs `pip install edgevlm[server]`."""
     try:
@@ -669,16 +995,24 @@ def serve(model, host, port, variant, providers, threads, api_key, max_queue, ti
 
         from .server.app import ServerSettings, create_app
     except ImportError as e:
-        raise InputError(f"edgevlm serve needs the server extra ({e.name} is missing): "
-                         f"pip install 'edgevlm[server]'") from None
+        raise InputError(
+            f"edgevlm serve needs the server extra ({e.name} is missing): pip install 'edgevlm[server]'"
+        ) from None
     vlm = _load(model, variant, providers, threads, max_image_pixels)
     name = model_name or os.path.basename(os.path.normpath(str(model))) or "smolvlm2"
-    settings = ServerSettings(model_name=name, api_key=api_key or None, max_queue=max_queue, timeout=timeout,
-                              max_body_bytes=int(max_body_mb * (1 << 20)), allow_remote_images=allow_remote_images,
-                              cors_origins=tuple(cors))
+    settings = ServerSettings(
+        model_name=name,
+        api_key=api_key or None,
+        max_queue=max_queue,
+        timeout=timeout,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        allow_remote_images=allow_remote_images,
+        cors_origins=tuple(cors),
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model.",
-                   err=True)
+        click.echo(
+            f"warning: listening on {host} without --api-key: anyone who can reach it can use the model.", err=True
+        )
     click.echo(f"edgevlm serving {name} on http://{host}:{port} (page: /, API: /v1, queue {max_queue})", err=True)
     access = logging.getLogger("edgevlm.server.access")  # edgevlm's own access line, with status, ms and tokens
     if not access.handlers:
@@ -720,9 +1054,12 @@ def bench(model, variants, providers, threads, runs, new_tokens, as_json):
         r = bench_mod.measure(str(root), v, providers, threads, runs, new_tokens)
         results.append(r)
         if not as_json:
-            click.echo(f"{v}: end-to-end {r.end_to_end_s:.3f} s, vision {r.vision_ms_per_tile:.0f} ms/tile, "
-                       f"prefill {r.prefill_ms:.0f} ms, decode {r.decode_tokens_per_s:.1f} tok/s, "
-                       f"peak RSS {r.peak_rss_mb:.0f} MB", err=True)
+            click.echo(
+                f"{v}: end-to-end {r.end_to_end_s:.3f} s, vision {r.vision_ms_per_tile:.0f} ms/tile, "
+                f"prefill {r.prefill_ms:.0f} ms, decode {r.decode_tokens_per_s:.1f} tok/s, "
+                f"peak RSS {r.peak_rss_mb:.0f} MB",
+                err=True,
+            )
     imp = bench_mod.import_time()
     if as_json:
         click.echo(json.dumps({"import_s": imp, "results": [r.__dict__ for r in results]}, indent=1))
@@ -744,13 +1081,24 @@ def export(source, out_dir, variants, force, threads, revision):
     try:
         from edgevlm_export.pipeline import export as run_export
     except ImportError as e:
-        click.echo(f"error: the exporter needs the export extra ({e.name} is missing): "
-                   f"pip install 'edgevlm[export,cpu]'", err=True)
+        click.echo(
+            f"error: the exporter needs the export extra ({e.name} is missing): pip install 'edgevlm[export,cpu]'",
+            err=True,
+        )
         sys.exit(4)
-    manifest = run_export(source, out_dir, variants, force=force, threads=threads, revision=revision,
-                          log=lambda m: click.echo(m, err=True))
-    ok = ", ".join(f"{v}: {'tokens equal' if r['all_tokens_equal'] else 'tokens differ'}"
-                   for v, r in manifest["verification"].items())
+    manifest = run_export(
+        source,
+        out_dir,
+        variants,
+        force=force,
+        threads=threads,
+        revision=revision,
+        log=lambda m: click.echo(m, err=True),
+    )
+    ok = ", ".join(
+        f"{v}: {'tokens equal' if r['all_tokens_equal'] else 'tokens differ'}"
+        for v, r in manifest["verification"].items()
+    )
     click.echo(f"wrote {out_dir} ({manifest['architecture']}; {ok})")
 
 

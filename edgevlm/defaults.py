@@ -3,6 +3,7 @@
 Python's calls, the CLI and the server read these names rather than repeating literals, so "the default" means
 one thing everywhere. A default applies only where neither a keyword nor a `config=` gives the option.
 """
+
 from __future__ import annotations
 
 CAPTION_PROMPT = "Describe this image."

@@ -2,6 +2,7 @@
 
 Every message says what was wrong and what to do; the CLI prints it without a traceback and exits non-zero.
 """
+
 from __future__ import annotations
 
 
@@ -37,9 +38,11 @@ class ContextLengthError(InputError):
 
     def told(self, fewer_tiles: str, length: str) -> str:
         """The message with the fixes named as `fewer_tiles` and `length` (e.g. '"detail": "low"', 'max_tokens')."""
-        return (f"the prompt is {self.prompt_tokens} tokens (images included) and {self.max_new_tokens} new tokens "
-                f"are asked for, over the model's context of {self.max_positions}. Use fewer or smaller images "
-                f"({fewer_tiles}), a shorter prompt, or a lower {length}.")
+        return (
+            f"the prompt is {self.prompt_tokens} tokens (images included) and {self.max_new_tokens} new tokens "
+            f"are asked for, over the model's context of {self.max_positions}. Use fewer or smaller images "
+            f"({fewer_tiles}), a shorter prompt, or a lower {length}."
+        )
 
 
 class OutputError(InputError):

@@ -3,6 +3,7 @@ from the engine), `Segment` (a span of a video, from a timeline) and `LiveCaptio
 
 A bottom layer like errors.py: plain dataclasses, importing nothing from edgevlm.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, is_dataclass

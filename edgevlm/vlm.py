@@ -3,16 +3,17 @@
 `VLM` adds to `Engine` only what needs files and streams: video items given as a path are sampled by SmolVLM2's
 rule, and `timeline` / `watch` run the media layer over this model. Everything else is the engine's public API.
 """
+
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from . import defaults
 from .engine import bundle as bundle_mod
 from .engine.core import Engine
 from .engine.frame import Frame
-from . import defaults
 from .errors import InputError
 from .media.live import watch
 from .media.sources import LiveSource
@@ -31,17 +32,27 @@ class VLM(Engine):
         src = item.get("video", item.get("path"))
         if not isinstance(src, (str, os.PathLike)):
             return super().video_frames(item)
-        fps, max_frames = float(item.get("fps", self.spec.video_fps)), int(
-            item.get("max_frames", self.spec.video_max_frames))
+        fps, max_frames = (
+            float(item.get("fps", self.spec.video_fps)),
+            int(item.get("max_frames", self.spec.video_max_frames)),
+        )
         if fps <= 0 or max_frames < 1:
-            raise InputError(f"sample at a positive fps and at least one frame; got fps={fps}, "
-                             f"max_frames={max_frames}.")
+            raise InputError(
+                f"sample at a positive fps and at least one frame; got fps={fps}, max_frames={max_frames}."
+            )
         frames, info = sample_clip(src, fps, max_frames)
         return frames, info.duration
 
-    def ask_video(self, video: str | os.PathLike | Sequence[Frame], question: str, *,
-                  max_new_tokens: int | None = None, fps: float | None = None, max_frames: int | None = None,
-                  **kw) -> Result:
+    def ask_video(
+        self,
+        video: str | os.PathLike | Sequence[Frame],
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        **kw,
+    ) -> Result:
         """One answer about a whole clip, through SmolVLM2's video prompt: frames sampled by the model's rule
         (`fps` per second up to `max_frames`, ends skipped on long clips), each introduced by its time."""
         if not isinstance(question, str) or not question.strip():
@@ -51,11 +62,20 @@ class VLM(Engine):
             item["fps"] = fps
         if max_frames is not None:
             item["max_frames"] = max_frames
-        return self.chat([{"role": "user", "content": [item, {"type": "text", "text": question}]}],
-                         max_new_tokens=max_new_tokens, **kw)
+        return self.chat(
+            [{"role": "user", "content": [item, {"type": "text", "text": question}]}],
+            max_new_tokens=max_new_tokens,
+            **kw,
+        )
 
-    def caption_video(self, video: str | os.PathLike | Sequence[Frame], *, max_new_tokens: int | None = None,
-                      prompt: str = DEFAULT_VIDEO_PROMPT, **kw) -> Result:
+    def caption_video(
+        self,
+        video: str | os.PathLike | Sequence[Frame],
+        *,
+        max_new_tokens: int | None = None,
+        prompt: str = DEFAULT_VIDEO_PROMPT,
+        **kw,
+    ) -> Result:
         return self.ask_video(video, prompt, max_new_tokens=max_new_tokens, **kw)
 
     def timeline(self, video: str | os.PathLike, **kw) -> Iterator[Segment]:
@@ -68,10 +88,19 @@ class VLM(Engine):
         return watch(self, source, **kw)
 
 
-def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, *, variant: str | dict[str, str] | None = None,
-         providers: Sequence[str] | str | None = None, threads: int | None = None, memory_arena: bool = True,
-         vision_cache_size: int = 16, verify: bool | str = True, revision: str | None = None,
-         progress: bool = True, max_image_pixels: int | None = None) -> VLM:
+def load(
+    model: str | os.PathLike = bundle_mod.DEFAULT_MODEL,
+    *,
+    variant: str | dict[str, str] | None = None,
+    providers: Sequence[str] | str | None = None,
+    threads: int | None = None,
+    memory_arena: bool = True,
+    vision_cache_size: int = 16,
+    verify: bool | str = True,
+    revision: str | None = None,
+    progress: bool = True,
+    max_image_pixels: int | None = None,
+) -> VLM:
     """Load a SmolVLM2 ONNX model.
 
     model: a bundle folder from `edgevlm export`, a folder in Hugging Face's official onnx/ layout, or a hub id
@@ -86,8 +115,16 @@ def load(model: str | os.PathLike = bundle_mod.DEFAULT_MODEL, *, variant: str | 
         100 MP, or $EDGEVLM_MAX_IMAGE_PIXELS).
     """
     root = bundle_mod.resolve(model, revision=revision, progress=progress, variant=variant)
-    return VLM(bundle_mod.open_bundle(root), variant, providers, threads, memory_arena, vision_cache_size, verify,
-               max_image_pixels)
+    return VLM(
+        bundle_mod.open_bundle(root),
+        variant,
+        providers,
+        threads,
+        memory_arena,
+        vision_cache_size,
+        verify,
+        max_image_pixels,
+    )
 
 
 __all__ = ["VLM", "load"]

@@ -6,6 +6,7 @@ and an alert callback when a caption mentions what you are waiting for.
 The SDK's callback only does `source.push(...)`: it never waits for the model, so the camera's own thread keeps
 its rate however slow the model is.
 """
+
 import sys
 import threading
 import time
@@ -58,12 +59,13 @@ def main(bundle: str, pattern: str, seconds: float) -> None:
     finally:
         camera.stop()
         source.close()
-    print(f"{len(alerts)} alert(s) for /{pattern}/; frames pushed {source.stats.frames_read}, "
-          f"dropped {source.stats.frames_dropped}")
+    print(
+        f"{len(alerts)} alert(s) for /{pattern}/; frames pushed {source.stats.frames_read}, "
+        f"dropped {source.stats.frames_dropped}"
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "person", float(sys.argv[3]) if len(sys.argv) > 3
-         else 10.0)
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "person", float(sys.argv[3]) if len(sys.argv) > 3 else 10.0)

@@ -7,6 +7,7 @@ gstreamer1.0-plugins-good; the venv must see them: python3 -m venv --system-site
 is GStreamer's test pattern; put your camera in front, e.g. "v4l2src ! videoconvert ! ...", or
 "rtspsrc location=rtsp://... ! decodebin ! videoconvert ! ...".
 """
+
 import sys
 
 import numpy as np
@@ -14,8 +15,10 @@ import numpy as np
 import edgevlm
 from edgevlm import PushSource
 
-DEFAULT = ("videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
-           "videoconvert ! video/x-raw,format=RGB ! appsink name=sink emit-signals=true max-buffers=1 drop=true")
+DEFAULT = (
+    "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
+    "videoconvert ! video/x-raw,format=RGB ! appsink name=sink emit-signals=true max-buffers=1 drop=true"
+)
 
 
 def main(bundle: str, description: str, max_captions: int | None) -> None:
@@ -48,8 +51,10 @@ def main(bundle: str, description: str, max_captions: int | None) -> None:
     pipeline.set_state(Gst.State.PLAYING)
     try:
         for c in vlm.watch(source, max_new_tokens=24, max_captions=max_captions, threshold=0):
-            print(f"[{c.timestamp:7.2f}s] {c.text}   (latency {c.latency_ms:.0f} ms, dropped {c.frames_dropped})",
-                  flush=True)
+            print(
+                f"[{c.timestamp:7.2f}s] {c.text}   (latency {c.latency_ms:.0f} ms, dropped {c.frames_dropped})",
+                flush=True,
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -60,5 +65,8 @@ def main(bundle: str, description: str, max_captions: int | None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else DEFAULT,
-         int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    main(
+        sys.argv[1],
+        sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else DEFAULT,
+        int(sys.argv[3]) if len(sys.argv) > 3 else None,
+    )

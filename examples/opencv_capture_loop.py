@@ -6,6 +6,7 @@ pushes each into a PushSource (never blocks, keeps only the newest); the main th
 (`edgevlm watch SOURCE` does the same in one command; this is the shape to copy when the loop is yours, e.g.
 to draw on the frames or record them too.)
 """
+
 import os
 import sys
 import threading
@@ -40,8 +41,10 @@ def main(bundle: str, target: str, max_captions: int | None) -> None:
     reader.start()
     try:
         for c in vlm.watch(source, max_new_tokens=24, max_captions=max_captions):
-            print(f"[{c.timestamp:7.2f}s] {c.text}   (latency {c.latency_ms:.0f} ms, dropped {c.frames_dropped})",
-                  flush=True)
+            print(
+                f"[{c.timestamp:7.2f}s] {c.text}   (latency {c.latency_ms:.0f} ms, dropped {c.frames_dropped})",
+                flush=True,
+            )
     except KeyboardInterrupt:
         pass
     finally:

@@ -5,6 +5,7 @@ turned into a JSON schema), and the trigger fires on a field.
 
 SOURCE: a camera index, /dev/videoN, an rtsp/http/udp URL or a video file (replayed in real time).
 """
+
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -27,8 +28,14 @@ def alarm(caption: edgevlm.LiveCaption) -> None:
 def main(bundle: str, source: str, max_captions: int) -> None:
     vlm = edgevlm.load(bundle)
     trigger = edgevlm.Trigger(callback=alarm, when="person == true or people >= 1")
-    for c in vlm.watch(source, prompt="Is there a person? Answer in JSON.", json_schema=Scene,
-                       max_new_tokens=64, trigger=trigger, max_captions=max_captions):
+    for c in vlm.watch(
+        source,
+        prompt="Is there a person? Answer in JSON.",
+        json_schema=Scene,
+        max_new_tokens=64,
+        trigger=trigger,
+        max_captions=max_captions,
+    ):
         print(f"[{c.timestamp:6.2f}s] {c.value}  ({c.latency_ms:.0f} ms)", flush=True)
 
 

@@ -10,6 +10,7 @@ Inputs / outputs keep the official layout's names: inputs_embeds, attention_mask
 (0-based and contiguous, as transformers for an unpadded sequence), and the runtime omits position_ids for a
 decoder that does not declare it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -101,46 +102,97 @@ def build_decoder(model, path: Path) -> Path:
 
     residual = "inputs_embeds"
     first = text.layers[0]
-    normed = g.node("SimplifiedLayerNormalization", [residual, g.init("layers.0.input_ln", _t(first.input_layernorm.weight))],
-                    ["/layers.0/input_ln/out"], "/layers.0/input_ln", axis=-1, epsilon=eps, stash_type=1)[0]
+    normed = g.node(
+        "SimplifiedLayerNormalization",
+        [residual, g.init("layers.0.input_ln", _t(first.input_layernorm.weight))],
+        ["/layers.0/input_ln/out"],
+        "/layers.0/input_ln",
+        axis=-1,
+        epsilon=eps,
+        stash_type=1,
+    )[0]
     for i, layer in enumerate(text.layers):
         p = f"/layers.{i}"
         attn, mlp = layer.self_attn, layer.mlp
         qkv_w = np.concatenate([_t(attn.q_proj.weight), _t(attn.k_proj.weight), _t(attn.v_proj.weight)], 0).T
-        qkv = g.node("MatMul", [normed, g.init(f"layers.{i}.qkv.weight", qkv_w)], [f"{p}/qkv/out"], f"{p}/attn/qkv_proj/MatMul")[0]
+        qkv = g.node(
+            "MatMul", [normed, g.init(f"layers.{i}.qkv.weight", qkv_w)], [f"{p}/qkv/out"], f"{p}/attn/qkv_proj/MatMul"
+        )[0]
         if attn.q_proj.bias is not None:
             bias = np.concatenate([_t(attn.q_proj.bias), _t(attn.k_proj.bias), _t(attn.v_proj.bias)])
-            qkv = g.node("Add", [qkv, g.init(f"layers.{i}.qkv.bias", bias)], [f"{p}/qkv/biased"], f"{p}/attn/qkv_bias")[0]
-        att = g.node("GroupQueryAttention",
-                     [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-                      "total_seq_len", "cos_cache", "sin_cache"],
-                     [f"{p}/attn/out", f"present.{i}.key", f"present.{i}.value"], f"{p}/attn/GroupQueryAttention",
-                     domain=MS, num_heads=nh, kv_num_heads=kv, scale=float(attn.scaling), do_rotary=1,
-                     rotary_interleaved=0, local_window_size=-1)[0]
-        o = g.node("MatMul", [att, g.init(f"layers.{i}.o.weight", _t(attn.o_proj.weight).T)], [f"{p}/o/out"],
-                   f"{p}/attn/o_proj/MatMul")[0]
+            qkv = g.node("Add", [qkv, g.init(f"layers.{i}.qkv.bias", bias)], [f"{p}/qkv/biased"], f"{p}/attn/qkv_bias")[
+                0
+            ]
+        att = g.node(
+            "GroupQueryAttention",
+            [
+                qkv,
+                "",
+                "",
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                "seqlens_k",
+                "total_seq_len",
+                "cos_cache",
+                "sin_cache",
+            ],
+            [f"{p}/attn/out", f"present.{i}.key", f"present.{i}.value"],
+            f"{p}/attn/GroupQueryAttention",
+            domain=MS,
+            num_heads=nh,
+            kv_num_heads=kv,
+            scale=float(attn.scaling),
+            do_rotary=1,
+            rotary_interleaved=0,
+            local_window_size=-1,
+        )[0]
+        o = g.node(
+            "MatMul",
+            [att, g.init(f"layers.{i}.o.weight", _t(attn.o_proj.weight).T)],
+            [f"{p}/o/out"],
+            f"{p}/attn/o_proj/MatMul",
+        )[0]
         normed, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization", [residual, o, g.init(f"layers.{i}.post_ln", _t(layer.post_attention_layernorm.weight))],
-            [f"{p}/post_ln/out", "", "", f"{p}/post_ln/residual"], f"{p}/post_attention_ln", domain=MS, epsilon=eps)
+            "SkipSimplifiedLayerNormalization",
+            [residual, o, g.init(f"layers.{i}.post_ln", _t(layer.post_attention_layernorm.weight))],
+            [f"{p}/post_ln/out", "", "", f"{p}/post_ln/residual"],
+            f"{p}/post_attention_ln",
+            domain=MS,
+            epsilon=eps,
+        )
         # gate and up read the same input: one MatMul over both (the 4-bit decoder's zero-point correction comes
         # with it, so 2 fewer nodes per layer; decode +3 % on the 256M q4 decoder, docs/benchmarks.md), split after.
         gate_up_w = np.concatenate([_t(mlp.gate_proj.weight), _t(mlp.up_proj.weight)], 0).T
-        gate_up = g.node("MatMul", [normed, g.init(f"layers.{i}.gate_up.weight", gate_up_w)], [f"{p}/gate_up/out"],
-                         f"{p}/mlp/gate_up_proj/MatMul")[0]
-        gate, up = g.node("Split", [gate_up, mlp_split],
-                          [f"{p}/gate/out", f"{p}/up/out"], f"{p}/mlp/gate_up_split", axis=-1)
+        gate_up = g.node(
+            "MatMul",
+            [normed, g.init(f"layers.{i}.gate_up.weight", gate_up_w)],
+            [f"{p}/gate_up/out"],
+            f"{p}/mlp/gate_up_proj/MatMul",
+        )[0]
+        gate, up = g.node(
+            "Split", [gate_up, mlp_split], [f"{p}/gate/out", f"{p}/up/out"], f"{p}/mlp/gate_up_split", axis=-1
+        )
         sig = g.node("Sigmoid", [gate], [f"{p}/act/sigmoid"], f"{p}/mlp/act/Sigmoid")[0]
         silu = g.node("Mul", [gate, sig], [f"{p}/act/silu"], f"{p}/mlp/act/Mul")[0]
         prod = g.node("Mul", [silu, up], [f"{p}/act/prod"], f"{p}/mlp/Mul")[0]
-        down = g.node("MatMul", [prod, g.init(f"layers.{i}.down.weight", _t(mlp.down_proj.weight).T)], [f"{p}/down/out"],
-                      f"{p}/mlp/down_proj/MatMul")[0]
+        down = g.node(
+            "MatMul",
+            [prod, g.init(f"layers.{i}.down.weight", _t(mlp.down_proj.weight).T)],
+            [f"{p}/down/out"],
+            f"{p}/mlp/down_proj/MatMul",
+        )[0]
         if i + 1 < layers:
             gamma, name = _t(text.layers[i + 1].input_layernorm.weight), f"layers.{i + 1}.input_ln"
         else:
             gamma, name = _t(text.norm.weight), "final_norm"
         normed, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization", [residual, down, g.init(name, gamma)],
-            [f"{p}/next_ln/out", "", "", f"{p}/next_ln/residual"], f"{p}/next_ln", domain=MS, epsilon=eps)
+            "SkipSimplifiedLayerNormalization",
+            [residual, down, g.init(name, gamma)],
+            [f"{p}/next_ln/out", "", "", f"{p}/next_ln/residual"],
+            f"{p}/next_ln",
+            domain=MS,
+            epsilon=eps,
+        )
     # Only the last `num_logits_to_keep` positions reach lm_head: generation needs one row, and a 1,000-token
     # prompt would otherwise spend ~30 GFLOP and 200 MB on logits nobody reads.
     g.init("const_axis_1", np.array([1], dtype=np.int64))
@@ -148,23 +200,29 @@ def build_decoder(model, path: Path) -> Path:
     g.node("Reshape", ["num_logits_to_keep", one], ["keep_1d"], "/keep/Reshape")
     g.node("Neg", ["keep_1d"], ["keep_start"], "/keep/Neg")
     g.node("Slice", [normed, "keep_start", "const_int64_max", "const_axis_1"], ["kept_hidden"], "/keep/Slice")
-    g.node("MatMul", ["kept_hidden", g.init("lm_head.weight", _t(model.lm_head.weight).T)], ["logits"], "/lm_head/MatMul")
+    g.node(
+        "MatMul", ["kept_hidden", g.init("lm_head.weight", _t(model.lm_head.weight).T)], ["logits"], "/lm_head/MatMul"
+    )
 
     past_shape = ["batch_size", kv, "past_sequence_length", hd]
     present_shape = ["batch_size", kv, "total_sequence_length", hd]
-    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-              helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, [])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "logits_length", tc.vocab_size])]
+    inputs = [
+        helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "logits_length", tc.vocab_size])
+    ]
     for i in range(layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, past_shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape))
     g.close()
     graph = helper.make_graph(g.nodes, "smolvlm2_decoder", inputs, outputs, g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
-                              producer_name="edgevlm")
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)], producer_name="edgevlm"
+    )
     proto.ir_version = 8
     onnx.save_model(proto, str(path))  # weights over 1 kB are already in external_data(path) when external
     return path

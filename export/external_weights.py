@@ -3,6 +3,7 @@
 Why: a large part (the 2.2B decoder is 6.8 GB in fp32) must never be held whole in memory as protobuf; the graph
 keeps only references (location, offset, length). Offsets are page-aligned so ONNX Runtime can map them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from onnx import helper
 class ExternalWeights:
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 (held until close())
 
     def add(self, name: str, array: np.ndarray) -> onnx.TensorProto:
         """Append `array`'s bytes and return an initializer that refers to them."""
@@ -24,10 +25,13 @@ class ExternalWeights:
         pad = -offset % 4096
         self._file.write(b"\0" * pad)
         self._file.write(memoryview(array).cast("B"))
-        tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
-                                  dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", self.path.name), ("offset", str(offset + pad)),
-                           ("length", str(array.nbytes))):
+        tensor = onnx.TensorProto(
+            name=name,
+            data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+            dims=array.shape,
+            data_location=onnx.TensorProto.EXTERNAL,
+        )
+        for key, value in (("location", self.path.name), ("offset", str(offset + pad)), ("length", str(array.nbytes))):
             tensor.external_data.add(key=key, value=value)
         return tensor
 

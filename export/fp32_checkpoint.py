@@ -6,6 +6,7 @@ beside the fp32 copy: 13.6 GB peak for 2.2B, before anything is exported. Conver
 one tensor of memory and 9 GB of temporary disk, and lets every export stage load the model lazily and drop it
 again (docs/design.md, "Export within memory").
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ def _header(path: Path) -> tuple[dict, int]:
 def is_fp32(source: Path) -> bool:
     """Every floating-point tensor of every safetensors file is already fp32."""
     files = sorted(source.glob("*.safetensors"))
-    return bool(files) and all(info["dtype"] not in _FLOATS - {"F32"}
-                               for f in files for name, info in _header(f)[0].items() if name != "__metadata__")
+    return bool(files) and all(
+        info["dtype"] not in _FLOATS - {"F32"}
+        for f in files
+        for name, info in _header(f)[0].items()
+        if name != "__metadata__"
+    )
 
 
 def _to_f32(raw: bytes, dtype: str) -> bytes:
@@ -45,10 +50,18 @@ def convert_file(src: Path, dst: Path) -> None:
     for name in order:
         info = header[name]
         begin, end = info["data_offsets"]
-        size = (end - begin) * 2 if info["dtype"] in ("BF16", "F16") else (end - begin) // 2 if info["dtype"] == "F64" \
+        size = (
+            (end - begin) * 2
+            if info["dtype"] in ("BF16", "F16")
+            else (end - begin) // 2
+            if info["dtype"] == "F64"
             else end - begin
-        out[name] = {"dtype": "F32" if info["dtype"] in _FLOATS else info["dtype"], "shape": info["shape"],
-                     "data_offsets": [offset, offset + size]}
+        )
+        out[name] = {
+            "dtype": "F32" if info["dtype"] in _FLOATS else info["dtype"],
+            "shape": info["shape"],
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     if meta is not None:
         out["__metadata__"] = meta

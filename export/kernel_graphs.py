@@ -7,6 +7,7 @@ so a 98 MB int8 encoder gets a 0.6 MB companion, and ONNX Runtime maps those byt
 session opens faster and with a smaller peak than from the standard file; docs/benchmarks.md). The standard file
 is untouched and stays what every other ONNX reader loads.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ a flat KV cache and dynamic lengths reliably, and it leaves no graph optimizer b
 dynamo exporter's default optimizer silently changed the vision features here, see docs/design.md). Every part
 is checked against PyTorch afterwards by `verify`, so a bad trace cannot go unnoticed.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ DECODER = "decoder_model_merged"
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     externalize_if_large(path)
 
 
@@ -38,8 +48,14 @@ def externalize_if_large(path: Path, limit: int = EXTERNAL_DATA_LIMIT) -> None:
     if path.stat().st_size < limit and not external_data(path).exists():
         return
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=external_data(path).name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=external_data(path).name,
+        size_threshold=1024,
+    )
 
 
 def export_vision(model, out: Path) -> Path:
@@ -47,21 +63,36 @@ def export_vision(model, out: Path) -> Path:
     tile = cfg.image_size
     pixels = torch.randn(1, 2, 3, tile, tile)
     mask = torch.ones(1, 2, tile, tile, dtype=torch.bool)
-    mask[0, 1, tile // 2:, :] = False  # a padded tile, so the masking path is traced
+    mask[0, 1, tile // 2 :, :] = False  # a padded tile, so the masking path is traced
     path = out / f"{VISION}.onnx"
-    _export(VisionEncoder(model).eval(), (pixels, mask), path, ["pixel_values", "pixel_attention_mask"],
-            ["image_features"],
-            {"pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
-             "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"},
-             "image_features": {0: "num_tiles"}})
+    _export(
+        VisionEncoder(model).eval(),
+        (pixels, mask),
+        path,
+        ["pixel_values", "pixel_attention_mask"],
+        ["image_features"],
+        {
+            "pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
+            "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"},
+            "image_features": {0: "num_tiles"},
+        },
+    )
     return path
 
 
 def export_embed(model, out: Path) -> Path:
     path = out / f"{EMBED}.onnx"
-    _export(TokenEmbeddings(model).eval(), (torch.tensor([[1, 2, 3]]),), path, ["input_ids"], ["inputs_embeds"],
-            {"input_ids": {0: "batch_size", 1: "sequence_length"},
-             "inputs_embeds": {0: "batch_size", 1: "sequence_length"}})
+    _export(
+        TokenEmbeddings(model).eval(),
+        (torch.tensor([[1, 2, 3]]),),
+        path,
+        ["input_ids"],
+        ["inputs_embeds"],
+        {
+            "input_ids": {0: "batch_size", 1: "sequence_length"},
+            "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
+        },
+    )
     return path
 
 
@@ -76,15 +107,23 @@ def export_decoder(model, out: Path) -> Path:
     past_kv = [torch.randn(1, kv, past, hd) for _ in range(2 * layers)]
     past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-    axes = {"inputs_embeds": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-            "position_ids": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes = {
+        "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+        "position_ids": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size", 1: "sequence_length"},
+    }
     axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names})
     axes.update({n: {0: "batch_size", 2: "total_sequence_length"} for n in present_names})
     path = out / f"{DECODER}.onnx"
-    _export(Decoder(model).eval(), (embeds, mask, pos, *past_kv), path,
-            ["inputs_embeds", "attention_mask", "position_ids", *past_names], ["logits", *present_names], axes)
+    _export(
+        Decoder(model).eval(),
+        (embeds, mask, pos, *past_kv),
+        path,
+        ["inputs_embeds", "attention_mask", "position_ids", *past_names],
+        ["logits", *present_names],
+        axes,
+    )
     return path
 
 
@@ -92,8 +131,9 @@ def load_reference(source: str | os.PathLike):
     """The PyTorch model in fp32 with eager attention (the reference every export is checked against)."""
     from transformers import SmolVLMForConditionalGeneration
 
-    model = SmolVLMForConditionalGeneration.from_pretrained(str(source), torch_dtype=torch.float32,
-                                                            attn_implementation="eager")
+    model = SmolVLMForConditionalGeneration.from_pretrained(
+        str(source), torch_dtype=torch.float32, attn_implementation="eager"
+    )
     return model.eval()
 
 

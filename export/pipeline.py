@@ -3,6 +3,7 @@
 The bundle is written into a temporary folder beside the destination and renamed into place only when every
 step (export, quantization, verification, manifest) succeeded, so a failure never leaves a half-written bundle.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -25,6 +26,7 @@ from edgevlm.errors import EdgeVLMError
 
 from . import fp32_checkpoint, kernel_graphs, onnx_export, quantize, verify, vision_fusion
 from .architectures import identify
+
 
 class ExportError(EdgeVLMError):
     exit_code = 4
@@ -49,16 +51,23 @@ def fetch_source(source: str, revision: str | None = None) -> Path:
         return path
     parts = source.split("/")
     if len(parts) != 2 or not all(parts) or source.startswith((".", "/", "~")):
-        raise ExportError(f"{source} does not exist; pass a local checkpoint folder or a hub id like "
-                          f"HuggingFaceTB/SmolVLM2-256M-Video-Instruct.")
+        raise ExportError(
+            f"{source} does not exist; pass a local checkpoint folder or a hub id like "
+            f"HuggingFaceTB/SmolVLM2-256M-Video-Instruct."
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, revision=revision,
-                                      allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(
+                source, revision=revision, allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]
+            )
+        )
     except Exception as e:  # offline, unknown repo, auth ...
-        raise ExportError(f"could not download {source} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          f"download the checkpoint elsewhere and pass its folder.") from None
+        raise ExportError(
+            f"could not download {source} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"download the checkpoint elsewhere and pass its folder."
+        ) from None
 
 
 def check_checkpoint(path: Path) -> dict:
@@ -70,8 +79,10 @@ def check_checkpoint(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{cfg_path} is not valid JSON ({e}).") from None
     if config.get("model_type") != "smolvlm":
-        raise ExportError(f"{path} is a {config.get('model_type')!r} checkpoint, not SmolVLM (model_type "
-                          f"'smolvlm'); edgevlm exports SmolVLM2 checkpoints only.")
+        raise ExportError(
+            f"{path} is a {config.get('model_type')!r} checkpoint, not SmolVLM (model_type "
+            f"'smolvlm'); edgevlm exports SmolVLM2 checkpoints only."
+        )
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ExportError(f"{path} has no weights (*.safetensors).")
     if not (path / "tokenizer.json").is_file():
@@ -83,9 +94,11 @@ def load_model(path: Path):
     try:
         return onnx_export.load_reference(path)
     except Exception as e:  # safetensors / torch raise many types for damaged weights
-        raise ExportError(f"could not load the weights in {path} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300] if str(e) else ''}); the files look corrupt or "
-                          f"incomplete. Re-download or re-save the checkpoint.") from None
+        raise ExportError(
+            f"could not load the weights in {path} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); the files look corrupt or "
+            f"incomplete. Re-download or re-save the checkpoint."
+        ) from None
 
 
 def export_fp32(weights: Path, onnx_dir: Path, log) -> dict[str, Path]:
@@ -96,7 +109,9 @@ def export_fp32(weights: Path, onnx_dir: Path, log) -> dict[str, Path]:
     parts = onnx_export.export_text_parts(model, onnx_dir)
     del model
     gc.collect()
-    log(f"exported the fp32 decoder and embeddings in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)")
+    log(
+        f"exported the fp32 decoder and embeddings in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB)"
+    )
     t = time.perf_counter()
     model = load_model(weights)
     parts[onnx_export.VISION] = onnx_export.export_vision(model, onnx_dir)
@@ -104,9 +119,11 @@ def export_fp32(weights: Path, onnx_dir: Path, log) -> dict[str, Path]:
     del model
     gc.collect()
     fused = vision_fusion.fuse_file(parts[onnx_export.VISION], heads)
-    log(f"exported the fp32 vision encoder in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB); "
+    log(
+        f"exported the fp32 vision encoder in {time.perf_counter() - t:.1f} s (peak RSS {peak_rss_mb():.0f} MB); "
         f"fused {fused['attention']} attention and {fused['gelu']} GELU blocks "
-        f"({fused['attention_unfused']} and {fused['gelu_unfused']} left as traced)")
+        f"({fused['attention_unfused']} and {fused['gelu_unfused']} left as traced)"
+    )
     return parts
 
 
@@ -119,8 +136,10 @@ def fp32_weights(src: Path, work: Path, log) -> Path:
             return src
         copy = fp32_checkpoint.fp32_copy(src, work / "fp32-checkpoint")
     except (ValueError, KeyError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"could not read the weights in {src} ({type(e).__name__}: {e}); the files look corrupt "
-                          f"or incomplete. Re-download or re-save the checkpoint.") from None
+        raise ExportError(
+            f"could not read the weights in {src} ({type(e).__name__}: {e}); the files look corrupt "
+            f"or incomplete. Re-download or re-save the checkpoint."
+        ) from None
     log(f"converted the checkpoint's weights to fp32 in {time.perf_counter() - t:.1f} s")
     return copy
 
@@ -142,8 +161,10 @@ def quantize_parts(fp32: dict[str, Path], onnx_dir: Path, variants: list[str], l
         else:
             ops = quantize.to_q4(src, dst, part)
         gc.collect()
-        log(f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s (peak RSS "
-            f"{peak_rss_mb():.0f} MB)")
+        log(
+            f"{part} {prec}: {quantize.file_size(dst) / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s (peak RSS "
+            f"{peak_rss_mb():.0f} MB)"
+        )
         facts[f"{part}:{prec}"] = {"path": dst, "ops": ops}
     return facts
 
@@ -162,24 +183,62 @@ def _tool_versions() -> dict[str, str]:
     return out
 
 
-def manifest_fields(source: str, config: dict, variants: dict[str, dict[str, str]], facts: dict, report: dict,
-                    stats: dict) -> dict:
+def manifest_fields(
+    source: str, config: dict, variants: dict[str, dict[str, str]], facts: dict, report: dict, stats: dict
+) -> dict:
     """What the exporter records beside the format's own keys (edgevlm.engine.bundle_format writes the file)."""
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": source, "architecture": identify(config) or "custom",
-        "model": {"image_token_id": config.get("image_token_id"), "scale_factor": config.get("scale_factor"),
-                  "vision": {k: config["vision_config"].get(k) for k in ("image_size", "patch_size", "hidden_size",
-                                                                          "num_hidden_layers")},
-                  "text": {k: config["text_config"].get(k) for k in ("hidden_size", "num_hidden_layers",
-                                                                      "num_attention_heads", "num_key_value_heads",
-                                                                      "vocab_size", "max_position_embeddings")}},
+        "source": source,
+        "architecture": identify(config) or "custom",
+        "model": {
+            "image_token_id": config.get("image_token_id"),
+            "scale_factor": config.get("scale_factor"),
+            "vision": {
+                k: config["vision_config"].get(k)
+                for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")
+            },
+            "text": {
+                k: config["text_config"].get(k)
+                for k in (
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                    "max_position_embeddings",
+                )
+            },
+        },
         "variants": variants,
-        "quantization": {key: {"ops": {k: n for k, n in f["ops"].items() if k in (
-            "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "Gather", "GatherBlockQuantized",
-            "DequantizeLinear", "GroupQueryAttention", "MultiHeadAttention", "If", "FastGelu", "Softmax", "Tanh")}}
-            for key, f in facts.items()},
-        "verification": report, "export_stats": stats, "tools": _tool_versions(),
+        "quantization": {
+            key: {
+                "ops": {
+                    k: n
+                    for k, n in f["ops"].items()
+                    if k
+                    in (
+                        "MatMul",
+                        "MatMulInteger",
+                        "DynamicQuantizeMatMul",
+                        "MatMulNBits",
+                        "Gather",
+                        "GatherBlockQuantized",
+                        "DequantizeLinear",
+                        "GroupQueryAttention",
+                        "MultiHeadAttention",
+                        "If",
+                        "FastGelu",
+                        "Softmax",
+                        "Tanh",
+                    )
+                }
+            }
+            for key, f in facts.items()
+        },
+        "verification": report,
+        "export_stats": stats,
+        "tools": _tool_versions(),
     }
 
 
@@ -207,13 +266,21 @@ def _current_umask() -> int:
 
 
 def _disk_full(out: Path) -> ExportError:
-    return ExportError(f"the disk under {out.parent} is full; free space or choose another output folder. "
-                       f"Nothing was written.")
+    return ExportError(
+        f"the disk under {out.parent} is full; free space or choose another output folder. Nothing was written."
+    )
 
 
-def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | None = None, force: bool = False,
-           max_new_tokens: int = 16, threads: int | None = None, revision: str | None = None,
-           log=print) -> dict:
+def export(
+    source: str,
+    out_dir: str | os.PathLike,
+    variants: str | list[str] | None = None,
+    force: bool = False,
+    max_new_tokens: int = 16,
+    threads: int | None = None,
+    revision: str | None = None,
+    log=print,
+) -> dict:
     """Export `source` to a bundle at `out_dir`; return the manifest. Raises ExportError with a clear message."""
     names = parse_variants(variants if isinstance(variants, str) or variants is None else ",".join(variants))
     out = Path(out_dir).absolute()
@@ -222,8 +289,10 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
     src = fetch_source(str(source), revision)
     src_real, out_real = src.resolve(), out.resolve()
     if out_real == src_real or out_real in src_real.parents:
-        raise ExportError(f"the output folder {out} holds the checkpoint being exported ({src}); --force would "
-                          f"delete it. Choose an output folder outside the checkpoint.")
+        raise ExportError(
+            f"the output folder {out} holds the checkpoint being exported ({src}); --force would "
+            f"delete it. Choose an output folder outside the checkpoint."
+        )
     config = check_checkpoint(src)
     t0 = time.perf_counter()
     try:  # before the model loads: a target that cannot be written fails in a moment
@@ -231,8 +300,10 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         work = tmp.parent / f"{tmp.name}.work"  # an fp32 copy of a bf16 checkpoint, beside the bundle
     except OSError as e:
-        raise ExportError(f"cannot write the bundle under {out.parent} ({e.strerror}); choose a folder you can "
-                          f"write to. Nothing was written.") from None
+        raise ExportError(
+            f"cannot write the bundle under {out.parent} ({e.strerror}); choose a folder you can "
+            f"write to. Nothing was written."
+        ) from None
     try:
         # Memory plan (docs/design.md, "Export within memory"): the PyTorch model and an ONNX Runtime session of
         # the same weights are never alive together, and no part's weights exist twice.
@@ -256,16 +327,24 @@ def export(source: str, out_dir: str | os.PathLike, variants: str | list[str] | 
         graphs = kernel_graphs.write_kernel_graphs(tmp / "onnx", variant_files)
         if graphs:  # the provisional manifest names them, so verification runs what this machine will run
             write_manifest(tmp, {"variants": variant_files, "kernel_graphs": graphs}, with_files=False)
-            log(f"kernel graphs (attention on edgevlm's kernel where a CPU has AVX-512 BF16): {', '.join(graphs.values())}")
+            log(
+                f"kernel graphs (attention on edgevlm's kernel where a CPU has AVX-512 BF16): {', '.join(graphs.values())}"
+            )
         report = verify.verify_variants(refs, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:
-            raise ExportError("the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
-                              f"(max logit difference {report['fp32']['max_abs_logit_diff']:.3g}); the export is "
-                              "wrong, so no bundle was written. Please report this with the checkpoint's config.")
-        stats = {"seconds": round(time.perf_counter() - t0, 1),
-                 "peak_rss_mb": peak_rss_mb()}
-        manifest = write_manifest(tmp, {**manifest_fields(str(source), config, variant_files, facts, report, stats),
-                                        **({"kernel_graphs": graphs} if graphs else {})})
+            raise ExportError(
+                "the fp32 ONNX model does not reproduce the PyTorch model's greedy tokens "
+                f"(max logit difference {report['fp32']['max_abs_logit_diff']:.3g}); the export is "
+                "wrong, so no bundle was written. Please report this with the checkpoint's config."
+            )
+        stats = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()}
+        manifest = write_manifest(
+            tmp,
+            {
+                **manifest_fields(str(source), config, variant_files, facts, report, stats),
+                **({"kernel_graphs": graphs} if graphs else {}),
+            },
+        )
         _readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)

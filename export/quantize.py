@@ -3,11 +3,12 @@
 Each function writes one file and returns the op counts that prove quantization happened (a quantizer that
 matches nothing leaves a file the same size as fp32: see shared/reference/anchors.md).
 """
+
 from __future__ import annotations
 
-import tempfile
 import contextlib
 import logging
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -36,12 +37,14 @@ def _quiet():
 
 def op_counts(path: Path) -> dict[str, int]:
     """Node counts by op type, the nodes inside If branches included."""
+
     def nodes(graph: onnx.GraphProto):
         for n in graph.node:
             yield n
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     yield from nodes(a.g)
+
     return dict(Counter(n.op_type for n in nodes(onnx.load(str(path), load_external_data=False).graph)))
 
 
@@ -52,8 +55,14 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 
 def save_part(model: onnx.ModelProto, path: Path) -> None:
     if _weight_bytes(model) > EXTERNAL_DATA_LIMIT:  # protobuf cannot serialise 2 GB: weights go to <name>.onnx_data
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=external_data(path).name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=external_data(path).name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -70,8 +79,7 @@ def basic_optimized(src: Path, dst: Path) -> Path:
         # A graph whose weights live beside it (500M and 2.2B decoders): the optimized copy gets its own weights
         # file. Without this ONNX Runtime writes references to the source's `_data` file, relative to `dst`,
         # where it does not exist.
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    external_data(dst).name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", external_data(dst).name)
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     return dst
@@ -117,8 +125,15 @@ def _initializers_to_fp16(model: onnx.ModelProto, src_dir: Path, weights: Extern
         t.CopyFrom(weights.add(t.name, half.reshape(tuple(t.dims))))
 
 
-def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list[str] | None = None,
-           gather: bool = False, algo=None, block_size: int = 32) -> onnx.ModelProto:
+def _nbits(
+    model: onnx.ModelProto,
+    bits: int,
+    accuracy_level: int,
+    exclude: list[str] | None = None,
+    gather: bool = False,
+    algo=None,
+    block_size: int = 32,
+) -> onnx.ModelProto:
     """MatMulNBits (or GatherBlockQuantized with `gather`) at `bits`; HQQ when `algo` is given."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -126,8 +141,15 @@ def _nbits(model: onnx.ModelProto, bits: int, accuracy_level: int, exclude: list
         q = MatMulNBitsQuantizer(model, algo_config=algo, nodes_to_exclude=exclude or [])
     else:
         extra = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                 accuracy_level=accuracy_level, nodes_to_exclude=exclude or [], **extra)
+        q = MatMulNBitsQuantizer(
+            model,
+            bits=bits,
+            block_size=block_size,
+            is_symmetric=True,
+            accuracy_level=accuracy_level,
+            nodes_to_exclude=exclude or [],
+            **extra,
+        )
     with _quiet():
         q.process()
     return q.model.model
@@ -157,8 +179,14 @@ def to_int8(src: Path, dst: Path, part: str) -> dict[str, int]:
         else:
             ops = ["Gather"] if part == "embed_tokens" else ["MatMul"]
             with _quiet():
-                quantize_dynamic(str(opt), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=ops, extra_options={"MatMulConstBOnly": True})
+                quantize_dynamic(
+                    str(opt),
+                    str(dst),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=ops,
+                    extra_options={"MatMulConstBOnly": True},
+                )
     return op_counts(dst)
 
 
@@ -195,6 +223,3 @@ def to_q4(src: Path, dst: Path, part: str) -> dict[str, int]:
 def file_size(path: Path) -> int:
     data = external_data(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-

@@ -16,6 +16,7 @@ Every match is checked node by node; a layer that does not match is left as trac
 transformers whose trace differs costs speed, never correctness. The export verifies every variant against
 PyTorch afterwards as before.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -118,10 +119,14 @@ def _fuse_attention(g: _Graph, softmax: onnx.NodeProto, num_heads: int) -> onnx.
     for n in (*q[2], *k[2], *v[2], qk, mul, add_mask, softmax, *casts, pv, back, merge):
         g.removed.add(id(n))
     return helper.make_node(
-        "MultiHeadAttention", [q[0], k[0], v[0], bias_name, _key_padding_mask(g, add_mask.input[1])],
+        "MultiHeadAttention",
+        [q[0], k[0], v[0], bias_name, _key_padding_mask(g, add_mask.input[1])],
         [merge.output[0]],
-        name=softmax.name.rsplit("/", 1)[0] + "/MultiHeadAttention", domain=MS_DOMAIN,
-        num_heads=num_heads, scale=float(np.asarray(scale).reshape(())))
+        name=softmax.name.rsplit("/", 1)[0] + "/MultiHeadAttention",
+        domain=MS_DOMAIN,
+        num_heads=num_heads,
+        scale=float(np.asarray(scale).reshape(())),
+    )
 
 
 def _key_padding_mask(g: _Graph, additive: str) -> str:
@@ -131,11 +136,17 @@ def _key_padding_mask(g: _Graph, additive: str) -> str:
     if name not in g.made:
         flat, real = additive + "/flat", additive + "/real"
         shape, zero = additive + "/flat_shape", additive + "/zero"
-        g.graph.initializer.extend([numpy_helper.from_array(np.array([0, -1], np.int64), shape),
-                                    numpy_helper.from_array(np.zeros((), np.float32), zero)])
-        g.made[name] = [helper.make_node("Reshape", [additive, shape], [flat], name=flat),
-                        helper.make_node("Equal", [flat, zero], [real], name=real),
-                        helper.make_node("Cast", [real], [name], name=name, to=onnx.TensorProto.INT32)]
+        g.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array([0, -1], np.int64), shape),
+                numpy_helper.from_array(np.zeros((), np.float32), zero),
+            ]
+        )
+        g.made[name] = [
+            helper.make_node("Reshape", [additive, shape], [flat], name=flat),
+            helper.make_node("Equal", [flat, zero], [real], name=real),
+            helper.make_node("Cast", [real], [name], name=name, to=onnx.TensorProto.INT32),
+        ]
     return name
 
 
@@ -160,16 +171,24 @@ def _fuse_gelu(g: _Graph, fc1_add: onnx.NodeProto) -> onnx.NodeProto | None:
                 frontier.append(user.output[0])
     ops = sorted(n.op_type for n in chain)
     consts = [float(c) for n in chain for i in n.input if (c := g.const(i)) is not None and np.size(c) == 1]
-    if ops != sorted(["Mul"] * 6 + ["Add"] * 2 + ["Tanh"]) or len(consts) != len(_GELU_CONSTANTS) or not all(
-            any(abs(c - e) < 1e-6 for c in consts) for e in _GELU_CONSTANTS):
+    if (
+        ops != sorted(["Mul"] * 6 + ["Add"] * 2 + ["Tanh"])
+        or len(consts) != len(_GELU_CONSTANTS)
+        or not all(any(abs(c - e) < 1e-6 for c in consts) for e in _GELU_CONSTANTS)
+    ):
         return None
     ends = [n for n in chain if not any(u in chain for u in g.consumers.get(n.output[0], []))]
     if len(ends) != 1:
         return None
     for n in (fc1_add, *chain):
         g.removed.add(id(n))
-    return helper.make_node("FastGelu", [matmul, bias], [ends[0].output[0]],
-                            name=fc1_add.name.rsplit("/", 2)[0] + "/FastGelu", domain=MS_DOMAIN)
+    return helper.make_node(
+        "FastGelu",
+        [matmul, bias],
+        [ends[0].output[0]],
+        name=fc1_add.name.rsplit("/", 2)[0] + "/FastGelu",
+        domain=MS_DOMAIN,
+    )
 
 
 def _drop_dead(graph: onnx.GraphProto) -> None:
@@ -216,8 +235,9 @@ def fuse_vision(model: onnx.ModelProto, num_heads: int) -> dict[str, int]:
     g.graph.node.extend(nodes)
     _drop_dead(g.graph)
     for node in new.values():  # shape inference knows no com.microsoft op; the quantizers need the output type
-        g.graph.value_info.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
-                                                                ["tiles", "patches", "hidden"]))
+        g.graph.value_info.append(
+            helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, ["tiles", "patches", "hidden"])
+        )
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     counts["unmasked_branch"] = branch_on_full_mask(model)
@@ -234,8 +254,10 @@ def branch_on_full_mask(model: onnx.ModelProto) -> int:
     mask = attention[0].input[4]
     assert all(n.input[4] == mask for n in attention), "one key_padding_mask for every layer"
     lowest, full = mask + "/lowest", mask + "/all_real"
-    condition = [helper.make_node("ReduceMin", [mask], [lowest], name=lowest, keepdims=0),
-                 helper.make_node("Cast", [lowest], [full], name=full, to=onnx.TensorProto.BOOL)]
+    condition = [
+        helper.make_node("ReduceMin", [mask], [lowest], name=lowest, keepdims=0),
+        helper.make_node("Cast", [lowest], [full], name=full, to=onnx.TensorProto.BOOL),
+    ]
     nodes = []
     for node in graph.node:
         if node not in attention:
@@ -244,9 +266,16 @@ def branch_on_full_mask(model: onnx.ModelProto) -> int:
         if condition:
             nodes.extend(condition)  # before the first layer: the mask is computed by then
             condition = []
-        nodes.append(helper.make_node("If", [full], [node.output[0]], name=node.name + "/if_all_real",
-                                      then_branch=_branch(node, node.input[:4], "unmasked"),
-                                      else_branch=_branch(node, node.input, "masked")))
+        nodes.append(
+            helper.make_node(
+                "If",
+                [full],
+                [node.output[0]],
+                name=node.name + "/if_all_real",
+                then_branch=_branch(node, node.input[:4], "unmasked"),
+                else_branch=_branch(node, node.input, "masked"),
+            )
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     return len(attention)
@@ -257,8 +286,12 @@ def _branch(node: onnx.NodeProto, inputs, tag: str) -> onnx.GraphProto:
     out = f"{node.output[0]}/{tag}"
     inner = helper.make_node(node.op_type, list(inputs), [out], name=f"{node.name}/{tag}", domain=node.domain)
     inner.attribute.extend(node.attribute)
-    return helper.make_graph([inner], f"{node.name}/{tag}", [],
-                             [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["tiles", "patches", "hidden"])])
+    return helper.make_graph(
+        [inner],
+        f"{node.name}/{tag}",
+        [],
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["tiles", "patches", "hidden"])],
+    )
 
 
 def fuse_file(path: Path, num_heads: int) -> dict[str, int]:

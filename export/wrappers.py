@@ -7,6 +7,7 @@ Why wrappers instead of exporting the model's own methods:
 - the decoder takes and returns the KV cache as flat tensors (past_key_values.{i}.key / .value ->
   present.{i}.key / .value), the layout transformers.js and our runtime read.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,9 @@ class VisionEncoder(nn.Module):
 
         flat = patch_mask.reshape(b * n, -1)
         min_value = torch.finfo(x.dtype).min
-        attn = torch.where(flat[:, None, None, :], torch.zeros((), dtype=x.dtype),
-                           torch.full((), min_value, dtype=x.dtype))
+        attn = torch.where(
+            flat[:, None, None, :], torch.zeros((), dtype=x.dtype), torch.full((), min_value, dtype=x.dtype)
+        )
         x = self.vision.encoder(inputs_embeds=x, attention_mask=attn).last_hidden_state
         x = self.vision.post_layernorm(x)
         return self.connector(x)
@@ -95,7 +97,9 @@ class Decoder(nn.Module):
         qpos = torch.arange(q, device=inputs_embeds.device)[:, None] + (total - q)
         allowed = (kpos <= qpos)[None, None] & attention_mask[:, None, None, :].bool()
         zero = torch.zeros((), dtype=inputs_embeds.dtype)
-        return torch.where(allowed, zero, torch.full((), torch.finfo(inputs_embeds.dtype).min, dtype=inputs_embeds.dtype))
+        return torch.where(
+            allowed, zero, torch.full((), torch.finfo(inputs_embeds.dtype).min, dtype=inputs_embeds.dtype)
+        )
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
         from transformers.cache_utils import DynamicCache
@@ -103,8 +107,13 @@ class Decoder(nn.Module):
         cache = DynamicCache()
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.text(inputs_embeds=inputs_embeds, attention_mask=self.causal_mask(attention_mask, inputs_embeds),
-                        position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = self.text(
+            inputs_embeds=inputs_embeds,
+            attention_mask=self.causal_mask(attention_mask, inputs_embeds),
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = self.lm_head(out.last_hidden_state)
         present = []
         for i in range(self.num_layers):

@@ -12,6 +12,7 @@ the second is sum_block(x) @ C, where sum_block adds the 32 inputs of each block
 of the weight's work. The 4-bit codes are unchanged, so the result equals the float-zero-point product up to
 rounding (tested in tests/test_export.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,9 @@ def correct_float_zero_points(model: onnx.ModelProto, accuracy_level: int = 4) -
         node.output[0] = out + "_int_zp"
         del node.input[3:]
         set_attr(node, "accuracy_level", accuracy_level)
-        nodes.append(helper.make_node("MatMul", [block_sums[(x, bs)], corr], [out + "_zp_term"],
-                                      name=node.name + "_zp_term"))
+        nodes.append(
+            helper.make_node("MatMul", [block_sums[(x, bs)], corr], [out + "_zp_term"], name=node.name + "_zp_term")
+        )
         nodes.append(helper.make_node("Add", [out + "_int_zp", out + "_zp_term"], [out], name=node.name + "_zp_add"))
         count += 1
     used = {i for nd in nodes for i in nd.input}

@@ -3,6 +3,7 @@
 Checkpoints and bundles are built once per test session; tiny sizes keep the whole suite within minutes on a
 2-core machine while keeping the real tile, patch, scale-factor and token-id geometry of each architecture.
 """
+
 from __future__ import annotations
 
 import os

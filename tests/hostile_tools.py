@@ -1,6 +1,7 @@
 """Helpers for the hostile-input corpus: a work folder per case, bundle copies to tamper with, snapshots that show
 whether anything was modified or left behind, and the CLI run as a real subprocess (optionally without root's
 permission override, so permission cases mean something when the tests run as root)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -11,9 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from edgevlm.engine.bundle import MANIFEST, sha256_file
 
@@ -33,11 +34,19 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgevlm.cli", *args]
 
 
-def run(args: list, env: dict | None = None, caps: bool = True, timeout: float = 300,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list, env: dict | None = None, caps: bool = True, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     argv = cli_argv(*[os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args])
-    return subprocess.run(argv, capture_output=True, env={**os.environ, **(env or {})}, timeout=timeout,
-                          preexec_fn=None if caps else drop_dac_capabilities, cwd=cwd, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        preexec_fn=None if caps else drop_dac_capabilities,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def text(b: bytes) -> str:
@@ -83,11 +92,13 @@ def rewrite(path: Path, data: bytes | str) -> None:
 
 def link_copy(src: Path, dst: Path) -> Path:
     """A copy of a bundle whose ONNX files are hard links (cheap) and whose small files are real copies."""
+
     def copy(s, d):
         if os.path.getsize(s) > (1 << 20):
             os.link(s, d)
         else:
             shutil.copy2(s, d)
+
     shutil.copytree(src, dst, copy_function=copy)
     return dst
 

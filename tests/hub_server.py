@@ -4,6 +4,7 @@ Serves one folder as repo `owner/name` over the two endpoints huggingface_hub's 
 revision info (`/api/models/{repo}/revision/{rev}`) and file resolution (`/{repo}/resolve/{rev}/{path}`, HEAD and
 GET with X-Repo-Commit / ETag headers). Counts requests so tests can see what was downloaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,10 @@ class HubStandIn:
                 api = f"/api/models/{hub.repo_id}/revision/"
                 resolve = f"/{hub.repo_id}/resolve/"
                 if path.startswith(api):
-                    info = {"id": hub.repo_id, "sha": COMMIT,
-                            "siblings": [{"rfilename": f} for f in hub._files()]}
+                    info = {"id": hub.repo_id, "sha": COMMIT, "siblings": [{"rfilename": f} for f in hub._files()]}
                     return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
                 if path.startswith(resolve):
-                    rel = path[len(resolve):].split("/", 1)[1]
+                    rel = path[len(resolve) :].split("/", 1)[1]
                     file = hub.folder / rel
                     if not file.is_file():
                         return self._send(404, b"not found", {"X-Error-Code": "EntryNotFound"}, head)
@@ -74,8 +74,7 @@ class HubStandIn:
                         hub.downloaded.append(rel)
                     return self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"'}, head)
                 if path.startswith("/api/models/"):
-                    return self._send(404, b'{"error": "Repository not found"}',
-                                      {"X-Error-Code": "RepoNotFound"}, head)
+                    return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, head)
                 return self._send(404, b"not found", None, head)
 
             def do_GET(self):

@@ -1,5 +1,6 @@
 """Captioning an archive: many real videos (and images) with one output each, a manifest, resume after SIGTERM,
 worker processes, and a local Ray cluster (started here on 127.0.0.1) with a worker killed mid-run."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import random_image
 from videotools import free_port, scenes
 
@@ -21,13 +21,17 @@ COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple"
 
 
 def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix in (".srt", ".txt", ".vtt")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".srt", ".txt", ".vtt")
+    }
 
 
 def manifest(folder: Path) -> list[dict]:
@@ -96,9 +100,26 @@ def test_worker_processes_give_the_same_outputs(archive, reference, tiny256, tmp
 
 
 def test_resume_after_sigterm_does_only_the_unfinished_files(archive, reference, tiny256, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "caption", str(archive), "-o", str(tmp_path),
-                             "-m", str(tiny256[1]), "--every", "1", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "caption",
+            str(archive),
+            "-o",
+            str(tmp_path),
+            "-m",
+            str(tiny256[1]),
+            "--every",
+            "1",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if (tmp_path / "manifest.jsonl").exists() and len(manifest(tmp_path)) >= 4:
@@ -148,8 +169,17 @@ def test_one_run_per_output_folder_and_clear_errors(archive, tiny256, tmp_path):
         ((archive,), "needs -o OUT_DIR"),
         ((archive, "-o", archive / "camA" / "still.png"), "is a file"),
         ((str(archive / "nothing*.mp4"), "-o", tmp_path / "o2"), "matches no file"),
-        ((archive / "camA" / "day1" / "0001.mp4", archive / "camB" / "day1" / "0000.mp4", "--mode", "clip", "-o",
-          tmp_path / "o3"), "--mode"),
+        (
+            (
+                archive / "camA" / "day1" / "0001.mp4",
+                archive / "camB" / "day1" / "0000.mp4",
+                "--mode",
+                "clip",
+                "-o",
+                tmp_path / "o3",
+            ),
+            "--mode",
+        ),
         ((tmp_path / "out",), "needs -o"),
     ]:
         r = run_cli("caption", *args, "-m", tiny256[1])
@@ -178,24 +208,64 @@ def ray_cluster(tmp_path_factory):
     port = free_port()
     tmp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
+    subprocess.run(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=180,
+    )
     yield f"127.0.0.1:{port}", env
     subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 def test_ray_cluster_with_a_worker_killed_mid_run(archive, reference, tiny256, tmp_path, ray_cluster):
     address, env = ray_cluster
-    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "caption", str(archive), "-o", str(tmp_path),
-                             "-m", str(tiny256[1]), "--every", "1", "--ray", address, "--ray-actors", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "caption",
+            str(archive),
+            "-o",
+            str(tmp_path),
+            "-m",
+            str(tiny256[1]),
+            "--every",
+            "1",
+            "--ray",
+            address,
+            "--ray-actors",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         if (tmp_path / "manifest.jsonl").exists() and manifest(tmp_path):
-            workers = [p for p in psutil.process_iter(["name", "cmdline"])
-                       if "Captioner" in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "")]
+            workers = [
+                p
+                for p in psutil.process_iter(["name", "cmdline"])
+                if "Captioner" in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "")
+            ]
             if workers:
                 killed = workers[0].pid
                 workers[0].kill()
@@ -217,8 +287,22 @@ def test_detail_applies_to_the_images_of_an_archive(tiny256, tmp_path):
     random_image(90, 120).save(src / "still.png")
     scenes(src / "clip.mp4", (COLORS[0], COLORS[5]), seconds=1)
     out = tmp_path / "out"
-    r = run_cli("caption", src, "-o", out, "-m", tiny256[1], "--every", "1", "--format", "jsonl", "--detail", "medium",
-                "--max-new-tokens", "2")
+    r = run_cli(
+        "caption",
+        src,
+        "-o",
+        out,
+        "-m",
+        tiny256[1],
+        "--every",
+        "1",
+        "--format",
+        "jsonl",
+        "--detail",
+        "medium",
+        "--max-new-tokens",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "still.jsonl").read_text())["tiles"] == 5
     assert [json.loads(line)["text"] is not None for line in (out / "clip.jsonl").read_text().splitlines()]

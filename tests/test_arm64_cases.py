@@ -1,5 +1,6 @@
 """The aarch64 stage's comparison rule (.ci/arm64/cases.py): what fails a run and what is only reported. The stage
 itself runs in .ci/run (docs/arm64.md); these cases pin the rule it applies to its numbers."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,7 +37,7 @@ def test_fp32_must_match_tokens_and_logits():
 
 def test_quantized_difference_fails_only_where_x86_quantized_equals_fp32():
     tokens = {"m/fp32/a": [1, 2], "m/q4/a": [1, 2], "m/fp32/b": [1, 2], "m/q4/b": [1, 3]}
-    x86, logits = _record(tokens, {k: ROWS for k in tokens})
+    x86, logits = _record(tokens, dict.fromkeys(tokens, ROWS))
     _, failures = cases.compare(x86, logits, _run("m/q4/a", [1, 3], ROWS * 1.05))
     assert failures and "where x86 q4 equals x86 fp32" in failures[0]
     rows, failures = cases.compare(x86, logits, _run("m/q4/b", [1, 2], ROWS * 1.05))

@@ -1,5 +1,6 @@
 """The staged engine API: prepare -> encode -> Generator (prefill, step, logits processors, cancel), and one model
 shared by several threads."""
+
 from __future__ import annotations
 
 import threading
@@ -7,11 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import random_image
 
 import edgevlm
-from conftest import random_image
-from edgevlm.errors import ContextLengthError, InputError
 from edgevlm.engine.generate import GenerationConfig
+from edgevlm.errors import ContextLengthError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,9 @@ def test_cancel_from_another_thread_mid_step_ends_cleanly(vlm):
         inside, landed = threading.Event(), threading.Event()
         stop_at = 1 + i % 4
 
-        def hold(ids, scores):  # the driving thread, inside step(): wait here until the cancel has returned
+        def hold(
+            ids, scores, stop_at=stop_at, inside=inside, landed=landed
+        ):  # the driving thread, inside step(): wait here until the cancel has returned
             if len(ids) == stop_at:
                 inside.set()
                 landed.wait(5)
@@ -89,7 +92,7 @@ def test_cancel_from_another_thread_mid_step_ends_cleanly(vlm):
         gen = vlm.generator(prompt, encoded, max_new_tokens=50, ignore_eos=True, logits_processors=[hold])
         errors, seen = [], []
 
-        def drive():
+        def drive(gen=gen, seen=seen, errors=errors):
             try:
                 while (t := gen.step()) is not None:
                     seen.append(t)
@@ -122,8 +125,9 @@ def test_config_and_keywords_are_one_set_of_options(vlm):
     with pytest.raises(InputError, match="forbade every token"):
         vlm.ask(None, "Hi", max_new_tokens=2, logits_processors=[lambda ids, s: np.full_like(s, -np.inf)])
     with pytest.raises(ContextLengthError):
-        vlm.generator(vlm.prepare([{"role": "user", "content": "Hi"}]), edgevlm.EncodedImages(None),
-                      max_new_tokens=9000)
+        vlm.generator(
+            vlm.prepare([{"role": "user", "content": "Hi"}]), edgevlm.EncodedImages(None), max_new_tokens=9000
+        )
 
 
 def test_two_threads_share_one_model(vlm):
@@ -145,11 +149,24 @@ def test_two_threads_share_one_model(vlm):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=("images", lambda im: vlm.ask(
-                   im, "Describe.", max_new_tokens=8, split=False).token_ids, images)),
-               threading.Thread(target=run, args=("texts", lambda t: list(vlm.generator(
-                   vlm.prepare([{"role": "user", "content": t}]), edgevlm.EncodedImages(None), max_new_tokens=8)),
-                   texts))]
+    threads = [
+        threading.Thread(
+            target=run,
+            args=("images", lambda im: vlm.ask(im, "Describe.", max_new_tokens=8, split=False).token_ids, images),
+        ),
+        threading.Thread(
+            target=run,
+            args=(
+                "texts",
+                lambda t: list(
+                    vlm.generator(
+                        vlm.prepare([{"role": "user", "content": t}]), edgevlm.EncodedImages(None), max_new_tokens=8
+                    )
+                ),
+                texts,
+            ),
+        ),
+    ]
     for t in threads:
         t.start()
     for t in threads:

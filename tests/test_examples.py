@@ -1,5 +1,6 @@
 """The examples run as users would run them: a real OpenCV capture loop, a callback-style camera SDK, and a real
 GStreamer pipeline (videotestsrc -> appsink, through Debian's PyGObject; .ci/run prepares EDGEVLM_GST_PYTHON)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run(python: str, script: str, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([python, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [python, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_opencv_capture_loop_example(tiny256, tmp_path):
@@ -43,8 +45,11 @@ def test_caption_image_example(tiny256, tmp_path):
 
 def test_gstreamer_appsink_example(tiny256):
     python = os.environ.get("EDGEVLM_GST_PYTHON")
-    require(python, "set EDGEVLM_GST_PYTHON to a python with PyGObject + GStreamer and edgevlm: "
-                    ".ci/gstreamer-venv .venv-gst && export EDGEVLM_GST_PYTHON=$PWD/.venv-gst/bin/python")
+    require(
+        python,
+        "set EDGEVLM_GST_PYTHON to a python with PyGObject + GStreamer and edgevlm: "
+        ".ci/gstreamer-venv .venv-gst && export EDGEVLM_GST_PYTHON=$PWD/.venv-gst/bin/python",
+    )
     r = run(python, "gstreamer_appsink.py", tiny256[1], "", 3)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

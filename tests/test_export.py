@@ -1,4 +1,5 @@
 """The exporter: verification report, bundle manifest, quantized files, and clean failure on bad sources."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import edgevlm
-from conftest import require
 from edgevlm.engine.bundle import MANIFEST, sha256_file
 from edgevlm.errors import ModelError
 
 
 def cli(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
 
 
 def test_fp32_report_says_tokens_equal(tiny_model):
@@ -60,8 +66,9 @@ def test_quantized_files_really_quantized(tiny256):
     assert q["decoder_model_merged:q4"]["ops"]["MatMul"] == q["decoder_model_merged:q4"]["ops"]["MatMulNBits"] - 1
     assert q["vision_encoder:int8"]["ops"].get("MatMulInteger", 0) > 0
     assert q["embed_tokens:q4"]["ops"].get("GatherBlockQuantized", 0) == 1
-    sizes = {v: sum(manifest["files"][rel]["size"] for rel in parts.values())
-             for v, parts in manifest["variants"].items()}
+    sizes = {
+        v: sum(manifest["files"][rel]["size"] for rel in parts.values()) for v, parts in manifest["variants"].items()
+    }
     # (int8 keeps an fp32 lm_head: on these tiny sizes the head dominates, so int8 > fp16 here, not at 256M)
     assert sizes["q4"] < sizes["int8"] < sizes["fp32"] and sizes["q4"] < sizes["fp16"] < sizes["fp32"]
     # fp16 stays close to fp32; every variant was verified and reported
@@ -144,6 +151,7 @@ def test_unknown_variant_and_missing_model_clear_errors(tiny256, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- bad sources
+
 
 def _export_cli(source, out: Path):
     return cli("export", source, "-o", out, "--variants", "fp32")
@@ -297,14 +305,19 @@ def test_vision_encoder_fused_and_equal_to_the_trace(tiny_model, tmp_path):
     fused = onnx.ModelProto()
     fused.CopyFrom(trace)
     layers = cfg.num_hidden_layers
-    assert fuse_vision(fused, cfg.num_attention_heads) == {"attention": layers, "attention_unfused": 0, "gelu": layers,
-                                                           "gelu_unfused": 0, "unmasked_branch": layers}
+    assert fuse_vision(fused, cfg.num_attention_heads) == {
+        "attention": layers,
+        "attention_unfused": 0,
+        "gelu": layers,
+        "gelu_unfused": 0,
+        "unmasked_branch": layers,
+    }
     tile = cfg.image_size
     pixels = np.random.default_rng(0).standard_normal((1, 2, 3, tile, tile)).astype(np.float32)
     full = np.ones((1, 2, tile, tile), bool)
     padded = full.copy()
-    padded[0, 1, tile // 2:, :] = False
-    padded[0, 1, :, 2 * tile // 3:] = False
+    padded[0, 1, tile // 2 :, :] = False
+    padded[0, 1, :, 2 * tile // 3 :] = False
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (trace, fused)]
     for mask in (full, padded):
         feeds = {"pixel_values": pixels, "pixel_attention_mask": mask}
@@ -318,18 +331,23 @@ def test_float_zero_point_correction_equals_the_float_zero_point_product(tmp_pat
     (exact at accuracy_level 0; level 4 adds int8 activation rounding only)."""
     import onnx
     import onnxruntime as ort
+    from edgevlm_export.zero_point_correction import correct_float_zero_points
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    from edgevlm_export.zero_point_correction import correct_float_zero_points
 
     rng = np.random.default_rng(0)
     k, n = 128, 96
     w = numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n])],
+        [w],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     q = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=32, bits=4))
     q.process()
     hqq = q.model.model
@@ -340,7 +358,9 @@ def test_float_zero_point_correction_equals_the_float_zero_point_product(tmp_pat
     assert correct_float_zero_points(fast, accuracy_level=level) == 1
     assert not [i for i in fast.graph.initializer if i.name.endswith("zero_points")]
     x = (rng.standard_normal((1, 5, k)) * np.array([1.0] * (k - 1) + [30.0])).astype(np.float32)  # one outlier
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
     ref, got = run(hqq), run(fast)
     assert np.abs(got - ref).max() <= tol * np.abs(ref).max()

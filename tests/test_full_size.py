@@ -7,13 +7,13 @@ fp32 equal to PyTorch token for token, and the runtime, loaded as a user would, 
 through the model card's path. Weights this size go to external data files (`<part>.onnx_data`), a path the tiny
 test models never take.
 """
+
 from __future__ import annotations
 
 import os
 import stat
 
 import pytest
-
 from conftest import random_image
 
 pytestmark = pytest.mark.slow
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def full500(tmp_path_factory):
     from edgevlm_export.pipeline import export
+
     from tools.checkpoints import make_checkpoint
 
     root = tmp_path_factory.mktemp("full500")
@@ -46,14 +47,22 @@ def test_500m_export_verifies_every_variant(full500):
 
 def test_500m_runtime_equals_pytorch_greedy(full500, reference_cache):
     """The model card's path (tests/test_parity.py's reference) against the runtime as a user loads it."""
-    import edgevlm
     from conftest import reference
     from test_parity import reference_tokens
 
+    import edgevlm
+
     ckpt, bundle, _ = full500
     model, processor = reference(ckpt, reference_cache)
-    messages = [{"role": "user", "content": [{"type": "image", "image": random_image(300, 420, 5)},
-                                             {"type": "text", "text": "Describe this image."}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(300, 420, 5)},
+                {"type": "text", "text": "Describe this image."},
+            ],
+        }
+    ]
     ref_prompt, ref_new = reference_tokens(model, processor, messages, True)
     vlm = edgevlm.load(bundle, threads=2)
     assert vlm.prepare(messages).input_ids == ref_prompt

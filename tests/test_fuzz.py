@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the parts that meet untrusted input: image decoding and preprocessing, the
 manifest reader, the prompt builder and the caption writers. Each property is either "a clear EdgeVLMError or a
 correct result, nothing else" or a round trip. Example counts are bounded (the `ci` profile in conftest.py)."""
+
 from __future__ import annotations
 
 import io
@@ -9,16 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import random_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_image
 from edgevlm.engine import bundle as bundle_mod
 from edgevlm.engine import prompt as prompt_mod
+from edgevlm.engine.preprocess import load_image, process_image, tile_grid
+from edgevlm.errors import InputError, ModelError
 from edgevlm.media.captions import CaptionWriter
 from edgevlm.records import Segment
-from edgevlm.errors import InputError, ModelError
-from edgevlm.engine.preprocess import load_image, process_image, tile_grid
 
 SLOW = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None)
 
@@ -64,8 +65,13 @@ def spec(tiny256):
 
 
 @SLOW
-@given(h=st.integers(1, 1400), w=st.integers(1, 1400), channels=st.sampled_from([0, 1, 3, 4]),
-       dtype=st.sampled_from(["uint8", "uint16", "float32"]), split=st.sampled_from([None, True, False]))
+@given(
+    h=st.integers(1, 1400),
+    w=st.integers(1, 1400),
+    channels=st.sampled_from([0, 1, 3, 4]),
+    dtype=st.sampled_from(["uint8", "uint16", "float32"]),
+    split=st.sampled_from([None, True, False]),
+)
 def test_any_array_preprocesses_to_the_predicted_tiles(spec, h, w, channels, dtype, split):
     rng = np.random.default_rng(h * 7919 + w)
     shape = (h, w) if channels == 0 else (h, w, channels)
@@ -81,9 +87,11 @@ def test_any_array_preprocesses_to_the_predicted_tiles(spec, h, w, channels, dty
     assert low - 1e-5 <= out.pixel_values.min() and out.pixel_values.max() <= high + 1e-5
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(
-    max_size=20), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=20)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +145,14 @@ def test_manifest_reader_accepts_valid_or_refuses_clearly(config_only_bundle, da
 
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60) | st.sampled_from(
-    ["<image>", "a <video> b", "<end_of_utterance>", "<|im_start|>", "<row_1_col_1>", "{{ 7*7 }}", "{% raw %}"])
+    ["<image>", "a <video> b", "<end_of_utterance>", "<|im_start|>", "<row_1_col_1>", "{{ 7*7 }}", "{% raw %}"]
+)
 
 
 @st.composite
 def conversations(draw):
     messages, slots = [], []
-    for i in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(1, 4))):
         role = draw(st.sampled_from(["system", "user", "assistant"]))
         content = []
         for _ in range(draw(st.integers(1, 3))):
@@ -164,8 +173,9 @@ def test_prompt_builder_counts_image_tokens_exactly(tiny256, conv):
     try:
         norm = prompt_mod.normalize_messages(messages)
     except InputError:
-        assert any(tok in item.get("text", "") for m in messages for item in m["content"]
-                   for tok in prompt_mod.RESERVED)
+        assert any(
+            tok in item.get("text", "") for m in messages for item in m["content"] for tok in prompt_mod.RESERVED
+        )
         return
     text = prompt_mod.expand_images(prompt_mod.render(norm, template), slots, 64)
     expected = sum((s.rows * s.cols + 1) * 64 for s in slots)
@@ -177,8 +187,9 @@ def test_prompt_builder_counts_image_tokens_exactly(tiny256, conv):
                 assert item["text"].strip() in text
 
 
-CUE_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"),
-                   max_size=80) | st.sampled_from(["a --> b", "line\n\nbreak", "\n\n", "-->", "<b>x</b>", " "])
+CUE_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"), max_size=80
+) | st.sampled_from(["a --> b", "line\n\nbreak", "\n\n", "-->", "<b>x</b>", " "])
 
 
 @st.composite
@@ -217,4 +228,3 @@ def test_caption_writers_always_write_valid_files(tmp_path_factory, segs, fmt):
     else:
         assert body.count("\n") == len(segs)
     assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temporary file left
-

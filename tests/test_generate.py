@@ -1,15 +1,16 @@
 """Generation options behave like transformers' logits processors; streaming keeps UTF-8 whole."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import random_image
 
 import edgevlm
-from conftest import random_image
 from edgevlm import defaults
-from edgevlm.errors import ContextLengthError, InputError
 from edgevlm.engine.generate import GenerationConfig, process_logits
+from edgevlm.errors import ContextLengthError, InputError
 
 
 def test_repetition_penalty_matches_transformers():
@@ -59,8 +60,13 @@ def test_top_k_1_is_greedy_and_seed_reproducible():
 
 
 def test_bad_options_rejected():
-    for bad in (dict(max_new_tokens=0), dict(do_sample=True, temperature=-0.5), dict(temperature=float("nan")),
-                dict(top_p=0.0), dict(top_k=-1)):
+    for bad in (
+        dict(max_new_tokens=0),
+        dict(do_sample=True, temperature=-0.5),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(top_k=-1),
+    ):
         with pytest.raises(InputError):
             GenerationConfig(**bad).check()
 
@@ -68,12 +74,16 @@ def test_bad_options_rejected():
 def test_temperature_zero_is_greedy():
     """temperature=0 means greedy everywhere (the library, the CLI, the server and C), as in OpenAI's API."""
     logits = np.random.default_rng(3).normal(size=500).astype(np.float32)
-    for config in (GenerationConfig(do_sample=True, temperature=0.0), GenerationConfig.from_kwargs(temperature=0),
-                   GenerationConfig.from_kwargs(temperature=0, top_p=0.5, seed=9)):
+    for config in (
+        GenerationConfig(do_sample=True, temperature=0.0),
+        GenerationConfig.from_kwargs(temperature=0),
+        GenerationConfig.from_kwargs(temperature=0, top_p=0.5, seed=9),
+    ):
         config.check()
         assert config.greedy
         assert {process_logits(logits, [], config, np.random.default_rng(s)) for s in range(50)} == {
-            int(np.argmax(logits))}
+            int(np.argmax(logits))
+        }
     assert not GenerationConfig.from_kwargs().do_sample
     assert GenerationConfig.from_kwargs(temperature=0.5).do_sample
 
@@ -112,16 +122,22 @@ def test_call_keywords_win_over_config_and_task_defaults_apply_without_either(vl
     assert vlm.caption(random_image(40, 40, seed=1), config=config, split=False).new_tokens == 32
     assert len(list(vlm.stream(None, "Hello", config=config, max_new_tokens=4))) <= 4
     # no keyword and no config: the task's default from edgevlm.defaults
-    assert vlm.caption(random_image(40, 40, seed=1), split=False, ignore_eos=True).new_tokens == \
-        defaults.MAX_NEW_TOKENS["caption"]
+    assert (
+        vlm.caption(random_image(40, 40, seed=1), split=False, ignore_eos=True).new_tokens
+        == defaults.MAX_NEW_TOKENS["caption"]
+    )
     assert vlm.ask(None, "Hello", ignore_eos=True).new_tokens == defaults.MAX_NEW_TOKENS["chat"]
 
 
 def test_temperature_zero_through_the_api_is_greedy(vlm):
     greedy = vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True).token_ids
     assert vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True, temperature=0, seed=1).token_ids == greedy
-    assert vlm.ask(None, "Hello", max_new_tokens=8, ignore_eos=True, do_sample=True, temperature=0.0,
-                   top_k=5, seed=2).token_ids == greedy
+    assert (
+        vlm.ask(
+            None, "Hello", max_new_tokens=8, ignore_eos=True, do_sample=True, temperature=0.0, top_k=5, seed=2
+        ).token_ids
+        == greedy
+    )
 
 
 def test_stream_joins_to_result_text_and_utf8_whole(vlm):
@@ -184,8 +200,9 @@ def _answers(bundle, variant: str, shared: bool) -> list[list[int]]:
     vlm.decoder.shares_kv = shared
     image = random_image(300, 200, seed=5)
     # 300 new tokens: the in-place cache starts at prompt + 128 positions and grows twice on the way.
-    answers = [vlm.ask(image, "Describe it.", max_new_tokens=300, ignore_eos=True, split=s).token_ids
-               for s in (False, True)]
+    answers = [
+        vlm.ask(image, "Describe it.", max_new_tokens=300, ignore_eos=True, split=s).token_ids for s in (False, True)
+    ]
     answers.append(vlm.ask(image, "Describe it.", max_new_tokens=40, temperature=0.9, top_k=50, seed=7).token_ids)
     return answers
 

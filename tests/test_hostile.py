@@ -4,6 +4,7 @@ Every case asserts the exit code by class (0 fine, 2 bad input, 3 bad model, 4 e
 `error:` line that says what was wrong (never a traceback, never "this is a bug"), no temporary file left behind
 and no input or unrelated file modified (the case's folder and the shared bundle are snapshotted before and after).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import random_image, require
-from hostile_tools import (ERROR_LINE, Case, cli_argv, edit_json, leftovers, link_copy,
-                           refresh_manifest, rewrite, run, snapshot, text)
+from hostile_tools import (
+    ERROR_LINE,
+    Case,
+    cli_argv,
+    edit_json,
+    leftovers,
+    link_copy,
+    refresh_manifest,
+    rewrite,
+    run,
+    snapshot,
+    text,
+)
+from PIL import Image
 from videotools import HttpStream, free_port, make, run_ffmpeg, scenes
 
 M = ["-m", "{B}"]
@@ -35,7 +46,7 @@ def assets(tmp_path_factory) -> Path:
     random_image(100, 140, seed=1).save(a / "img.png")
     random_image(90, 60, seed=2).save(a / "img.jpg")
     random_image(64, 64, seed=3, channels=4).save(a / "rgba.png")
-    Image.fromarray((np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)).save(a / "gray16.png")
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20).save(a / "gray16.png")
     random_image(50, 70, seed=4).convert("CMYK").save(a / "cmyk.jpg")
     frames = [random_image(40, 40, seed=s) for s in range(3)]
     frames[0].save(a / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
@@ -46,8 +57,14 @@ def assets(tmp_path_factory) -> Path:
     shutil.copy(a / "img.png", a / "png_named.jpg")
     Image.new("L", (12000, 12000)).save(a / "huge.png", optimize=True)  # 144 MP in ~150 KB
     header = b"BM" + (0).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
-    dib = (40).to_bytes(4, "little") + (40000).to_bytes(4, "little", signed=True) + (40000).to_bytes(
-        4, "little", signed=True) + (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + bytes(24)
+    dib = (
+        (40).to_bytes(4, "little")
+        + (40000).to_bytes(4, "little", signed=True)
+        + (40000).to_bytes(4, "little", signed=True)
+        + (1).to_bytes(2, "little")
+        + (24).to_bytes(2, "little")
+        + bytes(24)
+    )
     (a / "claims_huge.bmp").write_bytes(header + dib + bytes(64))
     png = (a / "img.png").read_bytes()
     (a / "trunc.png").write_bytes(png[: len(png) // 2])
@@ -63,8 +80,14 @@ def assets(tmp_path_factory) -> Path:
     (a / "empty.png").write_bytes(b"")
     scenes(a / "vid.mp4", ("red", "blue", "green"), seconds=1)
     make(a / "long.mp4", "testsrc", 60, ["-c:v", "libx264", "-pix_fmt", "yuv420p"], size="160x120", rate=5)
-    make(a / "stream.ts", "testsrc", 6, ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mpegts"],
-         size="160x120", rate=10)
+    make(
+        a / "stream.ts",
+        "testsrc",
+        6,
+        ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mpegts"],
+        size="160x120",
+        rate=10,
+    )
     data = (a / "stream.ts").read_bytes()
     (a / "cut.ts").write_bytes(data[: len(data) // 2])  # truncated mid-stream: the first half decodes
     (a / "header_only.mp4").write_bytes((a / "vid.mp4").read_bytes()[:1024])
@@ -96,7 +119,9 @@ def manifest_edit(fn, refresh: bool = False):
             fn(b)
             if refresh:
                 refresh_manifest(b)
+
         bundle_copy(env, edit)
+
     return prep
 
 
@@ -135,6 +160,7 @@ def with_(**edits):
     def apply(m):
         m.update(edits)
         return m
+
     return apply
 
 
@@ -143,6 +169,7 @@ def without(*keys):
         for k in keys:
             m.pop(k, None)
         return m
+
     return apply
 
 
@@ -150,6 +177,7 @@ def variant_part(path):
     def apply(m):
         m["variants"]["fp32"]["vision_encoder"] = path
         return m
+
     return apply
 
 
@@ -158,6 +186,7 @@ def file_entry(**entry):
         first = sorted(m["files"])[0]
         m["files"][first].update(entry)
         return m
+
     return apply
 
 
@@ -168,6 +197,7 @@ def chmod(rel: str, mode: int, bundle: bool = False):
             p = root / rel
             rewrite(p, p.read_bytes())
         os.chmod(root / rel, mode)
+
     return prep
 
 
@@ -188,6 +218,7 @@ def stdout_has(pattern):
         import re
 
         assert re.search(pattern, text(r.stdout)), text(r.stdout)[:500]
+
     return check
 
 
@@ -197,18 +228,21 @@ def srt_ok(rel, at_least=1):
 
         cues = list(srt.parse((env.w / rel).read_text()))
         assert len(cues) >= at_least
+
     return check
 
 
 def unchanged_file(rel, content="old content\n"):
     def check(env, r):
         assert (env.w / rel).read_text() == content
+
     return check
 
 
 def expect(predicate, what: str):
     def check(env, r):
         assert predicate(env, r), what
+
     return check
 
 
@@ -216,6 +250,7 @@ def both(*checks):
     def check(env, r):
         for c in checks:
             c(env, r)
+
     return check
 
 
@@ -260,9 +295,11 @@ def wait_for(predicate, timeout=120.0, proc=None):
 
 def signal_after(sig, ready, timeout=180.0):
     """Start the CLI, send `sig` once ready(env, proc) holds, return the finished process."""
+
     def driver(env, argv):
-        proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         try:
             assert wait_for(lambda: ready(env, proc), timeout, proc), "the run ended before the signal was due"
             proc.send_signal(sig)
@@ -272,18 +309,22 @@ def signal_after(sig, ready, timeout=180.0):
                 proc.kill()
                 proc.wait()
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
     return driver
 
 
 def stdout_into(rel, append=True):
     """Run the CLI with its stdout on the file {w}/rel, as a shell's `>> rel` (append) or `1<> rel` does."""
+
     def driver(env, argv):
         with open(env.w / rel, "a" if append else "r+") as out:
             if not append:
                 out.seek(0, os.SEEK_END)
-            r = subprocess.run(cli_argv(*argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               timeout=300)
+            r = subprocess.run(
+                cli_argv(*argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=300
+            )
         return subprocess.CompletedProcess(argv, r.returncode, b"", r.stderr)
+
     return driver
 
 
@@ -293,7 +334,8 @@ def log_kept_and_srt(rel, first="keep\n"):
 
         content = (env.w / rel).read_text()
         assert content.startswith(first), content[:200]
-        assert list(srt.parse(content[len(first):])), content[:400]
+        assert list(srt.parse(content[len(first) :])), content[:400]
+
     return check
 
 
@@ -311,6 +353,7 @@ def partial_exists(pattern):
 def partial_file_has(text_piece):
     def ready(env, proc):
         return any(text_piece in p.read_text(errors="replace") for p in env.w.glob(".*.partial"))
+
     return ready
 
 
@@ -318,6 +361,7 @@ def file_has_lines(rel, n):
     def ready(env, proc):
         p = env.w / rel
         return p.exists() and p.read_text().count("\n") >= n
+
     return ready
 
 
@@ -343,6 +387,7 @@ def jsonl_matches_stdout(rel):
         shown = [json.loads(line) for line in text(r.stdout).splitlines() if line.strip()]
         kept = [json.loads(line) for line in (env.w / rel).read_text().splitlines()]
         assert len(shown) >= 3 and kept == shown
+
     return check
 
 
@@ -350,11 +395,13 @@ def jsonl_complete(rel, at_least=1):
     def check(env, r):
         lines = (env.w / rel).read_text().splitlines()
         assert len(lines) >= at_least and all(json.loads(line)["text"] is not None for line in lines)
+
     return check
 
 
 def bundle_modes(rel):
     """What `mkdir` and `open` give under the umask (0755 / 0644 with the usual 022), not mkdtemp's 0700."""
+
     def check(env, r):
         umask = os.umask(0)
         os.umask(umask)
@@ -362,6 +409,7 @@ def bundle_modes(rel):
         for p in [root, *root.rglob("*")]:
             mode = p.stat().st_mode & 0o777
             assert mode & 0o055 == (0o755 if p.is_dir() else 0o644) & 0o055 & ~umask, (p, oct(mode))
+
     return check
 
 
@@ -390,27 +438,59 @@ def cases() -> list[Case]:
     add(Case("image-text-file", [*C, "{w}/text.jpg", *M], 2, "not an image"))
     add(Case("image-svg", [*C, "{w}/vector.svg", *M], 2, "not an image"))
     add(Case("image-bad-webp", [*C, "{w}/riff.webp", *M], 2, "not an image|corrupt"))
-    add(Case("image-is-folder", [*C, "{w}/folder.png", *M], 2, "not a regular file",
-             prep=lambda env: (env.w / "folder.png").mkdir()))
+    add(
+        Case(
+            "image-is-folder",
+            [*C, "{w}/folder.png", *M],
+            2,
+            "not a regular file",
+            prep=lambda env: (env.w / "folder.png").mkdir(),
+        )
+    )
     add(Case("image-is-device", [*C, "/dev/zero", *M], 2, "not a regular file"))
     add(Case("image-is-fifo", [*C, "{w}/pipe.png", *M], 2, "not a regular file", prep=mkfifo("pipe.png")))
-    add(Case("image-dangling-link", [*C, "{w}/dead.png", *M], 2, "does not exist",
-             prep=symlink("dead.png", "{w}/gone.png")))
+    add(
+        Case(
+            "image-dangling-link",
+            [*C, "{w}/dead.png", *M],
+            2,
+            "does not exist",
+            prep=symlink("dead.png", "{w}/gone.png"),
+        )
+    )
     add(Case("image-144-megapixels", [*C, "{w}/huge.png", *M], 2, "over the limit.*downscale"))
     add(Case("image-header-claims-40000x40000", [*C, "{w}/claims_huge.bmp", *M], 2, "over the limit"))
     add(Case("image-over-flag-limit", [*C, *IMG, *M, "--max-image-pixels", "100"], 2, "over the limit of 100"))
-    add(Case("image-over-env-limit", [*C, *IMG, *M], 2, "over the limit of 100",
-             env={"EDGEVLM_MAX_IMAGE_PIXELS": "100"}))
+    add(
+        Case(
+            "image-over-env-limit", [*C, *IMG, *M], 2, "over the limit of 100", env={"EDGEVLM_MAX_IMAGE_PIXELS": "100"}
+        )
+    )
     add(Case("image-pixel-limit-zero", [*C, *IMG, *M, "--max-image-pixels", "0"], 2, "max-image-pixels"))
-    add(Case("image-unreadable", [*C, "{w}/img.png", *M], 2, "permission denied", prep=chmod("img.png", 0),
-             caps=False))
+    add(Case("image-unreadable", [*C, "{w}/img.png", *M], 2, "permission denied", prep=chmod("img.png", 0), caps=False))
     add(Case("image-undecodable-name-missing", [*C, os.fsencode("{w}/") + b"\xff\xfe.png", *M], 2, "does not exist"))
-    for ok in ("img.jpg", "rgba.png", "gray16.png", "cmyk.jpg", "anim.gif", "one.png", "exif.jpg",
-               "png_named.jpg", "img.tiff"):
+    for ok in (
+        "img.jpg",
+        "rgba.png",
+        "gray16.png",
+        "cmyk.jpg",
+        "anim.gif",
+        "one.png",
+        "exif.jpg",
+        "png_named.jpg",
+        "img.tiff",
+    ):
         add(Case(f"image-fine-{ok}", [*C, f"{{w}}/{ok}", *M, *T], 0, r"\S"))
-    add(Case("image-undecodable-name-exists", [*C, os.fsencode("{w}/") + b"\xff.png", *M, *T], 0, r"\S",
-             prep=lambda env: shutil.copy(env.w / "img.png", os.fsencode(str(env.w)) + b"/\xff.png"),
-             outputs=("\udcff.png",)))
+    add(
+        Case(
+            "image-undecodable-name-exists",
+            [*C, os.fsencode("{w}/") + b"\xff.png", *M, *T],
+            0,
+            r"\S",
+            prep=lambda env: shutil.copy(env.w / "img.png", os.fsencode(str(env.w)) + b"/\xff.png"),
+            outputs=("\udcff.png",),
+        )
+    )
     add(Case("image-and-video-mixed", ["ask", *IMG, *VID, "what?", *M], 2, "cannot be mixed"))
     add(Case("two-videos", ["ask", *VID, "{w}/long.mp4", "what?", *M], 2, "pass one video"))
     # ---- videos
@@ -420,15 +500,38 @@ def cases() -> list[Case]:
     add(Case("video-audio-only", [*C, "{w}/audio.mp4", *M], 2, "no video stream"))
     add(Case("video-header-only", [*C, "{w}/header_only.mp4", *M], 2, "video"))
     add(Case("video-is-png-decodes-as-one-frame", [*C, "{w}/png_named.mp4", *M, *T], 0, r"\S"))
-    add(Case("video-is-folder", [*C, "{w}/dir.mp4", *M], 2, "does not exist|not a regular file",
-             prep=lambda env: (env.w / "dir.mp4").mkdir()))
-    add(Case("video-truncated-mid-stream", [*C, "{w}/cut.ts", *M, *T, "--format", "srt", "-o", "{w}/cut.srt"], 0,
-             outputs=("cut.srt",), check=srt_ok("cut.srt")))
-    for flag, value, why in (("--fps", "0", "out of range"), ("--fps", "nan", "finite"), ("--fps", "-1", "range"),
-                             ("--max-frames", "0", "range"), ("--every", "0", "range"),
-                             ("--every", "nan", "finite"), ("--every", "inf", "finite"), ("--every", "-5", "range"),
-                             ("--threshold", "-1", "range"), ("--threshold", "nan", "finite"),
-                             ("--threshold", "300", "range"), ("--every", "five", "not a number")):
+    add(
+        Case(
+            "video-is-folder",
+            [*C, "{w}/dir.mp4", *M],
+            2,
+            "does not exist|not a regular file",
+            prep=lambda env: (env.w / "dir.mp4").mkdir(),
+        )
+    )
+    add(
+        Case(
+            "video-truncated-mid-stream",
+            [*C, "{w}/cut.ts", *M, *T, "--format", "srt", "-o", "{w}/cut.srt"],
+            0,
+            outputs=("cut.srt",),
+            check=srt_ok("cut.srt"),
+        )
+    )
+    for flag, value, why in (
+        ("--fps", "0", "out of range"),
+        ("--fps", "nan", "finite"),
+        ("--fps", "-1", "range"),
+        ("--max-frames", "0", "range"),
+        ("--every", "0", "range"),
+        ("--every", "nan", "finite"),
+        ("--every", "inf", "finite"),
+        ("--every", "-5", "range"),
+        ("--threshold", "-1", "range"),
+        ("--threshold", "nan", "finite"),
+        ("--threshold", "300", "range"),
+        ("--every", "five", "not a number"),
+    ):
         add(Case(f"video-{flag[2:]}-{value}", [*C, *VID, *M, flag, value], 2, f"{flag}.*{why}|{why}.*{flag}"))
     add(Case("video-mode-bogus", [*C, *VID, *M, "--mode", "fast"], 2, "--mode"))
     add(Case("video-format-bogus", [*C, *VID, *M, "--format", "docx"], 2, "--format"))
@@ -442,8 +545,15 @@ def cases() -> list[Case]:
     add(Case("ask-video-fps-zero", ["ask", *VID, "what?", *M, "--fps", "0"], 2, "--fps"))
     add(Case("ask-image-fps", ["ask", *IMG, "what?", *M, "--fps", "1"], 2, "--fps.*video"))
     add(Case("video-max-new-tokens-zero", [*C, *VID, *M, "--max-new-tokens", "0"], 2, "--max-new-tokens"))
-    add(Case("video-timeline-srt", [*C, *VID, *M, *T, "--format", "srt", "-o", "{w}/v.srt"], 0,
-             outputs=("v.srt",), check=srt_ok("v.srt", 3)))
+    add(
+        Case(
+            "video-timeline-srt",
+            [*C, *VID, *M, *T, "--format", "srt", "-o", "{w}/v.srt"],
+            0,
+            outputs=("v.srt",),
+            check=srt_ok("v.srt", 3),
+        )
+    )
     add(Case("video-clip-json", [*C, *VID, *M, *T, "--mode", "clip", "--json"], 0, r'"new_tokens": 2'))
     add(Case("video-timeline-to-dash", [*C, *VID, *M, *T, "--format", "vtt", "-o", "-"], 0, "WEBVTT"))
     # ---- live sources
@@ -458,120 +568,426 @@ def cases() -> list[Case]:
     add(Case("watch-bad-regex", [*W, *VID, *M, "--trigger", "("], 2, "regular expression"))
     add(Case("watch-trigger-exit-alone", [*W, *VID, *M, "--trigger-exit", "3"], 2, "needs --trigger"))
     for value in ("300", "0", "-1", "x"):
-        add(Case(f"watch-trigger-exit-{value}", [*W, *VID, *M, "--trigger", "a", "--trigger-exit", value], 2,
-                 "--trigger-exit"))
-    for flag, value in (("--retry-for", "-1"), ("--retry-for", "nan"), ("--heartbeat", "0"),
-                        ("--min-interval", "nan"), ("--min-interval", "-2"), ("--max-captions", "0"),
-                        ("--threshold", "-3"), ("--max-new-tokens", "0"), ("--threads", "0")):
+        add(
+            Case(
+                f"watch-trigger-exit-{value}",
+                [*W, *VID, *M, "--trigger", "a", "--trigger-exit", value],
+                2,
+                "--trigger-exit",
+            )
+        )
+    for flag, value in (
+        ("--retry-for", "-1"),
+        ("--retry-for", "nan"),
+        ("--heartbeat", "0"),
+        ("--min-interval", "nan"),
+        ("--min-interval", "-2"),
+        ("--max-captions", "0"),
+        ("--threshold", "-3"),
+        ("--max-new-tokens", "0"),
+        ("--threads", "0"),
+    ):
         add(Case(f"watch{flag[1:]}-{value}", [*W, *VID, *M, flag, value], 2, flag))
     add(Case("watch-format-srt", [*W, *VID, *M, "--format", "srt"], 2, "--format"))
     add(Case("watch-output-is-source", [*W, *VID, *M, "-o", "{w}/vid.mp4"], 2, "is the input"))
     add(Case("watch-output-is-folder", [*W, *VID, *M, "-o", "{w}"], 2, "is a folder"))
-    add(Case("watch-output-disk-full", [*W, *VID, *M, *T, "--threshold", "0", "--no-realtime", "-o", "/dev/full"],
-             2, "disk is full"))
+    add(
+        Case(
+            "watch-output-disk-full",
+            [*W, *VID, *M, *T, "--threshold", "0", "--no-realtime", "-o", "/dev/full"],
+            2,
+            "disk is full",
+        )
+    )
     add(Case("watch-undecodable-prompt", [*W, *VID, *M, "-p", b"caption \xff"], 2, "UTF-8"))
-    add(Case("watch-prompt-with-image-token", [*W, *VID, *M, *T, "--no-realtime", "-p", "see <image>"], 2,
-             "reserves"))
-    add(Case("watch-lost-stream-keeps-captions",
-             [*W, "http://127.0.0.1:{port}/live.ts", *M, *T, "--threshold", "0", "--retry-for", "1", "--format",
-              "jsonl", "-o", "{w}/live.jsonl"], 2, "did not come back", driver=lost_stream, outputs=("live.jsonl",),
-             check=jsonl_matches_stdout("live.jsonl")))
-    add(Case("watch-sigterm-keeps-lines", [*W, *VID, *M, *T, "--threshold", "0", "--format", "jsonl", "-o",
-                                           "{w}/w.jsonl"], 0, driver=signal_after(signal.SIGTERM,
-                                                                                   file_has_lines("w.jsonl", 1)),
-             outputs=("w.jsonl",), check=jsonl_complete("w.jsonl")))
-    add(Case("watch-appends-to-existing-log", [*W, *VID, *M, *T, "--no-realtime", "--max-captions", "1",
-                                               "--format", "jsonl", "-o", "{w}/log.jsonl"], 0,
-             prep=writes_file("log.jsonl", '{"text": "earlier"}\n'), outputs=("log.jsonl",),
-             check=expect(lambda env, r: (env.w / "log.jsonl").read_text().startswith('{"text": "earlier"}\n')
-                          and (env.w / "log.jsonl").read_text().count("\n") == 2, "earlier line kept, one added")))
+    add(Case("watch-prompt-with-image-token", [*W, *VID, *M, *T, "--no-realtime", "-p", "see <image>"], 2, "reserves"))
+    add(
+        Case(
+            "watch-lost-stream-keeps-captions",
+            [
+                *W,
+                "http://127.0.0.1:{port}/live.ts",
+                *M,
+                *T,
+                "--threshold",
+                "0",
+                "--retry-for",
+                "1",
+                "--format",
+                "jsonl",
+                "-o",
+                "{w}/live.jsonl",
+            ],
+            2,
+            "did not come back",
+            driver=lost_stream,
+            outputs=("live.jsonl",),
+            check=jsonl_matches_stdout("live.jsonl"),
+        )
+    )
+    add(
+        Case(
+            "watch-sigterm-keeps-lines",
+            [*W, *VID, *M, *T, "--threshold", "0", "--format", "jsonl", "-o", "{w}/w.jsonl"],
+            0,
+            driver=signal_after(signal.SIGTERM, file_has_lines("w.jsonl", 1)),
+            outputs=("w.jsonl",),
+            check=jsonl_complete("w.jsonl"),
+        )
+    )
+    add(
+        Case(
+            "watch-appends-to-existing-log",
+            [*W, *VID, *M, *T, "--no-realtime", "--max-captions", "1", "--format", "jsonl", "-o", "{w}/log.jsonl"],
+            0,
+            prep=writes_file("log.jsonl", '{"text": "earlier"}\n'),
+            outputs=("log.jsonl",),
+            check=expect(
+                lambda env, r: (
+                    (env.w / "log.jsonl").read_text().startswith('{"text": "earlier"}\n')
+                    and (env.w / "log.jsonl").read_text().count("\n") == 2
+                ),
+                "earlier line kept, one added",
+            ),
+        )
+    )
     # ---- bundles and manifests
     add(Case("model-missing-folder", [*C, *IMG, "-m", "{w}/no_such_bundle"], 3, "does not exist"))
     add(Case("model-mistyped-relative-path", [*C, *IMG, "-m", "{w}/bundel/x"], 3, "does not exist"))
-    add(Case("model-mistyped-path-that-looks-like-a-hub-id", [*C, *IMG, "-m", "models/smolvlm2-bundel"], 3,
-             "does not exist", cwd="{w}", prep=lambda env: (env.w / "models").mkdir(),
-             check=expect(lambda env, r: "download" not in text(r.stderr), "no hub download advice")))
+    add(
+        Case(
+            "model-mistyped-path-that-looks-like-a-hub-id",
+            [*C, *IMG, "-m", "models/smolvlm2-bundel"],
+            3,
+            "does not exist",
+            cwd="{w}",
+            prep=lambda env: (env.w / "models").mkdir(),
+            check=expect(lambda env, r: "download" not in text(r.stderr), "no hub download advice"),
+        )
+    )
     add(Case("model-is-file", [*C, *IMG, "-m", "{w}/img.png"], 3, "does not exist|not a"))
-    add(Case("model-empty-folder", [*C, *IMG, "-m", "{w}/emptydir"], 3, "config.json",
-             prep=lambda env: (env.w / "emptydir").mkdir()))
+    add(
+        Case(
+            "model-empty-folder",
+            [*C, *IMG, "-m", "{w}/emptydir"],
+            3,
+            "config.json",
+            prep=lambda env: (env.w / "emptydir").mkdir(),
+        )
+    )
     for name in ("config.json", "tokenizer.json"):
-        add(Case(f"model-without-{name}", [*C, *IMG, "-m", "{w}/bundle"], 3, name,
-                 prep=manifest_edit(lambda b, n=name: (b / n).unlink())))
-    add(Case("config-not-json", [*C, *IMG, "-m", "{w}/bundle"], 3, "not valid JSON",
-             prep=manifest_edit(lambda b: rewrite(b / "config.json", "{oops"), refresh=True)))
-    add(Case("config-is-list", [*C, *IMG, "-m", "{w}/bundle"], 3, "JSON object",
-             prep=config_json(lambda m: [m])))
-    add(Case("config-is-folder", [*C, *IMG, "-m", "{w}/bundle"], 3, "config.json",
-             prep=manifest_edit(lambda b: ((b / "config.json").unlink(), (b / "config.json").mkdir()))))
-    add(Case("config-wrong-model-type", [*C, *IMG, "-m", "{w}/bundle"], 3, "not a SmolVLM config",
-             prep=config_json(with_(model_type="llama"))))
-    add(Case("config-without-text-config", [*C, *IMG, "-m", "{w}/bundle"], 3, "text_config",
-             prep=config_json(without("text_config"))))
-    add(Case("config-without-vision-config", [*C, *IMG, "-m", "{w}/bundle"], 3, "vision_config",
-             prep=config_json(without("vision_config"))))
-    add(Case("config-text-config-list", [*C, *IMG, "-m", "{w}/bundle"], 3, "wrong kind",
-             prep=config_json(with_(text_config=[1, 2]))))
-    add(Case("config-hidden-size-string", [*C, *IMG, "-m", "{w}/bundle"], 3, "wrong kind",
-             prep=config_json(lambda m: (m["text_config"].update(hidden_size="big"), m)[1])))
-    for label, value in (("object-empty", "{}"), ("list", "[]"), ("null", "null"), ("string", '"x"'),
-                         ("number", "42")):
-        add(Case(f"manifest-{label}", [*C, *IMG, "-m", "{w}/bundle"], 3, "not a valid edgevlm manifest",
-                 prep=set_manifest(value)))
+        add(
+            Case(
+                f"model-without-{name}",
+                [*C, *IMG, "-m", "{w}/bundle"],
+                3,
+                name,
+                prep=manifest_edit(lambda b, n=name: (b / n).unlink()),
+            )
+        )
+    add(
+        Case(
+            "config-not-json",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "not valid JSON",
+            prep=manifest_edit(lambda b: rewrite(b / "config.json", "{oops"), refresh=True),
+        )
+    )
+    add(Case("config-is-list", [*C, *IMG, "-m", "{w}/bundle"], 3, "JSON object", prep=config_json(lambda m: [m])))
+    add(
+        Case(
+            "config-is-folder",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "config.json",
+            prep=manifest_edit(lambda b: ((b / "config.json").unlink(), (b / "config.json").mkdir())),
+        )
+    )
+    add(
+        Case(
+            "config-wrong-model-type",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "not a SmolVLM config",
+            prep=config_json(with_(model_type="llama")),
+        )
+    )
+    add(
+        Case(
+            "config-without-text-config",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "text_config",
+            prep=config_json(without("text_config")),
+        )
+    )
+    add(
+        Case(
+            "config-without-vision-config",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "vision_config",
+            prep=config_json(without("vision_config")),
+        )
+    )
+    add(
+        Case(
+            "config-text-config-list",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "wrong kind",
+            prep=config_json(with_(text_config=[1, 2])),
+        )
+    )
+    add(
+        Case(
+            "config-hidden-size-string",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "wrong kind",
+            prep=config_json(lambda m: (m["text_config"].update(hidden_size="big"), m)[1]),
+        )
+    )
+    for label, value in (("object-empty", "{}"), ("list", "[]"), ("null", "null"), ("string", '"x"'), ("number", "42")):
+        add(
+            Case(
+                f"manifest-{label}",
+                [*C, *IMG, "-m", "{w}/bundle"],
+                3,
+                "not a valid edgevlm manifest",
+                prep=set_manifest(value),
+            )
+        )
     add(Case("manifest-not-json", [*C, *IMG, "-m", "{w}/bundle"], 3, "not valid JSON", prep=set_manifest("{")))
-    add(Case("manifest-binary", [*C, *IMG, "-m", "{w}/bundle"], 3, "not valid JSON",
-             prep=manifest_edit(lambda b: rewrite(b / "edgevlm.json", os.urandom(256)))))
-    add(Case("manifest-without-variants", [*C, *IMG, "-m", "{w}/bundle"], 3, "variants",
-             prep=manifest_json(without("variants"))))
-    add(Case("manifest-variants-list", [*C, *IMG, "-m", "{w}/bundle"], 3, "variants",
-             prep=manifest_json(with_(variants=[]))))
-    add(Case("manifest-without-files", [*C, *IMG, "-m", "{w}/bundle"], 3, "'files'",
-             prep=manifest_json(without("files"))))
-    add(Case("manifest-absolute-path", [*C, *IMG, "-m", "{w}/bundle"], 3, "outside the bundle",
-             prep=manifest_json(variant_part("/etc/passwd"))))
-    add(Case("manifest-dotdot-path", [*C, *IMG, "-m", "{w}/bundle"], 3, "outside the bundle",
-             prep=manifest_json(variant_part("../img.png"))))
-    add(Case("manifest-path-not-string", [*C, *IMG, "-m", "{w}/bundle"], 3, "path string",
-             prep=manifest_json(variant_part(7))))
-    add(Case("manifest-variant-missing-part", [*C, *IMG, "-m", "{w}/bundle"], 3, "exactly the parts",
-             prep=manifest_json(lambda m: (m["variants"]["fp32"].pop("embed_tokens"), m)[1])))
-    add(Case("manifest-sha-not-hex", [*C, *IMG, "-m", "{w}/bundle"], 3, "sha256",
-             prep=manifest_json(file_entry(sha256="zz"))))
-    add(Case("manifest-negative-size", [*C, *IMG, "-m", "{w}/bundle"], 3, "size",
-             prep=manifest_json(file_entry(size=-1))))
-    add(Case("manifest-file-entry-absolute", [*C, *IMG, "-m", "{w}/bundle"], 3, "outside the bundle",
-             prep=manifest_json(lambda m: (m["files"].update({"/etc/hosts": {"sha256": "0" * 64, "size": 1}}),
-                                           m)[1])))
-    add(Case("manifest-wrong-format", [*C, *IMG, "-m", "{w}/bundle"], 3, "format",
-             prep=manifest_json(with_(format="other"))))
-    add(Case("manifest-future-version", [*C, *IMG, "-m", "{w}/bundle"], 3, "Upgrade edgevlm",
-             prep=manifest_json(with_(format_version=99))))
-    add(Case("manifest-version-string", [*C, *IMG, "-m", "{w}/bundle"], 3, "version",
-             prep=manifest_json(with_(format_version="1"))))
-    add(Case("manifest-file-unlisted", [*C, *IMG, "-m", "{w}/bundle"], 3, "not listed",
-             prep=manifest_json(lambda m: (m["files"].pop("onnx/vision_encoder.onnx"), m)[1])))
-    add(Case("onnx-altered", [*C, *IMG, "-m", "{w}/bundle"], 3, "checksum",
-             prep=manifest_edit(lambda b: flip_byte(b / "onnx/embed_tokens.onnx"))))
-    add(Case("onnx-truncated", [*C, *IMG, "-m", "{w}/bundle"], 3, "checksum",
-             prep=manifest_edit(lambda b: rewrite(b / "onnx/vision_encoder.onnx", b"\x08\x07"))))
-    add(Case("onnx-missing", [*C, *IMG, "-m", "{w}/bundle"], 3, "missing",
-             prep=manifest_edit(lambda b: (b / "onnx/decoder_model_merged.onnx").unlink())))
-    add(Case("onnx-garbage-with-matching-manifest", [*C, *IMG, "-m", "{w}/bundle"], 3, "could not load",
-             prep=manifest_edit(lambda b: rewrite(b / "onnx/vision_encoder.onnx", os.urandom(999)), refresh=True)))
-    add(Case("parts-swapped-with-manifest", [*C, *IMG, "-m", "{w}/bundle"], 3, "mixed up",
-             prep=manifest_edit(swap_parts, refresh=True)))
-    add(Case("parts-swapped-hf-layout", [*C, *IMG, "-m", "{w}/bundle"], 3, "mixed up",
-             prep=manifest_edit(lambda b: (unverified_layout(b), swap_parts(b)))))
-    add(Case("tokenizer-altered", [*C, *IMG, "-m", "{w}/bundle"], 3, "checksum",
-             prep=manifest_edit(lambda b: rewrite(b / "tokenizer.json", "{}"))))
-    add(Case("tokenizer-garbage-hf-layout", [*C, *IMG, "-m", "{w}/bundle"], 3, "tokenizer",
-             prep=manifest_edit(lambda b: (unverified_layout(b), rewrite(b / "tokenizer.json", "[1,2")))))
-    add(Case("hf-layout-loads-unverified-once", [*C, *IMG, "{w}/img.jpg", "-m", "{w}/bundle", *T], 0,
-             prep=manifest_edit(unverified_layout),
-             check=expect(lambda env, r: text(r.stderr).count("unverified") == 1, "one unverified warning")))
-    add(Case("model-file-unreadable", [*C, *IMG, "-m", "{w}/bundle"], 3, "cannot be read|permission",
-             prep=chmod("onnx/vision_encoder.onnx", 0, bundle=True), caps=False))
-    add(Case("config-unreadable", [*C, *IMG, "-m", "{w}/bundle"], 3, "cannot be read",
-             prep=chmod("config.json", 0, bundle=True), caps=False))
+    add(
+        Case(
+            "manifest-binary",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "not valid JSON",
+            prep=manifest_edit(lambda b: rewrite(b / "edgevlm.json", os.urandom(256))),
+        )
+    )
+    add(
+        Case(
+            "manifest-without-variants",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "variants",
+            prep=manifest_json(without("variants")),
+        )
+    )
+    add(
+        Case(
+            "manifest-variants-list",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "variants",
+            prep=manifest_json(with_(variants=[])),
+        )
+    )
+    add(
+        Case(
+            "manifest-without-files", [*C, *IMG, "-m", "{w}/bundle"], 3, "'files'", prep=manifest_json(without("files"))
+        )
+    )
+    add(
+        Case(
+            "manifest-absolute-path",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "outside the bundle",
+            prep=manifest_json(variant_part("/etc/passwd")),
+        )
+    )
+    add(
+        Case(
+            "manifest-dotdot-path",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "outside the bundle",
+            prep=manifest_json(variant_part("../img.png")),
+        )
+    )
+    add(
+        Case(
+            "manifest-path-not-string",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "path string",
+            prep=manifest_json(variant_part(7)),
+        )
+    )
+    add(
+        Case(
+            "manifest-variant-missing-part",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "exactly the parts",
+            prep=manifest_json(lambda m: (m["variants"]["fp32"].pop("embed_tokens"), m)[1]),
+        )
+    )
+    add(
+        Case(
+            "manifest-sha-not-hex",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "sha256",
+            prep=manifest_json(file_entry(sha256="zz")),
+        )
+    )
+    add(
+        Case(
+            "manifest-negative-size", [*C, *IMG, "-m", "{w}/bundle"], 3, "size", prep=manifest_json(file_entry(size=-1))
+        )
+    )
+    add(
+        Case(
+            "manifest-file-entry-absolute",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "outside the bundle",
+            prep=manifest_json(lambda m: (m["files"].update({"/etc/hosts": {"sha256": "0" * 64, "size": 1}}), m)[1]),
+        )
+    )
+    add(
+        Case(
+            "manifest-wrong-format",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "format",
+            prep=manifest_json(with_(format="other")),
+        )
+    )
+    add(
+        Case(
+            "manifest-future-version",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "Upgrade edgevlm",
+            prep=manifest_json(with_(format_version=99)),
+        )
+    )
+    add(
+        Case(
+            "manifest-version-string",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "version",
+            prep=manifest_json(with_(format_version="1")),
+        )
+    )
+    add(
+        Case(
+            "manifest-file-unlisted",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "not listed",
+            prep=manifest_json(lambda m: (m["files"].pop("onnx/vision_encoder.onnx"), m)[1]),
+        )
+    )
+    add(
+        Case(
+            "onnx-altered",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "checksum",
+            prep=manifest_edit(lambda b: flip_byte(b / "onnx/embed_tokens.onnx")),
+        )
+    )
+    add(
+        Case(
+            "onnx-truncated",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "checksum",
+            prep=manifest_edit(lambda b: rewrite(b / "onnx/vision_encoder.onnx", b"\x08\x07")),
+        )
+    )
+    add(
+        Case(
+            "onnx-missing",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "missing",
+            prep=manifest_edit(lambda b: (b / "onnx/decoder_model_merged.onnx").unlink()),
+        )
+    )
+    add(
+        Case(
+            "onnx-garbage-with-matching-manifest",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "could not load",
+            prep=manifest_edit(lambda b: rewrite(b / "onnx/vision_encoder.onnx", os.urandom(999)), refresh=True),
+        )
+    )
+    add(
+        Case(
+            "parts-swapped-with-manifest",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "mixed up",
+            prep=manifest_edit(swap_parts, refresh=True),
+        )
+    )
+    add(
+        Case(
+            "parts-swapped-hf-layout",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "mixed up",
+            prep=manifest_edit(lambda b: (unverified_layout(b), swap_parts(b))),
+        )
+    )
+    add(
+        Case(
+            "tokenizer-altered",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "checksum",
+            prep=manifest_edit(lambda b: rewrite(b / "tokenizer.json", "{}")),
+        )
+    )
+    add(
+        Case(
+            "tokenizer-garbage-hf-layout",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "tokenizer",
+            prep=manifest_edit(lambda b: (unverified_layout(b), rewrite(b / "tokenizer.json", "[1,2"))),
+        )
+    )
+    add(
+        Case(
+            "hf-layout-loads-unverified-once",
+            [*C, *IMG, "{w}/img.jpg", "-m", "{w}/bundle", *T],
+            0,
+            prep=manifest_edit(unverified_layout),
+            check=expect(lambda env, r: text(r.stderr).count("unverified") == 1, "one unverified warning"),
+        )
+    )
+    add(
+        Case(
+            "model-file-unreadable",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "cannot be read|permission",
+            prep=chmod("onnx/vision_encoder.onnx", 0, bundle=True),
+            caps=False,
+        )
+    )
+    add(
+        Case(
+            "config-unreadable",
+            [*C, *IMG, "-m", "{w}/bundle"],
+            3,
+            "cannot be read",
+            prep=chmod("config.json", 0, bundle=True),
+            caps=False,
+        )
+    )
     add(Case("variant-unknown", [*C, *IMG, *M, "--variant", "int2"], 3, "int2.*Pick one"))
     add(Case("variant-empty", [*C, *IMG, *M, "--variant", ""], 3, "variant"))
     add(Case("providers-cuda", [*C, *IMG, *M, "--providers", "cuda"], 3, "not available"))
@@ -581,18 +997,29 @@ def cases() -> list[Case]:
     # ---- arguments
     for value in ("0", "-1", "abc", "1.5"):
         add(Case(f"max-new-tokens-{value}", [*C, *IMG, *M, "--max-new-tokens", value], 2, "--max-new-tokens"))
-    add(Case("max-new-tokens-past-context", [*C, *IMG, *M, "--max-new-tokens", "9000"], 2,
-             r"context.*\(--detail low\).*lower --max-new-tokens"))
-    add(Case("forty-images-past-context", [*C, *[f"{{w}}/img{i}.png" for i in range(40)], *M], 2,
-             "context of 8192", prep=lambda env: [shutil.copy(env.w / "img.png", env.w / f"img{i}.png")
-                                                  for i in range(40)]))
+    add(
+        Case(
+            "max-new-tokens-past-context",
+            [*C, *IMG, *M, "--max-new-tokens", "9000"],
+            2,
+            r"context.*\(--detail low\).*lower --max-new-tokens",
+        )
+    )
+    add(
+        Case(
+            "forty-images-past-context",
+            [*C, *[f"{{w}}/img{i}.png" for i in range(40)], *M],
+            2,
+            "context of 8192",
+            prep=lambda env: [shutil.copy(env.w / "img.png", env.w / f"img{i}.png") for i in range(40)],
+        )
+    )
     for value in ("0", "-2"):
         add(Case(f"threads-{value}", [*C, *IMG, *M, "--threads", value], 2, "--threads"))
     add(Case("prompt-undecodable", [*C, *IMG, *M, "-p", b"describe \xff\xfe"], 2, "UTF-8"))
     add(Case("question-undecodable", ["ask", *IMG, b"what \xc3\x28 is it?", *M], 2, "UTF-8"))
     for token in ("<image>", "<video>", "<fake_token_around_image>", "<global-img>"):
-        add(Case(f"question-with-{token.strip('<>')}", ["ask", *IMG, f"what is {token} here?", *M], 2,
-                 "reserves"))
+        add(Case(f"question-with-{token.strip('<>')}", ["ask", *IMG, f"what is {token} here?", *M], 2, "reserves"))
     add(Case("question-empty", ["ask", *IMG, "", *M], 2, "empty"))
     add(Case("question-blank", ["ask", *IMG, "   \n ", *M], 2, "empty"))
     add(Case("image-with-output", [*C, *IMG, *M, "-o", "{w}/x.txt"], 2, "--output.*not apply"))
@@ -613,32 +1040,106 @@ def cases() -> list[Case]:
     add(Case("export-unknown-variant", ["export", "{ckpt}", "-o", "{w}/out", "--variants", "int3"], 4, "int3"))
     add(Case("export-missing-source", ["export", "{w}/nockpt", "-o", "{w}/out"], 4, "does not exist"))
     add(Case("export-source-is-file", ["export", "{w}/img.png", "-o", "{w}/out"], 4, "is a file"))
-    add(Case("export-source-not-smolvlm", ["export", "{w}/notvlm", "-o", "{w}/out"], 4, "not SmolVLM",
-             prep=lambda env: ((env.w / "notvlm").mkdir(),
-                               (env.w / "notvlm/config.json").write_text('{"model_type": "llama"}'))))
-    add(Case("export-source-without-weights", ["export", "{w}/noweights", "-o", "{w}/out"], 4, "no weights",
-             prep=lambda env: ((env.w / "noweights").mkdir(),
-                               (env.w / "noweights/config.json").write_text('{"model_type": "smolvlm"}'))))
-    add(Case("export-output-not-empty", ["export", "{ckpt}", "-o", "{w}/full"], 4, "--force",
-             prep=lambda env: ((env.w / "full").mkdir(), (env.w / "full/keep.txt").write_text("keep"))))
-    add(Case("export-force-onto-its-source", ["export", "{w}/ck", "-o", "{w}/ck", "--force"], 4, "delete it",
-             prep=lambda env: shutil.copytree(env["ckpt"], env.w / "ck")))
-    add(Case("export-force-onto-source-parent", ["export", "{w}/p/ck", "-o", "{w}/p", "--force"], 4, "delete it",
-             prep=lambda env: shutil.copytree(env["ckpt"], env.w / "p/ck")))
-    add(Case("export-bundle-readable-by-others", ["export", "{ckpt}", "-o", "{w}/shared", "--variants", "fp32"], 0,
-             outputs=("shared",), check=bundle_modes("shared")))
+    add(
+        Case(
+            "export-source-not-smolvlm",
+            ["export", "{w}/notvlm", "-o", "{w}/out"],
+            4,
+            "not SmolVLM",
+            prep=lambda env: (
+                (env.w / "notvlm").mkdir(),
+                (env.w / "notvlm/config.json").write_text('{"model_type": "llama"}'),
+            ),
+        )
+    )
+    add(
+        Case(
+            "export-source-without-weights",
+            ["export", "{w}/noweights", "-o", "{w}/out"],
+            4,
+            "no weights",
+            prep=lambda env: (
+                (env.w / "noweights").mkdir(),
+                (env.w / "noweights/config.json").write_text('{"model_type": "smolvlm"}'),
+            ),
+        )
+    )
+    add(
+        Case(
+            "export-output-not-empty",
+            ["export", "{ckpt}", "-o", "{w}/full"],
+            4,
+            "--force",
+            prep=lambda env: ((env.w / "full").mkdir(), (env.w / "full/keep.txt").write_text("keep")),
+        )
+    )
+    add(
+        Case(
+            "export-force-onto-its-source",
+            ["export", "{w}/ck", "-o", "{w}/ck", "--force"],
+            4,
+            "delete it",
+            prep=lambda env: shutil.copytree(env["ckpt"], env.w / "ck"),
+        )
+    )
+    add(
+        Case(
+            "export-force-onto-source-parent",
+            ["export", "{w}/p/ck", "-o", "{w}/p", "--force"],
+            4,
+            "delete it",
+            prep=lambda env: shutil.copytree(env["ckpt"], env.w / "p/ck"),
+        )
+    )
+    add(
+        Case(
+            "export-bundle-readable-by-others",
+            ["export", "{ckpt}", "-o", "{w}/shared", "--variants", "fp32"],
+            0,
+            outputs=("shared",),
+            check=bundle_modes("shared"),
+        )
+    )
     add(Case("export-threads-zero", ["export", "{ckpt}", "-o", "{w}/out", "--threads", "0"], 2, "--threads"))
-    add(Case("export-onto-read-only-disk", ["export", "{ckpt}", "-o", "{w}/ro/out", "--variants", "fp32"], 4,
-             "read-only|could not write", prep=read_only_disk("ro")))
+    add(
+        Case(
+            "export-onto-read-only-disk",
+            ["export", "{ckpt}", "-o", "{w}/ro/out", "--variants", "fp32"],
+            4,
+            "read-only|could not write",
+            prep=read_only_disk("ro"),
+        )
+    )
     # ---- output targets
     V = [*C, *VID, *M, *T, "--format", "srt"]
     add(Case("output-is-input", [*V, "-o", "{w}/vid.mp4"], 2, "is the input"))
-    add(Case("output-is-input-other-spelling", [*V, "-o", "{w}/./sub/../vid.mp4"], 2, "is the input",
-             prep=lambda env: (env.w / "sub").mkdir()))
-    add(Case("output-hard-link-to-input", [*V, "-o", "{w}/hard.srt"], 2, "is the input",
-             prep=lambda env: os.link(env.w / "vid.mp4", env.w / "hard.srt")))
-    add(Case("output-symlink-to-input", [*V, "-o", "{w}/soft.srt"], 2, "is the input",
-             prep=symlink("soft.srt", "{w}/vid.mp4")))
+    add(
+        Case(
+            "output-is-input-other-spelling",
+            [*V, "-o", "{w}/./sub/../vid.mp4"],
+            2,
+            "is the input",
+            prep=lambda env: (env.w / "sub").mkdir(),
+        )
+    )
+    add(
+        Case(
+            "output-hard-link-to-input",
+            [*V, "-o", "{w}/hard.srt"],
+            2,
+            "is the input",
+            prep=lambda env: os.link(env.w / "vid.mp4", env.w / "hard.srt"),
+        )
+    )
+    add(
+        Case(
+            "output-symlink-to-input",
+            [*V, "-o", "{w}/soft.srt"],
+            2,
+            "is the input",
+            prep=symlink("soft.srt", "{w}/vid.mp4"),
+        )
+    )
     add(Case("output-is-folder", [*V, "-o", "{w}"], 2, "is a folder"))
     add(Case("output-folder-missing", [*V, "-o", "{w}/no/dir/v.srt"], 2, "does not exist"))
     add(Case("output-empty-name", [*V, "-o", ""], 2, "empty"))
@@ -646,52 +1147,165 @@ def cases() -> list[Case]:
     add(Case("output-device-full", [*V, "-o", "/dev/full"], 2, "disk is full"))
     add(Case("output-on-full-disk", [*V, "-o", "{w}/full/v.srt"], 2, "disk is full", prep=full_disk("full")))
     add(Case("output-on-read-only-disk", [*V, "-o", "{w}/ro/v.srt"], 2, "read-only", prep=read_only_disk("ro")))
-    add(Case("output-read-only-file", [*V, "-o", "{w}/locked.srt"], 2, "read-only",
-             prep=lambda env: ((env.w / "locked.srt").write_text("old content\n"), (env.w / "locked.srt").chmod(0o444)),
-             caps=False))
-    add(Case("output-folder-not-writable", [*V, "-o", "{w}/closed/v.srt"], 2, "permission|cannot write",
-             prep=lambda env: ((env.w / "closed").mkdir(), (env.w / "closed").chmod(0o555)), caps=False))
-    add(Case("output-through-symlink", [*V, "-o", "{w}/link.srt"], 0,
-             prep=lambda env: ((env.w / "real.srt").write_text("old content\n"),
-                               os.symlink(env.w / "real.srt", env.w / "link.srt")),
-             outputs=("real.srt",),
-             check=both(expect(lambda env, r: (env.w / "link.srt").is_symlink(), "link kept"), srt_ok("real.srt"))))
-    add(Case("output-dangling-symlink", [*V, "-o", "{w}/dangling.srt"], 0,
-             prep=symlink("dangling.srt", "{w}/target.srt"), outputs=("target.srt",),
-             check=both(expect(lambda env, r: (env.w / "dangling.srt").is_symlink(), "link kept"),
-                        srt_ok("target.srt"))))
-    add(Case("output-replaces-file-atomically", [*V, "-o", "{w}/old.srt"], 0, prep=writes_file("old.srt"),
-             outputs=("old.srt",), check=srt_ok("old.srt")))
+    add(
+        Case(
+            "output-read-only-file",
+            [*V, "-o", "{w}/locked.srt"],
+            2,
+            "read-only",
+            prep=lambda env: ((env.w / "locked.srt").write_text("old content\n"), (env.w / "locked.srt").chmod(0o444)),
+            caps=False,
+        )
+    )
+    add(
+        Case(
+            "output-folder-not-writable",
+            [*V, "-o", "{w}/closed/v.srt"],
+            2,
+            "permission|cannot write",
+            prep=lambda env: ((env.w / "closed").mkdir(), (env.w / "closed").chmod(0o555)),
+            caps=False,
+        )
+    )
+    add(
+        Case(
+            "output-through-symlink",
+            [*V, "-o", "{w}/link.srt"],
+            0,
+            prep=lambda env: (
+                (env.w / "real.srt").write_text("old content\n"),
+                os.symlink(env.w / "real.srt", env.w / "link.srt"),
+            ),
+            outputs=("real.srt",),
+            check=both(expect(lambda env, r: (env.w / "link.srt").is_symlink(), "link kept"), srt_ok("real.srt")),
+        )
+    )
+    add(
+        Case(
+            "output-dangling-symlink",
+            [*V, "-o", "{w}/dangling.srt"],
+            0,
+            prep=symlink("dangling.srt", "{w}/target.srt"),
+            outputs=("target.srt",),
+            check=both(expect(lambda env, r: (env.w / "dangling.srt").is_symlink(), "link kept"), srt_ok("target.srt")),
+        )
+    )
+    add(
+        Case(
+            "output-replaces-file-atomically",
+            [*V, "-o", "{w}/old.srt"],
+            0,
+            prep=writes_file("old.srt"),
+            outputs=("old.srt",),
+            check=srt_ok("old.srt"),
+        )
+    )
     add(Case("output-dash-is-stdout", [*V, "-o", "-"], 0, r"00:00:00,000 -->"))
     add(Case("output-dev-stdout", [*V, "-o", "/dev/stdout"], 0, r"00:00:00,000 -->"))
     # `-o /dev/stdout >> log`: the path resolves to log.txt itself; renaming over it once destroyed the log.
     for name, path in (("dev-stdout", "/dev/stdout"), ("dev-fd-1", "/dev/fd/1"), ("proc-self-fd-1", "/proc/self/fd/1")):
-        add(Case(f"output-{name}-appended-log-kept", [*V, "-o", path], 0, prep=writes_file("log.txt", "keep\n"),
-                 driver=stdout_into("log.txt"), outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
-    add(Case("output-dev-fd-1-read-write-log-kept", [*V, "-o", "/dev/fd/1"], 0,
-             prep=writes_file("log.txt", "keep\n"), driver=stdout_into("log.txt", append=False),
-             outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
-    add(Case("output-link-to-dev-stdout-log-kept", [*V, "-o", "{w}/out.srt"], 0,
-             prep=lambda env: ((env.w / "log.txt").write_text("keep\n"), os.symlink("/dev/stdout", env.w / "out.srt")),
-             driver=stdout_into("log.txt"), outputs=("log.txt",), check=log_kept_and_srt("log.txt")))
+        add(
+            Case(
+                f"output-{name}-appended-log-kept",
+                [*V, "-o", path],
+                0,
+                prep=writes_file("log.txt", "keep\n"),
+                driver=stdout_into("log.txt"),
+                outputs=("log.txt",),
+                check=log_kept_and_srt("log.txt"),
+            )
+        )
+    add(
+        Case(
+            "output-dev-fd-1-read-write-log-kept",
+            [*V, "-o", "/dev/fd/1"],
+            0,
+            prep=writes_file("log.txt", "keep\n"),
+            driver=stdout_into("log.txt", append=False),
+            outputs=("log.txt",),
+            check=log_kept_and_srt("log.txt"),
+        )
+    )
+    add(
+        Case(
+            "output-link-to-dev-stdout-log-kept",
+            [*V, "-o", "{w}/out.srt"],
+            0,
+            prep=lambda env: ((env.w / "log.txt").write_text("keep\n"), os.symlink("/dev/stdout", env.w / "out.srt")),
+            driver=stdout_into("log.txt"),
+            outputs=("log.txt",),
+            check=log_kept_and_srt("log.txt"),
+        )
+    )
     add(Case("output-closed-descriptor", [*V, "-o", "/dev/fd/9"], 2, "not open"))
-    add(Case("output-kept-when-input-bad", [*C, "{w}/text.mp4", *M, "--format", "srt", "-o", "{w}/keep.srt"], 2,
-             "video", prep=writes_file("keep.srt"), check=unchanged_file("keep.srt")))
-    add(Case("output-kept-when-model-bad", [*V, "-m", "{w}/nothing", "-o", "{w}/keep.srt"], 3, "does not exist",
-             prep=writes_file("keep.srt"), check=unchanged_file("keep.srt")))
+    add(
+        Case(
+            "output-kept-when-input-bad",
+            [*C, "{w}/text.mp4", *M, "--format", "srt", "-o", "{w}/keep.srt"],
+            2,
+            "video",
+            prep=writes_file("keep.srt"),
+            check=unchanged_file("keep.srt"),
+        )
+    )
+    add(
+        Case(
+            "output-kept-when-model-bad",
+            [*V, "-m", "{w}/nothing", "-o", "{w}/keep.srt"],
+            3,
+            "does not exist",
+            prep=writes_file("keep.srt"),
+            check=unchanged_file("keep.srt"),
+        )
+    )
     # ---- signals
     long_caption = [*C, *IMG, *M, "--no-split", "--stream", "--max-new-tokens", "6000"]
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        add(Case(f"image-caption-{sig.name}", long_caption, 130, "interrupted",
-                 driver=signal_after(sig, first_stdout_byte)))
+        add(
+            Case(
+                f"image-caption-{sig.name}",
+                long_caption,
+                130,
+                "interrupted",
+                driver=signal_after(sig, first_stdout_byte),
+            )
+        )
     for sig in (signal.SIGTERM, signal.SIGINT):
-        add(Case(f"export-{sig.name}-cleans-up", ["export", "{ckpt}", "-o", "{w}/out", "--variants", "fp32,q4"], 130,
-                 "interrupted", driver=signal_after(sig, partial_exists(".out.partial-*/onnx")),
-                 check=export_tmp_gone))
-    add(Case("timeline-SIGTERM-keeps-cues", [*C, "{w}/long.mp4", *M, *T, "--every", "1", "--no-scene",
-                                             "--threshold", "0", "--format", "srt", "-o", "{w}/long.srt"], 130,
-             "stopped", driver=signal_after(signal.SIGTERM, partial_file_has("-->")), outputs=("long.srt",),
-             check=srt_ok("long.srt")))
+        add(
+            Case(
+                f"export-{sig.name}-cleans-up",
+                ["export", "{ckpt}", "-o", "{w}/out", "--variants", "fp32,q4"],
+                130,
+                "interrupted",
+                driver=signal_after(sig, partial_exists(".out.partial-*/onnx")),
+                check=export_tmp_gone,
+            )
+        )
+    add(
+        Case(
+            "timeline-SIGTERM-keeps-cues",
+            [
+                *C,
+                "{w}/long.mp4",
+                *M,
+                *T,
+                "--every",
+                "1",
+                "--no-scene",
+                "--threshold",
+                "0",
+                "--format",
+                "srt",
+                "-o",
+                "{w}/long.srt",
+            ],
+            130,
+            "stopped",
+            driver=signal_after(signal.SIGTERM, partial_file_has("-->")),
+            outputs=("long.srt",),
+            check=srt_ok("long.srt"),
+        )
+    )
     return c
 
 
@@ -747,8 +1361,11 @@ def test_hostile(case: Case, hostile_env, tmp_path):
         after = snapshot(w)
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         allowed = set(case.outputs)
-        assert not {k for k in changed if k not in allowed and not k.startswith(("full/", "ro/", *(
-            f"{o}/" for o in case.outputs)))}, changed
+        assert not {
+            k
+            for k in changed
+            if k not in allowed and not k.startswith(("full/", "ro/", *(f"{o}/" for o in case.outputs)))
+        }, changed
         assert snapshot(bundle) == bundle_before, "the shared bundle was modified"
         assert not leftovers(w) and not leftovers(bundle), leftovers(w)
         if case.check:

@@ -1,4 +1,5 @@
 """Hub ids through huggingface_hub against a local stand-in server; the CLI as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import random_image
 from hub_server import HubStandIn
 
@@ -17,37 +17,77 @@ REPO = "edgevlm-test/SmolVLM2-tiny"
 
 
 def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def hub_env(server: HubStandIn, home: Path) -> dict:
-    return {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    return {
+        "HF_ENDPOINT": server.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+    }
 
 
 def test_hub_id_downloads_only_the_chosen_variant_then_runs(tiny256, tmp_path):
     _, bundle = tiny256
     random_image(80, 120).save(tmp_path / "img.png")
     with HubStandIn(bundle, REPO) as hub:
-        r = run_cli("caption", tmp_path / "img.png", "-m", REPO, "--variant", "q4", "--max-new-tokens", "3",
-                    "--no-split", env=hub_env(hub, tmp_path / "hf"))
+        r = run_cli(
+            "caption",
+            tmp_path / "img.png",
+            "-m",
+            REPO,
+            "--variant",
+            "q4",
+            "--max-new-tokens",
+            "3",
+            "--no-split",
+            env=hub_env(hub, tmp_path / "hf"),
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip()
         onnx = sorted(f for f in hub.downloaded if f.startswith("onnx/"))
-        assert onnx == ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx",
-                        "onnx/vision_encoder_q4.kernels.onnx", "onnx/vision_encoder_q4.onnx"]
+        assert onnx == [
+            "onnx/decoder_model_merged_q4.onnx",
+            "onnx/embed_tokens_q4.onnx",
+            "onnx/vision_encoder_q4.kernels.onnx",
+            "onnx/vision_encoder_q4.onnx",
+        ]
         # The snapshot lands in the Hugging Face cache layout; a second run downloads nothing new.
         assert list((tmp_path / "hf").rglob("models--edgevlm-test--SmolVLM2-tiny"))
         count = len(hub.downloaded)
-        r = run_cli("caption", tmp_path / "img.png", "-m", REPO, "--variant", "q4", "--max-new-tokens", "3",
-                    "--no-split", env=hub_env(hub, tmp_path / "hf"))
+        r = run_cli(
+            "caption",
+            tmp_path / "img.png",
+            "-m",
+            REPO,
+            "--variant",
+            "q4",
+            "--max-new-tokens",
+            "3",
+            "--no-split",
+            env=hub_env(hub, tmp_path / "hf"),
+        )
         assert r.returncode == 0 and len(hub.downloaded) == count
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path):
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    env = {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+    }
     r = run_cli("info", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env=env)
     assert r.returncode == 3
     assert "could not download" in r.stderr and "pass its path" in r.stderr
@@ -80,8 +120,12 @@ def test_cli_caption_ask_info(tiny256, tmp_path):
     r = run_cli("ask", "What is the capital of France?", "-m", bundle, "--max-new-tokens", "3", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 0
     # --detail trades tiles for speed: low one tile, medium the longer side at 2 tiles, high the model's rule
-    tiles = {d: json.loads(run_cli("caption", a, "-m", bundle, "--max-new-tokens", "1", "--json", "--detail", d)
-                           .stdout)["tiles"] for d in ("low", "medium", "high")}
+    tiles = {
+        d: json.loads(run_cli("caption", a, "-m", bundle, "--max-new-tokens", "1", "--json", "--detail", d).stdout)[
+            "tiles"
+        ]
+        for d in ("low", "medium", "high")
+    }
     assert tiles == {"low": 1, "medium": 5, "high": record["tiles"]} and record["tiles"] == 13, tiles
     r = run_cli("caption", a, "-m", bundle, "--detail", "max")
     assert r.returncode == 2 and "--detail" in r.stderr and "low" in r.stderr
@@ -93,10 +137,15 @@ def test_cli_caption_ask_info(tiny256, tmp_path):
     assert info["verification"]["fp32"]["tokens_equal"] is True and "CPUExecutionProvider" in info["providers_auto"]
 
 
-@pytest.mark.parametrize("content,needle", [
-    (None, "does not exist"), (b"", "empty"), (b"\x89PNG\r\n\x1a\n garbage", "corrupt|truncated|not an image"),
-    (b"hello world", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "does not exist"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n garbage", "corrupt|truncated|not an image"),
+        (b"hello world", "not an image"),
+    ],
+)
 def test_cli_bad_images_exit_2_without_traceback(tiny256, tmp_path, content, needle):
     import re
 
@@ -153,14 +202,30 @@ def _onnx(hub) -> list[str]:
     return sorted({f for f in hub.downloaded if f.startswith("onnx/")})
 
 
-@pytest.mark.parametrize("variant,expected", [
-    # (a quantized vision encoder comes with its kernel graph, 0.6 MB at full size: engine/kernels.py)
-    ("mixed", ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx",
-               "onnx/vision_encoder_int8.kernels.onnx", "onnx/vision_encoder_int8.onnx"]),
-    ({"vision": "int8", "decoder": "q4"},
-     ["onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder_int8.kernels.onnx",
-      "onnx/vision_encoder_int8.onnx"]),
-])
+@pytest.mark.parametrize(
+    "variant,expected",
+    [
+        # (a quantized vision encoder comes with its kernel graph, 0.6 MB at full size: engine/kernels.py)
+        (
+            "mixed",
+            [
+                "onnx/decoder_model_merged_q4.onnx",
+                "onnx/embed_tokens_q4.onnx",
+                "onnx/vision_encoder_int8.kernels.onnx",
+                "onnx/vision_encoder_int8.onnx",
+            ],
+        ),
+        (
+            {"vision": "int8", "decoder": "q4"},
+            [
+                "onnx/decoder_model_merged_q4.onnx",
+                "onnx/embed_tokens.onnx",
+                "onnx/vision_encoder_int8.kernels.onnx",
+                "onnx/vision_encoder_int8.onnx",
+            ],
+        ),
+    ],
+)
 def test_hub_download_reads_the_manifest_first_then_fetches_one_variant(tiny256, tmp_path, variant, expected):
     with HubStandIn(tiny256[1], REPO) as hub:
         assert load_from_hub(hub, tmp_path, variant) == "2"
@@ -169,11 +234,18 @@ def test_hub_download_reads_the_manifest_first_then_fetches_one_variant(tiny256,
 
 def load_from_hub(hub, tmp_path, variant) -> str:
     """edgevlm.load(hub id) in a fresh process (huggingface_hub reads its endpoint settings at import)."""
-    code = ("import json, sys, numpy as np, edgevlm\n"
-            "vlm = edgevlm.load(sys.argv[1], variant=json.loads(sys.argv[2]), progress=False)\n"
-            "print(vlm.caption(np.zeros((40, 50, 3), np.uint8), max_new_tokens=2).new_tokens)")
-    r = subprocess.run([sys.executable, "-c", code, REPO, json.dumps(variant)], capture_output=True, text=True,
-                       env={**os.environ, **hub_env(hub, tmp_path / "hf")}, timeout=300)
+    code = (
+        "import json, sys, numpy as np, edgevlm\n"
+        "vlm = edgevlm.load(sys.argv[1], variant=json.loads(sys.argv[2]), progress=False)\n"
+        "print(vlm.caption(np.zeros((40, 50, 3), np.uint8), max_new_tokens=2).new_tokens)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, REPO, json.dumps(variant)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **hub_env(hub, tmp_path / "hf")},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -185,8 +257,11 @@ def test_hub_layout_without_manifest_fetches_one_variant_by_suffix(tiny256, tmp_
     (folder / "edgevlm.json").unlink()
     with HubStandIn(folder, REPO) as hub:
         assert load_from_hub(hub, tmp_path, "int8") == "2"
-        assert _onnx(hub) == ["onnx/decoder_model_merged_int8.onnx", "onnx/embed_tokens_int8.onnx",
-                              "onnx/vision_encoder_int8.onnx"]
+        assert _onnx(hub) == [
+            "onnx/decoder_model_merged_int8.onnx",
+            "onnx/embed_tokens_int8.onnx",
+            "onnx/vision_encoder_int8.onnx",
+        ]
 
 
 @pytest.mark.parametrize("manifest", [True, False])

@@ -5,6 +5,7 @@ quantized vision encoder (and none of the fp32 one), and the library's absence.
 The bf16 kernel needs a CPU with AVX-512 BF16; where the CPU lacks it those cases skip and say so, and the portable
 implementation is tested everywhere. The library itself must be built where the package was installed with a
 compiler (CI: EDGEVLM_CI=1 makes its absence a failure, not a skip)."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,10 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import random_image, require
 from onnx import TensorProto, helper
 
 import edgevlm
-from conftest import random_image, require
 from edgevlm.engine import kernels
 
 
@@ -35,17 +36,20 @@ def bf16(library):
     return library
 
 
-def _attention_model(domain: str, batch: int, tokens: int, hidden: int, heads: int, scale: float | None,
-                     bias_shape: list | None = None) -> bytes:
+def _attention_model(
+    domain: str, batch: int, tokens: int, hidden: int, heads: int, scale: float | None, bias_shape: list | None = None
+) -> bytes:
     shape = [batch, tokens, hidden]
     inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape) for x in ("q", "k", "v")]
     inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, bias_shape or [3 * hidden]))
     attrs = {"num_heads": heads, **({} if scale is None else {"scale": scale})}
     node = helper.make_node("MultiHeadAttention", ["q", "k", "v", "b"], ["o"], domain=domain, **attrs)
-    graph = helper.make_graph([node], "attention", inputs, [helper.make_tensor_value_info("o", TensorProto.FLOAT,
-                                                                                          shape)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)],
-                             ir_version=9).SerializeToString()
+    graph = helper.make_graph(
+        [node], "attention", inputs, [helper.make_tensor_value_info("o", TensorProto.FLOAT, shape)]
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)], ir_version=9
+    ).SerializeToString()
 
 
 def _run(model: bytes, feeds: dict, library=None) -> np.ndarray:
@@ -66,13 +70,15 @@ def _compare(library, batch, tokens, hidden, heads, scale, seed=0):
     return float(cos.min()), float(np.abs(ref - ours).max())
 
 
-SHAPES = [(1, 1024, 768, 12, 0.125),  # SigLIP-B/16 at 512 px: the vision encoder of 256M and 500M
-          (2, 1000, 768, 12, None),  # two tiles; tokens not a multiple of the kernel's blocks; default scale
-          (1, 37, 128, 2, 0.3),  # fewer tokens than one block of rows or keys
-          (3, 256, 64, 2, None),  # head_dim 32: the tiny test checkpoints' vision tower
-          (1, 729, 1152, 16, None),  # head_dim 72: SigLIP so400m at 384 px, the 2.2B's encoder
-          (1, 50, 144, 2, 0.2),  # head_dim 72 with fewer tokens than a block
-          (1, 1, 64, 1, 1.0)]
+SHAPES = [
+    (1, 1024, 768, 12, 0.125),  # SigLIP-B/16 at 512 px: the vision encoder of 256M and 500M
+    (2, 1000, 768, 12, None),  # two tiles; tokens not a multiple of the kernel's blocks; default scale
+    (1, 37, 128, 2, 0.3),  # fewer tokens than one block of rows or keys
+    (3, 256, 64, 2, None),  # head_dim 32: the tiny test checkpoints' vision tower
+    (1, 729, 1152, 16, None),  # head_dim 72: SigLIP so400m at 384 px, the 2.2B's encoder
+    (1, 50, 144, 2, 0.2),  # head_dim 72 with fewer tokens than a block
+    (1, 1, 64, 1, 1.0),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}x{s[2]}h{s[3]}" for s in SHAPES])
@@ -83,8 +89,11 @@ def test_bf16_attention_matches_onnxruntime(bf16, shape):
     assert cos > 0.9999, cos
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(1, 64, 160, 2, None)],  # head_dim 80: no bf16 kernel, portable only
-                         ids=[f"{s[0]}x{s[1]}x{s[2]}h{s[3]}" for s in SHAPES + [(1, 64, 160, 2, None)]])
+@pytest.mark.parametrize(
+    "shape",
+    SHAPES + [(1, 64, 160, 2, None)],  # head_dim 80: no bf16 kernel, portable only
+    ids=[f"{s[0]}x{s[1]}x{s[2]}h{s[3]}" for s in SHAPES + [(1, 64, 160, 2, None)]],
+)
 def test_portable_attention_matches_onnxruntime(library, shape, monkeypatch):
     """The fp32 loops every CPU runs (EDGEVLM_KERNELS=portable caps the library to them): the same numbers."""
     monkeypatch.setenv("EDGEVLM_KERNELS", "portable")
@@ -144,10 +153,15 @@ def test_the_export_writes_kernel_graphs_that_store_no_weights(tiny256):
     for standard, kernel in graphs.items():
         assert kernel in manifest["files"] and (bundle / kernel).stat().st_size < (bundle / standard).stat().st_size / 3
         model = onnx.load(str(bundle / kernel), load_external_data=False)
-        external = [t for g in kernels.graphs(model.graph) for t in g.initializer
-                    if t.data_location == onnx.TensorProto.EXTERNAL]
+        external = [
+            t
+            for g in kernels.graphs(model.graph)
+            for t in g.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+        ]
         assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {
-            standard.rsplit("/", 1)[1]}
+            standard.rsplit("/", 1)[1]
+        }
         domains = {n.domain for g in kernels.graphs(model.graph) for n in g.node if n.op_type == "MultiHeadAttention"}
         assert kernels.DOMAIN in domains
         plain = onnx.load(str(bundle / standard))
@@ -172,9 +186,16 @@ def test_a_changed_kernel_graph_is_caught(bf16, tiny256, tmp_path):
 
 def test_without_the_library_nothing_changes(tiny256, tmp_path):
     """EDGEVLM_KERNELS=off (as an install without a compiler): same int8 tokens as ever, no rewrite."""
-    code = ("import edgevlm; v = edgevlm.load(%r, variant='int8'); r = v.ask(None, 'Hi', max_new_tokens=3); "
-            "print(v.kernels, r.new_tokens)" % str(tiny256[1]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "EDGEVLM_KERNELS": "off"}, timeout=300)
+    code = (
+        f"import edgevlm; v = edgevlm.load({str(tiny256[1])!r}, variant='int8'); "
+        "r = v.ask(None, 'Hi', max_new_tokens=3); print(v.kernels, r.new_tokens)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGEVLM_KERNELS": "off"},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "{}"

@@ -1,6 +1,7 @@
 """The layers stay layers: the engine core imports nothing above it, the media layer uses the engine's public API
 only, there is no import cycle anywhere in edgevlm/, and the exporter and benchmarks touch no private runtime name.
 Imports are read from the source (every import statement, function-level and TYPE_CHECKING ones included)."""
+
 from __future__ import annotations
 
 import ast
@@ -14,6 +15,15 @@ def module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(dotted: str) -> bool:
+    where = PKG.parent / dotted.replace(".", "/")
+    return where.with_suffix(".py").exists() or (where / "__init__.py").exists()
+
+
+def only_submodules(package: str, names: list[str]) -> bool:
+    return bool(names) and all(is_module(f"{package}.{n}") for n in names)
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -33,8 +43,7 @@ def imports(path: Path) -> list[tuple[str, list[str]]]:
                 base = ".".join(anchor + ([base] if base else []))
             names = [a.name for a in node.names]
             out.append((base, names))
-            out += [(f"{base}.{n}", []) for n in names if (PKG.parent / f"{base}.{n}".replace(".", "/")).with_suffix(
-                ".py").exists() or (PKG.parent / f"{base}.{n}".replace(".", "/") / "__init__.py").exists()]
+            out += [(f"{base}.{n}", []) for n in names if is_module(f"{base}.{n}")]
     return out
 
 
@@ -42,7 +51,10 @@ def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PKG.rglob("*.py")}
     g = {}
     for name, path in modules.items():
-        g[name] = {m for m, _ in imports(path) if m in modules and m != name}
+        # `from pkg import submodule` depends on the submodule, not on pkg/__init__ (which every import runs and
+        # which is never counted as an edge)
+        deps = imports(path)
+        g[name] = {m for m, names in deps if m in modules and m != name and not only_submodules(m, names)}
     return g
 
 
@@ -56,7 +68,7 @@ def test_no_import_cycle_in_the_runtime():
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m) :] + [m]))
             if m not in state:
                 visit(m)
         stack.pop()
@@ -70,15 +82,17 @@ def test_no_import_cycle_in_the_runtime():
 def test_engine_imports_nothing_above_it():
     for path in (PKG / "engine").rglob("*.py"):
         for mod, _ in imports(path):
-            assert not mod.startswith(("edgevlm.media", "edgevlm.vlm", "edgevlm.cli", "edgevlm.bench",
-                                       "edgevlm.server", "edgevlm.archive")), (path, mod)
+            assert not mod.startswith(
+                ("edgevlm.media", "edgevlm.vlm", "edgevlm.cli", "edgevlm.bench", "edgevlm.server", "edgevlm.archive")
+            ), (path, mod)
 
 
 def test_media_uses_the_engine_public_api_only():
     for path in (PKG / "media").rglob("*.py"):
         for mod, names in imports(path):
-            assert not mod.startswith(("edgevlm.vlm", "edgevlm.cli", "edgevlm.bench", "edgevlm.server",
-                                       "edgevlm.archive")), (path, mod)
+            assert not mod.startswith(
+                ("edgevlm.vlm", "edgevlm.cli", "edgevlm.bench", "edgevlm.server", "edgevlm.archive")
+            ), (path, mod)
             if mod.startswith("edgevlm.engine"):
                 assert not [n for n in names if n.startswith("_")], (path, mod, names)
 
@@ -141,6 +155,23 @@ def test_every_error_class_lives_in_errors_and_is_exported():
     assert defined <= set(edgevlm.__all__) and all(getattr(edgevlm, n) is getattr(errors, n) for n in defined)
 
 
+def test_lazy_names_are_visible_to_type_checkers():
+    """edgevlm imports its heavy names on first use (PEP 562); the TYPE_CHECKING block must name the same objects,
+    or an IDE offers names that are not there (or misses ones that are)."""
+    import edgevlm
+
+    tree = ast.parse((PKG / "__init__.py").read_text())
+    checked = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom)
+                checked.update({a.name: imp.module for a in imp.names})
+    assert checked == dict(edgevlm._LAZY)
+    for name in edgevlm._LAZY:
+        assert name in edgevlm.__all__ and getattr(edgevlm, name) is not None
+
+
 def test_library_raises_only_edgevlm_errors():
     """What a caller of the library can catch is an EdgeVLMError from errors.py: no `raise ValueError(...)`,
     TypeError, RuntimeError or KeyError in edgevlm/ (one raised only to be turned into a ModelError in the same
@@ -150,10 +181,14 @@ def test_library_raises_only_edgevlm_errors():
         tree = ast.parse(path.read_text())
         lines = path.read_text().splitlines()
         for node in ast.walk(tree):
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
-                if node.exc.func.id in ("ValueError", "TypeError", "RuntimeError", "KeyError", "Exception"):
-                    if "ModelError" not in lines[node.lineno - 1]:
-                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+            if (
+                isinstance(node, ast.Raise)
+                and isinstance(node.exc, ast.Call)
+                and isinstance(node.exc.func, ast.Name)
+                and node.exc.func.id in ("ValueError", "TypeError", "RuntimeError", "KeyError", "Exception")
+                and "ModelError" not in lines[node.lineno - 1]
+            ):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not bad, "\n".join(bad)
 
 
@@ -166,9 +201,18 @@ def test_public_options_are_keyword_only():
     from edgevlm.media.live import watch
     from edgevlm.media.timeline import timeline
 
-    positional = {edgevlm.load: 1, edgevlm.VLM.chat: 2, edgevlm.VLM.ask: 3, edgevlm.VLM.caption: 2,
-                  edgevlm.VLM.caption_batch: 2, edgevlm.VLM.stream: 3, edgevlm.VLM.ask_video: 3,
-                  edgevlm.VLM.caption_video: 2, timeline: 2, watch: 2}
+    positional = {
+        edgevlm.load: 1,
+        edgevlm.VLM.chat: 2,
+        edgevlm.VLM.ask: 3,
+        edgevlm.VLM.caption: 2,
+        edgevlm.VLM.caption_batch: 2,
+        edgevlm.VLM.stream: 3,
+        edgevlm.VLM.ask_video: 3,
+        edgevlm.VLM.caption_video: 2,
+        timeline: 2,
+        watch: 2,
+    }
     for fn, n in positional.items():
         params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
         assert all(p.kind is p.KEYWORD_ONLY for p in params[n:]), (fn.__qualname__, params[n:])

@@ -1,4 +1,5 @@
 """The runtime stays lean: no torch / transformers at import or while captioning, none in its requirements."""
+
 from __future__ import annotations
 
 import subprocess
@@ -30,11 +31,13 @@ def test_captioning_imports_no_heavy_module(tiny256, tmp_path):
     from conftest import random_image
 
     random_image(100, 80).save(tmp_path / "a.png")
-    code = (f"import sys, edgevlm\n"
-            f"vlm = edgevlm.load({str(bundle)!r}, variant='q4')\n"
-            f"r = vlm.caption({str(tmp_path / 'a.png')!r}, max_new_tokens=3)\n"
-            f"assert r.new_tokens == 3\n"
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        f"import sys, edgevlm\n"
+        f"vlm = edgevlm.load({str(bundle)!r}, variant='q4')\n"
+        f"r = vlm.caption({str(tmp_path / 'a.png')!r}, max_new_tokens=3)\n"
+        f"assert r.new_tokens == 3\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     assert run_py(code) == ""
 
 
@@ -43,19 +46,23 @@ def test_cli_caption_imports_no_heavy_module(tiny256, tmp_path):
     from conftest import random_image
 
     random_image(60, 90).save(tmp_path / "b.png")
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['edgevlm', 'caption', {str(tmp_path / 'b.png')!r}, '-m', {str(bundle)!r}, "
-            f"'--max-new-tokens', '2', '--no-split']\n"
-            "try:\n    runpy.run_module('edgevlm.cli', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    assert not e.code, e.code\n"
-            f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['edgevlm', 'caption', {str(tmp_path / 'b.png')!r}, '-m', {str(bundle)!r}, "
+        f"'--max-new-tokens', '2', '--no-split']\n"
+        "try:\n    runpy.run_module('edgevlm.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     assert run_py(code).splitlines()[-1] == "HEAVY="
 
 
 def test_install_requirements_exclude_torch_and_transformers():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [d.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-             for d in project["dependencies"]]
+    names = [
+        d.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+        for d in project["dependencies"]
+    ]
     assert names and not set(names) & {"torch", "transformers", "optimum", "onnx", "onnxscript", "accelerate"}
     # what `pip install` resolves for each extra: tests/test_packaging.py
     assert "torch" in " ".join(project["optional-dependencies"]["export"])
@@ -77,11 +84,13 @@ def test_video_and_live_paths_import_no_heavy_module(tiny256, tmp_path):
 
     _, bundle = tiny256
     path = scenes(tmp_path / "s.mp4", ("red", "blue"), seconds=1)
-    code = ("import sys, edgevlm\n"
-            f"vlm = edgevlm.load({str(bundle)!r})\n"
-            f"segs = list(vlm.timeline({str(path)!r}, max_new_tokens=2))\n"
-            f"r = vlm.ask_video({str(path)!r}, 'What happens?', max_new_tokens=2)\n"
-            f"caps = list(vlm.watch({str(path)!r}, max_new_tokens=2, max_captions=1))\n"
-            "assert segs and r.tiles == 2 and caps\n"
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys, edgevlm\n"
+        f"vlm = edgevlm.load({str(bundle)!r})\n"
+        f"segs = list(vlm.timeline({str(path)!r}, max_new_tokens=2))\n"
+        f"r = vlm.ask_video({str(path)!r}, 'What happens?', max_new_tokens=2)\n"
+        f"caps = list(vlm.watch({str(path)!r}, max_new_tokens=2, max_captions=1))\n"
+        "assert segs and r.tiles == 2 and caps\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     assert run_py(code) == ""

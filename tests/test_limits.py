@@ -1,5 +1,6 @@
 """Limits are checked before the work they guard, through the public API: the context budget before any image is
 encoded, the pixel limit before a file is decoded, and the output target before a model is loaded."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +8,9 @@ import stat
 
 import numpy as np
 import pytest
+from conftest import random_image
 
 import edgevlm
-from conftest import random_image
 from edgevlm.errors import ContextLengthError, InputError, OutputError
 from edgevlm.media.outputs import OutputTarget
 
@@ -75,6 +76,7 @@ def test_atomic_output_takes_the_umask_without_setting_it(tmp_path, monkeypatch)
     moment, changes it for every thread of the process."""
     old = os.umask(0o027)
     try:
+
         def forbidden(mask):
             raise AssertionError("os.umask was called while writing")
 

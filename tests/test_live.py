@@ -1,5 +1,6 @@
 """Live sources: a real ffmpeg stream on 127.0.0.1 (cut and restarted mid-run), pushed frames, no backlog under a
 slow model, triggers, clean stops, and the errors for sources that are not there."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import time
 import numpy as np
 import psutil
 import pytest
-
 from videotools import HttpStream, free_port, make, scenes
 
 from edgevlm.errors import InputError
@@ -40,8 +40,9 @@ class SlowModel:
 
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pushing
@@ -85,8 +86,11 @@ def test_watch_pushed_frames_from_a_callback_pipeline(vlm):
     t.start()
     fired = []
     try:
-        caps = list(vlm.watch(src, max_new_tokens=2, max_captions=3, heartbeat=None,
-                              trigger=Trigger(".", callback=fired.append)))
+        caps = list(
+            vlm.watch(
+                src, max_new_tokens=2, max_captions=3, heartbeat=None, trigger=Trigger(".", callback=fired.append)
+            )
+        )
     finally:
         stop.set()
         t.join()
@@ -176,9 +180,28 @@ def test_cli_watch_stream_stops_cleanly_on_sigterm(tiny256, tmp_path):
     port = free_port()
     server = HttpStream(port, rate=30).start()
     out = tmp_path / "live.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "watch", server.url, "-m", str(bundle),
-                             "--format", "jsonl", "-o", str(out), "--threshold", "0", "--max-new-tokens", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "watch",
+            server.url,
+            "-m",
+            str(bundle),
+            "--format",
+            "jsonl",
+            "-o",
+            str(out),
+            "--threshold",
+            "0",
+            "--max-new-tokens",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]  # three captions have streamed out
         assert all(json.loads(line)["text"] for line in lines)
@@ -213,13 +236,16 @@ def test_cli_watch_file_in_real_time_with_motion_gate_and_trigger_exit(tiny256, 
     assert r.returncode == 7 and "TRIGGER t=0.00s" in r.stderr and len(r.stdout.splitlines()) == 1
 
 
-@pytest.mark.parametrize("source,expected", [
-    ("http://127.0.0.1:{port}/nothing.ts", "could not open the stream"),
-    ("/dev/video97", "does not exist"),
-    ("97", "camera 97 could not be opened"),
-    ("ftp://example/x", "unsupported stream address"),
-    ("nope.mp4", "is not a camera index"),
-])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("http://127.0.0.1:{port}/nothing.ts", "could not open the stream"),
+        ("/dev/video97", "does not exist"),
+        ("97", "camera 97 could not be opened"),
+        ("ftp://example/x", "unsupported stream address"),
+        ("nope.mp4", "is not a camera index"),
+    ],
+)
 def test_cli_watch_missing_sources(tiny256, source, expected):
     _, bundle = tiny256
     r = run_cli("watch", source.format(port=free_port()), "-m", bundle, timeout=120)
@@ -242,10 +268,31 @@ def test_udp_stream(vlm):
     from videotools import ffmpeg
 
     port = free_port()
-    sender = subprocess.Popen([ffmpeg(), "-hide_banner", "-loglevel", "quiet", "-re", "-f", "lavfi", "-i",
-                               "testsrc=s=320x240:r=30:d=60", "-c:v", "libx264", "-preset", "ultrafast", "-tune",
-                               "zerolatency", "-g", "15", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
-                              stdin=subprocess.DEVNULL)
+    sender = subprocess.Popen(
+        [
+            ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "quiet",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=s=320x240:r=30:d=60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "15",
+            "-f",
+            "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     try:
         src = CaptureSource(f"udp://127.0.0.1:{port}", retry_for=5)
         caps = list(watch(vlm, src, threshold=0, max_new_tokens=2, max_captions=3))
@@ -287,12 +334,14 @@ def test_caption_batch_2_2b_and_uneven_prompts(tiny22b):
 
     vlm = edgevlm.load(tiny22b[1], vision_cache_size=0)
     frames = _frames(3, seed=1)
-    assert [r.token_ids for r in vlm.caption_batch(frames, max_new_tokens=16, split=False)] == \
-        [vlm.caption(f, max_new_tokens=16, split=False).token_ids for f in frames]
+    assert [r.token_ids for r in vlm.caption_batch(frames, max_new_tokens=16, split=False)] == [
+        vlm.caption(f, max_new_tokens=16, split=False).token_ids for f in frames
+    ]
     rng = np.random.default_rng(2)
     uneven = [rng.integers(0, 255, size, dtype=np.uint8) for size in ((60, 80, 3), (700, 1000, 3))]
-    assert [r.token_ids for r in vlm.caption_batch(uneven, max_new_tokens=8, split=True)] == \
-        [vlm.caption(f, max_new_tokens=8, split=True).token_ids for f in uneven]
+    assert [r.token_ids for r in vlm.caption_batch(uneven, max_new_tokens=8, split=True)] == [
+        vlm.caption(f, max_new_tokens=8, split=True).token_ids for f in uneven
+    ]
 
 
 def test_watch_several_pushed_sources_names_each_caption(vlm):
@@ -308,14 +357,20 @@ def test_watch_several_pushed_sources_names_each_caption(vlm):
     assert sorted(c.source for c in caps) == ["cam0", "cam1", "cam2", "cam3"]
     for c in caps:
         i = int(c.source[3:])
-        assert c.text == vlm.caption(frames[i], max_new_tokens=6, prompt="Describe this image in one sentence.",
-                                     split=False, cache=False).text
+        assert (
+            c.text
+            == vlm.caption(
+                frames[i], max_new_tokens=6, prompt="Describe this image in one sentence.", split=False, cache=False
+            ).text
+        )
     assert json.loads(json.dumps(caps[0].to_dict()))["source"] == caps[0].source
     same = [PushSource(), PushSource()]  # equal names get their position
     for src, frame in zip(same, frames):
         src.push(frame)
-    assert sorted(c.source for c in vlm.watch(same, max_new_tokens=2, max_captions=2, threshold=0)) == \
-        ["push#1", "push#2"]
+    assert sorted(c.source for c in vlm.watch(same, max_new_tokens=2, max_captions=2, threshold=0)) == [
+        "push#1",
+        "push#2",
+    ]
 
 
 def test_watch_closes_the_sources_it_opened_when_a_later_one_fails(vlm, tmp_path):

@@ -2,6 +2,7 @@
 gets exactly the ONNX Runtime it should (onnxruntime and onnxruntime-gpu install the same package and cannot live
 side by side), never torch without the exporter; the built wheel carries both packages and the CLI entry point;
 and the runtime works on the oldest Python that pyproject.toml admits."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,34 @@ except ModuleNotFoundError:  # Python 3.10
 def resolve(spec: str, tmp_path: Path) -> set[str]:
     report = tmp_path / "report.json"
     # onnxruntime-gpu's wheel (~250 MB) is downloaded for its metadata: a dropped connection resumes
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                          "--resume-retries", "5", "--report", str(report), spec],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--resume-retries",
+            "5",
+            "--report",
+            str(report),
+            spec,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
 
 
-@pytest.mark.parametrize("extras,runtime", [("", None), ("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu"),
-                                            ("gpu,export", "onnxruntime-gpu")])
+@pytest.mark.parametrize(
+    "extras,runtime",
+    [("", None), ("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu"), ("gpu,export", "onnxruntime-gpu")],
+)
 def test_each_install_line_resolves_exactly_one_onnxruntime(extras, runtime, tmp_path):
     names = resolve(f".[{extras}]" if extras else ".", tmp_path)
     assert "edgevlm" in names and {"numpy", "tokenizers", "opencv-python-headless"} <= names
@@ -57,10 +77,20 @@ def _wheel(tmp_path, env: dict | None = None) -> tuple[list[str], str]:
     import shutil
 
     src = tmp_path / "src"  # a clean copy: an in-tree build/ folder from an earlier build would leak stale files
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info",
-                                                             "__pycache__", ".cache", ".pytest_cache", "_kernels"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(src)],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".cache", ".pytest_cache", "_kernels"
+        ),
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     wheel = next(tmp_path.glob("edgevlm-*.whl"))
     return zipfile.ZipFile(wheel).namelist(), out.stdout + out.stderr
@@ -83,8 +113,14 @@ def test_wheel_holds_runtime_and_exporter(tmp_path):
         assert KERNEL_LIBRARY in names, log[-3000:]
     elif KERNEL_LIBRARY not in names:
         assert "edgevlm: the kernel library was not built" in log
-    assert {"edgevlm/cli.py", "edgevlm/vlm.py", "edgevlm/engine/core.py", "edgevlm/media/live.py",
-            "edgevlm_export/pipeline.py", "edgevlm/py.typed"} <= set(names)  # py.typed: PEP 561, typed
+    assert {
+        "edgevlm/cli.py",
+        "edgevlm/vlm.py",
+        "edgevlm/engine/core.py",
+        "edgevlm/media/live.py",
+        "edgevlm_export/pipeline.py",
+        "edgevlm/py.typed",
+    } <= set(names)  # py.typed: PEP 561, typed
     runtime = {n for n in names if n.startswith("edgevlm/") and n.endswith(".py")}
     assert runtime == {p.relative_to(ROOT).as_posix() for p in (ROOT / "edgevlm").rglob("*.py")}, "a module is missing"
     assert not any(n.startswith(("tests/", "tools/")) for n in names)
@@ -106,12 +142,32 @@ def test_runtime_on_the_oldest_supported_python(tiny256, tmp_path):
     random_image(70, 90).save(tmp_path / "a.png")
     version = subprocess.run([py, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
     assert version.stdout.strip() == "(3, 10)", version
-    r = subprocess.run([py, "-m", "edgevlm.cli", "caption", str(tmp_path / "a.png"), "-m", str(tiny256[1]),
-                        "--max-new-tokens", "3", "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            py,
+            "-m",
+            "edgevlm.cli",
+            "caption",
+            str(tmp_path / "a.png"),
+            "-m",
+            str(tiny256[1]),
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["new_tokens"] == 3
-    r = subprocess.run([py, "-c", "import sys, edgevlm; edgevlm.load; print('torch' in sys.modules)"],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [py, "-c", "import sys, edgevlm; edgevlm.load; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.stdout.strip() == "False", r.stderr
     r = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -122,11 +178,17 @@ def test_without_onnxruntime_the_error_says_which_extra(tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "onnxruntime.py").write_text("raise ImportError('blocked for the test')\n")
-    r = subprocess.run([sys.executable, "-m", "edgevlm.cli", "caption", "x.png", "-m", str(tmp_path)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{blocker}:{ROOT}"})
+    r = subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", "caption", "x.png", "-m", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{blocker}:{ROOT}"},
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == ["error: ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or "
-                                             "'edgevlm[gpu]' for CUDA; from a checkout: pip install '.[cpu]')."]
+    assert r.stderr.strip().splitlines() == [
+        "error: ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or "
+        "'edgevlm[gpu]' for CUDA; from a checkout: pip install '.[cpu]')."
+    ]
 
 
 def test_readme_stays_a_first_screen():

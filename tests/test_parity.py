@@ -5,35 +5,54 @@ add_generation_prompt=True, tokenize=True, return_dict=True)`) + SmolVLMForCondi
 Our side: edgevlm.load(bundle) from the raw images. Same tokens means preprocessing, prompt building, image-feature
 merging, KV-cache decoding and stopping all agree.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import random_image, reference
 
 import edgevlm
-from conftest import random_image, reference
 
 MAX_NEW = 12
 
 
 def _conversations():
     a, b = random_image(300, 420, seed=1), random_image(200, 150, seed=2)
-    user_img = lambda im, text: {"role": "user", "content": [{"type": "image", "image": im},  # noqa: E731
-                                                              {"type": "text", "text": text}]}
+
+    def user_img(im, text):
+        return {"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": text}]}
+
     return {
         "image_split": ([user_img(a, "What is in this image?")], True),
         "image_no_split": ([user_img(a, "Describe this image.")], False),
-        "two_images": ([{"role": "user", "content": [{"type": "image", "image": a}, {"type": "image", "image": b},
-                                                     {"type": "text", "text": "What changed?"}]}], False),
-        "text_only": ([{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}],
-                      True),
-        "multi_turn_system": ([
-            {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
-            user_img(b, "What is this?"),
-            {"role": "assistant", "content": [{"type": "text", "text": "A colourful pattern."}]},
-            {"role": "user", "content": [{"type": "text", "text": "Which colour dominates?"}]},
-        ], True),
+        "two_images": (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": a},
+                        {"type": "image", "image": b},
+                        {"type": "text", "text": "What changed?"},
+                    ],
+                }
+            ],
+            False,
+        ),
+        "text_only": (
+            [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}],
+            True,
+        ),
+        "multi_turn_system": (
+            [
+                {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+                user_img(b, "What is this?"),
+                {"role": "assistant", "content": [{"type": "text", "text": "A colourful pattern."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Which colour dominates?"}]},
+            ],
+            True,
+        ),
     }
 
 
@@ -41,13 +60,14 @@ def reference_tokens(model, processor, messages, split):
     """The model card's path: processor.apply_chat_template(..., tokenize=True), images inside the messages."""
     processor.image_processor.do_image_splitting = split  # a call kwarg is not routed to the image processor
     try:
-        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                               return_tensors="pt")
+        inputs = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
     finally:
         processor.image_processor.do_image_splitting = True
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-    return inputs["input_ids"][0].tolist(), out[0, inputs["input_ids"].shape[1]:].tolist()
+    return inputs["input_ids"][0].tolist(), out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("case", list(_conversations()))
@@ -95,8 +115,9 @@ def test_teacher_forced_logits_close(tiny_model, reference_cache):
     messages, split = _conversations()["image_split"]
     vlm = edgevlm.load(bundle, variant="fp32", providers="cpu")
     prompt = vlm.prepare(messages, split=split)
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="pt")
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert inputs["input_ids"][0].tolist() == prompt.input_ids
     with torch.no_grad():
         ref = model(**inputs).logits[0].numpy()

@@ -1,4 +1,5 @@
 """Pixel values, tile grid and prompt equal transformers' SmolVLMImageProcessor / SmolVLMProcessor."""
+
 from __future__ import annotations
 
 import io
@@ -6,17 +7,47 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import random_image
 from PIL import Image
 
-from conftest import random_image
 from edgevlm.engine.bundle import read_spec
-from edgevlm.errors import InputError
 from edgevlm.engine.preprocess import load_image, process_image, tile_grid
+from edgevlm.errors import InputError
 
-SIZES = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (3, 7), (16, 16), (31, 17), (64, 64), (100, 30),
-         (30, 100), (224, 224), (256, 511), (333, 500), (383, 385), (384, 384), (480, 640), (511, 512),
-         (512, 512), (513, 512), (600, 800), (720, 1280), (768, 1024), (1000, 999), (1024, 1), (1080, 1920),
-         (1536, 1536), (2048, 2048), (2049, 1000), (3000, 4000), (5000, 700), (6000, 6000)]
+SIZES = [
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (1, 2000),
+    (2000, 1),
+    (3, 7),
+    (16, 16),
+    (31, 17),
+    (64, 64),
+    (100, 30),
+    (30, 100),
+    (224, 224),
+    (256, 511),
+    (333, 500),
+    (383, 385),
+    (384, 384),
+    (480, 640),
+    (511, 512),
+    (512, 512),
+    (513, 512),
+    (600, 800),
+    (720, 1280),
+    (768, 1024),
+    (1000, 999),
+    (1024, 1),
+    (1080, 1920),
+    (1536, 1536),
+    (2048, 2048),
+    (2049, 1000),
+    (3000, 4000),
+    (5000, 700),
+    (6000, 6000),
+]
 
 
 @pytest.fixture(scope="module", params=["256M", "2.2B"])
@@ -29,8 +60,14 @@ def arch(request, tiny256, tiny22b):
 
 def reference(processor, image: Image.Image, split: bool, **kw):
     # channels_last stated explicitly: transformers guesses channels-first for images 1, 3 or 4 pixels high.
-    out = processor(images=[image], do_image_splitting=split, return_tensors="np", return_row_col_info=True,
-                    input_data_format="channels_last", **kw)
+    out = processor(
+        images=[image],
+        do_image_splitting=split,
+        return_tensors="np",
+        return_row_col_info=True,
+        input_data_format="channels_last",
+        **kw,
+    )
     return out["pixel_values"][0], out["rows"][0][0], out["cols"][0][0]
 
 
@@ -91,7 +128,7 @@ def test_files_of_other_modes_read_like_transformers_load_image(arch, tmp_path, 
     spec, processor = arch
     base = random_image(120, 90, seed=3)
     if mode == "I;16":
-        arr = (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        arr = np.asarray(base.convert("L")).astype(np.uint16) * 257
         image = Image.fromarray(arr)  # uint16 -> mode I;16
         path = tmp_path / "img16.png"
     else:
@@ -123,7 +160,7 @@ def test_numpy_bgr_and_rgb_explicit():
     bgr = rgb[..., ::-1].copy()
     assert np.array_equal(np.asarray(load_image(rgb, color="rgb")), rgb)
     assert np.array_equal(np.asarray(load_image(bgr, color="bgr")), rgb)
-    gray16 = (np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20)
+    gray16 = np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20
     assert load_image(gray16).mode == "RGB"
     floats = rgb.astype(np.float32) / 255.0
     assert np.abs(np.asarray(load_image(floats)).astype(int) - rgb).max() <= 1
@@ -131,11 +168,14 @@ def test_numpy_bgr_and_rgb_explicit():
         load_image(rgb, color="hsv")
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty"),
-    (b"not an image at all", "not an image"),
-    (b"GIF89a\x01", "not an image|corrupt|truncated"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not an image"),
+        (b"GIF89a\x01", "not an image|corrupt|truncated"),
+    ],
+)
 def test_bad_image_bytes_clear_errors(tmp_path, data, match):
     path = tmp_path / "bad.png"
     path.write_bytes(data)
@@ -166,9 +206,18 @@ def test_missing_file_and_huge_dimensions(tmp_path):
         load_image(path)
 
 
-RESIZES = [((512, 512), (2048, 2048)), ((2048, 2048), (512, 512)), ((640, 480), (2048, 1536)), ((37, 53), (800, 700)),
-           ((1000, 300), (999, 40)), ((800, 1200), (790, 100)), ((1000, 1000), (1000, 300)), ((300, 1000), (120, 200)),
-           ((1, 700), (3, 5)), ((700, 1), (900, 2))]
+RESIZES = [
+    ((512, 512), (2048, 2048)),
+    ((2048, 2048), (512, 512)),
+    ((640, 480), (2048, 1536)),
+    ((37, 53), (800, 700)),
+    ((1000, 300), (999, 40)),
+    ((800, 1200), (790, 100)),
+    ((1000, 1000), (1000, 300)),
+    ((300, 1000), (120, 200)),
+    ((1, 700), (3, 5)),
+    ((700, 1), (900, 2)),
+]
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])

@@ -4,10 +4,10 @@ Teacher-forced top-1 agreement with fp32 over real text, for the int8 and q4 rec
 text parts are exported here (the vision tower is random, so it says nothing about accuracy); the full-bundle
 measurement is `python -m tools.accuracy` (docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import edgevlm
 
@@ -29,14 +29,16 @@ def test_fp32_text_decoder_matches_torch_on_real_weights(real_text_bundle):
 
 def test_trained_model_answers_sensibly(real_text_bundle):
     bundle, _ = real_text_bundle
-    r = edgevlm.load(bundle, variant="fp32", verify=False).ask(None, "What is the capital of France?",
-                                                               max_new_tokens=12)
+    r = edgevlm.load(bundle, variant="fp32", verify=False).ask(
+        None, "What is the capital of France?", max_new_tokens=12
+    )
     assert "Paris" in r.text
 
 
 def test_quantized_agreement_meets_targets(real_text_bundle):
-    from tools.accuracy import REAL_TEXT
     from edgevlm_export.verify import teacher_forced_agreement
+
+    from tools.accuracy import REAL_TEXT
 
     bundle, _ = real_text_bundle
     agreement = teacher_forced_agreement(bundle, ["int8", "q4"], REAL_TEXT)

@@ -1,5 +1,6 @@
 """`edgevlm serve`: a real server process on a free 127.0.0.1 port, talked to with the official `openai` client,
 a headless Chromium on the webcam page (Debian's chromium + chromedriver, fake camera), and a bounded load test."""
+
 from __future__ import annotations
 
 import base64
@@ -20,7 +21,6 @@ from pathlib import Path
 import jsonschema
 import openai
 import pytest
-
 from conftest import random_image, require
 from videotools import scenes
 
@@ -44,8 +44,22 @@ def data_url(image, fmt: str = "PNG") -> str:
 def served(tiny256):
     """The module's server process and its URL."""
     port = free_port()
-    proc = start_server(str(tiny256[1]), port, "--api-key", KEY, "--max-queue", "4", "--max-body-mb", "1",
-                        "--max-image-pixels", "4000000", "--model-name", MODEL, "--threads", "1")
+    proc = start_server(
+        str(tiny256[1]),
+        port,
+        "--api-key",
+        KEY,
+        "--max-queue",
+        "4",
+        "--max-body-mb",
+        "1",
+        "--max-image-pixels",
+        "4000000",
+        "--model-name",
+        MODEL,
+        "--threads",
+        "1",
+    )
     yield f"http://127.0.0.1:{port}", proc
     proc.terminate()
     assert proc.wait(30) == 0, server_log(proc)  # a clean shutdown on SIGTERM
@@ -86,8 +100,9 @@ def post(url: str, body: bytes, key: str | None = KEY, content_type: str = "appl
 
 # ------------------------------------------------------------------------------------ the openai client
 def test_text_answer_equals_the_python_api(client, vlm):
-    r = client.chat.completions.create(model=MODEL, max_tokens=12,
-                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=12, messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
     expected = vlm.ask(None, "What is the capital of France?", max_new_tokens=12)
     assert r.choices[0].message.content == expected.text
     assert r.choices[0].finish_reason == {"stop": "stop", "length": "length"}[expected.finish_reason]
@@ -97,10 +112,20 @@ def test_text_answer_equals_the_python_api(client, vlm):
 
 def test_streaming_gives_the_same_answer_in_pieces(client, vlm):
     img = random_image(90, 120, 3)
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(img)}},
-                                             {"type": "text", "text": "Describe it."}]}]
-    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stream=True,
-                                                 stream_options={"include_usage": True}))
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(img)}},
+                {"type": "text", "text": "Describe it."},
+            ],
+        }
+    ]
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=16, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     expected = vlm.ask(img, "Describe it.", max_new_tokens=16)
@@ -114,21 +139,38 @@ def test_two_images_system_and_multi_turn(client, vlm):
     a, b = random_image(64, 64, 1), random_image(200, 100, 2)
     messages = [
         {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(a)}},
-                                     {"type": "text", "text": "What is this?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(a)}},
+                {"type": "text", "text": "What is this?"},
+            ],
+        },
         {"role": "assistant", "content": "A picture."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(b, "JPEG"),
-                                                                         "detail": "low"}},
-                                     {"type": "text", "text": "And this one?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(b, "JPEG"), "detail": "low"}},
+                {"type": "text", "text": "And this one?"},
+            ],
+        },
     ]
     r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
-    ours = vlm.chat([
-        {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "What is this?"}]},
-        {"role": "assistant", "content": "A picture."},
-        {"role": "user", "content": [{"type": "image", "image": base64.b64decode(data_url(b, "JPEG").split(",")[1]),
-                                      "split": False}, {"type": "text", "text": "And this one?"}]},
-    ], max_new_tokens=8)
+    ours = vlm.chat(
+        [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "What is this?"}]},
+            {"role": "assistant", "content": "A picture."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": base64.b64decode(data_url(b, "JPEG").split(",")[1]), "split": False},
+                    {"type": "text", "text": "And this one?"},
+                ],
+            },
+        ],
+        max_new_tokens=8,
+    )
     assert r.usage.prompt_tokens == ours.prompt_tokens and r.choices[0].message.content == ours.text
 
 
@@ -148,27 +190,43 @@ def test_sampling_options_and_stop_strings(client):
 
 
 def test_response_format_json_schema(client):
-    schema = {"type": "object", "additionalProperties": False, "required": ["person", "count"],
-              "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0,
-                                                                     "maximum": 9}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["person", "count"],
+        "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0, "maximum": 9}},
+    }
     for seed in range(3):
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who is there?"}],
-                                           max_tokens=40, temperature=1.0, seed=seed,
-                                           response_format={"type": "json_schema",
-                                                            "json_schema": {"name": "who", "schema": schema}})
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Who is there?"}],
+            max_tokens=40,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "who", "schema": schema}},
+        )
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
-@pytest.mark.parametrize("content,status,message", [
-    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], 400,
-     "messages[0].content[0]: the image cannot be read"),
-    ([{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGVsbG8gd29ybGQ="}}], 400,
-     "no image format recognizes the data"),
-    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], 400, "not valid base64"),
-    ([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}], 400, "remote image URLs are off"),
-    ([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], 400, "must be a data: URL"),
-    ([{"type": "video", "video": "x"}], 400, "text part or an image_url part"),
-])
+@pytest.mark.parametrize(
+    "content,status,message",
+    [
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+            400,
+            "messages[0].content[0]: the image cannot be read",
+        ),
+        (
+            [{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGVsbG8gd29ybGQ="}}],
+            400,
+            "no image format recognizes the data",
+        ),
+        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], 400, "not valid base64"),
+        ([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}], 400, "remote image URLs are off"),
+        ([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], 400, "must be a data: URL"),
+        ([{"type": "video", "video": "x"}], 400, "text part or an image_url part"),
+    ],
+)
 def test_bad_requests_are_openai_errors(client, content, status, message):
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
@@ -180,15 +238,19 @@ def test_bad_requests_are_openai_errors(client, content, status, message):
 def test_limits_keys_and_other_endpoints(server, client):
     big = random_image(1100, 1100)  # PNG of noise: over the 1 MB body limit of this server
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(big)}}]}])
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(big)}}]}],
+        )
     assert e.value.status_code == 413
     from PIL import Image
 
     wide = Image.new("RGB", (4000, 1001), "white")  # compresses to a few kB, but 4.0 MP > the 4,000,000 limit
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(wide)}}]}])
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(wide)}}]}],
+        )
     assert e.value.status_code == 413 and "over the limit" in e.value.message
     wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -225,15 +287,29 @@ def test_limits_keys_and_other_endpoints(server, client):
 def test_client_disconnect_cancels_the_answer(server):
     """A streaming client that hangs up mid-answer: the server stops generating at once (its slot frees long
     before the 3,000 tokens it was asked for), and the next request is served."""
-    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}}, "required": ["s"],
-              "additionalProperties": False}
-    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 3000, "temperature": 1.0, "seed": 1,
-                       "messages": [{"role": "user", "content": "Write."}],
-                       "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+    schema = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}},
+        "required": ["s"],
+        "additionalProperties": False,
+    }
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 3000,
+            "temperature": 1.0,
+            "seed": 1,
+            "messages": [{"role": "user", "content": "Write."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+        }
+    )
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        s.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
         assert b"200 OK" in s.recv(4096)
         time.sleep(0.5)  # tokens are streaming
     t0 = time.monotonic()
@@ -241,36 +317,57 @@ def test_client_disconnect_cancels_the_answer(server):
         time.sleep(0.05)
     assert time.monotonic() - t0 < 2.0
     status, body, _ = get(f"{server}/metrics")
-    tokens = next(float(line.split()[-1]) for line in body.decode().splitlines()
-                  if line.startswith("edgevlm_generated_tokens_total"))
+    tokens = next(
+        float(line.split()[-1])
+        for line in body.decode().splitlines()
+        if line.startswith("edgevlm_generated_tokens_total")
+    )
     assert tokens < 2000  # the cancelled answer was never completed (nor counted as one)
 
 
 def test_queue_full_gives_429_with_retry_after_and_timeouts_504(tiny256):
     port = free_port()
-    proc = start_server(str(tiny256[1]), port, "--max-queue", "0", "--timeout", "1", "--threads", "1",
-                        "--allow-remote-images")
+    proc = start_server(
+        str(tiny256[1]), port, "--max-queue", "0", "--timeout", "1", "--threads", "1", "--allow-remote-images"
+    )
     base = f"http://127.0.0.1:{port}"
-    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}}, "required": ["s"],
-              "additionalProperties": False}
-    long = json.dumps({"max_tokens": 3000, "temperature": 1.0, "seed": 3,  # no "model": the one served
-                       "messages": [{"role": "user", "content": "Write."}],
-                       "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+    schema = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "minLength": 2000, "maxLength": 20000}},
+        "required": ["s"],
+        "additionalProperties": False,
+    }
+    long = json.dumps(
+        {
+            "max_tokens": 3000,
+            "temperature": 1.0,
+            "seed": 3,  # no "model": the one served
+            "messages": [{"role": "user", "content": "Write."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+        }
+    )
     try:
         first = {}
-        t = threading.Thread(target=lambda: first.update(r=post(f"{base}/v1/chat/completions", long.encode(),
-                                                                 key=None)))
+        t = threading.Thread(
+            target=lambda: first.update(r=post(f"{base}/v1/chat/completions", long.encode(), key=None))
+        )
         t.start()
         time.sleep(0.3)
-        status, body, headers = post(f"{base}/v1/chat/completions",
-                                     json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(), key=None)
+        status, body, headers = post(
+            f"{base}/v1/chat/completions",
+            json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+            key=None,
+        )
         assert status == 429 and int(headers["Retry-After"]) >= 1 and headers["X-Queue-Depth"] == "0"
         assert json.loads(body)["error"]["code"] == "queue_full"
         t.join()
         status, body, _ = first["r"]
         assert status == 504 and json.loads(body)["error"]["type"] == "timeout"
-        ok = post(f"{base}/v1/chat/completions", json.dumps({"max_tokens": 4, "messages": [
-            {"role": "user", "content": "hi"}]}).encode(), key=None)
+        ok = post(
+            f"{base}/v1/chat/completions",
+            json.dumps({"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            key=None,
+        )
         assert ok[0] == 200  # the slot was freed
         _remote_image_is_fetched_when_allowed(base)
     finally:
@@ -308,9 +405,21 @@ def _remote_image_is_fetched_when_allowed(base: str) -> None:
     threading.Thread(target=images.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{images.server_address[1]}"
     try:
+
         def ask(image_url):
-            return post(f"{base}/v1/chat/completions", json.dumps({"max_tokens": 2, "messages": [{"role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": image_url}}]}]}).encode(), key=None)
+            return post(
+                f"{base}/v1/chat/completions",
+                json.dumps(
+                    {
+                        "max_tokens": 2,
+                        "messages": [
+                            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]}
+                        ],
+                    }
+                ).encode(),
+                key=None,
+            )
+
         status, body, _ = ask(f"{url}/a.png")
         assert status == 200 and json.loads(body)["usage"]["prompt_tokens"] > 64
         status, body, _ = ask(f"{url}/missing.png")
@@ -334,8 +443,9 @@ def _remote_image_is_fetched_when_allowed(base: str) -> None:
 
 def test_timeline_endpoint(server, tmp_path):
     path = scenes(tmp_path / "s.mp4", ("red", "blue"), seconds=2)
-    status, body, headers = post(f"{server}/v1/timeline?format=srt&every=1", path.read_bytes(),
-                                 content_type="video/mp4")
+    status, body, headers = post(
+        f"{server}/v1/timeline?format=srt&every=1", path.read_bytes(), content_type="video/mp4"
+    )
     assert status == 200 and body.decode().startswith("1\n00:00:00,000 --> ") and int(headers["X-Segments"]) >= 2
     status, body, _ = post(f"{server}/v1/timeline?format=vtt", b"not a video", content_type="video/mp4")
     assert status == 400 and "error" in json.loads(body)
@@ -343,8 +453,12 @@ def test_timeline_endpoint(server, tmp_path):
 
 
 def test_serve_refuses_bad_arguments_in_one_line(tiny256):
-    r = subprocess.run([sys.executable, "-m", "edgevlm.cli", "serve", str(tiny256[1]), "--port", "99999"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", "serve", str(tiny256[1]), "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -363,8 +477,15 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
     require(chromium and driver_path, "Debian's chromium and chromium-driver are needed (.ci/run installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-device-for-media-stream",
-                 "--use-fake-ui-for-media-stream", "--window-size=1100,1000", f"--user-data-dir={tmp_path / 'p'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--window-size=1100,1000",
+        f"--user-data-dir={tmp_path / 'p'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
@@ -372,7 +493,8 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
         driver.execute_script(f"localStorage.setItem('edgevlm-key', '{KEY}');")
         driver.get(server + "/")  # the key field reads it on load
         WebDriverWait(driver, 90).until(
-            lambda d: int(d.find_element(By.ID, "caption").get_attribute("data-count") or 0) >= 3)
+            lambda d: int(d.find_element(By.ID, "caption").get_attribute("data-count") or 0) >= 3
+        )
         caption = driver.find_element(By.ID, "caption").text
         stats = driver.find_element(By.ID, "stats").text
         driver.save_screenshot(str(tmp_path / "page.png"))
@@ -384,11 +506,14 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
         driver.find_element(By.ID, "timeline-run").click()
         # Ends on the timeline or on an error the page shows; either way the failure says what the page and the
         # server said (a CI run once timed out here with neither on record).
-        WebDriverWait(driver, 120).until(lambda d: "-->" in d.find_element(By.ID, "timeline").text
-                                         or d.find_element(By.ID, "status").text.strip())
+        WebDriverWait(driver, 120).until(
+            lambda d: "-->" in d.find_element(By.ID, "timeline").text or d.find_element(By.ID, "status").text.strip()
+        )
         timeline = driver.find_element(By.ID, "timeline").text
-        assert "-->" in timeline, (f"page status: {driver.find_element(By.ID, 'status').text!r}; "
-                                   f"timeline: {timeline!r}; server log: {server_log(server_proc)}")
+        assert "-->" in timeline, (
+            f"page status: {driver.find_element(By.ID, 'status').text!r}; "
+            f"timeline: {timeline!r}; server log: {server_log(server_proc)}"
+        )
         link = driver.find_element(By.ID, "download")
         assert link.is_displayed() and link.get_attribute("download") == "clip.srt"
     finally:
@@ -404,9 +529,23 @@ def test_bounded_load_32_clients(tiny256):
     """32 clients for 60 s against the tiny model, queue of 8: no 5xx, 429 only with a full queue, every
     admitted request answered, memory flat (benchmarks/server_load.py; numbers in docs/benchmarks.md)."""
     seconds = os.environ.get("EDGEVLM_LOAD_SECONDS", "60")
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "server_load.py"), str(tiny256[1]), "--clients",
-                        "32", "--seconds", seconds, "--max-queue", "8", "--json"],
-                       capture_output=True, text=True, timeout=float(seconds) + 300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "server_load.py"),
+            str(tiny256[1]),
+            "--clients",
+            "32",
+            "--seconds",
+            seconds,
+            "--max-queue",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=float(seconds) + 300,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.splitlines()[-1])
     assert set(s["statuses"]) <= {"200", "429"}, s

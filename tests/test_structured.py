@@ -5,6 +5,7 @@ SmolLM2-135M decoder is the realistic one. Validity is checked with independent 
 `regex`), and greedy constrained decoding is checked step by step against an argmax over the tokens an
 independent matcher allows, computed from the raw logits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Literal, Optional, TypedDict
+from typing import Literal, TypedDict
 
 import jsonschema
 import numpy as np
 import pytest
 import regex
-
 from conftest import random_image
 from videotools import scenes
 
@@ -32,25 +32,54 @@ from edgevlm.media.sources import PushSource
 
 # Bounded so that a random-weights model, which would otherwise write strings and numbers forever, still ends.
 SCHEMAS = [
-    {"type": "object", "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0,
-                                                                               "maximum": 20}},
-     "required": ["person", "count"], "additionalProperties": False},
-    {"type": "object", "properties": {"label": {"enum": ["cat", "dog", "car"]},
-                                      "score": {"type": "integer", "minimum": -5, "maximum": 5}},
-     "required": ["label", "score"], "additionalProperties": False},
-    {"type": "object", "properties": {"objects": {"type": "array", "items": {"type": "string", "maxLength": 8},
-                                                  "maxItems": 3}},
-     "required": ["objects"], "additionalProperties": False},
-    {"type": "object", "properties": {"box": {"type": "object", "properties": {
-        "x": {"type": "integer", "minimum": 0, "maximum": 999}, "y": {"type": "integer", "minimum": 0,
-                                                                      "maximum": 999}},
-        "required": ["x", "y"], "additionalProperties": False}, "visible": {"type": "boolean"}},
-     "required": ["box", "visible"], "additionalProperties": False},
-    {"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 12},
-                                      "tags": {"type": "array", "items": {"enum": ["red", "blue", "big"]},
-                                               "maxItems": 2},
-                                      "note": {"anyOf": [{"type": "null"}, {"type": "boolean"}]}},
-     "required": ["name", "tags", "note"], "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"person": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0, "maximum": 20}},
+        "required": ["person", "count"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "label": {"enum": ["cat", "dog", "car"]},
+            "score": {"type": "integer", "minimum": -5, "maximum": 5},
+        },
+        "required": ["label", "score"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {"objects": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3}},
+        "required": ["objects"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "box": {
+                "type": "object",
+                "properties": {
+                    "x": {"type": "integer", "minimum": 0, "maximum": 999},
+                    "y": {"type": "integer", "minimum": 0, "maximum": 999},
+                },
+                "required": ["x", "y"],
+                "additionalProperties": False,
+            },
+            "visible": {"type": "boolean"},
+        },
+        "required": ["box", "visible"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 12},
+            "tags": {"type": "array", "items": {"enum": ["red", "blue", "big"]}, "maxItems": 2},
+            "note": {"anyOf": [{"type": "null"}, {"type": "boolean"}]},
+        },
+        "required": ["name", "tags", "note"],
+        "additionalProperties": False,
+    },
 ]
 CHOICES = [["yes", "no"], ["cat", "dog", "bird", "none"], ["red", "green", "blue", "yellow", "unknown"]]
 REGEXES = [r"[A-Z]{2}-[0-9]{3}", r"(left|right|center) [0-9]{1,2}%", r"[a-z]{1,8}( [a-z]{1,8}){0,3}\."]
@@ -70,20 +99,30 @@ def valid(kind: str, spec, r) -> bool:
 def run_many(vlm, images, plans, question_set=QUESTIONS) -> list[tuple[str, object, object]]:
     """Answers for every (kind, spec), greedy and sampled with several seeds and settings."""
     out = []
-    samplings = [{}, {"do_sample": True, "seed": 1}, {"do_sample": True, "seed": 2, "temperature": 1.5},
-                 {"do_sample": True, "seed": 3, "top_p": 0.9}, {"do_sample": True, "seed": 4, "top_k": 50}]
+    samplings = [
+        {},
+        {"do_sample": True, "seed": 1},
+        {"do_sample": True, "seed": 2, "temperature": 1.5},
+        {"do_sample": True, "seed": 3, "top_p": 0.9},
+        {"do_sample": True, "seed": 4, "top_k": 50},
+    ]
     for i, (kind, spec) in enumerate(plans):
         for j, sampling in enumerate(samplings):
             image = images[(i + j) % len(images)]
-            r = vlm.ask(image, question_set[(i + j) % len(question_set)], max_new_tokens=96, split=False,
-                        **{kind: spec}, **sampling)
+            r = vlm.ask(
+                image,
+                question_set[(i + j) % len(question_set)],
+                max_new_tokens=96,
+                split=False,
+                **{kind: spec},
+                **sampling,
+            )
             out.append((kind, spec, r))
     return out
 
 
 def plans():
-    return ([("json_schema", s) for s in SCHEMAS] + [("choices", c) for c in CHOICES]
-            + [("regex", p) for p in REGEXES])
+    return [("json_schema", s) for s in SCHEMAS] + [("choices", c) for c in CHOICES] + [("regex", p) for p in REGEXES]
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +150,26 @@ def test_random_weight_models_answer_validly(vlm, tiny256, tiny22b):
 
 def test_trained_decoder_answers_validly(real):
     """The trained SmolLM2-135M decoder, text-only prompts, greedy and sampled."""
-    results = run_many(real, [None], plans(), ["Give the answer in JSON about a cat on a mat.",
-                                               "Is the light on? Answer briefly.",
-                                               "Name a colour and a direction."])
-    results += run_many(real, [None], plans(), ["What is the capital of France?", "Describe a busy street.",
-                                                "Count the people in the room and say if anyone is there."])
+    results = run_many(
+        real,
+        [None],
+        plans(),
+        [
+            "Give the answer in JSON about a cat on a mat.",
+            "Is the light on? Answer briefly.",
+            "Name a colour and a direction.",
+        ],
+    )
+    results += run_many(
+        real,
+        [None],
+        plans(),
+        [
+            "What is the capital of France?",
+            "Describe a busy street.",
+            "Count the people in the room and say if anyone is there.",
+        ],
+    )
     bad = [(k, r.text) for k, s, r in results if not valid(k, s, r)]
     assert not bad and len(results) >= 110, bad
 
@@ -158,8 +212,9 @@ def forced_bytes(text: bytes, pattern: str) -> bytes:
     """The bytes every completion of `text` must continue with (b"" where there is a choice or it may end)."""
     forced = b""
     while regex.fullmatch(pattern, (text + forced).decode()) is None:
-        nexts = [c for c in range(32, 127)
-                 if regex.fullmatch(pattern, (text + forced + bytes([c])).decode(), partial=True)]
+        nexts = [
+            c for c in range(32, 127) if regex.fullmatch(pattern, (text + forced + bytes([c])).decode(), partial=True)
+        ]
         if len(nexts) != 1:
             break
         forced += bytes(nexts)
@@ -229,7 +284,7 @@ class Sighting:
     colour: Colour
     kind: Literal["car", "bike"]
     boxes: list[Box]
-    note: Optional[bool] = None
+    note: bool | None = None
 
 
 class Door(TypedDict):
@@ -276,23 +331,28 @@ def test_constraint_object_is_reusable_and_works_with_a_config(vlm):
     assert answers <= {"on", "off"}
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"choices": []}, "choice list is empty"),
-    ({"choices": "yes,no"}, "must be a list of strings"),
-    ({"choices": ["yes", ""]}, "non-empty string"),
-    ({"choices": ["yes", 3]}, "non-empty string"),
-    ({"regex": "a(b"}, "unclosed group"),
-    ({"regex": ""}, "regex is empty"),
-    ({"json_schema": {"type": "objectx"}}, "Invalid type"),
-    ({"json_schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}},
-     "cannot be used"),
-    ({"json_schema": [1, 2]}, "must be a JSON object"),
-    ({"json_schema": "/nonexistent/schema.json"}, "cannot read the JSON schema file"),
-    ({"json_schema": "{not json"}, "not valid JSON"),
-    ({"json_schema": complex}, "must be a JSON object"),
-    ({"choices": ["a"], "regex": "a"}, "give one constraint"),
-    ({"choices": ["a"], "ignore_eos": True}, "ignore_eos cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"choices": []}, "choice list is empty"),
+        ({"choices": "yes,no"}, "must be a list of strings"),
+        ({"choices": ["yes", ""]}, "non-empty string"),
+        ({"choices": ["yes", 3]}, "non-empty string"),
+        ({"regex": "a(b"}, "unclosed group"),
+        ({"regex": ""}, "regex is empty"),
+        ({"json_schema": {"type": "objectx"}}, "Invalid type"),
+        (
+            {"json_schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}},
+            "cannot be used",
+        ),
+        ({"json_schema": [1, 2]}, "must be a JSON object"),
+        ({"json_schema": "/nonexistent/schema.json"}, "cannot read the JSON schema file"),
+        ({"json_schema": "{not json"}, "not valid JSON"),
+        ({"json_schema": complex}, "must be a JSON object"),
+        ({"choices": ["a"], "regex": "a"}, "give one constraint"),
+        ({"choices": ["a"], "ignore_eos": True}, "ignore_eos cannot be combined"),
+    ],
+)
 def test_bad_constraints_fail_before_any_work(vlm, kw, message):
     with pytest.raises(ConstraintError if "ignore_eos" not in kw else InputError, match=message):
         vlm.ask("/nonexistent/image.png", "x", **kw)  # the constraint is checked before the image is read
@@ -329,7 +389,7 @@ def test_token_bytes_spell_every_encoding(vlm):
     table, special = vlm.tokenizer.token_bytes(vlm.spec.vocab_size)
     assert len(table) == vlm.spec.vocab_size and vlm.spec.image_token_id in special
     rng = np.random.default_rng(0)
-    alphabet = list("abcXYZ019 \n\t  {}[]\":,.-_!?")
+    alphabet = list('abcXYZ019 \n\t  {}[]":,.-_!?')
     alphabet += ["é", "ß", "漢", "字", "🙂", "👍🏽", "∑", "\u00a0", "\u2028"]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet, rng.integers(1, 30)))
@@ -418,10 +478,25 @@ def test_watch_goes_on_past_an_answer_that_cannot_finish(vlm):
 
 def test_conditions():
     v = {"person": True, "count": 3, "zone": "door", "box": {"x": 5}, "items": ["a", "b"]}
-    holds = ["person == true", "count >= 2", "count < 4 and zone == door", 'zone == "door"', "box.x == 5",
-             "items.1 == b", "count > 9 or person == true", "zone != gate"]
-    fails = ["person == false", "count > 3", "missing == 1", "box.y == 5", "zone > 2", "items.5 == a",
-             "count >= 2 and zone == gate"]
+    holds = [
+        "person == true",
+        "count >= 2",
+        "count < 4 and zone == door",
+        'zone == "door"',
+        "box.x == 5",
+        "items.1 == b",
+        "count > 9 or person == true",
+        "zone != gate",
+    ]
+    fails = [
+        "person == false",
+        "count > 3",
+        "missing == 1",
+        "box.y == 5",
+        "zone > 2",
+        "items.5 == a",
+        "count >= 2 and zone == gate",
+    ]
     assert all(Condition(c)(v) for c in holds) and not any(Condition(c)(v) for c in fails)
     assert Condition("value == yes")("yes") and not Condition("value == yes")("no")
     assert Condition("visible == true")(Sighting(True, Colour.RED, "car", []))
@@ -444,8 +519,9 @@ def test_conditions_do_not_split_inside_quoted_strings():
 
 # --------------------------------------------------------------------------------------------------- CLI
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_structured_answers(tiny256, tmp_path):
@@ -465,13 +541,16 @@ def test_cli_structured_answers(tiny256, tmp_path):
     assert r.returncode == 0 and regex.fullmatch(r"[A-Z]{2}-[0-9]{3}", r.stdout.strip()), r.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--choices", ","], "non-empty string"),
-    (["--json-schema", "missing.json"], "cannot read the JSON schema file"),
-    (["--regex", "("], "unclosed group"),
-    (["--regex", "a", "--choices", "a"], "give one of"),
-    (["--regex", "[a-z]{30}", "--max-new-tokens", "3"], "ran out of tokens (max_new_tokens=3)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--choices", ","], "non-empty string"),
+        (["--json-schema", "missing.json"], "cannot read the JSON schema file"),
+        (["--regex", "("], "unclosed group"),
+        (["--regex", "a", "--choices", "a"], "give one of"),
+        (["--regex", "[a-z]{30}", "--max-new-tokens", "3"], "ran out of tokens (max_new_tokens=3)"),
+    ],
+)
 def test_cli_structured_errors(tiny256, tmp_path, args, message):
     _, bundle = tiny256
     img = tmp_path / "a.png"
@@ -485,10 +564,31 @@ def test_cli_watch_with_schema_trigger_and_timeline_jsonl(tiny256, tmp_path):
     _, bundle = tiny256
     path = scenes(tmp_path / "s.mp4", ("red", "blue", "green"), seconds=1)
     schema = tmp_path / "s.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"alarm": {"enum": ["on"]}},
-                                  "required": ["alarm"], "additionalProperties": False}))
-    r = run_cli("watch", path, "-m", bundle, "--json-schema", schema, "--format", "jsonl", "--no-realtime",
-                "--trigger", "alarm == on", "--trigger-exit", "5")
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"alarm": {"enum": ["on"]}},
+                "required": ["alarm"],
+                "additionalProperties": False,
+            }
+        )
+    )
+    r = run_cli(
+        "watch",
+        path,
+        "-m",
+        bundle,
+        "--json-schema",
+        schema,
+        "--format",
+        "jsonl",
+        "--no-realtime",
+        "--trigger",
+        "alarm == on",
+        "--trigger-exit",
+        "5",
+    )
     # --no-realtime reads the file as fast as it can into a newest-frame slot, so which frame is captioned first
     # is a race (under load it was t=0.20): the first caption triggers, whatever its time.
     assert r.returncode == 5 and re.search(r"TRIGGER t=\d+\.\d\ds when='alarm == on'", r.stderr), r.stderr
@@ -502,12 +602,14 @@ def test_cli_watch_with_schema_trigger_and_timeline_jsonl(tiny256, tmp_path):
 
 
 def test_llguidance_is_imported_only_for_constraints(tiny256):
-    code = ("import sys, edgevlm\n"
-            f"vlm = edgevlm.load({str(tiny256[1])!r})\n"
-            "vlm.ask(None, 'x', max_new_tokens=2)\n"
-            "print('llguidance' in sys.modules)\n"
-            "vlm.ask(None, 'x', choices=['a', 'b'])\n"
-            "print('llguidance' in sys.modules, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    code = (
+        "import sys, edgevlm\n"
+        f"vlm = edgevlm.load({str(tiny256[1])!r})\n"
+        "vlm.ask(None, 'x', max_new_tokens=2)\n"
+        "print('llguidance' in sys.modules)\n"
+        "vlm.ask(None, 'x', choices=['a', 'b'])\n"
+        "print('llguidance' in sys.modules, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True", "False", "False"]

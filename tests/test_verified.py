@@ -1,5 +1,6 @@
 """Checksums at load: the first load hashes every file of the variant; later loads trust a file whose identity on
 disk (inode, size, mtime, ctime) is unchanged since it matched, and any change is caught again."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Video files: decoding (codecs, containers, odd sizes, rotation, variable frame rate), SmolVLM2's whole-clip
 video prompt against transformers, timeline captions, and the SRT / WebVTT / JSONL outputs."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from functools import partial
 
 import numpy as np
 import pytest
-
 from videotools import make, run_ffmpeg, scenes
 
 from edgevlm.errors import InputError
@@ -29,8 +29,9 @@ CODECS = {  # name: (file suffix, encoder args, size)
 
 
 def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -69,8 +70,14 @@ def test_rotation_metadata_is_applied(tmp_path):
 
 
 def test_variable_frame_rate_timestamps_come_from_the_stream(tmp_path):
-    path = make(tmp_path / "vfr.mp4", "testsrc", 4, [*H264, "-fps_mode", "passthrough"], rate=30,
-                filters="settb=1/30,setpts='if(lt(N,30),N,30+(N-30)*3)'")
+    path = make(
+        tmp_path / "vfr.mp4",
+        "testsrc",
+        4,
+        [*H264, "-fps_mode", "passthrough"],
+        rate=30,
+        filters="settb=1/30,setpts='if(lt(N,30),N,30+(N-30)*3)'",
+    )
     times = [f.timestamp for f in read_frames(path)]
     expected = [n / 30 if n < 30 else 1 + (n - 30) / 10 for n in range(len(times))]
     np.testing.assert_allclose(times, expected, atol=2e-3)
@@ -116,8 +123,13 @@ def test_bad_videos_raise_clear_errors(tmp_path, kind):
         probe(path)
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg
-    assert {"missing": "does not exist", "empty": "0 bytes", "garbage": "cannot be opened",
-            "audio_only": "no video stream", "truncated_header": "no video stream"}[kind] in msg
+    assert {
+        "missing": "does not exist",
+        "empty": "0 bytes",
+        "garbage": "cannot be opened",
+        "audio_only": "no video stream",
+        "truncated_header": "no video stream",
+    }[kind] in msg
 
 
 def test_truncated_stream_yields_the_frames_that_decode(tmp_path):
@@ -138,8 +150,10 @@ def _reference_video(ckpt, cache, path):
 
     model, proc = reference(ckpt, cache)
     vp = proc.video_processor
-    frames, meta = read_video_opencv(str(path), sample_indices_fn=partial(vp.sample_frames, num_frames=vp.num_frames,
-                                                                          fps=vp.fps))
+    frames, meta = read_video_opencv(
+        str(path), sample_indices_fn=partial(vp.sample_frames, num_frames=vp.num_frames, fps=vp.fps)
+    )
+
     # The model card's path, apply_chat_template(tokenize=True). Its default video decoders (torchcodec, else
     # torchvision's read_video, gone in torchvision 0.29) are not available here, so the processor fetches the
     # file with transformers' own OpenCV reader instead; sampling and everything after it are the processor's.
@@ -149,12 +163,15 @@ def _reference_video(ckpt, cache, path):
         return load_video(urls, backend="opencv", sample_indices_fn=sample_indices_fn)
 
     vp.fetch_videos = fetch_videos
-    msgs = [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What happens?"}]}]
-    inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                      return_tensors="pt")
+    msgs = [
+        {"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What happens?"}]}
+    ]
+    inputs = proc.apply_chat_template(
+        msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    return inputs, out[0, inputs["input_ids"].shape[1]:].tolist(), meta
+    return inputs, out[0, inputs["input_ids"].shape[1] :].tolist(), meta
 
 
 @pytest.mark.parametrize("seconds,rate", [(12, 10), (70, 2)])  # 70 s > 64 frames + 2 s: the ends are skipped
@@ -166,8 +183,7 @@ def test_whole_clip_prompt_and_tokens_match_transformers(tiny256, reference_cach
     path = make(tmp_path / "clip.mp4", "testsrc", seconds, H264, size="192x144", rate=rate)
     inputs, ref_tokens, meta = _reference_video(ckpt, reference_cache, path)
     vlm = edgevlm.load(bundle)
-    assert list(clip_indices(probe(path), vlm.spec.video_fps, vlm.spec.video_max_frames)) == list(
-        meta.frames_indices)
+    assert list(clip_indices(probe(path), vlm.spec.video_fps, vlm.spec.video_max_frames)) == list(meta.frames_indices)
     item = {"type": "video", "video": path}
     prepared = vlm.prepare([{"role": "user", "content": [item, {"type": "text", "text": "What happens?"}]}])
     assert prepared.input_ids == inputs["input_ids"][0].tolist()
@@ -190,8 +206,9 @@ def test_video_frames_from_the_caller(tiny256, tmp_path):
     vlm = edgevlm.load(bundle)
     rng = np.random.default_rng(0)
     frames = [Frame(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8), t) for t in (0.0, 61.0, 125.5)]
-    prepared = vlm.prepare([{"role": "user", "content": [{"type": "video", "video": frames},
-                                                         {"type": "text", "text": "Hi"}]}])
+    prepared = vlm.prepare(
+        [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "Hi"}]}]
+    )
     text = vlm.tokenizer.decode(prepared.input_ids, skip_special_tokens=False)
     assert "three frames from a 0:02:05 [H:MM:SS] video" in text
     assert "Frame from 00:00:" in text and "Frame from 01:01:" in text and "Frame from 02:05:" in text
@@ -243,8 +260,14 @@ def test_cli_caption_video_writes_valid_files(tiny256, tmp_path, fmt):
         import webvtt
 
         assert content.startswith("WEBVTT\n\n")
-        cues = [(c.start_in_seconds + c.start_time.milliseconds / 1e3, c.end_in_seconds + c.end_time.milliseconds
-                 / 1e3, c.text) for c in webvtt.from_buffer(io.StringIO(content))]
+        cues = [
+            (
+                c.start_in_seconds + c.start_time.milliseconds / 1e3,
+                c.end_in_seconds + c.end_time.milliseconds / 1e3,
+                c.text,
+            )
+            for c in webvtt.from_buffer(io.StringIO(content))
+        ]
     elif fmt == "jsonl":
         records = [json.loads(line) for line in content.splitlines()]
         assert {"start", "end", "text", "frame_time", "timings"} <= set(records[0])
@@ -289,9 +312,30 @@ def test_cli_caption_interrupted_leaves_a_complete_file(tiny256, tmp_path):
     _, bundle = tiny256
     path = make(tmp_path / "long.mp4", "testsrc", 120, H264, size="160x120", rate=5)
     out = tmp_path / "out.srt"
-    proc = subprocess.Popen([sys.executable, "-m", "edgevlm.cli", "caption", str(path), "-m", str(bundle),
-                             "--format", "srt", "-o", str(out), "--every", "0.5", "--threshold", "0",
-                             "--max-new-tokens", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgevlm.cli",
+            "caption",
+            str(path),
+            "-m",
+            str(bundle),
+            "--format",
+            "srt",
+            "-o",
+            str(out),
+            "--every",
+            "0.5",
+            "--threshold",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the partial file to hold a few cues
         partial = list(tmp_path.glob(".out.srt.*.partial"))
@@ -312,8 +356,23 @@ def test_progress_bar_on_a_terminal_only(tiny256, tmp_path):
 
     _, bundle = tiny256
     path = scenes(tmp_path / "s.mp4", ("red", "blue", "green", "white"), seconds=2)
-    args = [sys.executable, "-m", "edgevlm.cli", "caption", str(path), "-m", str(bundle), "--format", "srt", "-o",
-            str(tmp_path / "a.srt"), "--every", "1", "--max-new-tokens", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "edgevlm.cli",
+        "caption",
+        str(path),
+        "-m",
+        str(bundle),
+        "--format",
+        "srt",
+        "-o",
+        str(tmp_path / "a.srt"),
+        "--every",
+        "1",
+        "--max-new-tokens",
+        "2",
+    ]
     master, slave = pty.openpty()  # stderr is a terminal: a bar with elapsed<remaining (the ETA)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)

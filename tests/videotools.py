@@ -1,5 +1,6 @@
 """Real video files and live streams for the tests, made with a real ffmpeg (imageio-ffmpeg's static build, or
 the system's)."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,13 +22,22 @@ def ffmpeg() -> str:
 
 
 def run_ffmpeg(*args: str) -> None:
-    out = subprocess.run([ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
 
 
-def make(path: Path, source: str, seconds: float, codec: list[str], size: str = "320x240", rate: int = 10,
-         extra_in: list[str] | None = None, filters: str | None = None) -> Path:
+def make(
+    path: Path,
+    source: str,
+    seconds: float,
+    codec: list[str],
+    size: str = "320x240",
+    rate: int = 10,
+    extra_in: list[str] | None = None,
+    filters: str | None = None,
+) -> Path:
     """A video from one of ffmpeg's lavfi sources (testsrc, color=c=red ...)."""
     src = f"{source}{':' if '=' in source else '='}s={size}:r={rate}:d={seconds}"
     args = [*(extra_in or []), "-f", "lavfi", "-i", src]
@@ -37,8 +47,14 @@ def make(path: Path, source: str, seconds: float, codec: list[str], size: str = 
     return path
 
 
-def scenes(path: Path, colors=("red", "blue", "green"), seconds: int = 4, size: str = "320x240", rate: int = 10,
-           codec: tuple[str, ...] = ("-c:v", "libx264", "-pix_fmt", "yuv420p")) -> Path:
+def scenes(
+    path: Path,
+    colors=("red", "blue", "green"),
+    seconds: int = 4,
+    size: str = "320x240",
+    rate: int = 10,
+    codec: tuple[str, ...] = ("-c:v", "libx264", "-pix_fmt", "yuv420p"),
+) -> Path:
     """Static single-colour scenes one after another: hard cuts at multiples of `seconds`."""
     inputs, labels = [], ""
     for i, c in enumerate(colors):
@@ -57,17 +73,38 @@ def free_port() -> int:
 class HttpStream:
     """ffmpeg serving a live MPEG-TS stream over HTTP on 127.0.0.1 (one client), paced in real time."""
 
-    def __init__(self, port: int, size: str = "320x240", rate: int = 30, seconds: int = 120,
-                 source: str = "testsrc"):
+    def __init__(self, port: int, size: str = "320x240", rate: int = 30, seconds: int = 120, source: str = "testsrc"):
         self.port, self.url = port, f"http://127.0.0.1:{port}/live.ts"
-        self.args = [ffmpeg(), "-hide_banner", "-loglevel", "quiet", "-re", "-f", "lavfi", "-i",
-                     f"{source}=s={size}:r={rate}:d={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-                     "-tune", "zerolatency", "-g", str(rate), "-f", "mpegts", "-listen", "1", self.url]
+        self.args = [
+            ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "quiet",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"{source}=s={size}:r={rate}:d={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(rate),
+            "-f",
+            "mpegts",
+            "-listen",
+            "1",
+            self.url,
+        ]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> HttpStream:
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until it listens (it serves one client, so do not connect)
             out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if shutil.which("ss") else ""

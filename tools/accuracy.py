@@ -6,6 +6,7 @@ Builds (once) the 256M-architecture checkpoint whose text decoder holds the real
 exports it with every variant (recording time and peak RSS), and measures agreement over REAL_TEXT: public-domain
 prose in the chat format the model was tuned on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ REAL_TEXT = (
 def run(work: Path, variants: list[str], threads: int | None = None) -> dict:
     from edgevlm_export.pipeline import export
     from edgevlm_export.verify import teacher_forced_agreement
+
     from tools.checkpoints import make_checkpoint
 
     ckpt, bundle = work / "ckpt-256m-real", work / "bundle-256m-real"
@@ -54,13 +56,23 @@ def run(work: Path, variants: list[str], threads: int | None = None) -> dict:
         export(ckpt, bundle, ",".join(["fp32", *variants]), force=True, threads=threads)
     manifest = json.loads((bundle / "edgevlm.json").read_text())
     agreement = teacher_forced_agreement(bundle, variants, REAL_TEXT, threads=threads)
-    sizes = {v: sum(manifest["files"][rel]["size"] for rel in parts.values())
-             for v, parts in manifest["variants"].items()}
-    return {"agreement_vs_fp32": agreement, "variant_bytes": sizes, "export_stats": manifest["export_stats"],
-            "verification": {v: {"tokens_equal": r["all_tokens_equal"], "max_abs_logit_diff": r["max_abs_logit_diff"],
-                                 "min_teacher_forced_top1_vs_torch": r["min_teacher_forced_top1"]}
-                             for v, r in manifest["verification"].items()},
-            "peak_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    sizes = {
+        v: sum(manifest["files"][rel]["size"] for rel in parts.values()) for v, parts in manifest["variants"].items()
+    }
+    return {
+        "agreement_vs_fp32": agreement,
+        "variant_bytes": sizes,
+        "export_stats": manifest["export_stats"],
+        "verification": {
+            v: {
+                "tokens_equal": r["all_tokens_equal"],
+                "max_abs_logit_diff": r["max_abs_logit_diff"],
+                "min_teacher_forced_top1_vs_torch": r["min_teacher_forced_top1"],
+            }
+            for v, r in manifest["verification"].items()
+        },
+        "peak_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:

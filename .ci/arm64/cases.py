@@ -9,6 +9,7 @@ quantized case that already departs from fp32 on x86 sits on a near-tie: its res
 It writes WORK/aarch64.json: per case, tokens equal or not, the first differing step, the largest logit difference.
 Runs through the public API only (edgevlm.load, VLM.ask with a logits processor that records each step's row).
 """
+
 from __future__ import annotations
 
 import json
@@ -103,10 +104,15 @@ def run(work: Path) -> dict[str, dict]:
             return scores
 
         t0 = time.perf_counter()
-        result = vlm.ask(None if image is None else str(work / image), question, max_new_tokens=max_new,
-                         logits_processors=[record])
-        out[key] = {"tokens": list(result.token_ids), "text": result.text, "seconds": time.perf_counter() - t0,
-                    "logits": np.stack(rows)}
+        result = vlm.ask(
+            None if image is None else str(work / image), question, max_new_tokens=max_new, logits_processors=[record]
+        )
+        out[key] = {
+            "tokens": list(result.token_ids),
+            "text": result.text,
+            "seconds": time.perf_counter() - t0,
+            "logits": np.stack(rows),
+        }
         print(f"{key}: {len(result.token_ids)} tokens in {out[key]['seconds']:.1f} s: {result.text!r}", flush=True)
     return out
 
@@ -126,9 +132,15 @@ def compare(x86: dict, x86_logits: dict, here: dict) -> tuple[list[dict], list[s
         rel = float(max((np.abs(p - q).max() / max(np.abs(q).max(), 1e-30) for p, q in zip(la, lb)), default=0.0))
         fp32_ref = x86["cases"].get(f"{bundle}/fp32/{name}")
         quant_agrees = fp32_ref is not None and fp32_ref["tokens"] == b
-        row = {"case": key, "tokens_equal": first is None, "first_difference": first, "max_rel_logit_diff": rel,
-               "x86_quantized_equals_x86_fp32": quant_agrees if variant != "fp32" else None,
-               "seconds": round(mine["seconds"], 1), "text": mine["text"]}
+        row = {
+            "case": key,
+            "tokens_equal": first is None,
+            "first_difference": first,
+            "max_rel_logit_diff": rel,
+            "x86_quantized_equals_x86_fp32": quant_agrees if variant != "fp32" else None,
+            "seconds": round(mine["seconds"], 1),
+            "text": mine["text"],
+        }
         rows.append(row)
         if variant == "fp32":
             if first is not None:
@@ -147,8 +159,10 @@ def check(work: Path) -> int:
     rows, failures = compare(x86, x86_logits, run(work))
     (work / "aarch64.json").write_text(json.dumps({"machine": machine(), "cases": rows}, indent=1))
     for r in rows:
-        print(f"{r['case']:28s} tokens {'equal' if r['tokens_equal'] else 'DIFFER at ' + str(r['first_difference'])}"
-              f"  max rel logit diff {r['max_rel_logit_diff']:.2e}  {r['seconds']} s")
+        print(
+            f"{r['case']:28s} tokens {'equal' if r['tokens_equal'] else 'DIFFER at ' + str(r['first_difference'])}"
+            f"  max rel logit diff {r['max_rel_logit_diff']:.2e}  {r['seconds']} s"
+        )
     for f in failures:
         print("FAIL", f, file=sys.stderr)
     return 1 if failures else 0

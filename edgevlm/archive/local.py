@@ -3,6 +3,7 @@
 Threads are split between the workers (cores // jobs each), so two workers on two cores do not fight over the
 same cores. Rows come back to the caller (the one manifest writer) as each input finishes, in finishing order.
 """
+
 from __future__ import annotations
 
 import multiprocessing

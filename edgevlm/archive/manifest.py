@@ -6,6 +6,7 @@ counts as finished when its last row says "done" for the same input size and mti
 there with the same sha256. Anything else (no row, an error, a changed input, an output that was removed or edited)
 is done again. A half-written last line, left by a crash, is ignored.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from ..engine.bundle_format import sha256_file
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from .plan import Item
 
 NAME = "manifest.jsonl"
@@ -41,14 +42,15 @@ class Manifest:
     def open(self) -> Manifest:
         """Take the folder's lock (one run per OUT_DIR at a time) and open the manifest for appending."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.dir / ".edgevlm-archive.lock", "w")
+        self._lock = open(self.dir / ".edgevlm-archive.lock", "w")  # noqa: SIM115 (held until close())
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise InputError(f"another edgevlm run is writing to {self.dir}; wait for it or pick another "
-                             f"output folder.") from None
-        self._out = open(self.path, "a", encoding="utf-8")
+            raise InputError(
+                f"another edgevlm run is writing to {self.dir}; wait for it or pick another output folder."
+            ) from None
+        self._out = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held until close())
         return self
 
     def finished(self, item: Item) -> bool:
@@ -61,6 +63,8 @@ class Manifest:
         return output.is_file() and row.get("sha256") == sha256_file(output)
 
     def record(self, row: dict) -> None:
+        if self._out is None:
+            raise OutputError(f"the manifest in {self.dir} is not open; call open() first.")
         self.rows[row["input"]] = row
         self._out.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._out.flush()

@@ -6,6 +6,7 @@ gets `name.srt` (`.vtt`, `.jsonl`, `.txt`); an image gets `name.txt`, or `name.j
 --format jsonl. If two inputs would still write the same file (`a.mp4` and `a.mkv`), both keep their extension
 (`a.mp4.srt`).
 """
+
 from __future__ import annotations
 
 import glob
@@ -82,7 +83,7 @@ def plan(specs: list[str], out_dir: str | os.PathLike, fmt: str) -> list[Item]:
         raise InputError(f"no video or image found in {', '.join(specs)}.")
     targets = []
     for path, root in inputs:
-        kind = wanted(path)
+        kind = wanted(path) or "image"  # find_inputs keeps only videos and images
         suffix = SUFFIX[fmt] if kind == "video" else (".jsonl" if fmt == "jsonl" else ".txt")
         rel = path.relative_to(root)
         targets.append((path, kind, out / rel.parent, rel.stem, rel.name, suffix))

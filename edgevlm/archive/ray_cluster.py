@@ -7,6 +7,7 @@ shared storage, atomically, and return rows, which the driver records as they st
 into place, so a retried input ends with exactly one complete output, and the driver writes its row once, when
 that batch's result arrives.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,16 +35,30 @@ class Captioner:
         return {k: [row.get(k) for row in rows] for k in _ROW_KEYS}
 
 
-_ROW_KEYS = ("input", "output", "kind", "input_size", "input_mtime_ns", "worker", "status", "sha256", "error",
-             "duration", "segments", "seconds", "finished_at")
+_ROW_KEYS = (
+    "input",
+    "output",
+    "kind",
+    "input_size",
+    "input_mtime_ns",
+    "worker",
+    "status",
+    "sha256",
+    "error",
+    "duration",
+    "segments",
+    "seconds",
+    "finished_at",
+)
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def run_ray(address: str | None, load_kwargs: dict, items: list[dict], fmt: str, options: dict, actors: int,
-            threads: int | None) -> Iterator[dict]:
+def run_ray(
+    address: str | None, load_kwargs: dict, items: list[dict], fmt: str, options: dict, actors: int, threads: int | None
+) -> Iterator[dict]:
     """Rows as the cluster finishes inputs. address: "HOST:PORT" of a running cluster ("auto" for the local
     one), or None to start a private cluster in this process. threads per actor: by default the cluster's CPUs
     shared between the actors, at most one node's worth (an actor runs on one node)."""
@@ -63,9 +78,13 @@ def run_ray(address: str | None, load_kwargs: dict, items: list[dict], fmt: str,
     threads = threads or _threads_per_actor(actors)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one input per block: fine retries
     captions = ds.map_batches(
-        Captioner, fn_constructor_kwargs={"load_kwargs": {**load_kwargs, "threads": threads}, "fmt": fmt,
-                                          "options": options},
-        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads)
+        Captioner,
+        fn_constructor_kwargs={"load_kwargs": {**load_kwargs, "threads": threads}, "fmt": fmt, "options": options},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=threads,
+    )
     # Ray Data's actor pools restart dead actors and retry their tasks by default (max_restarts and
     # max_task_retries -1): what makes a lost worker's inputs come back.
     for row in captions.iter_rows():

@@ -1,16 +1,17 @@
 """An archive run: plan the inputs, skip what the manifest says is finished, caption the rest with a runner
 (in this process, `jobs` worker processes, or Ray actors), record every row, and sum it up.
 """
+
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..media.video import probe
 from ..errors import EdgeVLMError
+from ..media.video import probe
 from .manifest import Manifest
 from .plan import Item, plan
 from .work import remove_partials
@@ -53,8 +54,11 @@ class ArchiveJob:
     redo: bool = False
 
 
-def caption_archive(job: ArchiveJob, on_plan: Callable[[list[Item], list[Item], float], None] | None = None,
-                    on_row: Callable[[dict, Item], None] | None = None) -> Summary:
+def caption_archive(
+    job: ArchiveJob,
+    on_plan: Callable[[list[Item], list[Item], float], None] | None = None,
+    on_row: Callable[[dict, Item], None] | None = None,
+) -> Summary:
     """Run `job`. on_plan(all items, items to do, seconds of video to do) before work starts; on_row(row, item)
     after each input (the manifest has it by then). Interrupting (KeyboardInterrupt) stops the runner; every
     input finished so far keeps its output and row."""

@@ -4,6 +4,7 @@ The output is written atomically (a hidden temp file renamed at the end), so an 
 output or none: an error or an interruption discards the temp file, and a worker killed outright leaves only a
 `.NAME.*.partial` file, which `remove_partials` clears before the input is done again.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ def caption_item(vlm: Any, item: dict[str, Any], fmt: str, options: dict[str, An
     """Caption `item` (an Item as a dict) into its output; the manifest row. Input errors become an error row;
     anything else (a bug, an interruption) propagates."""
     t0 = time.perf_counter()
-    row = {"input": item["input"], "output": item["output"], "kind": item["kind"], "input_size": item["size"],
-           "input_mtime_ns": item["mtime_ns"], "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    row = {
+        "input": item["input"],
+        "output": item["output"],
+        "kind": item["kind"],
+        "input_size": item["size"],
+        "input_mtime_ns": item["mtime_ns"],
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
     output = Path(item["output"])
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ rows advance in lockstep over one KV cache. Each row picks its own tokens with i
 generator, exactly as a Generator would; a row that has finished keeps being fed its last token (its answer is
 complete, the extra logits are not used) until every row is done.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,15 @@ class BatchGenerator:
     """Greedy or sampled answers for prompts of equal length, decoded as one batch (no constraints: a constrained
     answer goes through Generator)."""
 
-    def __init__(self, decoder: Decoder, prompts: Sequence[Sequence[int]], features: Sequence[np.ndarray | None],
-                 image_token_id: int, config: GenerationConfig, eos_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        decoder: Decoder,
+        prompts: Sequence[Sequence[int]],
+        features: Sequence[np.ndarray | None],
+        image_token_id: int,
+        config: GenerationConfig,
+        eos_ids: Sequence[int] = (),
+    ):
         config.check()
         if config.constraint is not None:
             raise InputError("a constrained answer cannot be batched; use Engine.generator().")
@@ -42,8 +50,12 @@ class BatchGenerator:
         """Every row's tokens (a stop token included, as Generator); `finish` and `timings` are filled in."""
         t0 = time.perf_counter()
         rows = len(self.prompts)
-        embeds = np.concatenate([self.decoder.merge(np.asarray(p, dtype=np.int64), f, self._image_token_id)
-                                 for p, f in zip(self.prompts, self._features)])
+        embeds = np.concatenate(
+            [
+                self.decoder.merge(np.asarray(p, dtype=np.int64), f, self._image_token_id)
+                for p, f in zip(self.prompts, self._features)
+            ]
+        )
         self._features = []
         prompt_len = len(self.prompts[0])
         cache = self.decoder.new_cache(prompt_len, self.config.max_new_tokens, batch=rows)

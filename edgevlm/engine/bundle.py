@@ -4,6 +4,7 @@ An edgevlm bundle *is* the official layout (config files at the top, ONNX parts 
 suffixes) plus `edgevlm.json`, a manifest with variants, sha256 of every file and the export's verification
 report. So tools made for the official files read our bundles, and we read theirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,40 @@ from typing import Any
 
 from ..errors import ModelError
 from . import verified
-from .bundle_format import (MANIFEST, REQUIRED_CONFIGS, SHORT_PARTS, choose_parts, default_variant, external_data,
-                            scan_layout, sha256_file, validate_manifest)
+from .bundle_format import (
+    MANIFEST,
+    REQUIRED_CONFIGS,
+    SHORT_PARTS,
+    choose_parts,
+    default_variant,
+    external_data,
+    scan_layout,
+    sha256_file,
+    validate_manifest,
+)
 from .hub import resolve
 
-__all__ = ["DEFAULT_MODEL", "MANIFEST", "Bundle", "ModelSpec", "check_part_inputs", "describe", "open_bundle",
-           "read_spec", "resolve", "sha256_file", "verify_files"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MANIFEST",
+    "Bundle",
+    "ModelSpec",
+    "check_part_inputs",
+    "describe",
+    "open_bundle",
+    "read_spec",
+    "resolve",
+    "sha256_file",
+    "verify_files",
+]
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 # Inputs that tell the parts apart: a file in the wrong place (parts swapped) is caught by these at load.
-PART_INPUTS = {"vision_encoder": ("pixel_values",), "embed_tokens": ("input_ids",),
-               "decoder_model_merged": ("inputs_embeds", "attention_mask", "past_key_values.0.key")}
+PART_INPUTS = {
+    "vision_encoder": ("pixel_values",),
+    "embed_tokens": ("input_ids",),
+    "decoder_model_merged": ("inputs_embeds", "attention_mask", "past_key_values.0.key"),
+}
 log = logging.getLogger("edgevlm")
 _warned_unverified: set[str] = set()
 
@@ -89,30 +113,36 @@ def _read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path} is not valid JSON ({e}); re-export or re-download the model.") from None
     except OSError as e:
-        raise ModelError(f"{path} cannot be read ({e.strerror}); check the model folder's files and "
-                         f"permissions.") from None
+        raise ModelError(
+            f"{path} cannot be read ({e.strerror}); check the model folder's files and permissions."
+        ) from None
 
 
 def _read_object(path: Path) -> dict:
     """A JSON file that must hold an object (a config); a missing file reads as {}."""
     value = _read_json(path)
     if not isinstance(value, dict):
-        raise ModelError(f"{path} must hold a JSON object, not {type(value).__name__}; re-export or re-download "
-                         f"the model.")
+        raise ModelError(
+            f"{path} must hold a JSON object, not {type(value).__name__}; re-export or re-download the model."
+        )
     return value
 
 
 def read_spec(root: Path) -> ModelSpec:
     config = _read_object(root / "config.json")
     if config.get("model_type") not in ("smolvlm", "idefics3"):
-        raise ModelError(f"{root / 'config.json'} is not a SmolVLM config (model_type="
-                         f"{config.get('model_type')!r}); point edgevlm at a SmolVLM2 model folder.")
+        raise ModelError(
+            f"{root / 'config.json'} is not a SmolVLM config (model_type="
+            f"{config.get('model_type')!r}); point edgevlm at a SmolVLM2 model folder."
+        )
     try:
         return _spec(root, config)
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
         what = f"lacks {e}" if isinstance(e, KeyError) else f"has a value of the wrong kind ({e})"
-        raise ModelError(f"{root / 'config.json'} (or a processor config beside it) {what}; it is not a complete "
-                         f"SmolVLM2 config. Re-export or re-download the model.") from None
+        raise ModelError(
+            f"{root / 'config.json'} (or a processor config beside it) {what}; it is not a complete "
+            f"SmolVLM2 config. Re-export or re-download the model."
+        ) from None
 
 
 def _spec(root: Path, config: dict) -> ModelSpec:
@@ -144,8 +174,20 @@ def _spec(root: Path, config: dict) -> ModelSpec:
         do_image_splitting=pre.get("do_image_splitting", True),
         **_video_rules(root, pre),
     )
-    for name in ("image_token_id", "tile", "patch", "scale_factor", "image_seq_len", "hidden", "num_layers",
-                 "kv_heads", "head_dim", "vocab_size", "max_positions", "longest_edge"):
+    for name in (
+        "image_token_id",
+        "tile",
+        "patch",
+        "scale_factor",
+        "image_seq_len",
+        "hidden",
+        "num_layers",
+        "kv_heads",
+        "head_dim",
+        "vocab_size",
+        "max_positions",
+        "longest_edge",
+    ):
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TypeError(f"{name} must be a positive integer, not {value!r}")  # read_spec: ModelError
@@ -159,8 +201,12 @@ def _video_rules(root: Path, pre: dict) -> dict:
     cfg = _read_object(root / "video_preprocessor_config.json") or pre
     sampling = dict(cfg.get("video_sampling", {}))
     size = cfg.get("size") or sampling.get("video_size") or {"longest_edge": 4 * 364}
-    return {"video_sampling": sampling, "video_longest_edge": int(size.get("longest_edge", 4 * 364)),
-            "video_fps": float(sampling.get("fps", 1)), "video_max_frames": int(sampling.get("max_frames", 64))}
+    return {
+        "video_sampling": sampling,
+        "video_longest_edge": int(size.get("longest_edge", 4 * 364)),
+        "video_fps": float(sampling.get("fps", 1)),
+        "video_max_frames": int(sampling.get("max_frames", 64)),
+    }
 
 
 def _chat_template(root: Path) -> str | None:
@@ -191,15 +237,21 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
     `listing`: the file names of a hub repo whose ONNX files were not downloaded (edgevlm info HUB_ID)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise ModelError(f"{root} is a file, not a model folder; pass a bundle folder made by `edgevlm export`, a "
-                         f"folder with an onnx/ subfolder, or a Hugging Face hub id.")
+        raise ModelError(
+            f"{root} is a file, not a model folder; pass a bundle folder made by `edgevlm export`, a "
+            f"folder with an onnx/ subfolder, or a Hugging Face hub id."
+        )
     if not root.is_dir():
-        raise ModelError(f"model folder {root} does not exist; pass a bundle made by `edgevlm export`, a folder "
-                         f"with an onnx/ subfolder, or a Hugging Face hub id.")
+        raise ModelError(
+            f"model folder {root} does not exist; pass a bundle made by `edgevlm export`, a folder "
+            f"with an onnx/ subfolder, or a Hugging Face hub id."
+        )
     for name in REQUIRED_CONFIGS:
         if not (root / name).is_file():
-            raise ModelError(f"{root} has no {name}; it is not a complete SmolVLM2 ONNX model folder "
-                             f"(re-export it with `edgevlm export`, or re-download it).")
+            raise ModelError(
+                f"{root} has no {name}; it is not a complete SmolVLM2 ONNX model folder "
+                f"(re-export it with `edgevlm export`, or re-download it)."
+            )
     manifest = None
     if (root / MANIFEST).exists():  # present means trusted only if valid: never silently unverified
         manifest = validate_manifest(_read_json(root / MANIFEST), root)
@@ -209,23 +261,38 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
         files = {v: {p: root / rel for p, rel in parts.items()} for v, parts in scan_layout(names).items()}
         if files and str(root) not in _warned_unverified:
             _warned_unverified.add(str(root))
-            log.warning("warning: %s has no %s, so it is loaded as an unverified Hugging Face onnx/ layout (no "
-                        "checksums checked).", root, MANIFEST)
+            log.warning(
+                "warning: %s has no %s, so it is loaded as an unverified Hugging Face onnx/ layout (no "
+                "checksums checked).",
+                root,
+                MANIFEST,
+            )
     if not files:
-        raise ModelError(f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
-                         f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx).")
+        raise ModelError(
+            f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
+            f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx)."
+        )
     graphs = {root / k: root / v for k, v in (manifest or {}).get("kernel_graphs", {}).items()}
-    return Bundle(root=root, spec=read_spec(root), files=files, manifest=manifest, chat_template=_chat_template(root),
-                  special_tokens=_special_tokens(root), kernel_graphs=graphs)
+    return Bundle(
+        root=root,
+        spec=read_spec(root),
+        files=files,
+        manifest=manifest,
+        chat_template=_chat_template(root),
+        special_tokens=_special_tokens(root),
+        kernel_graphs=graphs,
+    )
 
 
 def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:
     """A file must have the inputs of the part it stands for; swapped or foreign files are a model error."""
     missing = [n for n in PART_INPUTS[part] if n not in input_names]
     if missing:
-        raise ModelError(f"{path.name} is used as the {SHORT_PARTS[part]} part but lacks its input(s) "
-                         f"{', '.join(missing)} (it has {', '.join(input_names) or 'none'}); the bundle's files are "
-                         f"mixed up or foreign. Re-export it.")
+        raise ModelError(
+            f"{path.name} is used as the {SHORT_PARTS[part]} part but lacks its input(s) "
+            f"{', '.join(missing)} (it has {', '.join(input_names) or 'none'}); the bundle's files are "
+            f"mixed up or foreign. Re-export it."
+        )
 
 
 def verify_files(bundle: Bundle, paths: list[Path], full: bool = False) -> None:
@@ -249,8 +316,9 @@ def verify_files(bundle: Bundle, paths: list[Path], full: bool = False) -> None:
         entry = recorded.get(rel)
         path = bundle.root / rel
         if entry is None:
-            raise ModelError(f"{rel} is not listed in {bundle.root / MANIFEST}; the bundle was changed after "
-                             f"export. Re-export it.")
+            raise ModelError(
+                f"{rel} is not listed in {bundle.root / MANIFEST}; the bundle was changed after export. Re-export it."
+            )
         if not path.is_file():
             raise ModelError(f"{path} is missing from the bundle; re-export it or copy the whole folder again.")
         try:
@@ -263,8 +331,10 @@ def verify_files(bundle: Bundle, paths: list[Path], full: bool = False) -> None:
         except OSError as e:
             raise ModelError(f"{path} cannot be read ({e.strerror}); check the bundle's permissions.") from None
         if not same:
-            raise ModelError(f"{path} does not match its checksum in {MANIFEST} (altered or truncated); "
-                             f"re-export the bundle or copy it again.")
+            raise ModelError(
+                f"{path} does not match its checksum in {MANIFEST} (altered or truncated); "
+                f"re-export the bundle or copy it again."
+            )
         stamps.add(path, entry["sha256"])
     stamps.save()
 
@@ -274,17 +344,34 @@ def describe(b: Bundle) -> dict[str, Any]:
     s = b.spec
     manifest = b.manifest or {}
     data: dict[str, Any] = {
-        "model": str(b.root), "bundle": b.manifest is not None, "architecture": manifest.get("architecture", "unknown"),
-        "tile": s.tile, "patch": s.patch, "scale_factor": s.scale_factor, "image_seq_len": s.image_seq_len,
+        "model": str(b.root),
+        "bundle": b.manifest is not None,
+        "architecture": manifest.get("architecture", "unknown"),
+        "tile": s.tile,
+        "patch": s.patch,
+        "scale_factor": s.scale_factor,
+        "image_seq_len": s.image_seq_len,
         "text": {"hidden": s.hidden, "layers": s.num_layers, "kv_heads": s.kv_heads, "vocab": s.vocab_size},
-        "variants": {v: {p: f.relative_to(b.root).as_posix() for p, f in parts.items()} for v, parts in b.files.items()},
+        "variants": {
+            v: {p: f.relative_to(b.root).as_posix() for p, f in parts.items()} for v, parts in b.files.items()
+        },
         "default_variant": b.default_variant,
     }
     if b.manifest:
-        data["verification"] = {v: {"tokens_equal": r["all_tokens_equal"], "max_abs_logit_diff": r["max_abs_logit_diff"],
-                                    "top1_agreement": r.get("min_teacher_forced_top1")}
-                                for v, r in manifest.get("verification", {}).items()}
+        data["verification"] = {
+            v: {
+                "tokens_equal": r["all_tokens_equal"],
+                "max_abs_logit_diff": r["max_abs_logit_diff"],
+                "top1_agreement": r.get("min_teacher_forced_top1"),
+            }
+            for v, r in manifest.get("verification", {}).items()
+        }
         table = manifest["files"]
-        data["variant_bytes"] = {v: sum(table.get(rel, {}).get("size", 0) + table.get(rel + "_data", {}).get("size", 0)
-                                        for rel in parts.values()) for v, parts in data["variants"].items()}
+        data["variant_bytes"] = {
+            v: sum(
+                table.get(rel, {}).get("size", 0) + table.get(rel + "_data", {}).get("size", 0)
+                for rel in parts.values()
+            )
+            for v, parts in data["variants"].items()
+        }
     return data

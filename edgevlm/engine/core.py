@@ -4,6 +4,7 @@
 It knows no files but images and no video containers, cameras or streams: those are the media layer above it
 (edgevlm.media), which feeds it Frames through this public API, and edgevlm.vlm.VLM puts the two together.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,20 +20,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import bundle as bundle_mod
-from . import kernels
 from .. import defaults
 from ..defaults import task_default
 from ..errors import IncompleteAnswerError, InputError
 from ..records import Result
+from . import bundle as bundle_mod
+from . import kernels
 from .batch import BatchGenerator
-from .generate import Decoder, GenerationConfig, Generator, Timings, check_context
-from .structured import Grammars
-from .preprocess import (ImageLike, ProcessedImage, check_longest_edge, load_image, process_image,
-                         process_video_frame)
-from .processor import Processor, Prompt, frames_given
-from .providers import choose, create_session, session_options, vision_run_options
 from .frame import Frame
+from .generate import Decoder, GenerationConfig, Generator, Timings, check_context
+from .preprocess import ImageLike, ProcessedImage, check_longest_edge, load_image, process_image, process_video_frame
+from .processor import PendingImage, PendingVideo, Processor, Prompt, frames_given
+from .providers import choose, create_session, session_options, vision_run_options
+from .structured import Grammars
 
 DEFAULT_CAPTION_PROMPT = defaults.CAPTION_PROMPT
 
@@ -100,21 +100,34 @@ class Engine:
     Thread safety: one Engine may serve several threads at once (ONNX Runtime sessions run concurrently, the
     vision cache is locked); each Generator belongs to the thread that drives it."""
 
-    def __init__(self, model_bundle: bundle_mod.Bundle, variant: str | dict[str, str] | None,
-                 providers: Sequence[str] | str | None, threads: int | None, memory_arena: bool,
-                 vision_cache_size: int, verify: bool | str, max_image_pixels: int | None = None):
+    def __init__(
+        self,
+        model_bundle: bundle_mod.Bundle,
+        variant: str | dict[str, str] | None,
+        providers: Sequence[str] | str | None,
+        threads: int | None,
+        memory_arena: bool,
+        vision_cache_size: int,
+        verify: bool | str,
+        max_image_pixels: int | None = None,
+    ):
         self.bundle = model_bundle
         self.spec = model_bundle.spec
         files = model_bundle.part_files(variant)
         self.requested_providers = choose(providers)
         # part -> the kernel graph opened instead of its standard file (engine/kernels.py); empty: ONNX Runtime's
         # (a listed kernel graph that is absent, from an older download, say, only means ONNX Runtime's kernels)
-        self._kernel_files = {part: model_bundle.kernel_graphs[path] for part, path in files.items()
-                              if path in model_bundle.kernel_graphs and model_bundle.kernel_graphs[path].is_file()
-                              and self._own_kernels_apply(part)}
+        self._kernel_files = {
+            part: model_bundle.kernel_graphs[path]
+            for part, path in files.items()
+            if path in model_bundle.kernel_graphs
+            and model_bundle.kernel_graphs[path].is_file()
+            and self._own_kernels_apply(part)
+        }
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
-            bundle_mod.verify_files(model_bundle, [*files.values(), *self._kernel_files.values()],
-                                    full=verify == "full")
+            bundle_mod.verify_files(
+                model_bundle, [*files.values(), *self._kernel_files.values()], full=verify == "full"
+            )
         # `threads` also bounds each image resize (as in the C library): `--jobs N` archive workers, each loaded
         # with threads=cores/N, then share the cores instead of each resizing on all of them.
         self.processor = Processor(model_bundle, max_image_pixels, threads)
@@ -133,8 +146,14 @@ class Engine:
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
             bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
         self.tokenizer = self.processor.tokenizer
-        self.decoder = Decoder(self.sessions["embed_tokens"], self.sessions["decoder_model_merged"],
-                               self.spec.num_layers, self.spec.kv_heads, self.spec.head_dim, self.spec.max_positions)
+        self.decoder = Decoder(
+            self.sessions["embed_tokens"],
+            self.sessions["decoder_model_merged"],
+            self.spec.num_layers,
+            self.spec.kv_heads,
+            self.spec.head_dim,
+            self.spec.max_positions,
+        )
         vis_inputs = {i.name: i for i in self.sessions["vision_encoder"].get_inputs()}
         self._pixel_dtype = np.float16 if "float16" in vis_inputs["pixel_values"].type else np.float32
         self._vision_run_options = vision_run_options(self.providers["vision_encoder"], memory_arena)
@@ -163,12 +182,19 @@ class Engine:
         """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
         pixels = pixel_values[None].astype(self._pixel_dtype, copy=False)
         mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
-        feats = self.sessions["vision_encoder"].run(None, {"pixel_values": pixels, "pixel_attention_mask": mask},
-                                                    self._vision_run_options)[0]
+        feats = self.sessions["vision_encoder"].run(
+            None, {"pixel_values": pixels, "pixel_attention_mask": mask}, self._vision_run_options
+        )[0]
         return feats.astype(np.float32, copy=False)
 
-    def encode_image(self, image: ImageLike, split: bool | None = None, color: str = "rgb",
-                     cache: bool = True, longest_edge: int | None = None) -> tuple[EncodedImage, bool]:
+    def encode_image(
+        self,
+        image: ImageLike,
+        split: bool | None = None,
+        color: str = "rgb",
+        cache: bool = True,
+        longest_edge: int | None = None,
+    ) -> tuple[EncodedImage, bool]:
         """Features for one image, from the cache when the same pixels were seen with the same tiling choice.
         cache=False (live frames, each new) skips hashing the pixels and leaves the cache as it was."""
         im = load_image(image, color, self.max_image_pixels)
@@ -178,8 +204,9 @@ class Engine:
         hit = self.vision_cache.get(key) if key else None
         if hit is not None:
             return hit, True
-        processed = process_image(im, self.spec, split=do_split, longest_edge=longest_edge,
-                                  threads=self.processor.threads)
+        processed = process_image(
+            im, self.spec, split=do_split, longest_edge=longest_edge, threads=self.processor.threads
+        )
         encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
         if key:
             self.vision_cache.put(key, encoded)
@@ -187,8 +214,9 @@ class Engine:
 
     def encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
         """Features (1, image_seq_len, hidden) of one RGB video frame, resized by the video rule; cached."""
-        key = "video:" + hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).hexdigest() + str(
-            frame.shape)
+        key = (
+            "video:" + hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).hexdigest() + str(frame.shape)
+        )
         hit = self.vision_cache.get(key)
         if hit is not None:
             return hit.features, True
@@ -212,16 +240,17 @@ class Engine:
         """Stage 2: the vision encoder over the prompt's images (the cache serves repeats). Thread-safe."""
         t0 = time.perf_counter()
         feats, tiles, cached = [], 0, 0
-        for kind, payload in prompt.pending:
-            if kind == "video":
-                for f in payload:
+        for item in prompt.pending:
+            if isinstance(item, PendingVideo):
+                for f in item.frames:
                     encoded_frame, hit = self.encode_video_frame(f.image)
                     feats.append(encoded_frame)
                     cached += hit
-                tiles += len(payload)
+                tiles += len(item.frames)
             else:
-                im, do_split, use_cache, edge = payload
-                encoded, hit = self.encode_image(im, do_split, cache=use_cache, longest_edge=edge)
+                encoded, hit = self.encode_image(
+                    item.image, item.split, cache=item.cache, longest_edge=item.longest_edge
+                )
                 feats.append(encoded.features)
                 tiles += encoded.features.shape[0]
                 cached += hit
@@ -231,61 +260,88 @@ class Engine:
     def encode_batch(self, prompts: Sequence[Prompt]) -> list[EncodedImages]:
         """Stage 2 for several prompts of images, their images resized side by side (the cache serves repeats as
         in `encode`). Prompts with video go through `encode` one by one."""
-        if any(kind != "image" for p in prompts for kind, _ in p.pending):
+        images = [[item for item in p.pending if isinstance(item, PendingImage)] for p in prompts]
+        if any(len(found) < len(p.pending) for found, p in zip(images, prompts)):
             return [self.encode(p) for p in prompts]
         t0 = time.perf_counter()
         found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None
-        todo: list[tuple[int, int, str | None, Image.Image, bool, int | None]] = []
-        for i, p in enumerate(prompts):
+        todo: list[tuple[int, int, str | None, PendingImage]] = []  # (prompt, image, cache key, image)
+        for i, prompt_images in enumerate(images):
             found.append([])
-            for j, (_, (im, do_split, use_cache, edge)) in enumerate(p.pending):
-                key = self.vision_cache.key(im, do_split, edge) if use_cache else None
+            for j, item in enumerate(prompt_images):
+                key = self.vision_cache.key(item.image, item.split, item.longest_edge) if item.cache else None
                 hit = self.vision_cache.get(key) if key else None
                 found[i].append(hit)
                 if hit is None:
-                    todo.append((i, j, key, im, do_split, edge))
+                    todo.append((i, j, key, item))
         if todo:
             # Resizing is most of the preprocessing and Pillow releases the GIL while it resizes: the frames are
             # resized side by side (the vision encoder's threads are idle until then).
             with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-                done = list(pool.map(lambda t: process_image(t[3], self.spec, split=t[4], longest_edge=t[5],
-                                                             threads=self.processor.threads), todo))
+                done = list(
+                    pool.map(
+                        lambda t: process_image(
+                            t[3].image,
+                            self.spec,
+                            split=t[3].split,
+                            longest_edge=t[3].longest_edge,
+                            threads=self.processor.threads,
+                        ),
+                        todo,
+                    )
+                )
             # One encoder run per image, not one for all: the int8 encoder quantizes its activations with one
             # scale per run, so images sharing a run would change each other's features (3 of 4 captions
             # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.
-            for (i, j, key, *_), processed in zip(todo, done):
-                found[i][j] = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+            for (i, j, key, _), processed in zip(todo, done):
+                encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+                found[i][j] = encoded
                 if key:
-                    self.vision_cache.put(key, found[i][j])
+                    self.vision_cache.put(key, encoded)
         vision_s = (time.perf_counter() - t0) / max(len(prompts), 1)  # each prompt's share of the vision time
         out = []
-        for i, p in enumerate(prompts):
-            feats_i = [e.features for e in found[i]]
+        for i in range(len(prompts)):
+            feats_i = [e.features for e in found[i] if e is not None]  # every one is filled by now
             cached = len(found[i]) - sum(1 for t in todo if t[0] == i)
-            out.append(EncodedImages(np.concatenate(feats_i) if feats_i else None,
-                                     sum(f.shape[0] for f in feats_i), cached, vision_s))
+            out.append(
+                EncodedImages(
+                    np.concatenate(feats_i) if feats_i else None, sum(f.shape[0] for f in feats_i), cached, vision_s
+                )
+            )
         return out
 
-    def generator(self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None,
-                  **kw: Any) -> Generator:
+    def generator(
+        self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None, **kw: Any
+    ) -> Generator:
         """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()`, or iterate for tokens).
         Options come from `config` (a GenerationConfig) and/or keywords (max_new_tokens=..., do_sample=...,
         choices=..., json_schema=..., regex=...)."""
         config = GenerationConfig.from_kwargs(config=config, **kw)
         constraint = self.grammars.start(config.constraint) if config.constraint is not None else None
-        return Generator(self.decoder, prompt.input_ids, encoded.features, self.spec.image_token_id, config,
-                         self.spec.eos_ids, constraint)
+        return Generator(
+            self.decoder,
+            prompt.input_ids,
+            encoded.features,
+            self.spec.image_token_id,
+            config,
+            self.spec.eos_ids,
+            constraint,
+        )
 
     def logits(self, input_ids: Sequence[int], encoded: EncodedImages | None = None) -> np.ndarray:
         """Teacher-forced logits (positions, vocab) over `input_ids`, the images' features placed at their image
         tokens: what verification and accuracy measurements compare with PyTorch."""
-        embeds = self.decoder.merge(np.asarray(input_ids, dtype=np.int64),
-                                    None if encoded is None else encoded.features, self.spec.image_token_id)
+        embeds = self.decoder.merge(
+            np.asarray(input_ids, dtype=np.int64),
+            None if encoded is None else encoded.features,
+            self.spec.image_token_id,
+        )
         return self.decoder.forward(embeds)
 
     @staticmethod
-    def user_message(images: ImageLike | Sequence[ImageLike] | None, text: str, cache: bool = True,
-                     longest_edge: int | None = None) -> list[dict[str, Any]]:
+    def user_message(
+        images: ImageLike | Sequence[ImageLike] | None, text: str, cache: bool = True, longest_edge: int | None = None
+    ) -> list[dict[str, Any]]:
         """One user turn: the images, then the text (the shape `ask` sends). cache=False marks the images as
         seen once (live frames): they bypass the vision cache; longest_edge sets how large split images are
         resized before they are cut into tiles."""
@@ -293,14 +349,22 @@ class Engine:
             images = []
         elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
             images = [images]
-        options = {**({} if cache else {"cache": False}),
-                   **({} if longest_edge is None else {"longest_edge": longest_edge})}
+        options = {
+            **({} if cache else {"cache": False}),
+            **({} if longest_edge is None else {"longest_edge": longest_edge}),
+        }
         content = [{"type": "image", "image": im, **options} for im in images]
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
 
-    def start(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb",
-              config: GenerationConfig | None = None, **kw: Any) -> tuple[Generator, Prompt, EncodedImages]:
+    def start(
+        self,
+        messages: list[dict[str, Any]],
+        split: bool | None = None,
+        color: str = "rgb",
+        config: GenerationConfig | None = None,
+        **kw: Any,
+    ) -> tuple[Generator, Prompt, EncodedImages]:
         """prepare → context check → encode → generator, in that order: a prompt that cannot fit fails before any
         image is encoded."""
         config = GenerationConfig.from_kwargs(config=config, **kw)
@@ -311,39 +375,88 @@ class Engine:
         return self.generator(prompt, encoded, config), prompt, encoded
 
     # ---------------------------------------------------------------------------------------- public API
-    def chat(self, messages: list[dict[str, Any]], *, max_new_tokens: int | None = None, split: bool | None = None,
-             color: str = "rgb", config: GenerationConfig | None = None, **kw) -> Result:
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        split: bool | None = None,
+        color: str = "rgb",
+        config: GenerationConfig | None = None,
+        **kw,
+    ) -> Result:
         """Answer the last user turn of a conversation (system prompt and earlier turns included).
 
         With choices=[...], json_schema=... or regex=... the answer is held to that form and `Result.value` is
         its parsed value; an answer that cannot complete within max_new_tokens raises IncompleteAnswerError."""
         t0 = time.perf_counter()
-        gen, prompt, encoded = self.start(messages, split, color, config,
-                                          max_new_tokens=task_default(max_new_tokens, config, "chat"), **kw)
+        gen, prompt, encoded = self.start(
+            messages, split, color, config, max_new_tokens=task_default(max_new_tokens, config, "chat"), **kw
+        )
         ids = list(gen)
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
 
-    def ask(self, images: ImageLike | Sequence[ImageLike] | None, question: str, *,
-            max_new_tokens: int | None = None, split: bool | None = None, color: str = "rgb", cache: bool = True,
-            longest_edge: int | None = None, **kw) -> Result:
+    def ask(
+        self,
+        images: ImageLike | Sequence[ImageLike] | None,
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        split: bool | None = None,
+        color: str = "rgb",
+        cache: bool = True,
+        longest_edge: int | None = None,
+        **kw,
+    ) -> Result:
         """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
         cache (frames seen once). longest_edge: split images are first resized to this many pixels along their
         longer side (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
         tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
-        return self.chat(self.user_message(images, question, cache, longest_edge), max_new_tokens=max_new_tokens,
-                         split=split, color=color, **kw)
+        return self.chat(
+            self.user_message(images, question, cache, longest_edge),
+            max_new_tokens=max_new_tokens,
+            split=split,
+            color=color,
+            **kw,
+        )
 
-    def caption(self, image: ImageLike, *, max_new_tokens: int | None = None, prompt: str = DEFAULT_CAPTION_PROMPT,
-                split: bool | None = None, color: str = "rgb", cache: bool = True, longest_edge: int | None = None,
-                **kw) -> Result:
-        return self.ask(image, prompt, max_new_tokens=task_default(max_new_tokens, kw.get("config"), "caption"),
-                        split=split, color=color, cache=cache, longest_edge=longest_edge, **kw)
+    def caption(
+        self,
+        image: ImageLike,
+        *,
+        max_new_tokens: int | None = None,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        split: bool | None = None,
+        color: str = "rgb",
+        cache: bool = True,
+        longest_edge: int | None = None,
+        **kw,
+    ) -> Result:
+        return self.ask(
+            image,
+            prompt,
+            max_new_tokens=task_default(max_new_tokens, kw.get("config"), "caption"),
+            split=split,
+            color=color,
+            cache=cache,
+            longest_edge=longest_edge,
+            **kw,
+        )
 
-    def caption_batch(self, images: Sequence[ImageLike], *, max_new_tokens: int | None = None,
-                      prompt: str = DEFAULT_CAPTION_PROMPT, split: bool | None = None, color: str = "rgb",
-                      cache: bool = True, longest_edge: int | None = None, **kw) -> list[Result]:
+    def caption_batch(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        max_new_tokens: int | None = None,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        split: bool | None = None,
+        color: str = "rgb",
+        cache: bool = True,
+        longest_edge: int | None = None,
+        **kw,
+    ) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
         decoded as one batch (batch.py); the same Results as `caption` on each, in order. Images whose prompts
         differ in length (other tile counts) and constrained answers are captioned one by one."""
@@ -353,24 +466,57 @@ class Engine:
         t0 = time.perf_counter()
         prompts = [self.prepare(self.user_message(im, prompt, cache, longest_edge), split, color) for im in images]
         if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
-            return [self.caption(im, max_new_tokens=max_new_tokens, prompt=prompt, split=split, color=color, cache=cache,
-                                 longest_edge=longest_edge, **kw)
-                    for im in images]
+            return [
+                self.caption(
+                    im,
+                    max_new_tokens=max_new_tokens,
+                    prompt=prompt,
+                    split=split,
+                    color=color,
+                    cache=cache,
+                    longest_edge=longest_edge,
+                    **kw,
+                )
+                for im in images
+            ]
         check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
         encoded = self.encode_batch(prompts)
-        batch = BatchGenerator(self.decoder, [p.input_ids for p in prompts], [e.features for e in encoded],
-                               self.spec.image_token_id, config, self.spec.eos_ids)
+        batch = BatchGenerator(
+            self.decoder,
+            [p.input_ids for p in prompts],
+            [e.features for e in encoded],
+            self.spec.image_token_id,
+            config,
+            self.spec.eos_ids,
+        )
         rows = batch.run()
         total_s = time.perf_counter() - t0
-        return [self._record(ids, replace(batch.timings, new_tokens=len(ids), finish_reason=finish), p, e, total_s)
-                for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)]
+        return [
+            self._record(
+                ids, replace(batch.timings, new_tokens=len(ids), finish_reason=finish or "length"), p, e, total_s
+            )  # all finished by now
+            for ids, finish, p, e in zip(rows, batch.finish, prompts, encoded)
+        ]
 
-    def stream(self, images: ImageLike | Sequence[ImageLike] | None, question: str = DEFAULT_CAPTION_PROMPT, *,
-               max_new_tokens: int | None = None, split: bool | None = None, color: str = "rgb",
-               longest_edge: int | None = None, **kw) -> Iterator[str]:
+    def stream(
+        self,
+        images: ImageLike | Sequence[ImageLike] | None,
+        question: str = DEFAULT_CAPTION_PROMPT,
+        *,
+        max_new_tokens: int | None = None,
+        split: bool | None = None,
+        color: str = "rgb",
+        longest_edge: int | None = None,
+        **kw,
+    ) -> Iterator[str]:
         """Yield text pieces as they are generated (never a broken UTF-8 character)."""
-        gen, _, _ = self.start(self.user_message(images, question, longest_edge=longest_edge), split, color,
-                               max_new_tokens=task_default(max_new_tokens, kw.get("config"), "chat"), **kw)
+        gen, _, _ = self.start(
+            self.user_message(images, question, longest_edge=longest_edge),
+            split,
+            color,
+            max_new_tokens=task_default(max_new_tokens, kw.get("config"), "chat"),
+            **kw,
+        )
         first = True
         for piece in self.tokenizer.stream(gen):
             if first:  # the model starts its answer with a space after "Assistant:"
@@ -387,11 +533,14 @@ class Engine:
             return
         text = self.tokenizer.decode(gen.tokens)
         shown = text if len(text) <= 80 else text[:77] + "..."
-        why = {"length": f"ran out of tokens (max_new_tokens={gen.config.max_new_tokens})",
-               "cancelled": "was cancelled"}.get(gen.finish_reason or "", "stopped at a stop token")
+        why = {
+            "length": f"ran out of tokens (max_new_tokens={gen.config.max_new_tokens})",
+            "cancelled": "was cancelled",
+        }.get(gen.finish_reason or "", "stopped at a stop token")
         hint = "; raise max_new_tokens" if gen.finish_reason == "length" else ""
-        raise IncompleteAnswerError(f"the answer {why} before it matched {c.constraint.description} "
-                                    f"(it got as far as {shown!r}){hint}.", result)
+        raise IncompleteAnswerError(
+            f"the answer {why} before it matched {c.constraint.description} (it got as far as {shown!r}){hint}.", result
+        )
 
     def _result(self, ids: list[int], gen: Generator, p: Prompt, e: EncodedImages, total_s: float) -> Result:
         result = self._record(ids, gen.timings, p, e, total_s)
@@ -404,8 +553,17 @@ class Engine:
         decode_steps = max(t.new_tokens - 1, 0)
         vision_s = p.decode_s + e.vision_s
         return Result(
-            text=self.tokenizer.decode(ids).strip(), token_ids=ids, prompt_tokens=len(p.input_ids),
-            new_tokens=t.new_tokens, finish_reason=t.finish_reason, vision_ms=vision_s * 1e3,
-            prefill_ms=t.prefill_s * 1e3, first_token_ms=(vision_s + t.first_token_s) * 1e3,
+            text=self.tokenizer.decode(ids).strip(),
+            token_ids=ids,
+            prompt_tokens=len(p.input_ids),
+            new_tokens=t.new_tokens,
+            finish_reason=t.finish_reason,
+            vision_ms=vision_s * 1e3,
+            prefill_ms=t.prefill_s * 1e3,
+            first_token_ms=(vision_s + t.first_token_s) * 1e3,
             decode_tokens_per_s=decode_steps / t.decode_s if t.decode_s > 0 and decode_steps else 0.0,
-            total_ms=total_s * 1e3, images=p.images, tiles=e.tiles, cached_images=e.cached)
+            total_ms=total_s * 1e3,
+            images=p.images,
+            tiles=e.tiles,
+            cached_images=e.cached,
+        )

@@ -5,14 +5,18 @@ view: up to 17 encoder runs, most of a caption's time on a CPU. The model card's
 processor's size={"longest_edge": N}; `Engine.ask(..., longest_edge=N)` is the same knob, and the levels name
 three settings of it (docs/benchmarks.md has the time of each on W2).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import InputError
 
-DETAIL = {"low": "one tile, fastest", "medium": "up to 2 x 2 tiles plus the global view",
-          "high": "the model's rule, up to 4 x 4 tiles plus the global view (default)"}
+DETAIL = {
+    "low": "one tile, fastest",
+    "medium": "up to 2 x 2 tiles plus the global view",
+    "high": "the model's rule, up to 4 x 4 tiles plus the global view (default)",
+}
 
 
 def tiling(detail: str | None, tile: int) -> dict[str, Any]:

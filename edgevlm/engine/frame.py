@@ -1,5 +1,6 @@
 """A decoded video frame as the engine takes it: pixels and a timestamp, nothing about where it came from (files,
 cameras and streams are the media layer's concern)."""
+
 from __future__ import annotations
 
 import time

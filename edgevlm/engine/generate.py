@@ -3,6 +3,7 @@
 Logit processing follows transformers' order (repetition penalty, temperature, top-k, top-p) so the same settings
 mean the same thing as in `model.generate`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,7 +18,6 @@ from ..errors import ContextLengthError, InputError
 from . import kv_cache
 from .kv_cache import FIRST_EXTRA, GrowingKVCache, SharedKVCache
 from .structured import ConstrainedAnswer, Constraint, from_options
-
 
 LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
 """processor(new_token_ids, scores) -> scores: called on every step's float32 logits row before a token is picked;
@@ -56,12 +56,14 @@ class GenerationConfig:
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise InputError("top_k must be >= 0 and repetition_penalty > 0.")
         if self.constraint is not None and self.ignore_eos:
-            raise InputError("ignore_eos cannot be combined with a constraint: a constrained answer ends where it "
-                             "is complete.")
+            raise InputError(
+                "ignore_eos cannot be combined with a constraint: a constrained answer ends where it is complete."
+            )
 
     @classmethod
-    def from_kwargs(cls, max_new_tokens: int | None = None, config: GenerationConfig | None = None,
-                    **kw: Any) -> GenerationConfig:
+    def from_kwargs(
+        cls, max_new_tokens: int | None = None, config: GenerationConfig | None = None, **kw: Any
+    ) -> GenerationConfig:
         """A config from keyword options (the convenience calls' **kw), on top of `config` if one is given.
 
         An explicit keyword always wins over the same field of `config`; a keyword given as None counts as not
@@ -79,10 +81,13 @@ class GenerationConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(kw) - names
         if unknown:
-            raise InputError(f"unknown generation option(s): {', '.join(sorted(unknown))}; the options are "
-                             f"{', '.join(sorted(names | {'choices', 'json_schema', 'regex', 'grammar'}))}.")
-        if "do_sample" not in kw and (kw.get("temperature", 1.0) not in (0, 1.0) or kw.get("top_k")
-                                      or kw.get("top_p", 1) < 1):
+            raise InputError(
+                f"unknown generation option(s): {', '.join(sorted(unknown))}; the options are "
+                f"{', '.join(sorted(names | {'choices', 'json_schema', 'regex', 'grammar'}))}."
+            )
+        if "do_sample" not in kw and (
+            kw.get("temperature", 1.0) not in (0, 1.0) or kw.get("top_k") or kw.get("top_p", 1) < 1
+        ):
             kw["do_sample"] = True
         if "stop_ids" in kw:
             kw["stop_ids"] = tuple(kw["stop_ids"])
@@ -107,13 +112,19 @@ class Timings:
 
 def check_context(prompt_tokens: int, max_new_tokens: int, max_positions: int) -> None:
     if prompt_tokens + max_new_tokens > max_positions:
-        raise ContextLengthError(prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-                                 max_positions=max_positions)
+        raise ContextLengthError(
+            prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, max_positions=max_positions
+        )
 
 
-def process_logits(logits: np.ndarray, generated: Sequence[int], opts: GenerationConfig,
-                   rng: np.random.Generator, new_tokens: Sequence[int] = (),
-                   constraint: ConstrainedAnswer | None = None) -> int:
+def process_logits(
+    logits: np.ndarray,
+    generated: Sequence[int],
+    opts: GenerationConfig,
+    rng: np.random.Generator,
+    new_tokens: Sequence[int] = (),
+    constraint: ConstrainedAnswer | None = None,
+) -> int:
     """Pick the next token from one row of logits (float32, vocab). `generated`: the ids the repetition penalty
     looks at (prompt included, as transformers); `new_tokens`: what the logits processors see. A constraint masks
     after the processors and before temperature, top-k and top-p, so sampling spreads over valid tokens only."""
@@ -153,8 +164,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class Decoder:
     """Wraps the embed_tokens and decoder_model_merged sessions."""
 
-    def __init__(self, embed_session, decoder_session, num_layers: int, kv_heads: int, head_dim: int,
-                 max_positions: int):
+    def __init__(
+        self, embed_session, decoder_session, num_layers: int, kv_heads: int, head_dim: int, max_positions: int
+    ):
         self.embed = embed_session
         self.decoder = decoder_session
         self.num_layers = num_layers
@@ -177,9 +189,8 @@ class Decoder:
         mask = ids == image_token_id
         n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
         if int(mask.sum()) != n_feats:
-            raise InputError(f"the prompt has {int(mask.sum())} image tokens but the images gave {n_feats} "
-                             f"features.")
-        if n_feats:
+            raise InputError(f"the prompt has {int(mask.sum())} image tokens but the images gave {n_feats} features.")
+        if image_features is not None and n_feats:
             embeds[0, mask] = image_features.reshape(-1, embeds.shape[-1])
         return embeds
 
@@ -192,8 +203,16 @@ class Decoder:
         """An answer's KV cache (`batch` answers' in lockstep): updated in place where this decoder allows
         (kv_cache.py), else grown."""
         if self.shares_kv:
-            return SharedKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype,
-                                 prompt_tokens + min(max_new_tokens, FIRST_EXTRA), self.max_positions, batch)
+            return SharedKVCache(
+                self.decoder,
+                self.num_layers,
+                self.kv_heads,
+                self.head_dim,
+                self.kv_dtype,
+                prompt_tokens + min(max_new_tokens, FIRST_EXTRA),
+                self.max_positions,
+                batch,
+            )
         return GrowingKVCache(self.decoder, self.num_layers, self.kv_heads, self.head_dim, self.kv_dtype, batch)
 
     def advance(self, embeds: np.ndarray, cache: SharedKVCache | GrowingKVCache, past_len: int) -> np.ndarray:
@@ -202,8 +221,10 @@ class Decoder:
 
     def _feeds(self, embeds: np.ndarray, past_len: int, keep: int | None) -> dict[str, np.ndarray]:
         batch, n = embeds.shape[:2]
-        feeds = {"inputs_embeds": np.ascontiguousarray(embeds, dtype=self.embeds_dtype),
-                 "attention_mask": np.ones((batch, past_len + n), dtype=np.int64)}
+        feeds = {
+            "inputs_embeds": np.ascontiguousarray(embeds, dtype=self.embeds_dtype),
+            "attention_mask": np.ones((batch, past_len + n), dtype=np.int64),
+        }
         if self.keeps_logits:
             feeds["num_logits_to_keep"] = np.array(keep or n, dtype=np.int64)
         if self.uses_position_ids:
@@ -221,9 +242,16 @@ class Generator:
     sessions run concurrently), each with its own KV cache.
     """
 
-    def __init__(self, decoder: Decoder, input_ids: Sequence[int], image_features: np.ndarray | None,
-                 image_token_id: int, config: GenerationConfig, eos_ids: Sequence[int] = (),
-                 constraint: ConstrainedAnswer | None = None):
+    def __init__(
+        self,
+        decoder: Decoder,
+        input_ids: Sequence[int],
+        image_features: np.ndarray | None,
+        image_token_id: int,
+        config: GenerationConfig,
+        eos_ids: Sequence[int] = (),
+        constraint: ConstrainedAnswer | None = None,
+    ):
         config.check()
         if config.constraint is not None and constraint is None:
             raise InputError("a constrained config needs the model's constraint state; use Engine.generator().")
@@ -260,15 +288,15 @@ class Generator:
             if self._cache is None and not self.done:
                 self._prefill()
 
-    def _prefill(self) -> None:
+    def _prefill(self) -> SharedKVCache | GrowingKVCache:
         self._t0 = time.perf_counter()
-        embeds = self.decoder.merge(np.asarray(self.input_ids, dtype=np.int64), self._features,
-                                    self._image_token_id)
+        embeds = self.decoder.merge(np.asarray(self.input_ids, dtype=np.int64), self._features, self._image_token_id)
         self._features = None  # merged into the embeddings; not needed again
-        self._cache = self.decoder.new_cache(len(self.input_ids), self.config.max_new_tokens)
-        self._logits = self.decoder.advance(embeds, self._cache, 0)[0]
+        cache = self._cache = self.decoder.new_cache(len(self.input_ids), self.config.max_new_tokens)
+        self._logits = self.decoder.advance(embeds, cache, 0)[0]
         self._t1 = time.perf_counter()
         self.timings.prefill_s = self._t1 - self._t0
+        return cache
 
     def step(self) -> int | None:
         """The next token (None once done). The token is chosen from the current logits, then fed to the decoder
@@ -278,8 +306,7 @@ class Generator:
                 self._finish("cancelled")
             if self.done:
                 return None
-            if self._cache is None:
-                self._prefill()
+            cache = self._cache if self._cache is not None else self._prefill()
             token = self._pick()
             if self._cancel_requested.is_set():
                 self._finish("cancelled")  # the token picked stays; the decoder is not run for it
@@ -289,10 +316,12 @@ class Generator:
                 self._finish("length")
             else:
                 past = len(self.input_ids) + len(self.tokens) - 1
-                self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), self._cache, past)[0]
+                self._logits = self.decoder.advance(self.decoder.embed_ids(np.array([token])), cache, past)[0]
             return token
 
     def _pick(self) -> int:
+        if self._logits is None:  # step() prefills first
+            raise AssertionError("no logits before the prefill")
         token = process_logits(self._logits, self._history, self.config, self._rng, self.tokens, self.constraint)
         if self.constraint is not None:
             self.constraint.consume(token)
@@ -323,4 +352,3 @@ class Generator:
     def __iter__(self) -> Iterator[int]:
         while (token := self.step()) is not None:
             yield token
-

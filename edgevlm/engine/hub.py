@@ -4,6 +4,7 @@ The official repos hold every variant (several GB). The download fetches the con
 exactly the chosen variant's files: from the manifest when the repo is an edgevlm bundle (per-part dicts and
 `mixed` included, external data with its graph), else by the official layout's suffixes from the repo's file list.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def is_remote(model: str | os.PathLike) -> bool:
     return not Path(model).exists() and looks_like_hub_id(str(model))
 
 
-def resolve(model: str | os.PathLike, revision: str | None = None, progress: bool = True,
-            variant: str | Mapping[str, str] | None = None, onnx: bool = True) -> Path:
+def resolve(
+    model: str | os.PathLike,
+    revision: str | None = None,
+    progress: bool = True,
+    variant: str | Mapping[str, str] | None = None,
+    onnx: bool = True,
+) -> Path:
     """A local folder as is; otherwise a hub id fetched into the usual Hugging Face cache: the configs and the
     manifest, then (onnx=True) exactly the chosen variant's ONNX files."""
     if not is_remote(model):
@@ -56,8 +62,9 @@ def repo_files(repo_id: str, revision: str | None = None) -> list[str]:
     return [s.rfilename for s in info.siblings or []]
 
 
-def _variant_files(root: Path, repo_id: str, revision: str | None,
-                   variant: str | Mapping[str, str] | None) -> list[str]:
+def _variant_files(
+    root: Path, repo_id: str, revision: str | None, variant: str | Mapping[str, str] | None
+) -> list[str]:
     if (root / MANIFEST).exists():
         try:
             manifest = json.loads((root / MANIFEST).read_text())
@@ -67,8 +74,10 @@ def _variant_files(root: Path, repo_id: str, revision: str | None,
     names = repo_files(repo_id, revision)
     layout = scan_layout(names)
     if not layout:
-        raise ModelError(f"{repo_id} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
-                         f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx); pick a repo with ONNX files.")
+        raise ModelError(
+            f"{repo_id} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
+            f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx); pick a repo with ONNX files."
+        )
     wanted = list(choose_parts(layout, variant, repo_id).values())
     return wanted + [external_data(f) for f in wanted if external_data(f) in names]
 
@@ -86,6 +95,8 @@ def _snapshot(repo_id: str, revision: str | None, progress: bool, patterns: list
 
 def _failed(repo_id: str, e: Exception) -> ModelError:
     first = str(e).splitlines()[0] if str(e) else ""
-    return ModelError(f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: {first}). No "
-                      f"local folder of that name exists either. If you are offline, export a model with `edgevlm "
-                      f"export` or copy a model folder here and pass its path instead.")
+    return ModelError(
+        f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: {first}). No "
+        f"local folder of that name exists either. If you are offline, export a model with `edgevlm "
+        f"export` or copy a model folder here and pass its path instead."
+    )

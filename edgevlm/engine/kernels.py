@@ -11,6 +11,7 @@ fp32 variant, a GPU, a bundle exported before kernel graphs) nothing changes.
 
 EDGEVLM_KERNELS=off turns the kernels off; EDGEVLM_KERNELS_LIBRARY names the library file to use.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -30,8 +31,15 @@ BF16_LEVEL = 2  # evk_attention_level: 2 = AVX-512 BF16, 1 = portable fp32 loops
 BF16_HEAD_DIMS = (32, 64, 72)
 # Only quantized encoders are rewritten: their features already differ from fp32 by more than bf16 attention adds
 # (cosine 0.9991 against 0.99998 for attention alone), while the fp32 variant's promise is PyTorch's exact tokens.
-QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulNBits", "QLinearMatMul",
-                 "QAttention", "DequantizeLinear"}
+QUANTIZED_OPS = {
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul",
+    "MatMulNBits",
+    "QLinearMatMul",
+    "QAttention",
+    "DequantizeLinear",
+}
 
 
 def _switched_off() -> bool:
@@ -70,7 +78,8 @@ def status() -> str:
         return "off (EDGEVLM_KERNELS=off)" if _switched_off() else "not built"
     level = attention_level(64)
     return {BF16_LEVEL: "vision attention in bf16 (AVX-512 BF16)"}.get(
-        level, "built; this CPU has no AVX-512 BF16, so ONNX Runtime's kernels run")
+        level, "built; this CPU has no AVX-512 BF16, so ONNX Runtime's kernels run"
+    )
 
 
 def in_use() -> bool:
@@ -112,8 +121,12 @@ def _rewrite(graph: Any, weights: dict) -> int:
             continue
         attrs = {a.name: a for a in node.attribute}
         causal = "unidirectional" in attrs and attrs["unidirectional"].i
-        if (set(attrs) - {"num_heads", "scale", "unidirectional"} or causal or len(node.input) != 4
-                or node.input[3] not in weights):
+        if (
+            set(attrs) - {"num_heads", "scale", "unidirectional"}
+            or causal
+            or len(node.input) != 4
+            or node.input[3] not in weights
+        ):
             continue  # a mask, causal, another attribute, or no bias to read the size from: ONNX Runtime's kernel
         bias = weights[node.input[3]]
         if bias.data_type != 1 or len(bias.dims) != 1:  # TensorProto.FLOAT: the kernel takes fp32 activations

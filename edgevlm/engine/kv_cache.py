@@ -11,6 +11,7 @@ session's device (CPU, or CUDA where that provider runs the decoder), so a GPU k
 The buffer grows by doubling (one copy, rare) so a large max_new_tokens does not reserve the whole context up
 front: the 2.2B decoder's cache is 0.4 MB per position.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,17 @@ class SharedKVCache:
     """Past/present buffers (batch, kv_heads, capacity, head_dim) per layer, bound to one session's IO binding.
     The rows of a batch advance together (batch.py), so one capacity serves them all."""
 
-    def __init__(self, session, num_layers: int, kv_heads: int, head_dim: int, dtype, capacity: int,
-                 max_positions: int, batch: int = 1):
+    def __init__(
+        self,
+        session,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype,
+        capacity: int,
+        max_positions: int,
+        batch: int = 1,
+    ):
         self.session, self.num_layers, self.dtype, self.batch = session, num_layers, dtype, batch
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.max_positions = max_positions
@@ -79,8 +89,10 @@ class SharedKVCache:
         total = past_len + new
         if total > self.capacity:
             if total > self.max_positions:
-                raise ContextLengthError(f"{total} positions exceed the model's context of {self.max_positions}; "
-                                         f"use a shorter prompt, fewer images or a lower max_new_tokens.")
+                raise ContextLengthError(
+                    f"{total} positions exceed the model's context of {self.max_positions}; "
+                    f"use a shorter prompt, fewer images or a lower max_new_tokens."
+                )
             self._resize(min(max(2 * self.capacity, total), self.max_positions), keep=past_len)
         self._feeds = list(feeds.values())
         for name, value in feeds.items():

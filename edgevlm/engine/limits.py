@@ -2,6 +2,7 @@
 
 Kept apart from the modules that enforce them so the CLI can show the defaults without importing numpy or Pillow.
 """
+
 from __future__ import annotations
 
 import os

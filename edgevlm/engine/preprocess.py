@@ -3,6 +3,7 @@
 Pillow does the resizing because the reference resamples with PIL's LANCZOS filter: OpenCV's Lanczos kernel differs,
 and matching pixel values exactly is what makes our answers equal the PyTorch model's.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,14 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .bundle import ModelSpec
 from ..errors import ImageTooLargeError, InputError
+from .bundle import ModelSpec
 from .limits import max_image_pixels
 from .resample import resize_lanczos
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
 
-ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 @dataclass
@@ -57,8 +58,10 @@ def load_image(image: ImageLike, color: str = "rgb", max_pixels: int | None = No
         if path.stat().st_size == 0:
             raise InputError(f"image file {path} is empty (0 bytes); pass a PNG, JPEG, WebP, BMP or TIFF file.")
         return _open(path, str(path), limit)
-    raise InputError(f"cannot read an image from a {type(image).__name__}; pass a path, bytes, a numpy array "
-                     f"(H, W[, C]) or a PIL image.")
+    raise InputError(
+        f"cannot read an image from a {type(image).__name__}; pass a path, bytes, a numpy array "
+        f"(H, W[, C]) or a PIL image."
+    )
 
 
 def _open(src, name: str, limit: int) -> Image.Image:
@@ -79,8 +82,9 @@ def _open(src, name: str, limit: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name} could not be decoded ({e}); the file looks corrupt or truncated.") from None
     except Image.DecompressionBombError:  # Pillow refuses some headers itself, before we see the size
-        raise ImageTooLargeError(f"{name} is over the limit of {limit:,} pixels (its header claims a far larger "
-                                 f"image); downscale it first.") from None
+        raise ImageTooLargeError(
+            f"{name} is over the limit of {limit:,} pixels (its header claims a far larger image); downscale it first."
+        ) from None
 
 
 def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
@@ -88,9 +92,11 @@ def _check_dimensions(size: tuple[int, int], name: str, limit: int) -> None:
     if w < 1 or h < 1:
         raise InputError(f"{name} has no pixels ({w}x{h}).")
     if w * h > limit:
-        raise ImageTooLargeError(f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, "
-                                 f"or raise the limit (load(max_image_pixels=...), CLI --max-image-pixels, or "
-                                 f"EDGEVLM_MAX_IMAGE_PIXELS).")
+        raise ImageTooLargeError(
+            f"{name} is {w}x{h} pixels, over the limit of {limit:,} pixels; downscale it first, "
+            f"or raise the limit (load(max_image_pixels=...), CLI --max-image-pixels, or "
+            f"EDGEVLM_MAX_IMAGE_PIXELS)."
+        )
 
 
 def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
@@ -100,9 +106,9 @@ def _to_rgb_or_rgba(im: Image.Image, keep_alpha: bool = True) -> Image.Image:
         scale = 257 if arr.max() > 255 else 1  # 16-bit range -> 8-bit; an 8-bit range kept as is
         im = Image.fromarray((arr // scale).clip(0, 255).astype(np.uint8), "L")
     elif im.mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        arr = arr * 255.0 if arr.max() <= 1.0 else arr
-        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+        values = np.asarray(im, dtype=np.float32)
+        values = values * 255.0 if values.max() <= 1.0 else values
+        im = Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if keep_alpha and has_alpha:
         return im.convert("RGBA") if im.mode != "RGBA" else im
@@ -115,14 +121,18 @@ def _from_array(a: np.ndarray, color: str, limit: int) -> Image.Image:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or a.size == 0:
-        raise InputError(f"a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with pixels; "
-                         f"got shape {a.shape}.")
+        raise InputError(
+            f"a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with pixels; got shape {a.shape}."
+        )
     _check_dimensions((a.shape[1], a.shape[0]), "numpy image", limit)
     if a.dtype == np.uint16:
         a = (a // 257).astype(np.uint8)
     elif a.dtype.kind == "f":
-        a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8) if a.max() <= 1.0 else a.clip(0, 255).astype(
-            np.uint8)
+        a = (
+            (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+            if a.max() <= 1.0
+            else a.clip(0, 255).astype(np.uint8)
+        )
     elif a.dtype != np.uint8:
         a = a.clip(0, 255).astype(np.uint8)
     if a.ndim == 3 and color == "bgr":
@@ -193,16 +203,22 @@ def check_longest_edge(longest_edge: Any) -> int | None:
     """A caller's resize target for split images (transformers' size={"longest_edge": N}): None or 1..4096 px."""
     if longest_edge is None:
         return None
-    if isinstance(longest_edge, bool) or not isinstance(longest_edge, (int, np.integer)) or not (
-            1 <= longest_edge <= MAX_IMAGE_SIZE):
-        raise InputError(f"longest_edge must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got "
-                         f"{longest_edge!r}; e.g. 1024 for at most 2 x 2 tiles of 512 px (the model's default is "
-                         "4 tiles along the longer side).")
+    if (
+        isinstance(longest_edge, bool)
+        or not isinstance(longest_edge, (int, np.integer))
+        or not (1 <= longest_edge <= MAX_IMAGE_SIZE)
+    ):
+        raise InputError(
+            f"longest_edge must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got "
+            f"{longest_edge!r}; e.g. 1024 for at most 2 x 2 tiles of 512 px (the model's default is "
+            "4 tiles along the longer side)."
+        )
     return int(longest_edge)
 
 
-def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = None,
-              longest_edge: int | None = None) -> tuple[int, int]:
+def tile_grid(
+    width: int, height: int, spec: ModelSpec, split: bool | None = None, longest_edge: int | None = None
+) -> tuple[int, int]:
     """(rows, cols) of the tile grid an image of this size gets ((0, 0): one tile), from its size alone, so the
     prompt length is known before anything is resized or encoded."""
     do_split = spec.do_image_splitting if split is None else split
@@ -214,9 +230,15 @@ def tile_grid(width: int, height: int, spec: ModelSpec, split: bool | None = Non
     return math.ceil(h / spec.tile), math.ceil(w / spec.tile)
 
 
-def process_image(image: ImageLike, spec: ModelSpec, split: bool | None = None, color: str = "rgb",
-                  longest_edge: int | None = None, max_pixels: int | None = None,
-                  threads: int | None = None) -> ProcessedImage:
+def process_image(
+    image: ImageLike,
+    spec: ModelSpec,
+    split: bool | None = None,
+    color: str = "rgb",
+    longest_edge: int | None = None,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+) -> ProcessedImage:
     """One image -> tiles (+ the global image) as the vision encoder wants them.
 
     split=None follows the model's preprocessor config (on for SmolVLM2). `longest_edge` overrides the resize
@@ -252,7 +274,9 @@ def process_video_frame(frame: np.ndarray, spec: ModelSpec) -> np.ndarray:
         raise InputError("video frames must be RGB uint8 arrays of shape (H, W, 3).")
     h, w = _video_size(frame.shape[0], frame.shape[1], spec.video_longest_edge)
     im = Image.fromarray(frame)
-    im = im.resize((w, h), resample=Image.BICUBIC).resize((spec.tile, spec.tile), resample=Image.BICUBIC)
+    im = im.resize((w, h), resample=Image.Resampling.BICUBIC).resize(
+        (spec.tile, spec.tile), resample=Image.Resampling.BICUBIC
+    )
     return _normalize([im], spec)[0]
 
 

@@ -4,6 +4,7 @@ Why a class of its own: the engine needs it, and so does everything that must bu
 inputs without holding a model in memory: the exporter computes PyTorch's reference outputs for a 2.2B
 checkpoint before any ONNX part is loaded (docs/design.md, "Export within memory").
 """
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
+from ..errors import InputError
 from . import bundle as bundle_mod
 from . import prompt as prompt_mod
-from ..errors import InputError
 from .frame import Frame
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, check_longest_edge, load_image, process_image, tile_grid
 from .tokenizer import Tokenizer
 
 VideoFrames = Callable[[dict[str, Any]], "tuple[list[Frame], float]"]
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image of a prompt, decoded and waiting for the vision encoder, with the options it was given."""
+
+    image: Image.Image
+    split: bool
+    cache: bool  # the vision cache may serve and keep it
+    longest_edge: int | None  # None: the model's own
+
+
+@dataclass(frozen=True)
+class PendingVideo:
+    """A video of a prompt: its sampled frames, waiting for the vision encoder."""
+
+    frames: list[Frame]
 
 
 @dataclass
@@ -30,8 +50,7 @@ class Prompt:
 
     input_ids: list[int]
     slots: list[prompt_mod.ImageSlot | prompt_mod.VideoSlot]
-    # ("image", (PIL image, split, use cache, longest edge or None)) or ("video", [Frame, ...]), in prompt order
-    pending: list[tuple[str, Any]]
+    pending: list[PendingImage | PendingVideo]  # in prompt order
     decode_s: float = 0.0  # time spent decoding images and sampling video frames
 
     @property
@@ -45,15 +64,18 @@ def frames_given(item: dict[str, Any]) -> tuple[list[Frame], float]:
     if isinstance(src, Sequence) and not isinstance(src, str) and src and all(isinstance(f, Frame) for f in src):
         frames = list(src)
         return frames, float(item.get("duration", frames[-1].timestamp))
-    raise InputError("a video item needs 'video': a non-empty list of edgevlm.Frame (RGB uint8 image + "
-                     "timestamp in seconds), or a file path with edgevlm.load's model.")
+    raise InputError(
+        "a video item needs 'video': a non-empty list of edgevlm.Frame (RGB uint8 image + "
+        "timestamp in seconds), or a file path with edgevlm.load's model."
+    )
 
 
 class Processor:
     """The bundle's image rules, chat template and tokenizer. `Processor.open(bundle_dir)` loads no model."""
 
-    def __init__(self, model_bundle: bundle_mod.Bundle, max_image_pixels: int | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, model_bundle: bundle_mod.Bundle, max_image_pixels: int | None = None, threads: int | None = None
+    ):
         self.bundle = model_bundle
         self.spec = model_bundle.spec
         self.max_image_pixels = max_image_pixels_limit(max_image_pixels)
@@ -65,17 +87,24 @@ class Processor:
         return cls(bundle_mod.open_bundle(root), max_image_pixels)
 
     def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
-        return process_image(image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels,
-                             threads=self.threads)
+        return process_image(
+            image, self.spec, split=split, color=color, max_pixels=self.max_image_pixels, threads=self.threads
+        )
 
-    def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb",
-                video_frames: VideoFrames = frames_given) -> Prompt:
+    def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        split: bool | None = None,
+        color: str = "rgb",
+        video_frames: VideoFrames = frames_given,
+    ) -> Prompt:
         """Check the messages, decode their images (and sample video frames through `video_frames`), build the
         prompt ids. The tile grid of an image follows from its size alone, so the ids are exact before anything
         is encoded."""
         messages = prompt_mod.normalize_messages(messages)
         t0 = time.perf_counter()
-        slots, pending = [], []
+        slots: list[prompt_mod.ImageSlot | prompt_mod.VideoSlot] = []
+        pending: list[PendingImage | PendingVideo] = []
         has_video = False
         for m in messages:
             for item in m["content"]:
@@ -83,7 +112,7 @@ class Processor:
                     has_video = True
                     frames, duration = video_frames(item)
                     slots.append(prompt_mod.VideoSlot([f.timestamp for f in frames], duration))
-                    pending.append(("video", frames))
+                    pending.append(PendingVideo(frames))
                 elif item["type"] == "image":
                     src = item.get("image", item.get("path", item.get("url")))
                     if src is None:
@@ -93,12 +122,13 @@ class Processor:
                     do_split = self.spec.do_image_splitting if do_split is None else do_split
                     edge = check_longest_edge(item.get("longest_edge"))
                     slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split, edge)))
-                    pending.append(("image", (im, do_split, bool(item.get("cache", True)), edge)))
+                    pending.append(PendingImage(im, do_split, bool(item.get("cache", True)), edge))
         decode_s = time.perf_counter() - t0
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.
-        text = prompt_mod.render(messages, None if has_video else self.bundle.chat_template,
-                                 special_tokens=self.bundle.special_tokens)
+        text = prompt_mod.render(
+            messages, None if has_video else self.bundle.chat_template, special_tokens=self.bundle.special_tokens
+        )
         # transformers' processor.apply_chat_template(tokenize=True) adds no special tokens when the rendered prompt
         # already starts with the tokenizer's BOS (SmolLM2's tokenizer would add a second one).
         bos = self.bundle.special_tokens.get("bos_token")

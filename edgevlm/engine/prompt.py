@@ -4,6 +4,7 @@ The model's own chat template (from the model folder) is rendered with jinja2, a
 a different template is honoured; images in the rendered text are then expanded to the token blocks the
 processor would write (tile grid rows and columns, global image).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,8 +62,10 @@ def video_block(slot: VideoSlot, seq_len: int) -> str:
 
     from num2words import num2words
 
-    out = (f"You are provided the following series of {num2words(len(slot.timestamps))} frames from a "
-           f"{timedelta(seconds=int(slot.duration))} [H:MM:SS] video.\n")
+    out = (
+        f"You are provided the following series of {num2words(len(slot.timestamps))} frames from a "
+        f"{timedelta(seconds=int(slot.duration))} [H:MM:SS] video.\n"
+    )
     for t in slot.timestamps:
         out += f"\nFrame from {int(t // 60):02d}:{int(t % 60):02d}:" + image_block(0, 0, seq_len)
     return out + "\n\n"
@@ -108,16 +111,23 @@ def check_text(text: Any) -> None:
         raise InputError("the text is not valid UTF-8 (undecodable bytes); check its encoding.") from None
     for token in RESERVED:
         if token in text:
-            raise InputError(f"the text contains {token!r}, which the model reserves for image positions; remove it "
-                             f"(pass images as image items or files, not as text).")
+            raise InputError(
+                f"the text contains {token!r}, which the model reserves for image positions; remove it "
+                f"(pass images as image items or files, not as text)."
+            )
 
 
-def render(messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool = True,
-           special_tokens: dict[str, Any] | None = None) -> str:
+def render(
+    messages: list[dict[str, Any]],
+    template: str | None,
+    add_generation_prompt: bool = True,
+    special_tokens: dict[str, Any] | None = None,
+) -> str:
     """The template rendered as transformers does: the messages, the generation flag and the tokenizer's special
     tokens (a template may write {{ bos_token }})."""
-    return _compiled(template or FALLBACK_TEMPLATE).render(**(special_tokens or {}), messages=messages,
-                                                            add_generation_prompt=add_generation_prompt)
+    return _compiled(template or FALLBACK_TEMPLATE).render(
+        **(special_tokens or {}), messages=messages, add_generation_prompt=add_generation_prompt
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -133,13 +143,15 @@ def expand_images(text: str, slots: list[ImageSlot | VideoSlot], seq_len: int) -
     pieces = re.split(f"({IMAGE}|{VIDEO})", text)
     placeholders = pieces[1::2]
     if len(placeholders) != len(slots):
-        raise InputError(f"the prompt has {len(placeholders)} image/video placeholders but {len(slots)} images or "
-                         f"videos were given.")
+        raise InputError(
+            f"the prompt has {len(placeholders)} image/video placeholders but {len(slots)} images or videos were given."
+        )
     out = pieces[0]
     for slot, tag, rest in zip(slots, placeholders, pieces[2::2]):
         if (tag == VIDEO) != isinstance(slot, VideoSlot):
             raise InputError("the template put images and videos in a different order than the messages.")
-        block = video_block(slot, seq_len) if isinstance(slot, VideoSlot) else image_block(slot.rows, slot.cols,
-                                                                                             seq_len)
+        block = (
+            video_block(slot, seq_len) if isinstance(slot, VideoSlot) else image_block(slot.rows, slot.cols, seq_len)
+        )
         out += block + rest
     return out

@@ -1,4 +1,5 @@
 """ONNX Runtime sessions: execution-provider choice, thread and memory options, silent-fallback detection."""
+
 from __future__ import annotations
 
 import logging
@@ -10,19 +11,32 @@ from ..errors import EdgeVLMError, ModelError
 try:
     import onnxruntime as ort
 except ImportError:  # the core package names no ONNX Runtime wheel: [cpu] and [gpu] cannot be installed together
-    raise EdgeVLMError("ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or 'edgevlm[gpu]' for CUDA; from a "
-                       "checkout: pip install '.[cpu]').") from None
+    raise EdgeVLMError(
+        "ONNX Runtime is not installed: pip install 'edgevlm[cpu]' (or 'edgevlm[gpu]' for CUDA; from a "
+        "checkout: pip install '.[cpu]')."
+    ) from None
 
 log = logging.getLogger("edgevlm")
 
 # Most capable first; CPU always last. Used when the caller names no providers. OpenVINO's provider is not in it:
 # with default options it ran the vision encoder 1.7-3.9x slower than the CPU provider on an AVX-512 AMD CPU and
 # 1.4-2.7x slower on an Intel CPU with AMX (docs/benchmarks.md), so it is used only when asked for ("openvino").
-AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
-              "DmlExecutionProvider", "CPUExecutionProvider")
-ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-           "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider",
-           "openvino": "OpenVINOExecutionProvider"}
+AUTO_ORDER = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+)
+ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
 
 
 def available() -> list[str]:
@@ -40,8 +54,10 @@ def choose(providers: Sequence[str] | str | None) -> list[str]:
     for p in providers:
         name = ALIASES.get(p.lower(), p)
         if name not in here:
-            raise ModelError(f"execution provider {p!r} is not available in this onnxruntime build (available: "
-                             f"{', '.join(here)}). Install onnxruntime-gpu for CUDA, or choose one of those.")
+            raise ModelError(
+                f"execution provider {p!r} is not available in this onnxruntime build (available: "
+                f"{', '.join(here)}). Install onnxruntime-gpu for CUDA, or choose one of those."
+            )
         chosen.append(name)
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
@@ -79,7 +95,9 @@ def vision_run_options(providers: list[str], memory_arena: bool) -> ort.RunOptio
     return ro
 
 
-def create_session(path: Path, providers: list[str], options: ort.SessionOptions) -> tuple[ort.InferenceSession, list[str]]:
+def create_session(
+    path: Path, providers: list[str], options: ort.SessionOptions
+) -> tuple[ort.InferenceSession, list[str]]:
     """Open one part; return the session and the providers it actually runs on.
 
     onnxruntime drops a provider it cannot initialise (missing CUDA libraries, say) and carries on with the CPU
@@ -88,11 +106,14 @@ def create_session(path: Path, providers: list[str], options: ort.SessionOptions
     try:
         sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, NoSuchFile ...)
-        raise ModelError(f"onnxruntime could not load {path.name}: {str(e).splitlines()[0]}. The file may be "
-                         f"damaged or need a newer onnxruntime.") from None
+        raise ModelError(
+            f"onnxruntime could not load {path.name}: {str(e).splitlines()[0]}. The file may be "
+            f"damaged or need a newer onnxruntime."
+        ) from None
     got = sess.get_providers()
     missing = [p for p in providers if p not in got]
     if missing:
-        log.warning("%s: requested %s but onnxruntime runs it on %s (fell back)", path.name, ", ".join(missing),
-                    ", ".join(got))
+        log.warning(
+            "%s: requested %s but onnxruntime runs it on %s (fell back)", path.name, ", ".join(missing), ", ".join(got)
+        )
     return sess, got

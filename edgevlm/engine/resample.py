@@ -7,6 +7,7 @@ as the one call. SmolVLM2's rule resizes a 512 px photo to 2048 px and back to 5
 largest piece of a W1 caption outside ONNX Runtime (tests/test_preprocess.py checks the bytes against
 `Image.resize` on many sizes and modes).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def resize_lanczos(im: Image.Image, width: int, height: int, workers: int | None = None) -> Image.Image:
-    """`im.resize((width, height), Image.LANCZOS)`, each pass cut into `workers` strips (default: one per core)."""
+    """`im.resize((width, height), Image.Resampling.LANCZOS)`, each pass cut into `workers` strips (default: one per core)."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or im.size == (width, height) or im.mode not in ("RGB", "RGBA", "RGBa", "L"):
-        return im.resize((width, height), resample=Image.LANCZOS)
+        return im.resize((width, height), resample=Image.Resampling.LANCZOS)
     if im.mode == "RGBA":  # Pillow premultiplies alpha once around both passes, so must we
         return resize_lanczos(im.convert("RGBa"), width, height, workers).convert("RGBA")
     shrink_x, shrink_y = im.width - width, im.height - height
@@ -46,7 +47,9 @@ def _horizontal(im: Image.Image, width: int, workers: int) -> Image.Image:
     if width == im.width:
         return im
     strips = _cuts(im.height, workers if width * im.height >= _MIN_WORK else 1)
-    parts = _map(lambda a, b: im.crop((0, a, im.width, b)).resize((width, b - a), resample=Image.LANCZOS), strips)
+    parts = _map(
+        lambda a, b: im.crop((0, a, im.width, b)).resize((width, b - a), resample=Image.Resampling.LANCZOS), strips
+    )
     out = Image.new(im.mode, (width, im.height))
     for (a, _), part in zip(strips, parts):
         out.paste(part, (0, a))
@@ -57,7 +60,9 @@ def _vertical(im: Image.Image, height: int, workers: int) -> Image.Image:
     if height == im.height:
         return im
     strips = _cuts(im.width, workers if im.width * height >= _MIN_WORK else 1)
-    parts = _map(lambda a, b: im.crop((a, 0, b, im.height)).resize((b - a, height), resample=Image.LANCZOS), strips)
+    parts = _map(
+        lambda a, b: im.crop((a, 0, b, im.height)).resize((b - a, height), resample=Image.Resampling.LANCZOS), strips
+    )
     out = Image.new(im.mode, (im.width, height))
     for (a, _), part in zip(strips, parts):
         out.paste(part, (a, 0))

@@ -6,6 +6,7 @@ token bytes and gives, per step, the bitmask of tokens that keep the answer comp
 that mask only where the answer is complete. llguidance is imported when a constraint is first used, so plain
 captioning pays nothing for it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,8 +68,9 @@ class Constraint:
         (the value is then an instance of it, or a dict for a TypedDict)."""
         schema, target = schema_of(schema)
         body = json.dumps({**schema, "x-guidance": {**JSON_STYLE, **schema.get("x-guidance", {})}})
-        return cls._checked("json_schema", _lark(f'start: " "? answer\nanswer: %json {body}'),
-                            "the JSON schema", target=target)
+        return cls._checked(
+            "json_schema", _lark(f'start: " "? answer\nanswer: %json {body}'), "the JSON schema", target=target
+        )
 
     @classmethod
     def regex(cls, pattern: str) -> Constraint:
@@ -103,16 +105,20 @@ class Constraint:
         return value if self.target is None else build(self.target, value)
 
 
-def from_options(choices: Sequence[str] | None = None, json_schema: Any = None, regex: str | None = None,
-                 grammar: str | None = None) -> Constraint | None:
+def from_options(
+    choices: Sequence[str] | None = None, json_schema: Any = None, regex: str | None = None, grammar: str | None = None
+) -> Constraint | None:
     """The one constraint named by these keyword options (None when none is given)."""
-    given = {k: v for k, v in (("choices", choices), ("json_schema", json_schema), ("regex", regex),
-                               ("grammar", grammar)) if v is not None}
+    given = {
+        k: v
+        for k, v in (("choices", choices), ("json_schema", json_schema), ("regex", regex), ("grammar", grammar))
+        if v is not None
+    }
     if len(given) > 1:
         raise ConstraintError(f"give one constraint, not {' and '.join(given)}.")
     if not given:
         return None
-    (kind, value), = given.items()
+    ((kind, value),) = given.items()
     return getattr(Constraint, kind)(value)
 
 
@@ -139,7 +145,7 @@ def _first_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()] or ["unknown error"]
     head = re.sub(r"^at \d+\(\d+\): ", "", lines[0])
     detail = next((ln for ln in lines[1:] if ln.startswith("error:")), None)
-    return f"{head} {detail[len('error:'):].strip()}" if detail else head
+    return f"{head} {detail[len('error:') :].strip()}" if detail else head
 
 
 # ------------------------------------------------------------------------------------------ schemas from types
@@ -154,8 +160,10 @@ def schema_of(schema: Any) -> tuple[dict[str, Any], Any]:
     elif isinstance(schema, str):
         schema = _json(schema, "the JSON schema text")
     if not isinstance(schema, dict):
-        raise ConstraintError("a JSON schema must be a JSON object (a dict), a .json file holding one, a dataclass, "
-                              "a TypedDict or a pydantic model class.")
+        raise ConstraintError(
+            "a JSON schema must be a JSON object (a dict), a .json file holding one, a dataclass, "
+            "a TypedDict or a pydantic model class."
+        )
     return schema, None
 
 
@@ -181,8 +189,9 @@ def _read_schema_file(path: Path) -> str:
     except OSError as e:
         raise ConstraintError(f"cannot read the JSON schema file {_short(str(path))} ({e.strerror}).") from None
     if len(data) > MAX_SCHEMA_BYTES:
-        raise ConstraintError(f"the JSON schema file {_short(str(path))} is over {MAX_SCHEMA_BYTES >> 20} MB; is it "
-                              f"the right file?")
+        raise ConstraintError(
+            f"the JSON schema file {_short(str(path))} is over {MAX_SCHEMA_BYTES >> 20} MB; is it the right file?"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -190,7 +199,7 @@ def _read_schema_file(path: Path) -> str:
 
 
 def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _json(text: str, what: str) -> Any:
@@ -220,21 +229,34 @@ def type_schema(tp: Any) -> dict[str, Any]:
     if origin in (list, Sequence, tuple) and (origin is not tuple or len(args) == 2 and args[1] is Ellipsis):
         return {"type": "array", "items": type_schema(args[0]) if args else {}}
     if origin is tuple:
-        return {"type": "array", "prefixItems": [type_schema(a) for a in args], "minItems": len(args),
-                "maxItems": len(args)}
+        return {
+            "type": "array",
+            "prefixItems": [type_schema(a) for a in args],
+            "minItems": len(args),
+            "maxItems": len(args),
+        }
     if origin is dict and (not args or args[0] is str):
         return {"type": "object", "additionalProperties": type_schema(args[1]) if args else {}}
     if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or typing.is_typeddict(tp)):
         hints = typing.get_type_hints(tp)
         if dataclasses.is_dataclass(tp):
-            required = [f.name for f in dataclasses.fields(tp) if f.default is dataclasses.MISSING
-                        and f.default_factory is dataclasses.MISSING]
+            required = [
+                f.name
+                for f in dataclasses.fields(tp)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            ]
         else:
-            required = [k for k in hints if k in tp.__required_keys__]
-        return {"type": "object", "properties": {k: type_schema(v) for k, v in hints.items()},
-                "required": required, "additionalProperties": False}
-    raise ConstraintError(f"cannot make a JSON schema for the type {tp!r}; use str, int, float, bool, lists, "
-                          f"dicts, Literal, Enum, Optional, dataclasses or TypedDicts, or pass a schema dict.")
+            required = [k for k in hints if k in getattr(tp, "__required_keys__", hints)]
+        return {
+            "type": "object",
+            "properties": {k: type_schema(v) for k, v in hints.items()},
+            "required": required,
+            "additionalProperties": False,
+        }
+    raise ConstraintError(
+        f"cannot make a JSON schema for the type {tp!r}; use str, int, float, bool, lists, "
+        f"dicts, Literal, Enum, Optional, dataclasses or TypedDicts, or pass a schema dict."
+    )
 
 
 def build(tp: Any, value: Any) -> Any:
@@ -273,9 +295,11 @@ class Grammars:
             if self._ll_tokenizer is None:
                 llg = _llguidance()
                 table, special = self._tokenizer.token_bytes(self.vocab_size)
-                self._ll_tokenizer = llg.LLTokenizer(llg.TokenizerWrapper(_TokenTable(
-                    table, special, self.eos_ids[0], self._tokenizer)), n_vocab=self.vocab_size,
-                    eos_token=self.eos_ids)
+                self._ll_tokenizer = llg.LLTokenizer(
+                    llg.TokenizerWrapper(_TokenTable(table, special, self.eos_ids[0], self._tokenizer)),
+                    n_vocab=self.vocab_size,
+                    eos_token=self.eos_ids,
+                )
             return self._ll_tokenizer
 
     def start(self, constraint: Constraint) -> ConstrainedAnswer:
@@ -316,13 +340,14 @@ class ConstrainedAnswer:
         return np.unpackbits(self._mask.view(np.uint8), bitorder="little", count=self.vocab_size).view(bool)
 
     def __call__(self, new_tokens: Sequence[int], scores: np.ndarray) -> np.ndarray:
-        scores[~self.allowed()[:scores.shape[-1]]] = -np.inf
+        scores[~self.allowed()[: scores.shape[-1]]] = -np.inf
         return scores
 
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):  # cannot happen for a token the mask allowed
-            raise InputError(f"token {token} does not fit {self.constraint.description} "
-                             f"({_first_line(self._matcher.get_error())}).")
+            raise InputError(
+                f"token {token} does not fit {self.constraint.description} ({_first_line(self._matcher.get_error())})."
+            )
 
     @property
     def complete(self) -> bool:

@@ -1,4 +1,5 @@
 """The model's tokenizer.json through the `tokenizers` library (no transformers), with streaming decode."""
+
 from __future__ import annotations
 
 import functools
@@ -69,8 +70,9 @@ class Tokenizer:
         SentencePiece-style pieces (▁ for a space, <0xNN> byte fallback).
         """
         config = json.loads(self._tok.to_str())
-        byte_level = _mentions(config.get("pre_tokenizer"), "ByteLevel") or _mentions(config.get("decoder"),
-                                                                                       "ByteLevel")
+        byte_level = _mentions(config.get("pre_tokenizer"), "ByteLevel") or _mentions(
+            config.get("decoder"), "ByteLevel"
+        )
         alphabet = _byte_level_alphabet()
         table = [b""] * max(vocab_size, self._tok.get_vocab_size(with_added_tokens=True))
         for piece, i in self._tok.get_vocab(with_added_tokens=False).items():

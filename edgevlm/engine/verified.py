@@ -6,6 +6,7 @@ so any change sends the file back to a full hash. The stamps live in the user's 
 (`$EDGEVLM_CACHE/verified.json`, default `~/.cache/edgevlm`), never in a bundle, which may be read-only or shared.
 A cache that cannot be read or written only means hashing every time, as before.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ _LIMIT = 4096  # stamps kept: a long-lived machine with many bundles does not gr
 
 def cache_dir() -> Path:
     base = os.environ.get("EDGEVLM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgevlm")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgevlm"
+    )
     return Path(base)
 
 

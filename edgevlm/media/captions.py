@@ -3,6 +3,7 @@
 Where the bytes go (atomic file, appended log, stream) is edgevlm.media.outputs' concern. Every format is valid after each
 cue, which is what makes finishing on interruption safe.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,13 @@ class CaptionWriter:
     as it comes. As a context manager, normal exit and KeyboardInterrupt after a record commit; anything else discards.
     """
 
-    def __init__(self, fmt: str, output: str | os.PathLike | OutputTarget | None = None,
-                 stream: IO[str] | None = None, mode: str = "atomic"):
+    def __init__(
+        self,
+        fmt: str,
+        output: str | os.PathLike | OutputTarget | None = None,
+        stream: IO[str] | None = None,
+        mode: str = "atomic",
+    ):
         if fmt not in FORMATS:
             raise InputError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}.")
         if mode == "append" and fmt not in ("text", "jsonl"):
@@ -93,7 +99,7 @@ class CaptionWriter:
         if self._stream is not None:
             self._stream.write(text)
             self._stream.flush()
-        else:
+        elif self._out is not None:
             self._out.write(text)
 
     def commit(self) -> None:

@@ -6,6 +6,7 @@ the whole answer (choices and regex answers); OP is one of == != >= <= > <; VALU
 false, null, 3, 2.5, "a b") or a bare word, read as a string. A path that is missing, or a comparison between
 a number and a string, is simply false.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from typing import Any
 
 from ..errors import InputError
 
-_OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt,
-        "<": operator.lt}
+_OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _COND = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*)\s*(==|!=|>=|<=|>|<)\s*([^=<>!\s].*?)\s*$")
 _MISSING = object()
 
@@ -52,8 +52,10 @@ class Condition:
     def _parse(cond: str) -> _Comparison:
         m = _COND.match(cond)
         if not m:
-            raise InputError(f"cannot read the condition {cond.strip()!r}: write FIELD OP VALUE with OP one of "
-                             f"== != >= <= > < (e.g. 'person == true', 'count >= 2', 'value == yes').")
+            raise InputError(
+                f"cannot read the condition {cond.strip()!r}: write FIELD OP VALUE with OP one of "
+                f"== != >= <= > < (e.g. 'person == true', 'count >= 2', 'value == yes')."
+            )
         path, op, raw = m.groups()
         try:
             expected = json.loads(raw)
@@ -76,12 +78,14 @@ def _split(text: str, word: str) -> list[str]:
     """`text` cut at ` word ` outside double-quoted strings: `zone == "cat or dog"` is one comparison."""
     quoted = [m.span() for m in _QUOTED.finditer(text)]
     if text.count('"') - sum(text[a:b].count('"') for a, b in quoted):
-        raise InputError(f"the condition {text.strip()!r} has a quote that is not closed; write strings as "
-                         f'"text" (a backslash escapes a quote inside).')
+        raise InputError(
+            f"the condition {text.strip()!r} has a quote that is not closed; write strings as "
+            f'"text" (a backslash escapes a quote inside).'
+        )
     pieces, start = [], 0
     for m in re.finditer(rf"\s+{word}\s+", text):
         if not any(a < m.start() < b for a, b in quoted):
-            pieces.append(text[start:m.start()])
+            pieces.append(text[start : m.start()])
             start = m.end()
     return pieces + [text[start:]]
 

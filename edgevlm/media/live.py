@@ -4,13 +4,14 @@ The loop takes the newest frame from the source (older ones were dropped by the 
 the motion gate throw away frames that show nothing new, captions the rest and yields LiveCaption records with
 their timing, so a caller sees how stale each caption is and how many frames went by uncaptioned.
 """
+
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import defaults
 from ..errors import IncompleteAnswerError, InputError
@@ -39,22 +40,34 @@ class Trigger:
 
     def __post_init__(self) -> None:
         if (self.pattern is None) == (self.when is None):
-            raise InputError("a Trigger needs a pattern (matched against the caption text) or when= (a condition "
-                             "on a structured answer), one of the two.")
+            raise InputError(
+                "a Trigger needs a pattern (matched against the caption text) or when= (a condition "
+                "on a structured answer), one of the two."
+            )
         self._regex = re.compile(self.pattern, re.IGNORECASE) if self.pattern is not None else None
         self._condition = Condition(self.when) if self.when is not None else None
 
     def matches(self, caption: LiveCaption) -> bool:
         if self._regex is not None:
             return self._regex.search(caption.text) is not None
-        return self._condition(caption.value)
+        return self._condition is not None and self._condition(caption.value)
 
 
-def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | LiveSource], *,
-          prompt: str = DEFAULT_LIVE_PROMPT, max_new_tokens: int | None = None,
-          threshold: float = 6.0, min_interval: float = 0.0, heartbeat: float | None = None, split: bool = False,
-          trigger: Trigger | None = None, max_captions: int | None = None, source_options: dict | None = None,
-          **generate_kw: Any) -> Iterator[LiveCaption]:
+def watch(
+    vlm: Engine,
+    source: str | int | LiveSource | Sequence[str | int | LiveSource],
+    *,
+    prompt: str = DEFAULT_LIVE_PROMPT,
+    max_new_tokens: int | None = None,
+    threshold: float = 6.0,
+    min_interval: float = 0.0,
+    heartbeat: float | None = None,
+    split: bool = False,
+    trigger: Trigger | None = None,
+    max_captions: int | None = None,
+    source_options: dict | None = None,
+    **generate_kw: Any,
+) -> Iterator[LiveCaption]:
     """Yield a LiveCaption for each frame worth describing until the sources end (or max_captions).
 
     source: a camera index, /dev/videoN, stream URL, video file (replayed in real time) or a LiveSource such as
@@ -68,7 +81,8 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
     json_schema=, regex=), a frame whose answer cannot finish within max_new_tokens gives a caption with `error`
     set and no value (it never triggers); the watch goes on.
     """
-    given = list(source) if isinstance(source, (list, tuple)) else [source]
+    # a list or tuple is several sources; anything else (a Path included) is one
+    given = list(source) if isinstance(source, (list, tuple)) else [cast("str | int | LiveSource", source)]
     if not given:
         raise InputError("watch needs at least one source.")
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "live")
@@ -82,15 +96,18 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
             for i, f in enumerate(feeds):
                 f.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i + 1}"
         while max_captions is None or count < max_captions:
-            ready = [(f, frame) for f in feeds if (frame := f.next_frame(min_interval, heartbeat,
-                                                                         0.25 if len(feeds) == 1 else 0.0))]
+            ready = [
+                (f, frame)
+                for f in feeds
+                if (frame := f.next_frame(min_interval, heartbeat, 0.25 if len(feeds) == 1 else 0.0))
+            ]
             if not ready:
                 if all(f.src.finished for f in feeds):
                     break
                 if len(feeds) > 1:
                     time.sleep(0.01)
                 continue
-            ready = ready[:None if max_captions is None else max_captions - count]
+            ready = ready[: None if max_captions is None else max_captions - count]
             start = time.monotonic()
             for f, _ in ready:
                 f.last_start = start
@@ -105,7 +122,7 @@ def watch(vlm: Engine, source: str | int | LiveSource | Sequence[str | int | Liv
                     if trigger.callback is not None:
                         trigger.callback(caption)
                 yield caption
-                if caption.triggered and trigger.stop:
+                if caption.triggered and trigger is not None and trigger.stop:
                     stop = True
                     break
             if stop:
@@ -125,7 +142,8 @@ class _Feed:
     def __init__(self, source: str | int | LiveSource, options: dict | None, threshold: float):
         self.own = not isinstance(source, LiveSource)
         self.src = open_source(source, **(options or {}))
-        self.gate, self.static, self.last_start = MotionGate(threshold), 0, None
+        self.gate, self.static = MotionGate(threshold), 0
+        self.last_start: float | None = None
         self.name: str | None = None  # set when the watch has several sources
 
     def next_frame(self, min_interval: float, heartbeat: float | None, timeout: float):
@@ -145,29 +163,53 @@ class _Feed:
     def record(self, frame, r, error: str | None, start: float, done: float) -> LiveCaption:
         s = self.src.stats
         return LiveCaption(
-            timestamp=round(frame.timestamp, 3), text=r.text, value=r.value, wall_time=time.time(),
+            timestamp=round(frame.timestamp, 3),
+            text=r.text,
+            value=r.value,
+            wall_time=time.time(),
             frame_age_ms=round((start - frame.captured) * 1e3, 1),
-            latency_ms=round((done - frame.captured) * 1e3, 1), frames_read=s.frames_read,
-            frames_dropped=s.frames_dropped, frames_static=self.static, reconnects=s.reconnects,
-            timings={"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
-                     "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens}, error=error,
-            source=self.name)
+            latency_ms=round((done - frame.captured) * 1e3, 1),
+            frames_read=s.frames_read,
+            frames_dropped=s.frames_dropped,
+            frames_static=self.static,
+            reconnects=s.reconnects,
+            timings={
+                "vision_ms": round(r.vision_ms, 1),
+                "prefill_ms": round(r.prefill_ms, 1),
+                "total_ms": round(r.total_ms, 1),
+                "new_tokens": r.new_tokens,
+            },
+            error=error,
+            source=self.name,
+        )
 
 
-def _caption(vlm: Engine, images: list, max_new_tokens: int | None, prompt: str, split: bool,
-             generate_kw: dict[str, Any]) -> list[tuple[Any, str | None]]:
+def _caption(
+    vlm: Engine, images: list, max_new_tokens: int | None, prompt: str, split: bool, generate_kw: dict[str, Any]
+) -> list[tuple[Any, str | None]]:
     """(Result, error) per image: one batch for several unconstrained frames; otherwise one by one, where an
     answer that cannot complete becomes a caption with `error` set."""
-    constrained = any(generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "grammar",
-                                                                  "constraint"))
+    constrained = any(
+        generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "grammar", "constraint")
+    )
     if len(images) > 1 and not constrained:
-        return [(r, None) for r in vlm.caption_batch(images, max_new_tokens=max_new_tokens, prompt=prompt,
-                                                     split=split, cache=False, **generate_kw)]
-    out = []
+        return [
+            (r, None)
+            for r in vlm.caption_batch(
+                images, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **generate_kw
+            )
+        ]
+    out: list[tuple[Any, str | None]] = []
     for image in images:
         try:
-            out.append((vlm.caption(image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False,
-                                    **generate_kw), None))
+            out.append(
+                (
+                    vlm.caption(
+                        image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **generate_kw
+                    ),
+                    None,
+                )
+            )
         except IncompleteAnswerError as e:  # one frame's structured answer did not fit: say so, go on
             out.append((e.result, str(e)))
     return out

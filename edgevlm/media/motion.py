@@ -4,6 +4,7 @@ A 64x36 grey thumbnail (area-averaged, so sensor noise and compression artefacts
 the last one kept; the score is the mean absolute difference in grey levels (0-255). It costs well under a
 millisecond per frame, against about a second for the vision encoder, so it runs on every frame examined.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ class MotionGate:
 
     def __init__(self, threshold: float = 6.0):
         if threshold < 0:
-            raise InputError(f"threshold={threshold!r}: the motion threshold cannot be negative (0 lets every frame "
-                             f"through).")
+            raise InputError(
+                f"threshold={threshold!r}: the motion threshold cannot be negative (0 lets every frame through)."
+            )
         self.threshold = threshold
         self.reference: np.ndarray | None = None
 

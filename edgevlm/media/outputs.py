@@ -14,6 +14,7 @@ Symlinks are written through: the link stays and its target gets the new content
 run's inputs (same inode, through any path, link or hard link), lies inside the model folder, is a folder, or is
 in a folder that cannot be written is refused up front with a one-line OutputError.
 """
+
 from __future__ import annotations
 
 import errno
@@ -73,8 +74,12 @@ def _same_file(a: Path, b: Path) -> bool:
 class OutputTarget:
     """A checked `-o` argument: `path` is what the user typed, `real` where bytes will land (links followed)."""
 
-    def __init__(self, path: str | os.PathLike | None, inputs: Iterable[str | os.PathLike] = (),
-                 model_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        inputs: Iterable[str | os.PathLike] = (),
+        model_dir: str | os.PathLike | None = None,
+    ):
         if path is not None and os.fspath(path) == "":
             raise OutputError("the output file name is empty; pass -o FILE, or -o - for standard output.")
         self.path = None if path is None or os.fspath(path) == STDOUT else Path(path)
@@ -85,7 +90,7 @@ class OutputTarget:
             return
         self.fd = open_descriptor(self.path)
         if self.fd is not None:
-            self._check_descriptor(inputs)
+            self._check_descriptor(self.fd, inputs)
             return
         try:
             st = os.stat(self.path)  # follows links: /dev/stdout may be a pipe, a terminal or a file
@@ -94,14 +99,17 @@ class OutputTarget:
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {_describe(e)}.") from None
         if st is not None and stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"-o {self.path} is a folder; give a file name, e.g. -o {self.path / 'captions.srt'}.")
+            raise OutputError(
+                f"the output {self.path} is a folder; give a file name, e.g. {self.path / 'captions.srt'}."
+            )
         for i in inputs:
             if _same_file(self.path, Path(i)):
-                raise OutputError(f"-o {self.path} is the input {i}; writing there would destroy it. Choose "
-                                  f"another output file name.")
+                raise OutputError(
+                    f"the output {self.path} is the input {i}; writing there would destroy it. Choose another output file name."
+                )
         if st is not None and not stat.S_ISREG(st.st_mode):
             if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
-                raise OutputError(f"-o {self.path} is not a regular file; choose a file name.")
+                raise OutputError(f"the output {self.path} is not a regular file; choose a file name.")
             self.is_stream, self.real = True, self.path  # a device, pipe or socket: written as records come
             if not os.access(self.path, os.W_OK):
                 raise OutputError(f"cannot write {self.path}: permission denied.")
@@ -111,31 +119,37 @@ class OutputTarget:
         if model_dir is not None and Path(model_dir).is_dir():
             model_real = Path(os.path.realpath(model_dir))
             if real == model_real or model_real in real.parents:
-                raise OutputError(f"-o {self.path} is inside the model folder {model_dir}; writing there would "
-                                  f"alter the model. Choose a file outside it.")
+                raise OutputError(
+                    f"the output {self.path} is inside the model folder {model_dir}; writing there would "
+                    f"alter the model. Choose a file outside it."
+                )
         if not real.parent.is_dir():
             raise OutputError(f"cannot write {self.path}: folder {real.parent} does not exist; create it first.")
         if real.exists() and not os.access(real, os.W_OK):
-            raise OutputError(f"cannot write {self.path}: the file is read-only; choose another name or change "
-                              f"its permissions.")
+            raise OutputError(
+                f"cannot write {self.path}: the file is read-only; choose another name or change its permissions."
+            )
 
-    def _check_descriptor(self, inputs: Iterable[str | os.PathLike]) -> None:
+    def _check_descriptor(self, fd: int, inputs: Iterable[str | os.PathLike]) -> None:
         try:
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         except OSError:
-            raise OutputError(f"cannot write {self.path}: descriptor {self.fd} is not open in this process; "
-                              f"redirect it (e.g. {self.fd}>file) or name a file.") from None
+            raise OutputError(
+                f"cannot write {self.path}: descriptor {fd} is not open in this process; "
+                f"redirect it (e.g. {fd}>file) or name a file."
+            ) from None
         if flags & os.O_ACCMODE == os.O_RDONLY:
-            raise OutputError(f"cannot write {self.path}: descriptor {self.fd} is open for reading only.")
-        st = os.fstat(self.fd)
+            raise OutputError(f"cannot write {self.path}: descriptor {fd} is open for reading only.")
+        st = os.fstat(fd)
         for i in inputs:
             try:
                 same = os.path.samestat(st, os.stat(i))
             except OSError:
                 same = False
             if same:
-                raise OutputError(f"-o {self.path} is the input {i}; writing there would destroy it. Choose "
-                                  f"another output file name.")
+                raise OutputError(
+                    f"the output {self.path} is the input {i}; writing there would destroy it. Choose another output file name."
+                )
         self.is_stream = True
 
     def open(self, mode: str = "atomic") -> OutputStream:
@@ -177,9 +191,9 @@ class OutputStream:
             elif target.real is None:
                 self._out = sys.stdout
             elif target.is_stream:
-                self._out = open(target.real, "w", encoding="utf-8", newline="\n")
+                self._out = open(target.real, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 (held until close())
             elif mode == "append":
-                self._out = open(target.real, "a", encoding="utf-8", newline="\n")
+                self._out = open(target.real, "a", encoding="utf-8", newline="\n")  # noqa: SIM115 (held until close())
             else:
                 self._tmp, fd = _create_temporary(target.real)
                 self._out = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
@@ -214,7 +228,7 @@ class OutputStream:
                 if self._tmp is not None or self.mode == "append":
                     os.fsync(self._out.fileno())
                 self._out.close()
-            if self._tmp is not None:
+            if self._tmp is not None and self.target.real is not None:
                 os.replace(self._tmp, self.target.real)
                 self._tmp = None
             self._remove_if_unused()
@@ -238,5 +252,5 @@ class OutputStream:
         self._remove_if_unused()
 
     def _remove_if_unused(self) -> None:
-        if self._created and not self._written:
+        if self._created and not self._written and self.target.real is not None:
             self.target.real.unlink(missing_ok=True)

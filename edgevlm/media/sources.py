@@ -4,6 +4,7 @@ Every source hands over only the newest frame. A capture thread reads as fast as
 overwrites a one-frame slot, so a model slower than the stream never builds a backlog: memory stays flat, the
 frame being captioned is at most one read old, and the frames nobody looked at are counted as dropped.
 """
+
 from __future__ import annotations
 
 import os
@@ -113,8 +114,12 @@ class PushSource(LiveSource):
     def push(self, image: np.ndarray, timestamp: float | None = None, color: str = "rgb") -> None:
         if self.finished:
             raise SourceError("push() after close(); create a new PushSource.")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (
-                3, 4):
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] not in (3, 4)
+        ):
             raise InputError("push() takes uint8 frames of shape (H, W, 3) or (H, W, 4).")
         if color not in ("rgb", "bgr"):
             raise InputError(f"color must be 'rgb' or 'bgr'; got {color!r}.")
@@ -138,14 +143,25 @@ class CaptureSource(LiveSource):
     `retry_for` seconds; a source that cannot be opened at all raises SourceError at once.
     """
 
-    def __init__(self, target: str | int, retry_for: float = 30.0, open_timeout: float = 5.0,
-                 read_timeout: float = 5.0, realtime: bool = True, loop: bool = False):
+    def __init__(
+        self,
+        target: str | int,
+        retry_for: float = 30.0,
+        open_timeout: float = 5.0,
+        read_timeout: float = 5.0,
+        realtime: bool = True,
+        loop: bool = False,
+    ):
         super().__init__()
         self.kind, self.target = _classify(target)
         self.name = str(target)
         self.retry_for, self.realtime, self.loop = retry_for, realtime, loop
-        self._timeouts = [import_cv2().CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout * 1000),
-                          import_cv2().CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout * 1000)]
+        self._timeouts = [
+            import_cv2().CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(open_timeout * 1000),
+            import_cv2().CAP_PROP_READ_TIMEOUT_MSEC,
+            int(read_timeout * 1000),
+        ]
         self._stop = threading.Event()
         self._cap = self._open_or_raise()
         self._thread = threading.Thread(target=self._run, name=f"edgevlm-capture-{self.name}", daemon=True)
@@ -168,11 +184,15 @@ class CaptureSource(LiveSource):
         if cap is not None:
             return cap
         if self.kind == "camera":
-            raise SourceError(f"camera {self.name} could not be opened (no such device, no permission, or in use "
-                              f"by another program); check the index or /dev/videoN path (v4l2-ctl --list-devices).")
+            raise SourceError(
+                f"camera {self.name} could not be opened (no such device, no permission, or in use "
+                f"by another program); check the index or /dev/videoN path (v4l2-ctl --list-devices)."
+            )
         if self.kind == "network":
-            raise SourceError(f"could not open the stream {self.name} (nothing answered, or it is not a video "
-                              f"stream); check the address and that the stream is running.")
+            raise SourceError(
+                f"could not open the stream {self.name} (nothing answered, or it is not a video "
+                f"stream); check the address and that the stream is running."
+            )
         raise SourceError(f"{self.name} cannot be opened as a video; check that the file plays.")
 
     # ---------------------------------------------------------------------------------------- capturing
@@ -217,8 +237,10 @@ class CaptureSource(LiveSource):
         lost_at, delay = time.monotonic(), 0.5
         while not self._stop.is_set():
             if time.monotonic() - lost_at > self.retry_for:
-                self.error = SourceError(f"the stream {self.name} was lost and did not come back within "
-                                         f"{self.retry_for:g} s; check the source (or raise retry_for, CLI --retry-for).")
+                self.error = SourceError(
+                    f"the stream {self.name} was lost and did not come back within "
+                    f"{self.retry_for:g} s; check the source (or raise retry_for, CLI --retry-for)."
+                )
                 return None
             if self._stop.wait(delay):
                 return None
@@ -250,8 +272,7 @@ def _classify(target: str | int) -> tuple[str, Any]:
     if s.lower().startswith(NETWORK_SCHEMES):
         return "network", s
     if "://" in s:
-        raise InputError(f"unsupported stream address {s}; use rtsp://, http(s)://, udp://, tcp://, rtmp:// or "
-                         f"srt://.")
+        raise InputError(f"unsupported stream address {s}; use rtsp://, http(s)://, udp://, tcp://, rtmp:// or srt://.")
     p = Path(s)
     if not p.is_file():
         raise InputError(f"{s} is not a camera index, /dev/videoN device, stream URL or existing video file.")

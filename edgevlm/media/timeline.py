@@ -3,6 +3,7 @@
 Frames are examined at `sample_fps` (cheap: decode plus a thumbnail); only segment starts that differ from the
 last captioned frame reach the model, so a static shot costs one caption however long it lasts.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,21 @@ if TYPE_CHECKING:
 DEFAULT_TIMELINE_PROMPT = defaults.FRAME_PROMPT
 
 
-def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene: bool = True, sample_fps: float = 2.0,
-             threshold: float = 6.0, scene_threshold: float = 30.0, prompt: str = DEFAULT_TIMELINE_PROMPT,
-             max_new_tokens: int | None = None, split: bool = False,
-             on_progress: Callable[[float, float], None] | None = None, **generate_kw: Any) -> Iterator[Segment]:
+def timeline(
+    vlm: Engine,
+    video: str | os.PathLike,
+    *,
+    every: float = 5.0,
+    scene: bool = True,
+    sample_fps: float = 2.0,
+    threshold: float = 6.0,
+    scene_threshold: float = 30.0,
+    prompt: str = DEFAULT_TIMELINE_PROMPT,
+    max_new_tokens: int | None = None,
+    split: bool = False,
+    on_progress: Callable[[float, float], None] | None = None,
+    **generate_kw: Any,
+) -> Iterator[Segment]:
     """Yield Segments in time order; each covers [start, end) and the segments tile the whole video.
 
     every: longest stretch (seconds) before a new sample point is considered. scene: also start a segment where
@@ -34,13 +46,14 @@ def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene
     on_progress(seconds_done, duration) is called as frames are examined.
     """
     if every <= 0 or sample_fps <= 0:
-        raise InputError("every (CLI: --every) and sample_fps must be positive numbers of seconds / frames "
-                         "per second.")
+        raise InputError("every (CLI: --every) and sample_fps must be positive numbers of seconds / frames per second.")
     info = probe(video)
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "timeline")
     gate = MotionGate(threshold)
     current: Segment | None = None
-    last_boundary = prev_thumb = last = None
+    last_boundary = 0.0  # read only once a segment is open
+    prev_thumb = None
+    last: Frame | None = None
     for frame in read_frames(video, every=1.0 / sample_fps):
         last = frame
         thumb = thumbnail(frame.image)
@@ -53,7 +66,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene
             current.merged += 1
             continue
         starts_video = current is None
-        if starts_video:
+        if current is None:
             gate.changed(frame.image, thumb)
         else:
             current.end = frame.timestamp
@@ -63,7 +76,7 @@ def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene
             current.start = 0.0  # the segments tile the video from its first instant
         if on_progress:
             on_progress(frame.timestamp, info.duration)
-    if current is not None:
+    if current is not None and last is not None:
         frame_span = 1.0 / info.fps if info.fps > 0 else 1.0 / sample_fps
         current.end = max(info.duration, last.timestamp + frame_span, current.start + 1e-3)
         if on_progress:
@@ -73,8 +86,18 @@ def timeline(vlm: Engine, video: str | os.PathLike, *, every: float = 5.0, scene
 
 def _caption(vlm: Engine, frame: Frame, prompt: str, max_new_tokens: int | None, split: bool, kw: dict) -> Segment:
     r = vlm.caption(frame.image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **kw)
-    timings = {"vision_ms": round(r.vision_ms, 1), "prefill_ms": round(r.prefill_ms, 1),
-               "total_ms": round(r.total_ms, 1), "new_tokens": r.new_tokens,
-               "decode_tokens_per_s": round(r.decode_tokens_per_s, 1)}
-    return Segment(start=frame.timestamp, end=frame.timestamp, text=r.text, frame_time=frame.timestamp,
-                   timings=timings, value=r.value)
+    timings = {
+        "vision_ms": round(r.vision_ms, 1),
+        "prefill_ms": round(r.prefill_ms, 1),
+        "total_ms": round(r.total_ms, 1),
+        "new_tokens": r.new_tokens,
+        "decode_tokens_per_s": round(r.decode_tokens_per_s, 1),
+    }
+    return Segment(
+        start=frame.timestamp,
+        end=frame.timestamp,
+        text=r.text,
+        frame_time=frame.timestamp,
+        timings=timings,
+        value=r.value,
+    )

@@ -5,6 +5,7 @@ container's rotation metadata itself, and `CAP_PROP_POS_MSEC` after each `grab()
 presentation time, so variable-frame-rate files get true timestamps. Frames that are not wanted are grabbed but
 never converted to RGB, which is most of the saving a sampler needs.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,22 @@ import numpy as np
 from ..engine.frame import Frame
 from ..errors import InputError
 
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".avi", ".webm", ".mov", ".mpg", ".mpeg", ".ts", ".m2ts", ".flv",
-                    ".wmv", ".3gp", ".ogv"}
+VIDEO_EXTENSIONS = {
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".avi",
+    ".webm",
+    ".mov",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+}
 SEEK_AHEAD_S = 8.0  # a target further ahead than this is reached by seeking instead of decoding every frame
 
 
@@ -59,11 +74,15 @@ def _open(path: str | os.PathLike):
         raise InputError(f"video file {p} is empty (0 bytes); pass an mp4, mkv, avi, webm or mov file.")
     cap = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG)
     if not cap.isOpened() and _is_media_container(p):
-        raise InputError(f"{p} is a media file but has no video stream that decodes (audio only, truncated, or a "
-                         f"codec this FFmpeg build lacks); check that it plays as video.")
+        raise InputError(
+            f"{p} is a media file but has no video stream that decodes (audio only, truncated, or a "
+            f"codec this FFmpeg build lacks); check that it plays as video."
+        )
     if not cap.isOpened():
-        raise InputError(f"{p} cannot be opened as a video (not a video, corrupt or truncated, or an unsupported "
-                         f"codec); check that the file plays, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4).")
+        raise InputError(
+            f"{p} cannot be opened as a video (not a video, corrupt or truncated, or an unsupported "
+            f"codec); check that the file plays, or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)."
+        )
     if cap.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0 or cap.get(cv2.CAP_PROP_FRAME_HEIGHT) <= 0:
         cap.release()
         raise InputError(f"{p} has no video stream (audio only?); pass a file with video in it.")
@@ -74,10 +93,13 @@ def _is_media_container(path: Path) -> bool:
     """Magic bytes of the common audio/video containers: tells 'no video in it' from 'not a media file'."""
     with open(path, "rb") as f:
         head = f.read(376)
-    return (head[4:8] == b"ftyp" or head.startswith((b"\x1aE\xdf\xa3", b"OggS", b"fLaC", b"ID3", b"FLV"))
-            or (head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"WAVE"))
-            or (len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47)
-            or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0))
+    return (
+        head[4:8] == b"ftyp"
+        or head.startswith((b"\x1aE\xdf\xa3", b"OggS", b"fLaC", b"ID3", b"FLV"))
+        or (head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"WAVE"))
+        or (len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47)
+        or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+    )
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -86,8 +108,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     try:
         info = _info(cap, path)
         if not cap.grab():
-            raise InputError(f"{path} has a video stream but no frame in it decodes (corrupt or truncated); "
-                             f"check that the file plays.")
+            raise InputError(
+                f"{path} has a video stream but no frame in it decodes (corrupt or truncated); "
+                f"check that the file plays."
+            )
         return info
     finally:
         cap.release()
@@ -98,10 +122,16 @@ def _info(cap, path) -> VideoInfo:
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace").strip("\x00 ")
-    return VideoInfo(path=str(path), width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                     height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), fps=float(fps), frame_count=count,
-                     duration=count / fps if fps > 0 else 0.0, codec=fourcc,
-                     rotation=int(cap.get(cv2.CAP_PROP_ORIENTATION_META)))
+    return VideoInfo(
+        path=str(path),
+        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        fps=float(fps),
+        frame_count=count,
+        duration=count / fps if fps > 0 else 0.0,
+        codec=fourcc,
+        rotation=int(cap.get(cv2.CAP_PROP_ORIENTATION_META)),
+    )
 
 
 def read_frames(path: str | os.PathLike, every: float | None = None, start: float = 0.0) -> Iterator[Frame]:
@@ -147,8 +177,10 @@ def clip_indices(info: VideoInfo, fps: float, max_frames: int, skip_secs: float 
     """
     total = info.frame_count
     if total <= 0 or info.fps <= 0:
-        raise InputError(f"{info.path}: the container gives no frame count or frame rate, so frames cannot be "
-                         f"sampled by time; re-mux it (ffmpeg -i IN -c copy OUT.mp4).")
+        raise InputError(
+            f"{info.path}: the container gives no frame count or frame rate, so frames cannot be "
+            f"sampled by time; re-mux it (ffmpeg -i IN -c copy OUT.mp4)."
+        )
     desired = max(min(int(round(fps * info.duration)), max_frames), 1)
     start, end = 0, total - 1
     if skip_secs > 0 and (info.duration - 2 * skip_secs) > (max_frames * fps):
@@ -215,8 +247,9 @@ def _half_frame(cap) -> float:
     return 0.5 / fps if fps > 0 else 0.0
 
 
-def sample_clip(path: str | os.PathLike, fps: float, max_frames: int,
-                skip_secs: float = 1.0) -> tuple[list[Frame], VideoInfo]:
+def sample_clip(
+    path: str | os.PathLike, fps: float, max_frames: int, skip_secs: float = 1.0
+) -> tuple[list[Frame], VideoInfo]:
     """Frames for SmolVLM's whole-clip video prompt: the processor's rule, timestamps from the stream."""
     info = probe(path)
     idx = clip_indices(info, fps, max_frames, skip_secs)

@@ -7,6 +7,7 @@ endpoints take an optional bearer token. Errors are OpenAI-style JSON with the r
 401 wrong key, 413 body or image too large, 429 queue full (Retry-After), 504 past the request timeout, 500 a
 bug (logged; the reply holds no stack trace).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,8 +57,15 @@ class ServerSettings:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.kind, self.code, self.param, self.headers = status, kind, code, param, headers or {}
 
@@ -89,17 +97,28 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
                     response = Response(status_code=499)
                 except Exception:  # a bug: logged here, never sent to the client
                     log.exception("unexpected error in %s", name)
-                    response = JSONResponse(api.error_body("internal server error; see the server log.",
-                                                           "server_error"), 500)
+                    response = JSONResponse(
+                        api.error_body("internal server error; see the server log.", "server_error"), 500
+                    )
                 metrics.requests.labels(name, str(response.status_code)).inc()
                 tokens = getattr(request.state, "tokens", None)
-                access_log.info('%s "%s %s" %d %.0f ms %s', request.client.host if request.client else "-",
-                                request.method, request.url.path, response.status_code,
-                                (time.monotonic() - started) * 1e3,
-                                "streamed" if isinstance(response, StreamingResponse) else
-                                f"{tokens} tokens" if tokens is not None else "-")
+                access_log.info(
+                    '%s "%s %s" %d %.0f ms %s',
+                    request.client.host if request.client else "-",
+                    request.method,
+                    request.url.path,
+                    response.status_code,
+                    (time.monotonic() - started) * 1e3,
+                    "streamed"
+                    if isinstance(response, StreamingResponse)
+                    else f"{tokens} tokens"
+                    if tokens is not None
+                    else "-",
+                )
                 return response
+
             return handler
+
         return wrap
 
     def track_queue() -> None:
@@ -112,8 +131,13 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
             return runner.submit(work)
         except QueueFull as e:
             metrics.rejected.inc()
-            raise HTTPError(429, str(e), "rate_limit_exceeded", "queue_full",
-                            headers={"Retry-After": str(e.retry_after), "X-Queue-Depth": str(e.depth)}) from None
+            raise HTTPError(
+                429,
+                str(e),
+                "rate_limit_exceeded",
+                "queue_full",
+                headers={"Retry-After": str(e.retry_after), "X-Queue-Depth": str(e.depth)},
+            ) from None
         finally:
             track_queue()
 
@@ -122,11 +146,17 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
         body = await _read_json(request, settings.max_body_bytes)
         # Off the event loop: with --allow-remote-images parsing fetches URLs, and one slow host would stall every
         # request, /health included.
-        req = await asyncio.to_thread(api.parse_chat_request, body, settings.max_body_bytes,
-                                      settings.allow_remote_images)
+        req = await asyncio.to_thread(
+            api.parse_chat_request, body, settings.max_body_bytes, settings.allow_remote_images
+        )
         if req.model and req.model != settings.model_name:  # as OpenAI answers a model it does not have
-            raise HTTPError(404, f"The model '{req.model}' does not exist on this server; it serves "
-                                 f"'{settings.model_name}' (GET /v1/models).", code="model_not_found", param="model")
+            raise HTTPError(
+                404,
+                f"The model '{req.model}' does not exist on this server; it serves "
+                f"'{settings.model_name}' (GET /v1/models).",
+                code="model_not_found",
+                param="model",
+            )
         cid, model = api.completion_id(), settings.model_name
         started = time.monotonic()
         job = admit(chat_work(vlm, req.messages, req.options, req.stop))
@@ -140,9 +170,11 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
                 _raise_for(event)
             if req.stream:
                 handed_over = True
-                return StreamingResponse(_sse(cid, model, req, job, event, metrics, started, track_queue),
-                                         media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return StreamingResponse(
+                    _sse(cid, model, req, job, event, metrics, started, track_queue),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
             pieces, done = [], None
             while event.kind != "done":
                 if event.kind == "error":
@@ -157,13 +189,25 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
             track_queue()
         _record(metrics, "chat", started, done)
         request.state.tokens = done["completion_tokens"]
-        return JSONResponse(api.completion(cid, model, "".join(pieces).rstrip(), done["finish_reason"],
-                                           done["prompt_tokens"], done["completion_tokens"]))
+        return JSONResponse(
+            api.completion(
+                cid,
+                model,
+                "".join(pieces).rstrip(),
+                done["finish_reason"],
+                done["prompt_tokens"],
+                done["completion_tokens"],
+            )
+        )
 
     @endpoint("models")
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": settings.model_name, "object": "model",
-                                                         "created": 0, "owned_by": "edgevlm"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "edgevlm"}],
+            }
+        )
 
     @endpoint("timeline")
     async def timeline(request: Request) -> Response:
@@ -193,13 +237,21 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
             track_queue()
         _record(metrics, "timeline", started, None)
         media = {"srt": "application/x-subrip", "vtt": "text/vtt", "jsonl": "application/jsonl"}.get(fmt, "text/plain")
-        return Response(event.text, media_type=f"{media}; charset=utf-8",
-                        headers={"X-Segments": str(event.info.get("segments", 0))})
+        return Response(
+            event.text, media_type=f"{media}; charset=utf-8", headers={"X-Segments": str(event.info.get("segments", 0))}
+        )
 
     @endpoint("health", protected=False)
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": settings.model_name, "in_flight": runner.in_flight,
-                             "queue_depth": runner.waiting, "max_queue": settings.max_queue})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": settings.model_name,
+                "in_flight": runner.in_flight,
+                "queue_depth": runner.waiting,
+                "max_queue": settings.max_queue,
+            }
+        )
 
     @endpoint("metrics", protected=False)
     async def metrics_page(request: Request) -> Response:
@@ -208,22 +260,35 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
 
     @endpoint("page", protected=False)
     async def index(request: Request) -> Response:
-        return HTMLResponse(page.replace("__MODEL_JSON__", json.dumps(settings.model_name).replace("<", "\\u003c"))
-                            .replace("__MODEL_HTML__", html.escape(settings.model_name))
-                            .replace("__NEEDS_KEY__", "true" if settings.api_key else "false"))
+        return HTMLResponse(
+            page.replace("__MODEL_JSON__", json.dumps(settings.model_name).replace("<", "\\u003c"))
+            .replace("__MODEL_HTML__", html.escape(settings.model_name))
+            .replace("__NEEDS_KEY__", "true" if settings.api_key else "false")
+        )
 
     middleware = []
     if settings.cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/timeline", timeline, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics_page, methods=["GET"]),
-        Route("/", index, methods=["GET"]),
-    ], middleware=middleware, lifespan=_closing(runner), exception_handlers={404: _not_routed, 405: _not_routed})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/timeline", timeline, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
+        ],
+        middleware=middleware,
+        lifespan=_closing(runner),
+        exception_handlers={404: _not_routed, 405: _not_routed},
+    )
     app.state.runner, app.state.metrics, app.state.settings = runner, metrics, settings
     return app
 
@@ -233,12 +298,19 @@ async def _not_routed(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     if status == 405:
         allowed = getattr(exc, "headers", None) or {}
-        message = (f"{request.method} is not allowed on {request.url.path}"
-                   + (f"; use {allowed['Allow']}." if "Allow" in allowed else "."))
+        message = f"{request.method} is not allowed on {request.url.path}" + (
+            f"; use {allowed['Allow']}." if "Allow" in allowed else "."
+        )
         return JSONResponse(api.error_body(message, code="method_not_allowed"), 405, headers=allowed)
-    return JSONResponse(api.error_body(f"no such endpoint: {request.method} {request.url.path}. The API is "
-                                       f"POST /v1/chat/completions, GET /v1/models, POST /v1/timeline, GET /health, "
-                                       f"GET /metrics.", code="not_found"), 404)
+    return JSONResponse(
+        api.error_body(
+            f"no such endpoint: {request.method} {request.url.path}. The API is "
+            f"POST /v1/chat/completions, GET /v1/models, POST /v1/timeline, GET /health, "
+            f"GET /metrics.",
+            code="not_found",
+        ),
+        404,
+    )
 
 
 def _closing(runner: Runner):
@@ -246,6 +318,7 @@ def _closing(runner: Runner):
     async def lifespan(app):
         yield
         runner.close()
+
     return lifespan
 
 
@@ -255,22 +328,27 @@ def _check_key(request: Request, key: str | None) -> None:
     given = request.headers.get("authorization", "")
     token = given[7:] if given[:7].lower() == "bearer " else ""
     if not hmac.compare_digest(token.encode(), key.encode()):
-        raise HTTPError(401, "missing or wrong API key (send Authorization: Bearer KEY).",
-                        "authentication_error", "invalid_api_key")
+        raise HTTPError(
+            401, "missing or wrong API key (send Authorization: Bearer KEY).", "authentication_error", "invalid_api_key"
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (a Content-Length that says so is refused unread)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, f"the request body is {int(declared):,} bytes, over this server's limit of "
-                             f"{limit:,}.", code="body_too_large")
+        raise HTTPError(
+            413,
+            f"the request body is {int(declared):,} bytes, over this server's limit of {limit:,}.",
+            code="body_too_large",
+        )
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > limit:
-            raise HTTPError(413, f"the request body is over this server's limit of {limit:,} bytes.",
-                            code="body_too_large")
+            raise HTTPError(
+                413, f"the request body is over this server's limit of {limit:,} bytes.", code="body_too_large"
+            )
     return bytes(data)
 
 
@@ -296,6 +374,7 @@ def _error_response(e: EdgeVLMError) -> JSONResponse:
 def _raise_for(event: Event) -> None:
     if isinstance(event.error, TimedOut):
         raise HTTPError(504, "the answer took longer than this server's request timeout.", "timeout", "timeout")
+    assert event.error is not None  # an "error" event always carries one
     raise event.error
 
 
@@ -306,10 +385,12 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
     job.cancel.set()
 
 
-async def _sse(cid: str, model: str, req: api.ChatRequest, job: Job, first: Event, metrics: Metrics,
-               started: float, track_queue):
+async def _sse(
+    cid: str, model: str, req: api.ChatRequest, job: Job, first: Event, metrics: Metrics, started: float, track_queue
+):
     """Server-sent events in OpenAI's chunk format, ending with [DONE]. A client that disconnects closes this
     generator, which cancels the answer."""
+
     def data(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 

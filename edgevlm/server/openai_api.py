@@ -2,6 +2,7 @@
 answers back as `chat.completion` objects or `chat.completion.chunk` events (llama-server's and mlx-vlm's
 convention, so the official `openai` client works unchanged).
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,14 @@ DEFAULT_MAX_TOKENS = defaults.MAX_NEW_TOKENS["server"]
 class RequestError(InputError):
     """A request the server refuses, with the HTTP status and OpenAI error fields to answer with."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.param, self.code, self.kind = status, param, code, kind
 
@@ -48,8 +55,9 @@ class ChatRequest:
     model: str = ""
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -66,9 +74,14 @@ def parse_chat_request(body: Any, max_image_bytes: int, allow_remote_images: boo
         raise RequestError("'messages' must be a non-empty list.", param="messages")
     messages = [_message(m, i, max_image_bytes, allow_remote_images) for i, m in enumerate(raw)]
     stream_options = body.get("stream_options") or {}
-    return ChatRequest(messages, _options(body), _stop(body.get("stop")), bool(body.get("stream", False)),
-                       bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
-                       str(body.get("model") or ""))
+    return ChatRequest(
+        messages,
+        _options(body),
+        _stop(body.get("stop")),
+        bool(body.get("stream", False)),
+        bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        str(body.get("model") or ""),
+    )
 
 
 def _message(m: Any, i: int, max_image_bytes: int, allow_remote: bool) -> dict[str, Any]:
@@ -91,7 +104,7 @@ def _message(m: Any, i: int, max_image_bytes: int, allow_remote: bool) -> dict[s
             detail = image.get("detail", "auto") if isinstance(image, dict) else "auto"
             data = _image_bytes(url, f"{where}.content[{j}]", max_image_bytes, allow_remote)
             _check_image(data, f"{where}.content[{j}]")
-            item = {"type": "image", "image": data}
+            item: dict[str, Any] = {"type": "image", "image": data}
             if detail == "low":  # one tile, as OpenAI's low detail: fast, for live frames
                 item["split"] = False
             items.append(item)
@@ -115,11 +128,13 @@ def _image_bytes(url: Any, where: str, max_bytes: int, allow_remote: bool) -> by
             raise RequestError(f"{where}: the data URL is not valid base64.", param=where) from None
     if url.startswith(("http://", "https://")):
         if not allow_remote:
-            raise RequestError(f"{where}: remote image URLs are off on this server; send the image as a data: URL "
-                               f"(or start it with --allow-remote-images).", param=where)
+            raise RequestError(
+                f"{where}: remote image URLs are off on this server; send the image as a data: URL "
+                f"(or start it with --allow-remote-images).",
+                param=where,
+            )
         return _fetch(url, where, max_bytes)
-    raise RequestError(f"{where}: image_url must be a data: URL (or http(s) with --allow-remote-images).",
-                       param=where)
+    raise RequestError(f"{where}: image_url must be a data: URL (or http(s) with --allow-remote-images).", param=where)
 
 
 def _check_image(data: bytes, where: str) -> None:
@@ -130,11 +145,16 @@ def _check_image(data: bytes, where: str) -> None:
     except Image.DecompressionBombError:
         return  # the engine's pixel limit answers this one (413)
     except Image.UnidentifiedImageError:  # its message holds a Python object's repr: not for an HTTP client
-        raise RequestError(f"{where}: the image cannot be read (no image format recognizes the data); send a PNG, "
-                           f"JPEG, WebP, BMP or TIFF.", param=where) from None
+        raise RequestError(
+            f"{where}: the image cannot be read (no image format recognizes the data); send a PNG, "
+            f"JPEG, WebP, BMP or TIFF.",
+            param=where,
+        ) from None
     except Exception as e:  # Pillow raises many types for bad data
-        raise RequestError(f"{where}: the image cannot be read ({type(e).__name__}: {e}); send a PNG, JPEG, "
-                           f"WebP, BMP or TIFF.", param=where) from None
+        raise RequestError(
+            f"{where}: the image cannot be read ({type(e).__name__}: {e}); send a PNG, JPEG, WebP, BMP or TIFF.",
+            param=where,
+        ) from None
 
 
 class _PublicRedirectsOnly(urllib.request.HTTPRedirectHandler):
@@ -213,8 +233,9 @@ def _response_format(fmt: Any) -> dict[str, Any]:
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise RequestError("response_format.json_schema.schema must be a JSON schema object.",
-                               param="response_format")
+            raise RequestError(
+                "response_format.json_schema.schema must be a JSON schema object.", param="response_format"
+            )
         return {"constraint": Constraint.json_schema(schema)}
     raise RequestError("response_format.type must be text, json_object or json_schema.", param="response_format")
 
@@ -241,10 +262,10 @@ class StopStrings:
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
             self._held = ""
-            return text[:min(hits)], True
+            return text[: min(hits)], True
         keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        self._held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep], False
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
 
     def flush(self) -> str:
         held, self._held = self._held, ""
@@ -255,24 +276,50 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason, "logprobs": None}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+def completion(
+    cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def chunk(cid: str, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
 
 
 def usage_chunk(cid: str, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -6,6 +6,7 @@ Retry-After estimate instead of waiting without bound. The worker hands text pie
 as they are decoded. Between tokens it checks whether the client left or the deadline passed, and cancels the
 answer if so.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,9 +49,9 @@ class Job:
 
     work: Callable[[Job], None]
     deadline: float
+    loop: asyncio.AbstractEventLoop  # the server's: events are handed to it thread-safely
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    loop: asyncio.AbstractEventLoop | None = None
     on_end: Callable[[], None] | None = None  # frees the runner's slot; called on the loop, once
 
     def post(self, event: Event) -> None:
@@ -78,7 +79,7 @@ class Runner:
         self.max_queue, self.timeout = max_queue, timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgevlm-model")
         self.in_flight = 0  # running + waiting
-        self._recent = deque(maxlen=20)  # seconds per finished job, for Retry-After
+        self._recent: deque[float] = deque(maxlen=20)  # seconds per finished job, for Retry-After
 
     @property
     def waiting(self) -> int:
@@ -158,9 +159,17 @@ def chat_work(vlm: Any, messages: list[dict[str, Any]], options: dict[str, Any],
         finish = "stop" if stopped or gen.finish_reason == "stop" else "length"
         if gen.constraint is not None and not gen.constraint.complete and not stopped:
             finish = "length"  # OpenAI's signal for an answer cut short: the JSON is incomplete, and says so
-        job.post(Event("done", info={"finish_reason": finish, "prompt_tokens": len(prompt.input_ids),
-                                     "completion_tokens": len(gen.tokens), "seconds": time.perf_counter() - t0,
-                                     "tiles": encoded.tiles}))
+        job.post(
+            Event(
+                "done",
+                info={
+                    "finish_reason": finish,
+                    "prompt_tokens": len(prompt.input_ids),
+                    "completion_tokens": len(gen.tokens),
+                    "seconds": time.perf_counter() - t0,
+                    "tiles": encoded.tiles,
+                },
+            )
+        )
 
     return work
-
