@@ -1,5 +1,6 @@
 """One table of defaults for Python, the CLI, the server and C (docs/design.md, "Shared options"): the C header's
 EVLM_DEFAULT_* values against the Python runtime's, and the table's names against both interfaces."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import edgevlm
 from edgevlm import defaults
+from edgevlm.engine import providers
 from edgevlm.engine.generate import GenerationConfig
 from edgevlm.engine.limits import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -36,16 +38,19 @@ def test_c_header_defaults_equal_python_defaults():
         "MAX_IMAGE_PIXELS": DEFAULT_MAX_IMAGE_PIXELS,
         "CAPTION_PROMPT": defaults.CAPTION_PROMPT,
         "LIVE_PROMPT": defaults.FRAME_PROMPT,
+        "PROVIDERS": "auto",  # Python's providers=None; "auto" is accepted by both
     }
     assert set(c) == set(expected), set(c) ^ set(expected)
     for name, value in expected.items():
         assert c[name] == value, (name, c[name], value)
     assert py.max_new_tokens == defaults.MAX_NEW_TOKENS["chat"]
+    assert inspect.signature(edgevlm.load).parameters["providers"].default is None
+    assert providers.choose(None) == providers.choose(c["PROVIDERS"])
 
 
 def _table() -> list[list[str]]:
     text = (ROOT / "docs" / "design.md").read_text()
-    section = text[text.index("### Shared options"):]
+    section = text[text.index("### Shared options") :]
     section = section[: section.index("\n#", 1)]
     rows = [line.strip().strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
     return [[cell.strip() for cell in row] for row in rows]
@@ -56,9 +61,11 @@ def test_design_table_names_exist_in_both_interfaces():
     parameter or a Result field; the C name a field or function of edgevlm.h."""
     rows = _table()
     assert len(rows) >= 12
-    python_names = ({f.name for f in dataclasses.fields(GenerationConfig)}
-                    | set(inspect.signature(edgevlm.load).parameters)
-                    | {f.name for f in dataclasses.fields(edgevlm.Result)})
+    python_names = (
+        {f.name for f in dataclasses.fields(GenerationConfig)}
+        | set(inspect.signature(edgevlm.load).parameters)
+        | {f.name for f in dataclasses.fields(edgevlm.Result)}
+    )
     for py, c, default, meaning in rows:
         for name in re.findall(r"`([\w.]+)`", py):
             assert name.split(".")[-1] in python_names, (py, name)

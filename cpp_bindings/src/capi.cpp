@@ -188,7 +188,8 @@ evlm_status evlm_model_open(const char *dir, const evlm_model_options *options, 
         auto m = std::make_unique<evlm_model>();
         if (o.max_image_pixels > 0) m->max_image_pixels = o.max_image_pixels;
         m->model = std::make_unique<evlm::Model>(dir, o.variant ? o.variant : "", o.threads,
-                                                 o.providers ? o.providers : "", o.verify != 0);
+                                                 o.providers ? o.providers : EVLM_DEFAULT_PROVIDERS,
+                                                 o.verify != 0);
         *out = m.release();
     });
 }
@@ -333,8 +334,7 @@ void evlm_generate_options_init_sized(evlm_generate_options *o, size_t n) {
 evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
                           const evlm_generate_options *options, evlm_result **out) {
     if (out) *out = nullptr;
-    bool cancelled = false;
-    evlm_status status = guarded([&] {
+    return guarded([&] {
         need(out, "out");
         evlm::PreparedPrompt p = prepared(model, prompt);
         evlm::GenerateOptions g = generate_options(options);
@@ -349,11 +349,8 @@ evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, co
             r->preprocess_ms = f.preprocess_ms;
             r->generation = model->model->generate(p, f, g);
         }
-        cancelled = r->generation.finish_reason == "cancelled";
         *out = r.release();
     });
-    if (status == EVLM_OK && cancelled) return fail_with(EVLM_ERR_CANCELLED, "the token callback stopped generation");
-    return status;
 }
 
 evlm_status evlm_generator_new(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,

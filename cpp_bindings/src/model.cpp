@@ -153,6 +153,14 @@ std::unique_ptr<Ort::Session> Model::open_vision(const Ort::SessionOptions &opti
     return std::make_unique<Ort::Session>(open_session(bundle_.vision_kernel_graph, with_kernels));
 }
 
+// "auto" as the Python runtime's AUTO_ORDER, for the providers this library knows: CUDA when this ONNX Runtime
+// was built with it, the CPU always.
+static std::string auto_providers() {
+    for (const std::string &name : Ort::GetAvailableProviders())
+        if (name == "CUDAExecutionProvider") return "cuda,cpu";
+    return "cpu";
+}
+
 Model::Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers,
              bool verify)
     : bundle_(open_bundle(dir, variant, verify)),
@@ -164,7 +172,7 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
     try {
         if (threads > 0) options.SetIntraOpNumThreads(threads);
         options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-        std::string list = providers.empty() ? "cpu" : providers;
+        std::string list = providers.empty() || providers == "auto" ? auto_providers() : providers;
         cpu_only = list.find("cuda") == std::string::npos && list.find("CUDA") == std::string::npos;
         for (size_t start = 0; start <= list.size();) {
             size_t end = list.find(',', start);
@@ -175,7 +183,7 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
                 OrtCUDAProviderOptions cuda{};
                 options.AppendExecutionProvider_CUDA(cuda);
             } else {
-                fail(EVLM_ERR_ARGUMENT, "unknown provider '" + name + "'; use cpu or cuda.");
+                fail(EVLM_ERR_ARGUMENT, "unknown provider '" + name + "'; use auto, cpu or cuda.");
             }
         }
     } catch (const Ort::Exception &e) {

@@ -9,6 +9,7 @@
 - an altered copy of a bundle (one byte changed) for the checksum test.
 Made once per OUT_DIR (a `done` file marks a complete set).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,32 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-SIZES = [(1, 1), (3, 500), (500, 3), (17, 29), (100, 100), (224, 224), (383, 385), (384, 384), (511, 512),
-         (512, 512), (513, 512), (640, 480), (480, 640), (700, 300), (300, 700), (768, 1024), (1024, 768),
-         (1000, 40), (40, 1000), (1200, 900), (333, 777), (801, 601), (96, 128), (257, 1031)]
+SIZES = [
+    (1, 1),
+    (3, 500),
+    (500, 3),
+    (17, 29),
+    (100, 100),
+    (224, 224),
+    (383, 385),
+    (384, 384),
+    (511, 512),
+    (512, 512),
+    (513, 512),
+    (640, 480),
+    (480, 640),
+    (700, 300),
+    (300, 700),
+    (768, 1024),
+    (1024, 768),
+    (1000, 40),
+    (40, 1000),
+    (1200, 900),
+    (333, 777),
+    (801, 601),
+    (96, 128),
+    (257, 1031),
+]
 
 
 def image(w: int, h: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -37,7 +61,7 @@ def image(w: int, h: int, seed: int, channels: int = 3) -> np.ndarray:
     if channels == 4:
         alpha = rng.integers(0, 256, (h, w, 1)).astype(np.uint8)
         alpha[: h // 3] = 255
-        alpha[h // 3: h // 2] = 0
+        alpha[h // 3 : h // 2] = 0
         return np.concatenate([rgb, alpha], -1)
     return rgb
 
@@ -49,14 +73,54 @@ def save_image(out: Path, name: str, a: np.ndarray) -> dict:
 
 def strings(seed: int = 0, n: int = 2200) -> list[str]:
     rng = random.Random(seed)
-    pools = ["abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", " ", "  \t\n\r", ".,;:!?'\"-()[]{}",
-             "éèàçüößñøåÆŒ", "αβγδεζηθλμπσω", "абвгдежзийклмн", "你好世界中文字符测试", "こんにちはカタカナ", "한국어텍스트",
-             "مرحبابالعالم", "שלוםעולם", "😀😃🎉👍🏽🚀🇫🇷👨‍👩‍👧", "٠١٢٣٤٥٦٧٨٩", "①②③½¼", "\u00a0\u2003\u3000",
-             "\u0301\u0308", "'s'll've're", "<>&%$#@*+=/\\|~^`_"]
-    specials = ["<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<|endoftext|>", "<row_1_col_1>",
-                "<fake_token_around_image>", "<global-img>", "<image>"]
-    out = ["", " ", "  ", "\n\n", "Hello world", "What is the capital of France?", "12345678901234567890",
-           "don't you'll we've they're I'm", "a\u00a0b", "tab\there", "   leading", "trailing   ", "x" * 300]
+    pools = [
+        "abcdefghijklmnopqrstuvwxyz",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "0123456789",
+        " ",
+        "  \t\n\r",
+        ".,;:!?'\"-()[]{}",
+        "éèàçüößñøåÆŒ",
+        "αβγδεζηθλμπσω",
+        "абвгдежзийклмн",
+        "你好世界中文字符测试",
+        "こんにちはカタカナ",
+        "한국어텍스트",
+        "مرحبابالعالم",
+        "שלוםעולם",
+        "😀😃🎉👍🏽🚀🇫🇷👨‍👩‍👧",
+        "٠١٢٣٤٥٦٧٨٩",
+        "①②③½¼",
+        "\u00a0\u2003\u3000",
+        "\u0301\u0308",
+        "'s'll've're",
+        "<>&%$#@*+=/\\|~^`_",
+    ]
+    specials = [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<end_of_utterance>",
+        "<|endoftext|>",
+        "<row_1_col_1>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<image>",
+    ]
+    out = [
+        "",
+        " ",
+        "  ",
+        "\n\n",
+        "Hello world",
+        "What is the capital of France?",
+        "12345678901234567890",
+        "don't you'll we've they're I'm",
+        "a\u00a0b",
+        "tab\there",
+        "   leading",
+        "trailing   ",
+        "x" * 300,
+    ]
     while len(out) < n:
         k = rng.randint(1, 40)
         s = "".join(rng.choice(rng.choice(pools)) for _ in range(k))
@@ -73,21 +137,59 @@ def cases(out: Path) -> list[dict]:
     b = save_image(out, "case_b", image(640, 200, 6))
     c = save_image(out, "case_c", image(96, 128, 7))
     return [
-        {"name": "image_split", "split": 1, "messages": [
-            {"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "Describe this image."}]}]},
-        {"name": "image_no_split", "split": 0, "messages": [
-            {"role": "user", "content": [{"type": "image", "image": b}, {"type": "text", "text": "What is this?"}]}]},
-        {"name": "two_images", "split": 1, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image", "image": c},
-                                         {"type": "text", "text": "with"}, {"type": "image", "image": b},
-                                         {"type": "text", "text": "please."}]}]},
-        {"name": "text_only", "split": -1, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "What is the capital of France? Answer: 42 ✓"}]}]},
-        {"name": "system_multiturn", "split": 0, "messages": [
-            {"role": "system", "content": [{"type": "text", "text": "You are a careful assistant."}]},
-            {"role": "user", "content": [{"type": "image", "image": c}, {"type": "text", "text": "Hi, what is here?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "A picture with 3 colours."}]},
-            {"role": "user", "content": [{"type": "text", "text": "Tell me more, in détail."}]}]},
+        {
+            "name": "image_split",
+            "split": 1,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": a}, {"type": "text", "text": "Describe this image."}],
+                }
+            ],
+        },
+        {
+            "name": "image_no_split",
+            "split": 0,
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "image": b}, {"type": "text", "text": "What is this?"}]}
+            ],
+        },
+        {
+            "name": "two_images",
+            "split": 1,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Compare"},
+                        {"type": "image", "image": c},
+                        {"type": "text", "text": "with"},
+                        {"type": "image", "image": b},
+                        {"type": "text", "text": "please."},
+                    ],
+                }
+            ],
+        },
+        {
+            "name": "text_only",
+            "split": -1,
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is the capital of France? Answer: 42 ✓"}]}
+            ],
+        },
+        {
+            "name": "system_multiturn",
+            "split": 0,
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "You are a careful assistant."}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": c}, {"type": "text", "text": "Hi, what is here?"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "A picture with 3 colours."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Tell me more, in détail."}]},
+            ],
+        },
     ]
 
 
@@ -100,8 +202,12 @@ def python_messages(out: Path, case: dict) -> list[dict]:
                 content.append(item)
             else:
                 info = item["image"]
-                a = np.fromfile(out / info["file"], dtype=np.uint8).reshape(info["height"], info["width"], info["channels"])
-                content.append({"type": "image", "image": a, **({} if case["split"] < 0 else {"split": bool(case["split"])})})
+                a = np.fromfile(out / info["file"], dtype=np.uint8).reshape(
+                    info["height"], info["width"], info["channels"]
+                )
+                content.append(
+                    {"type": "image", "image": a, **({} if case["split"] < 0 else {"split": bool(case["split"])})}
+                )
         msgs.append({"role": m["role"], "content": content})
     return msgs
 
@@ -110,8 +216,9 @@ def main() -> None:
     out = Path(sys.argv[1]).absolute()
     if (out / "done").exists():  # before the exporter's imports: a runtime-only Python may reuse made fixtures
         return
-    import edgevlm
     from edgevlm_export.pipeline import export
+
+    import edgevlm
     from tools.checkpoints import make_checkpoint
 
     shutil.rmtree(out, ignore_errors=True)
@@ -131,16 +238,22 @@ def main() -> None:
             for case in expected["cases"]:
                 msgs = python_messages(out, case)
                 result = vlm.chat(msgs, max_new_tokens=12)
-                rows[case["name"]] = {"prompt_ids": vlm.prepare(msgs).input_ids, "tokens": result.token_ids,
-                                      "text": result.text}
+                rows[case["name"]] = {
+                    "prompt_ids": vlm.prepare(msgs).input_ids,
+                    "tokens": result.token_ids,
+                    "text": result.text,
+                }
         vlm = edgevlm.load(bundle, variant="fp32", threads=1)
         penalty = entry["penalty"] = {"repetition_penalty": 1.3, "rows": {}}
         for case in expected["cases"]:
             if case["name"] in ("text_only", "image_no_split"):
                 msgs = python_messages(out, case)
                 result = vlm.chat(msgs, max_new_tokens=12, repetition_penalty=penalty["repetition_penalty"])
-                penalty["rows"][case["name"]] = {"prompt_ids": vlm.prepare(msgs).input_ids,
-                                                 "tokens": result.token_ids, "text": result.text}
+                penalty["rows"][case["name"]] = {
+                    "prompt_ids": vlm.prepare(msgs).input_ids,
+                    "tokens": result.token_ids,
+                    "text": result.text,
+                }
         pre = entry["preprocess"] = []
         for i, (w, h) in enumerate(SIZES):
             channels = 4 if i % 6 == 5 else 3
@@ -150,8 +263,16 @@ def main() -> None:
                 p = vlm.preprocess(img, split=split)
                 name = f"pre_{arch}_{i}_{int(split)}.f32"
                 p.pixel_values.astype(np.float32).tofile(out / name)
-                pre.append({**info, "split": int(split), "values": name, "tiles": int(p.pixel_values.shape[0]),
-                            "rows": p.rows, "cols": p.cols})
+                pre.append(
+                    {
+                        **info,
+                        "split": int(split),
+                        "values": name,
+                        "tiles": int(p.pixel_values.shape[0]),
+                        "rows": p.rows,
+                        "cols": p.cols,
+                    }
+                )
     vlm = edgevlm.load(out / "bundle-256M", variant="fp32", threads=1)
     tok = expected["tokenizer"] = []
     for s in strings():

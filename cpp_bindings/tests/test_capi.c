@@ -79,6 +79,14 @@ static void bad_input(const char *bundle, const char *altered) {
     o.variant = "int3";
     EXPECT_ERR(evlm_model_open(bundle, &o, &m), EVLM_ERR_MODEL, "unknown variant");
     EXPECT(strstr(evlm_last_error(), "fp32") != NULL, "unknown variant lists the variants");
+    evlm_model_options_init(&o);
+    o.providers = "npu";
+    EXPECT_ERR(evlm_model_open(bundle, &o, &m), EVLM_ERR_ARGUMENT, "unknown provider");
+    EXPECT(strstr(evlm_last_error(), "auto, cpu or cuda") != NULL, "unknown provider names the known ones");
+    o.providers = "auto"; /* the default spelt out: this CPU build of ONNX Runtime has no CUDA, so the CPU */
+    EXPECT(evlm_model_open(bundle, &o, &m) == EVLM_OK, "providers auto");
+    evlm_model_close(m);
+    m = NULL;
     EXPECT_ERR(evlm_model_open(NULL, NULL, &m), EVLM_ERR_ARGUMENT, "NULL dir");
     EXPECT_ERR(evlm_model_open(bundle, NULL, NULL), EVLM_ERR_ARGUMENT, "NULL out");
     EXPECT_ERR(evlm_image_from_pixels(NULL, 4, 4, 0, EVLM_RGB8, &img), EVLM_ERR_ARGUMENT, "NULL pixels");
@@ -123,7 +131,7 @@ static void bad_input(const char *bundle, const char *altered) {
     g.max_new_tokens = 16;
     g.on_token = cancel_after_three;
     g.on_token_user_data = &calls;
-    EXPECT_ERR(evlm_generate(m, p, NULL, &g, &r), EVLM_ERR_CANCELLED, "cancelled generation");
+    EXPECT(evlm_generate(m, p, NULL, &g, &r) == EVLM_OK, "a stopped answer is not an error (as Python)");
     EXPECT(r != NULL && strcmp(evlm_result_finish_reason(r), "cancelled") == 0, "cancelled result kept");
     evlm_result_tokens(r, &n);
     EXPECT(n == 3, "three tokens before the cancel");

@@ -55,6 +55,7 @@ extern "C" {
 #define EVLM_DEFAULT_MAX_IMAGE_PIXELS 100000000
 #define EVLM_DEFAULT_CAPTION_PROMPT "Describe this image."
 #define EVLM_DEFAULT_LIVE_PROMPT "Describe this image in one sentence."
+#define EVLM_DEFAULT_PROVIDERS "auto"         /* CUDA when this ONNX Runtime has it, else the CPU (as Python) */
 /* evlm_generate_options.seed: fresh entropy for each answer (the default, as Python's seed=None). */
 #define EVLM_SEED_RANDOM UINT64_MAX
 
@@ -68,7 +69,8 @@ typedef enum evlm_status {
     EVLM_ERR_MODEL = 2,     /* the bundle is missing, altered, incomplete or of an unknown variant */
     EVLM_ERR_INPUT = 3,     /* an image or prompt the model cannot take */
     EVLM_ERR_CONTEXT = 4,   /* the prompt and max_new_tokens exceed the model's context */
-    EVLM_ERR_CANCELLED = 5, /* the token callback asked to stop; the result holds the tokens so far */
+    EVLM_ERR_CANCELLED = 5, /* not returned since 1.0 (a stopped answer is EVLM_OK with finish_reason
+                               "cancelled", as in Python); the number stays reserved */
     EVLM_ERR_RUNTIME = 6,   /* ONNX Runtime failed */
     EVLM_ERR_MEMORY = 7,
     EVLM_STATUS_MAX_ENUM = 0x7FFFFFFF /* keeps the enum int-sized, so any int a caller passes is a valid value */
@@ -92,7 +94,8 @@ typedef struct evlm_model_options {
     const char *variant;   /* "fp32", "int8", "q4", "mixed", ...; NULL: the bundle's default (fp32) */
     int threads;           /* intra-op threads per session, and threads for resizing images (the caller plus
                               helpers the library keeps for the process); 0: every core */
-    const char *providers; /* "cpu" (default, NULL) or a comma list such as "cuda,cpu" */
+    const char *providers; /* "auto" (default, NULL): CUDA when this ONNX Runtime has it, else the CPU; or a
+                              comma list of "cpu" and "cuda" ("cuda,cpu"); the CPU is always the fallback */
     int verify;            /* non-zero: check the chosen files' sha256 against the manifest (default 1) */
     int64_t max_image_pixels; /* larger images are refused by evlm_prompt_tokens, evlm_encode and evlm_generate
                                  with this model (default EVLM_DEFAULT_MAX_IMAGE_PIXELS; 0: the default) */
@@ -155,7 +158,8 @@ EVLM_API evlm_status evlm_encode(const evlm_model *model, const evlm_prompt *pro
 EVLM_API void evlm_encoded_free(evlm_encoded *encoded);
 
 /* Called with each new token and the text it completes (UTF-8, possibly empty while a character is incomplete).
-   Return non-zero to stop: evlm_generate then returns EVLM_ERR_CANCELLED with the tokens so far in *out. */
+   Return non-zero to stop: evlm_generate then returns EVLM_OK with the tokens so far and finish_reason
+   "cancelled" (as Python's Generator.cancel()). */
 typedef int (*evlm_token_callback)(int32_t token, const char *text_piece, void *user_data);
 /* May change the logits (vocab floats) before a token is picked: set -INFINITY to forbid a token. `tokens`:
    the new tokens so far. */
@@ -186,8 +190,8 @@ EVLM_API void evlm_generate_options_init_sized(evlm_generate_options *options, s
 static inline void evlm_generate_options_init(evlm_generate_options *options) {
     evlm_generate_options_init_sized(options, sizeof *options);
 }
-/* encoded may be NULL for a text-only prompt (or to encode here). options may be NULL (defaults). On
-   EVLM_OK and EVLM_ERR_CANCELLED *out is a result to free with evlm_result_free. */
+/* encoded may be NULL for a text-only prompt (or to encode here). options may be NULL (defaults). On EVLM_OK
+   *out is a result to free with evlm_result_free (also when on_token stopped it: see its finish_reason). */
 EVLM_API evlm_status evlm_generate(const evlm_model *model, const evlm_prompt *prompt, const evlm_encoded *encoded,
                                    const evlm_generate_options *options, evlm_result **out);
 

@@ -184,7 +184,7 @@ using TokenCallback = std::function<bool(int32_t token, std::string_view piece)>
 struct ModelOptions {
     std::string variant;          // empty: the bundle's default (fp32)
     int threads = 0;              // 0: every core
-    std::string providers;        // empty: "cpu"
+    std::string providers;        // empty: EVLM_DEFAULT_PROVIDERS ("auto")
     bool verify = true;
     int64_t max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;  // larger images are refused
 };
@@ -225,7 +225,7 @@ class Model {
         evlm_status s = evlm_generate(handle_.get(), prompt.get(), encoded ? encoded->get() : nullptr, &c, &out);
         Result result(out);
         if (t.thrown) std::rethrow_exception(t.thrown);
-        if (s != EVLM_ERR_CANCELLED) detail::check(s);
+        detail::check(s);
         return result;
     }
 
