@@ -208,6 +208,21 @@ def test_response_format_json_schema(client):
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
+def test_an_incomplete_structured_answer_is_never_taken_as_valid(client, vlm):
+    """The API raises IncompleteAnswerError; the server answers as OpenAI does, finish_reason "length" with the
+    partial text, which the openai client's parse() turns into LengthFinishReasonError. Neither hands the partial
+    JSON over as a value (docs/cli.md, "Structured answers over HTTP")."""
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 50}}, "required": ["s"]}
+    messages = [{"role": "user", "content": "Say something."}]
+    with pytest.raises(edgevlm.IncompleteAnswerError) as e:
+        vlm.chat(messages, json_schema=schema, max_new_tokens=4)
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, response_format=fmt)
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == e.value.result.text
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model=MODEL, messages=messages, max_tokens=4, response_format=fmt)
+
+
 @pytest.mark.parametrize(
     "content,status,message",
     [

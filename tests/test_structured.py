@@ -358,6 +358,59 @@ def test_bad_constraints_fail_before_any_work(vlm, kw, message):
         vlm.ask("/nonexistent/image.png", "x", **kw)  # the constraint is checked before the image is read
 
 
+# ------------------------------------------------------------------------------- answers that cannot run away
+def test_default_bounds_fill_only_what_a_schema_leaves_open():
+    from edgevlm.engine.structured import DEFAULT_BOUNDS, bounded
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},  # its own minimum stays, a maximum is added
+            "level": {"type": "integer", "exclusiveMaximum": 5},  # an exclusive bound counts as a bound
+            "score": {"type": ["number", "null"]},
+            "name": {"type": "string", "maxLength": 12},
+            "kind": {"type": "string", "enum": ["a", "b"]},  # finite already
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "extra": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+        "x-guidance": {"item_separator": ","},
+    }
+    out = bounded(schema)["properties"]
+    big = DEFAULT_BOUNDS["integer"]["maximum"]
+    assert out["count"] == {"type": "integer", "minimum": 0, "maximum": big}
+    assert out["level"] == {"type": "integer", "exclusiveMaximum": 5, "minimum": -big}
+    assert out["score"] == {"type": ["number", "null"], **DEFAULT_BOUNDS["number"]}
+    assert out["name"] == {"type": "string", "maxLength": 12}
+    assert out["kind"] == {"type": "string", "enum": ["a", "b"]}
+    assert out["tags"] == {"type": "array", "items": {"type": "string", "maxLength": 256}, "maxItems": 32}
+    assert out["extra"]["maxProperties"] == 32
+    assert bounded(schema)["x-guidance"] == {"item_separator": ","}
+    assert bounded(schema)["maxProperties"] == 32  # open: no additionalProperties rule
+    assert "maxProperties" not in bounded({**schema, "additionalProperties": False})
+    assert schema["properties"]["count"] == {"type": "integer", "minimum": 0}  # the caller's dict is untouched
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_an_unbounded_schema_still_finishes_within_the_default_tokens(vlm, split):
+    """docs/python-api.md's schema as written (no maximum for count, an open object): greedy, a random model
+    wrote the digits of `count` until max_new_tokens before the default bounds, and invented keys after
+    `what`. Now it ends, valid for the schema the caller gave."""
+    schema = {
+        "type": "object",
+        "required": ["person", "count", "what"],
+        "properties": {
+            "person": {"type": "boolean"},
+            "count": {"type": "integer", "minimum": 0},
+            "what": {"type": "string"},
+            "where": {"type": "number"},
+        },
+    }
+    r = vlm.ask(random_image(300, 400), "Who is there? Answer in JSON.", json_schema=schema, split=split)
+    jsonschema.validate(r.value, schema)
+    assert r.finish_reason == "stop" and set(r.value) <= set(schema["properties"])
+    assert r.value["count"] <= 999_999_999 and len(r.value["what"]) <= 256
+
+
 def test_an_answer_cut_short_is_an_error_not_a_value(vlm):
     schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 50}}, "required": ["s"]}
     with pytest.raises(IncompleteAnswerError, match="max_new_tokens=4") as e:

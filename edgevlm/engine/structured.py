@@ -31,6 +31,20 @@ from ..errors import ConstraintError, InputError
 # own "x-guidance" settings override these.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
+# Bounds a JSON schema gets where it sets none of its own, so that no answer can run away: without them a small
+# model writes the digits of an unbounded integer (or a number's fraction, or a string) until max_new_tokens and the
+# answer is never complete. Each fits within the default 128 new tokens; a schema's own bound always wins
+# (docs/python-api.md, "Structured answers").
+DEFAULT_BOUNDS: dict[str, dict[str, Any]] = {
+    "integer": {"minimum": -999_999_999, "maximum": 999_999_999},
+    "number": {"minimum": -999_999_999, "maximum": 999_999_999, "multipleOf": 1e-6},
+    "string": {"maxLength": 256},
+    "array": {"maxItems": 32},
+    "object": {"maxProperties": 32},  # only where it may have keys beyond its properties
+}
+# A bound is "set" when any of its spellings is there.
+_SPELLINGS = {"minimum": ("minimum", "exclusiveMinimum"), "maximum": ("maximum", "exclusiveMaximum")}
+
 
 @dataclass(frozen=True)
 class Constraint:
@@ -67,6 +81,7 @@ class Constraint:
         """schema: a dict, JSON text, a path to a .json file, a dataclass, a TypedDict or a pydantic model class
         (the value is then an instance of it, or a dict for a TypedDict)."""
         schema, target = schema_of(schema)
+        schema = bounded(_closed(schema))
         body = json.dumps({**schema, "x-guidance": {**JSON_STYLE, **schema.get("x-guidance", {})}})
         return cls._checked(
             "json_schema", _lark(f'start: " "? answer\nanswer: %json {body}'), "the JSON schema", target=target
@@ -167,9 +182,31 @@ def schema_of(schema: Any) -> tuple[dict[str, Any], Any]:
     return schema, None
 
 
+def bounded(schema: Any) -> Any:
+    """`schema` with DEFAULT_BOUNDS added wherever a value of an open-ended type has no bound of that kind (an enum
+    or a const is finite already; a schema's own "x-guidance" is left alone)."""
+    if isinstance(schema, list):
+        return [bounded(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k == "x-guidance" else bounded(v) for k, v in schema.items()}
+    kinds = out.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
+    if "enum" in out or "const" in out:
+        return out
+    for kind in kinds:
+        if kind == "object" and out.get("additionalProperties", True) is False:
+            continue  # closed: its properties are all it can have
+        for key, value in DEFAULT_BOUNDS.get(kind, {}).items() if isinstance(kind, str) else ():
+            if not any(spelling in out for spelling in _SPELLINGS.get(key, (key,))):
+                out[key] = value
+    return out
+
+
 def _closed(schema: Any) -> Any:
-    """Objects without an additionalProperties rule get `false`: pydantic drops unknown keys anyway, and left
-    open a small model may spend its tokens inventing them."""
+    """Objects without an additionalProperties rule get `false`, as in OpenAI's strict mode: left open, a small
+    model spends its tokens inventing keys (pydantic drops unknown keys anyway). An answer to the closed schema is
+    valid for the open one too; `"additionalProperties": true` keeps an object open."""
     if isinstance(schema, dict):
         schema = {k: _closed(v) for k, v in schema.items()}
         if schema.get("type") == "object" and "properties" in schema:
