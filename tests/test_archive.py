@@ -199,6 +199,26 @@ def test_plan_mirrors_folders_and_resolves_clashes(tmp_path):
     assert [Path(i.output).name for i in items] == ["a.jsonl"]
 
 
+def test_plan_never_gives_two_inputs_one_output(tmp_path):
+    """The same file name in two folders given (cam1/door.mp4, cam2/door.mp4) once wrote both to one door.srt:
+    the second overwrote the first, and each resume redid one and overwrote the other."""
+    from edgevlm import InputError
+    from edgevlm.archive.plan import plan
+
+    for cam in ("cam1", "cam2"):
+        (tmp_path / "in" / cam).mkdir(parents=True)
+        (tmp_path / "in" / cam / "door.mp4").write_bytes(b"")
+    (tmp_path / "in" / "cam1" / "hall.mp4").write_bytes(b"")
+    for specs in ([str(tmp_path / "in" / "cam1"), str(tmp_path / "in" / "cam2")], [str(tmp_path / "in/*/*.mp4")]):
+        items = plan(specs, tmp_path / "out", "srt")
+        got = sorted(Path(i.output).relative_to(tmp_path / "out").as_posix() for i in items)
+        assert got == ["cam1/door.mp4.srt", "cam2/door.mp4.srt", "hall.srt"], specs
+    (tmp_path / "other" / "cam1").mkdir(parents=True)
+    (tmp_path / "other" / "cam1" / "door.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match="would write the same output"):
+        plan([str(tmp_path / "in" / "cam1"), str(tmp_path / "other" / "cam1")], tmp_path / "out", "srt")
+
+
 # ------------------------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):

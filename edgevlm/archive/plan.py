@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,16 +80,34 @@ def plan(specs: list[str], out_dir: str | os.PathLike, fmt: str) -> list[Item]:
     inputs = find_inputs(specs)
     if not inputs:
         raise InputError(f"no video or image found in {', '.join(specs)}.")
-    targets = []
-    for path, root in inputs:
-        kind = wanted(path) or "image"  # find_inputs keeps only videos and images
-        suffix = SUFFIX[fmt] if kind == "video" else (".jsonl" if fmt == "jsonl" else ".txt")
-        rel = path.relative_to(root)
-        targets.append((path, kind, out / rel.parent, rel.stem, rel.name, suffix))
-    clashes = Counter(str(d / (stem + suffix)) for _, _, d, stem, _, suffix in targets)
+    kinds = {path: wanted(path) or "image" for path, _ in inputs}  # find_inputs keeps only videos and images
+    suffixes = {p: SUFFIX[fmt] if k == "video" else (".jsonl" if fmt == "jsonl" else ".txt") for p, k in kinds.items()}
+    # Below OUT_DIR as below the folder each input was found in; where two inputs would share an output, first
+    # both keep their extension (a.mp4.srt, a.mkv.srt), then both go below their folder's name (cam1/door.mp4.srt,
+    # cam2/door.mp4.srt for the same file name in two folders given). An output is never shared.
+    roots = dict(inputs)
+    targets = {p: _mirrored(out, p, roots[p], suffixes[p]) for p in roots}
+    for clashing in _clashes(targets):
+        targets.update({p: _mirrored(out, p, roots[p], suffixes[p], keep_extension=True) for p in clashing})
+    for clashing in _clashes(targets):
+        targets.update({p: out / roots[p].name / targets[p].relative_to(out) for p in clashing})
+    for a, b, *_ in _clashes(targets):
+        raise InputError(f"{a} and {b} would write the same output {targets[a]}; give folders of distinct names.")
     items = []
-    for path, kind, directory, stem, name, suffix in targets:
-        target = directory / ((name if clashes[str(directory / (stem + suffix))] > 1 else stem) + suffix)
+    for path in roots:
         st = path.stat()
-        items.append(Item(str(path), str(target), kind, st.st_size, st.st_mtime_ns))
+        items.append(Item(str(path), str(targets[path]), kinds[path], st.st_size, st.st_mtime_ns))
     return items
+
+
+def _mirrored(out: Path, path: Path, root: Path, suffix: str, keep_extension: bool = False) -> Path:
+    rel = path.relative_to(root)
+    return out / rel.parent / ((rel.name if keep_extension else rel.stem) + suffix)
+
+
+def _clashes(targets: dict[Path, Path]) -> list[list[Path]]:
+    """Groups of inputs that share an output."""
+    groups: dict[Path, list[Path]] = {}
+    for path, target in targets.items():
+        groups.setdefault(target, []).append(path)
+    return [paths for paths in groups.values() if len(paths) > 1]
