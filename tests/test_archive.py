@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -20,9 +21,9 @@ from videotools import free_port, scenes
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "cyan", "magenta", "gray", "pink"]
 
 
-def run_cli(*args, timeout=600) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=600, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "edgevlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -222,12 +223,15 @@ def test_plan_never_gives_two_inputs_one_output(tmp_path):
 # ------------------------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A local Ray cluster on 127.0.0.1: `ray start --head` in a private temp dir, stopped afterwards. Token
-    authentication is off for this loopback-only test cluster (a real cluster keeps it: docs/archive.md)."""
+    """A local Ray cluster on 127.0.0.1: `ray start --head` in a private temp dir, stopped afterwards, with token
+    authentication as docs/archive.md sets it up. The drivers get the token's file and not RAY_AUTH_MODE: edgevlm
+    turns token mode on when it finds a token, as `ray start` does."""
     ray_bin = Path(sys.executable).parent / "ray"
     port = free_port()
     tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled"}
+    (tmp / "auth_token").write_text(uuid.uuid4().hex)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_TOKEN_PATH=str(tmp / "auth_token"))
     subprocess.run(
         [
             str(ray_bin),
@@ -245,11 +249,29 @@ def ray_cluster(tmp_path_factory):
         ],
         check=True,
         capture_output=True,
-        env=env,
+        env={**env, "RAY_AUTH_MODE": "token"},
         timeout=180,
     )
     yield f"127.0.0.1:{port}", env
     subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_connection_failures_say_why(tiny256, tmp_path, ray_cluster):
+    """Without the cluster's token, one line naming token authentication and where the token goes (it was ~20
+    lines of InvalidAuthToken and a bare "could not reach"); nothing listening: said at once (Ray retried for
+    minutes)."""
+    address, env = ray_cluster
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    random_image(64, 64).save(image)
+    no_token = {**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
+    r = run_cli("caption", image.parent, "-o", tmp_path / "out", "-m", tiny256[1], "--ray", address, env=no_token)
+    assert r.returncode == 2 and "token authentication" in r.stderr and "~/.ray/auth_token" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list((tmp_path / "out").glob("*.txt"))
+    t0 = time.monotonic()
+    r = run_cli("caption", image.parent, "-o", tmp_path / "out", "-m", tiny256[1], "--ray", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "could not reach the Ray cluster" in r.stderr and "ray start --head" in r.stderr
+    assert time.monotonic() - t0 < 60, "an address with nothing listening must fail fast"
 
 
 def test_ray_cluster_with_a_worker_killed_mid_run(archive, reference, tiny256, tmp_path, ray_cluster):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,47 @@ _ROW_KEYS = (
 )
 
 
+def _connect(ray: Any, address: str | None) -> None:
+    """ray.init, its failure said in one line with the likely cause (token authentication is Ray's default for new
+    clusters; run_ray has already checked that something listens there)."""
+    remote = address not in (None, "auto")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        why = f"could not connect to the Ray cluster at {address}: {e}"
+        if remote and os.environ.get("RAY_AUTH_MODE") == "token":
+            why += (
+                ". This machine's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) may not be the "
+                "cluster's"
+            )
+        elif remote:
+            why += (
+                ". If the cluster uses token authentication (Ray's default), give this command its token: copy the "
+                "head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN (docs/archive.md)"
+            )
+        raise InputError(why + ".") from None
+
+
+def _check_listening(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"a Ray address is HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'; got {address!r}.")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise InputError(
+            f"could not reach the Ray cluster at {address}: {e.strerror or e}. Is `ray start --head` running there?"
+        ) from None
+
+
+def _auth_token_present() -> bool:
+    """Where Ray looks for a cluster token (its token-auth docs): the variable, a named file, the default file."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return os.path.isfile(path)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
@@ -62,16 +104,20 @@ def run_ray(
     """Rows as the cluster finishes inputs. address: "HOST:PORT" of a running cluster ("auto" for the local
     one), or None to start a private cluster in this process. threads per actor: by default the cluster's CPUs
     shared between the actors, at most one node's worth (an actor runs on one node)."""
+    remote = address not in (None, "auto")
+    if remote:
+        _check_listening(address)
+        if "RAY_AUTH_MODE" not in os.environ and _auth_token_present():
+            # What `ray start` does for a cluster when a token is present; a driver connecting does not (~20 lines
+            # of InvalidAuthToken, then a bare "Failed to connect"). Before the import: Ray reads it once.
+            os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'edgevlm[ray]'") from None
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # the CLI shows its own progress and summary
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise InputError(f"could not reach the Ray cluster at {address}: {e}") from None
+        _connect(ray, address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
