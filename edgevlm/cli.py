@@ -179,7 +179,7 @@ def _reject(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
 
 def _speed_hint(vlm, images, kw) -> None:
     """One line on stderr when this run takes edgevlm's slowest path: fp32 on the CPU with many tiles, which is what
-    the defaults give for a photo (issue 24's newcomer waited 42.7 s where mixed + low took 3.8 s). The default
+    the defaults give for a photo (a newcomer waited 42.7 s where mixed + low took 3.8 s). The default
     stays fp32, the variant that reproduces PyTorch's tokens exactly (docs/design.md, "Defaults")."""
     if (
         vlm.variant != "fp32"
