@@ -31,11 +31,15 @@ def sequential(vlm, images, new_tokens) -> float:
 
 def overlapped(vlm, images, new_tokens) -> float:
     t0 = time.perf_counter()
-    vlm.encode_image(images[0], split=False)
+
+    def encode(image):  # fills the vision cache that caption() then reads
+        vlm.encode(vlm.prepare(vlm.user_message(image, "x"), split=False))
+
+    encode(images[0])
     for i, im in enumerate(images):
         worker = None
         if i + 1 < len(images):
-            worker = threading.Thread(target=vlm.encode_image, args=(images[i + 1],), kwargs={"split": False})
+            worker = threading.Thread(target=encode, args=(images[i + 1],))
             worker.start()
         vlm.caption(im, max_new_tokens=new_tokens, split=False, ignore_eos=True)  # vision from the cache
         if worker is not None:

@@ -1,4 +1,5 @@
-"""Every code block of README.md, CONTRIBUTING.md and docs/*.md works as written (issue 24: the first hour).
+"""Every code block of README.md, CONTRIBUTING.md and docs/*.md works as written (issue 24: the first hour), and
+so does the Example of every public function's docstring, whose Args name each of its parameters.
 
 Each fenced block is checked by its language:
 - python and bash blocks run, each in a fresh folder (its working directory) that holds what the docs name:
@@ -16,11 +17,13 @@ A block that cannot run here says why in an HTML comment on the line above it (`
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +48,11 @@ class Block:
     language: str
     code: str
     not_run: str | None  # the reason, where the block says it cannot run here
+    name: str = ""  # a docstring's function
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return self.name or f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
 def blocks(path: Path) -> list[Block]:
@@ -73,8 +77,55 @@ def blocks(path: Path) -> list[Block]:
     return out
 
 
+def public_functions() -> list:
+    """The public API whose docstrings promise Args and a runnable Example (faster-whisper's and
+    transformers.js' conventions)."""
+    import edgevlm
+    from edgevlm.media.live import watch
+    from edgevlm.media.timeline import timeline
+
+    vlm = edgevlm.VLM
+    methods = ["chat", "ask", "caption", "caption_batch", "stream", "ask_video", "caption_video", "timeline", "watch"]
+    methods += ["prepare", "encode", "generator", "start", "logits", "preprocess", "user_message"]
+    return [edgevlm.load, *(getattr(vlm, m) for m in methods), timeline, watch]
+
+
+def docstring_parts(fn) -> tuple[set[str], str]:
+    """(the names its Args section describes, its Example's code)."""
+    doc = inspect.getdoc(fn) or ""
+    args = doc.partition("\nArgs:\n")[2].partition("\n\n")[0]
+    names = set()
+    for line in args.splitlines():
+        m = re.match(r"^ {4}([*\w][\w, *]*):", line)
+        if m:
+            names |= {n.strip().lstrip("*") for n in m.group(1).split(",")}
+    example = doc.partition("\nExample:\n")[2]
+    return names, textwrap.dedent(example).strip() + "\n" if example.strip() else ""
+
+
+def example_blocks() -> list[Block]:
+    out = []
+    for fn in public_functions():
+        _, code = docstring_parts(fn)
+        source = Path(inspect.getsourcefile(fn))
+        out.append(Block(source, inspect.getsourcelines(fn)[1], "python", code, None, fn.__qualname__))
+    return out
+
+
 ALL = [b for path in DOCS for b in blocks(path)]
-RUN = [b for b in ALL if b.language in ("python", "bash") and b.not_run is None]
+RUN = [b for b in ALL if b.language in ("python", "bash") and b.not_run is None] + example_blocks()
+
+
+def test_public_docstrings_have_args_and_an_example():
+    missing = []
+    for fn in public_functions():
+        names, example = docstring_parts(fn)
+        params = [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+        if not example:
+            missing.append(f"{fn.__qualname__}: no Example")
+        if set(params) - names:
+            missing.append(f"{fn.__qualname__}: Args lacks {sorted(set(params) - names)}")
+    assert not missing, "\n".join(missing)
 
 
 def test_every_block_is_accounted_for():

@@ -29,7 +29,7 @@ def test_greedy_steps_equal_ask(vlm):
     prompt = vlm.prepare(_messages(image), split=False)
     encoded = vlm.encode(prompt)
     assert prompt.images == 1 and encoded.tiles == 1 and encoded.features.shape[0] == 1
-    gen = vlm.generator(prompt, encoded, GenerationConfig(max_new_tokens=12))
+    gen = vlm.generator(prompt, encoded, config=GenerationConfig(max_new_tokens=12))
     assert gen.logits is None
     gen.prefill()
     assert gen.logits.shape == (vlm.spec.vocab_size,)

@@ -210,6 +210,13 @@ def test_public_options_are_keyword_only():
         edgevlm.VLM.stream: 3,
         edgevlm.VLM.ask_video: 3,
         edgevlm.VLM.caption_video: 2,
+        edgevlm.VLM.prepare: 2,
+        edgevlm.VLM.start: 2,
+        edgevlm.VLM.generator: 3,
+        edgevlm.VLM.logits: 3,
+        edgevlm.VLM.preprocess: 2,
+        edgevlm.VLM.user_message: 2,
+        edgevlm.Engine.__init__: 2,
         timeline: 2,
         watch: 2,
     }

@@ -22,8 +22,9 @@ def vlm(tiny256):
 
 def test_context_is_checked_before_any_image_is_encoded(vlm, monkeypatch):
     runs = []
-    real = vlm.encode_pixels
-    monkeypatch.setattr(vlm, "encode_pixels", lambda pixels: runs.append(pixels.shape) or real(pixels))
+    vision = vlm.sessions["vision_encoder"]
+    real = vision.run
+    monkeypatch.setattr(vision, "run", lambda *a, **kw: runs.append(1) or real(*a, **kw))
     images = [random_image(300 + i, 500, seed=i) for i in range(40)]  # 40 x (12 tiles + 1) x 64 tokens > 8192
     with pytest.raises(ContextLengthError, match="context of 8192"):
         vlm.ask(images, "What changed?")

@@ -104,8 +104,7 @@ def run_ray(
     """Rows as the cluster finishes inputs. address: "HOST:PORT" of a running cluster ("auto" for the local
     one), or None to start a private cluster in this process. threads per actor: by default the cluster's CPUs
     shared between the actors, at most one node's worth (an actor runs on one node)."""
-    remote = address not in (None, "auto")
-    if remote:
+    if address is not None and address != "auto":
         _check_listening(address)
         if "RAY_AUTH_MODE" not in os.environ and _auth_token_present():
             # What `ray start` does for a cluster when a token is present; a driver connecting does not (~20 lines

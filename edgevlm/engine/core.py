@@ -103,12 +103,13 @@ class Engine:
     def __init__(
         self,
         model_bundle: bundle_mod.Bundle,
-        variant: str | dict[str, str] | None,
-        providers: Sequence[str] | str | None,
-        threads: int | None,
-        memory_arena: bool,
-        vision_cache_size: int,
-        verify: bool | str,
+        *,
+        variant: str | dict[str, str] | None = None,
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        memory_arena: bool = True,
+        vision_cache_size: int = 16,
+        verify: bool | str = True,
         max_image_pixels: int | None = None,
     ):
         self.bundle = model_bundle
@@ -175,10 +176,25 @@ class Engine:
         return f"{type(self).__name__}({self.bundle.root}, variant={self.variant!r}, providers={self.providers['decoder_model_merged']})"
 
     # ------------------------------------------------------------------------------------------- vision
-    def preprocess(self, image: ImageLike, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
+    def preprocess(self, image: ImageLike, *, split: bool | None = None, color: str = "rgb") -> ProcessedImage:
+        """The vision encoder's input for one image, as the C API's evlm_image_preprocess: for comparing with
+        another implementation, or for running the encoder yourself.
+
+        Args:
+            image: a path, bytes, PIL image or numpy array.
+            split: tile the image (None: the model's rule); False: one tile.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            p = vlm.preprocess("photo.jpg", split=True)
+            print(p.pixel_values.shape, p.rows, p.cols)  # (tiles, 3, tile, tile) and the grid
+        """
         return self.processor.preprocess(image, split, color)
 
-    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+    def _encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
         pixels = pixel_values[None].astype(self._pixel_dtype, copy=False)
         mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
@@ -187,7 +203,7 @@ class Engine:
         )[0]
         return feats.astype(np.float32, copy=False)
 
-    def encode_image(
+    def _encode_image(
         self,
         image: ImageLike,
         split: bool | None = None,
@@ -207,12 +223,12 @@ class Engine:
         processed = process_image(
             im, self.spec, split=do_split, longest_edge=longest_edge, threads=self.processor.threads
         )
-        encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+        encoded = EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols)
         if key:
             self.vision_cache.put(key, encoded)
         return encoded, False
 
-    def encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
         """Features (1, image_seq_len, hidden) of one RGB video frame, resized by the video rule; cached."""
         key = (
             "video:" + hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).hexdigest() + str(frame.shape)
@@ -220,35 +236,63 @@ class Engine:
         hit = self.vision_cache.get(key)
         if hit is not None:
             return hit.features, True
-        feats = self.encode_pixels(process_video_frame(frame, self.spec)[None])
+        feats = self._encode_pixels(process_video_frame(frame, self.spec)[None])
         self.vision_cache.put(key, EncodedImage(feats, 0, 0))
         return feats, False
 
-    def video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
+    def _video_frames(self, item: dict[str, Any]) -> tuple[list[Frame], float]:
         """The frames of a video item: the caller's own Frames (a subclass may also read files)."""
         return frames_given(item)
 
     # -------------------------------------------------------------------------------- staged engine API
-    def prepare(self, messages: list[dict[str, Any]], split: bool | None = None, color: str = "rgb") -> Prompt:
+    def prepare(self, messages: list[dict[str, Any]], *, split: bool | None = None, color: str = "rgb") -> Prompt:
         """Stage 1: check the messages, decode their images (and sample video frames), build the prompt ids.
 
         The tile grid of an image follows from its size alone, so the ids are exact before anything is encoded.
+
+        Args:
+            messages: as `chat`.
+            split: tile images (None: the model's rule); False: one tile each.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            prompt = vlm.prepare(vlm.user_message("photo.jpg", "What is this?"), split=False)
+            encoded = vlm.encode(prompt)
+            gen = vlm.generator(prompt, encoded, max_new_tokens=16)
+            print(vlm.tokenizer.decode(list(gen)), gen.finish_reason)
         """
-        return self.processor.prepare(messages, split, color, self.video_frames)
+        return self.processor.prepare(messages, split, color, self._video_frames)
 
     def encode(self, prompt: Prompt) -> EncodedImages:
-        """Stage 2: the vision encoder over the prompt's images (the cache serves repeats). Thread-safe."""
+        """Stage 2: the vision encoder over the prompt's images (the cache serves repeats). Thread-safe; the
+        result serves any number of generators of the same prompt.
+
+        Args:
+            prompt: from `prepare`.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            prompt = vlm.prepare(vlm.user_message("photo.jpg", "What is this?"), split=False)
+            encoded = vlm.encode(prompt)
+            gen = vlm.generator(prompt, encoded, max_new_tokens=16)
+            print(vlm.tokenizer.decode(list(gen)), gen.finish_reason)
+        """
         t0 = time.perf_counter()
         feats, tiles, cached = [], 0, 0
         for item in prompt.pending:
             if isinstance(item, PendingVideo):
                 for f in item.frames:
-                    encoded_frame, hit = self.encode_video_frame(f.image)
+                    encoded_frame, hit = self._encode_video_frame(f.image)
                     feats.append(encoded_frame)
                     cached += hit
                 tiles += len(item.frames)
             else:
-                encoded, hit = self.encode_image(
+                encoded, hit = self._encode_image(
                     item.image, item.split, cache=item.cache, longest_edge=item.longest_edge
                 )
                 feats.append(encoded.features)
@@ -257,7 +301,7 @@ class Engine:
         features = np.concatenate(feats) if feats else None
         return EncodedImages(features, tiles, cached, time.perf_counter() - t0)
 
-    def encode_batch(self, prompts: Sequence[Prompt]) -> list[EncodedImages]:
+    def _encode_batch(self, prompts: Sequence[Prompt]) -> list[EncodedImages]:
         """Stage 2 for several prompts of images, their images resized side by side (the cache serves repeats as
         in `encode`). Prompts with video go through `encode` one by one."""
         images = [[item for item in p.pending if isinstance(item, PendingImage)] for p in prompts]
@@ -294,7 +338,7 @@ class Engine:
             # scale per run, so images sharing a run would change each other's features (3 of 4 captions
             # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.
             for (i, j, key, _), processed in zip(todo, done):
-                encoded = EncodedImage(self.encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+                encoded = EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols)
                 found[i][j] = encoded
                 if key:
                     self.vision_cache.put(key, encoded)
@@ -311,11 +355,28 @@ class Engine:
         return out
 
     def generator(
-        self, prompt: Prompt, encoded: EncodedImages, config: GenerationConfig | None = None, **kw: Any
+        self, prompt: Prompt, encoded: EncodedImages, *, config: GenerationConfig | None = None, **kw: Any
     ) -> Generator:
-        """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()`, or iterate for tokens).
-        Options come from `config` (a GenerationConfig) and/or keywords (max_new_tokens=..., do_sample=...,
-        choices=..., json_schema=..., regex=...)."""
+        """Stage 3: a Generator for one answer (`prefill()`, `step()`, `cancel()` from any thread, or iterate
+        for tokens).
+
+        Args:
+            prompt: from `prepare`.
+            encoded: from `encode` of the same prompt.
+            config: a GenerationConfig; max_new_tokens defaults to 128.
+            **kw: generation options by name (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            prompt = vlm.prepare(vlm.user_message("photo.jpg", "What is this?"), split=False)
+            encoded = vlm.encode(prompt)
+            gen = vlm.generator(prompt, encoded, max_new_tokens=16)
+            print(vlm.tokenizer.decode(list(gen)), gen.finish_reason)
+        """
         config = GenerationConfig.from_kwargs(config=config, **kw)
         constraint = self.grammars.start(config.constraint) if config.constraint is not None else None
         return Generator(
@@ -330,7 +391,20 @@ class Engine:
 
     def logits(self, input_ids: Sequence[int], encoded: EncodedImages | None = None) -> np.ndarray:
         """Teacher-forced logits (positions, vocab) over `input_ids`, the images' features placed at their image
-        tokens: what verification and accuracy measurements compare with PyTorch."""
+        tokens: what verification and accuracy measurements compare with PyTorch.
+
+        Args:
+            input_ids: token ids, a prompt's (`prompt.input_ids`) and any continuation.
+            encoded: the prompt's images from `encode` (None for text only).
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            prompt = vlm.prepare(vlm.user_message("photo.jpg", "What is this?"), split=False)
+            logits = vlm.logits(prompt.input_ids, vlm.encode(prompt))
+            print(logits.shape, logits[-1].argmax())  # (positions, vocab); the greedy next token
+        """
         embeds = self.decoder.merge(
             np.asarray(input_ids, dtype=np.int64),
             None if encoded is None else encoded.features,
@@ -340,11 +414,26 @@ class Engine:
 
     @staticmethod
     def user_message(
-        images: ImageLike | Sequence[ImageLike] | None, text: str, cache: bool = True, longest_edge: int | None = None
+        images: ImageLike | Sequence[ImageLike] | None,
+        text: str,
+        *,
+        cache: bool = True,
+        longest_edge: int | None = None,
     ) -> list[dict[str, Any]]:
-        """One user turn: the images, then the text (the shape `ask` sends). cache=False marks the images as
-        seen once (live frames): they bypass the vision cache; longest_edge sets how large split images are
-        resized before they are cut into tiles."""
+        """One user turn: the images, then the text (the shape `ask` sends), for `prepare`, `start` or `chat`.
+
+        Args:
+            images: an image, a list of them, or None.
+            text: the question.
+            cache: False marks the images as seen once (live frames): they bypass the vision cache.
+            longest_edge: how large split images are resized before they are cut into tiles (as `ask`).
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            print(vlm.chat(vlm.user_message(["a.jpg", "b.jpg"], "What changed?")).text)
+        """
         if images is None:
             images = []
         elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
@@ -360,19 +449,39 @@ class Engine:
     def start(
         self,
         messages: list[dict[str, Any]],
+        *,
         split: bool | None = None,
         color: str = "rgb",
         config: GenerationConfig | None = None,
         **kw: Any,
     ) -> tuple[Generator, Prompt, EncodedImages]:
         """prepare → context check → encode → generator, in that order: a prompt that cannot fit fails before any
-        image is encoded."""
+        image is encoded. `chat` and the server run on it.
+
+        Args:
+            messages: as `chat`.
+            split: tile images (None: the model's rule); False: one tile each.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+            config: a GenerationConfig.
+            **kw: generation options by name (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            gen, prompt, encoded = vlm.start(vlm.user_message("photo.jpg", "What is this?"), max_new_tokens=16)
+            for token in gen:
+                pass
+            print(len(prompt.input_ids), encoded.tiles, gen.tokens, gen.timings)
+        """
         config = GenerationConfig.from_kwargs(config=config, **kw)
         config.check()
-        prompt = self.prepare(messages, split, color)
+        prompt = self.prepare(messages, split=split, color=color)
         check_context(len(prompt.input_ids), config.max_new_tokens, self.spec.max_positions)
         encoded = self.encode(prompt)
-        return self.generator(prompt, encoded, config), prompt, encoded
+        return self.generator(prompt, encoded, config=config), prompt, encoded
 
     # ---------------------------------------------------------------------------------------- public API
     def chat(
@@ -388,10 +497,36 @@ class Engine:
         """Answer the last user turn of a conversation (system prompt and earlier turns included).
 
         With choices=[...], json_schema=... or regex=... the answer is held to that form and `Result.value` is
-        its parsed value; an answer that cannot complete within max_new_tokens raises IncompleteAnswerError."""
+        its parsed value; an answer that cannot complete within max_new_tokens raises IncompleteAnswerError.
+
+        Args:
+            messages: [{"role": "system"|"user"|"assistant", "content": text or a list of {"type": "text",
+                "text": ...} and {"type": "image", "image": path, bytes, PIL image or array} items}, ...].
+            max_new_tokens: answer length limit (default 128, edgevlm.defaults).
+            split: tile images (None: the model's rule, on for SmolVLM2); False: one tile each, much faster.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+            config: a GenerationConfig with the generation options below.
+            **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            r = vlm.chat([{"role": "system", "content": "Answer briefly."},
+                          {"role": "user", "content": [{"type": "image", "image": "photo.jpg"},
+                                                       {"type": "text", "text": "What is this?"}]}])
+            print(r.text, r.new_tokens, r.finish_reason)
+        """
         t0 = time.perf_counter()
         gen, prompt, encoded = self.start(
-            messages, split, color, config, max_new_tokens=task_default(max_new_tokens, config, "chat"), **kw
+            messages,
+            split=split,
+            color=color,
+            config=config,
+            max_new_tokens=task_default(max_new_tokens, config, "chat"),
+            **kw,
         )
         ids = list(gen)
         return self._result(ids, gen, prompt, encoded, time.perf_counter() - t0)
@@ -408,14 +543,34 @@ class Engine:
         longest_edge: int | None = None,
         **kw,
     ) -> Result:
-        """Ask about one image, several images, or none (text only). cache=False: the images bypass the vision
-        cache (frames seen once). longest_edge: split images are first resized to this many pixels along their
-        longer side (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
-        tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view."""
+        """Ask about one image, several images, or none (text only).
+
+        Args:
+            images: a path, bytes, PIL image or numpy array, a list of them, or None for a text-only question.
+            question: the text of the question.
+            max_new_tokens: answer length limit (default 128, edgevlm.defaults).
+            split: tile images (None: the model's rule, on for SmolVLM2); False: one tile each, much faster.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+            cache: False: the images bypass the vision cache (frames seen once).
+            longest_edge: split images are first resized to this many pixels along their longer side
+                (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
+                tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view.
+            **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            r = vlm.ask(["a.jpg", "b.jpg"], "What changed?", longest_edge=1024)
+            r = vlm.ask("door.jpg", "Is anyone at the door?", choices=["yes", "no"])
+            print(r.value)  # "yes" or "no"
+        """
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
         return self.chat(
-            self.user_message(images, question, cache, longest_edge),
+            self.user_message(images, question, cache=cache, longest_edge=longest_edge),
             max_new_tokens=max_new_tokens,
             split=split,
             color=color,
@@ -434,6 +589,27 @@ class Engine:
         longest_edge: int | None = None,
         **kw,
     ) -> Result:
+        """A description of one image (`ask` with the caption prompt and 64 new tokens by default).
+
+        Args:
+            image: a path, bytes, PIL image or numpy array.
+            max_new_tokens: answer length limit (default 64, edgevlm.defaults).
+            prompt: the instruction (default edgevlm.defaults.CAPTION_PROMPT).
+            split: tile the image (None: the model's rule); False: one tile, much faster.
+            color: "rgb", or "bgr" for numpy arrays from OpenCV.
+            cache: False: the image bypasses the vision cache.
+            longest_edge: resize a split image to this many pixels along its longer side first (as `ask`).
+            **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            r = vlm.caption("photo.jpg", max_new_tokens=64)
+            print(r.text, r.vision_ms, r.prefill_ms, r.decode_tokens_per_s)
+        """
         return self.ask(
             image,
             prompt,
@@ -459,12 +635,32 @@ class Engine:
     ) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
         decoded as one batch (batch.py); the same Results as `caption` on each, in order. Images whose prompts
-        differ in length (other tile counts) and constrained answers are captioned one by one."""
+        differ in length (other tile counts) and constrained answers are captioned one by one.
+
+        Args:
+            images: paths, bytes, PIL images or numpy arrays.
+            max_new_tokens, prompt, split, color, cache, longest_edge: as `caption`, for every image.
+            **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            for r in vlm.caption_batch(["a.jpg", "b.jpg", "photo.jpg"], split=False):
+                print(r.text)
+        """
         max_new_tokens = task_default(max_new_tokens, kw.get("config"), "caption")
         config = GenerationConfig.from_kwargs(max_new_tokens=max_new_tokens, **kw)
         config.check()
         t0 = time.perf_counter()
-        prompts = [self.prepare(self.user_message(im, prompt, cache, longest_edge), split, color) for im in images]
+        prompts = [
+            self.prepare(
+                self.user_message(im, prompt, cache=cache, longest_edge=longest_edge), split=split, color=color
+            )
+            for im in images
+        ]
         if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
             return [
                 self.caption(
@@ -480,7 +676,7 @@ class Engine:
                 for im in images
             ]
         check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
-        encoded = self.encode_batch(prompts)
+        encoded = self._encode_batch(prompts)
         batch = BatchGenerator(
             self.decoder,
             [p.input_ids for p in prompts],
@@ -509,11 +705,27 @@ class Engine:
         longest_edge: int | None = None,
         **kw,
     ) -> Iterator[str]:
-        """Yield text pieces as they are generated (never a broken UTF-8 character)."""
+        """Yield text pieces as they are generated (never a broken UTF-8 character).
+
+        Args:
+            images: as `ask`: an image, a list of them, or None.
+            question: the text of the question (default: the caption prompt).
+            max_new_tokens, split, color, longest_edge: as `ask`.
+            **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
+                stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
+                answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
+
+        Example:
+            import edgevlm
+
+            vlm = edgevlm.load("./smolvlm2-256m-bundle")
+            for piece in vlm.stream("photo.jpg", "Describe it."):
+                print(piece, end="", flush=True)
+        """
         gen, _, _ = self.start(
             self.user_message(images, question, longest_edge=longest_edge),
-            split,
-            color,
+            split=split,
+            color=color,
             max_new_tokens=task_default(max_new_tokens, kw.get("config"), "chat"),
             **kw,
         )

@@ -70,16 +70,37 @@ def watch(
 ) -> Iterator[LiveCaption]:
     """Yield a LiveCaption for each frame worth describing until the sources end (or max_captions).
 
-    source: a camera index, /dev/videoN, stream URL, video file (replayed in real time) or a LiveSource such as
-    PushSource, or a list of them: then each round takes the newest frame of every source that shows something
-    new, and captions them together (resized side by side, decoded as one batch: Engine.caption_batch), each
-    caption naming its source. threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is
-    'nothing new' (0 captions every frame it gets to). min_interval: at least this many seconds between caption
-    starts, per source. heartbeat: caption an unchanged scene anyway after this many seconds. Sources opened
-    here are closed when the generator ends, whatever ends it. A failed source raises its SourceError after the
-    captions it gave (with several sources, once the others have ended too). With a constraint (choices=,
-    json_schema=, regex=), a frame whose answer cannot finish within max_new_tokens gives a caption with `error`
-    set and no value (it never triggers); the watch goes on.
+    Sources opened here are closed when the generator ends, whatever ends it. A failed source raises its
+    SourceError after the captions it gave (with several sources, once the others have ended too). With a
+    constraint (choices=, json_schema=, regex=), a frame whose answer cannot finish within max_new_tokens gives a
+    caption with `error` set and no value (it never triggers); the watch goes on.
+
+    Args:
+        vlm: the loaded model (`VLM.watch` passes itself).
+        source: a camera index, /dev/videoN, stream URL, video file (replayed in real time) or a LiveSource such
+            as PushSource, or a list of them: then each round takes the newest frame of every source that shows
+            something new, and captions them together (resized side by side, decoded as one batch:
+            Engine.caption_batch), each caption naming its source.
+        prompt: the instruction per frame (default edgevlm.defaults.FRAME_PROMPT).
+        max_new_tokens: per caption (default 32).
+        threshold: motion-gate level (mean grey-level difference, 0-255) under which a frame is 'nothing new'
+            (0 captions every frame it gets to).
+        min_interval: at least this many seconds between caption starts, per source.
+        heartbeat: caption an unchanged scene anyway after this many seconds.
+        split: False captions each frame as one tile (fast); True uses the image grid.
+        trigger: a Trigger (a pattern or a condition on a structured answer, a callback, stop) checked per caption.
+        max_captions: stop after this many captions.
+        source_options: options for sources opened here (retry_for=, ...: edgevlm.media.sources.open_source).
+        **generate_kw: generation options, as `Engine.ask`.
+
+    Example:
+        import edgevlm
+
+        vlm = edgevlm.load("./smolvlm2-256m-bundle")
+        alarm = edgevlm.Trigger(when="person == true", callback=lambda c: print("alarm at", c.timestamp))
+        schema = {"type": "object", "properties": {"person": {"type": "boolean"}}, "required": ["person"]}
+        for c in vlm.watch("clip.mp4", json_schema=schema, trigger=alarm, max_captions=2):
+            print(c.timestamp, c.value)
     """
     # a list or tuple is several sources; anything else (a Path included) is one
     given = list(source) if isinstance(source, (list, tuple)) else [cast("str | int | LiveSource", source)]

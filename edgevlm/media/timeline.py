@@ -39,11 +39,28 @@ def timeline(
 ) -> Iterator[Segment]:
     """Yield Segments in time order; each covers [start, end) and the segments tile the whole video.
 
-    every: longest stretch (seconds) before a new sample point is considered. scene: also start a segment where
-    consecutive sampled frames differ by `scene_threshold` grey levels or more (a cut). threshold: a sample point
-    whose frame differs from the last captioned frame by less than this is merged into the current segment
-    instead of being captioned. split=False captions each frame as one tile (fast); True uses the image grid.
-    on_progress(seconds_done, duration) is called as frames are examined.
+    Args:
+        vlm: the loaded model (`VLM.timeline` passes itself).
+        video: a video file.
+        every: longest stretch (seconds) before a new sample point is considered.
+        scene: also start a segment where consecutive sampled frames differ by `scene_threshold` grey levels or
+            more (a cut).
+        sample_fps: frames examined per second.
+        threshold: a sample point whose frame differs from the last captioned frame by less than this (mean grey
+            levels) is merged into the current segment instead of being captioned.
+        scene_threshold: the difference that counts as a cut.
+        prompt: the instruction per captioned frame (default edgevlm.defaults.FRAME_PROMPT).
+        max_new_tokens: per caption (default 32).
+        split: False captions each frame as one tile (fast); True uses the image grid.
+        on_progress: on_progress(seconds_done, duration) is called as frames are examined.
+        **generate_kw: generation options, as `Engine.ask`.
+
+    Example:
+        import edgevlm
+
+        vlm = edgevlm.load("./smolvlm2-256m-bundle")
+        for seg in vlm.timeline("clip.mp4", every=2.0, scene=True):
+            print(seg.start, seg.end, seg.text, seg.merged)
     """
     if every <= 0 or sample_fps <= 0:
         raise InputError("every (CLI: --every) and sample_fps must be positive numbers of seconds / frames per second.")
