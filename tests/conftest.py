@@ -6,7 +6,12 @@ Checkpoints and bundles are built once per test session; tiny sizes keep the who
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +33,65 @@ def require(condition: object, reason: str) -> None:
     pytest.skip(reason)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bundle_cache(arch: str, variants: str) -> Path:
+    """Where a built (checkpoint, bundle) pair is kept between sessions: named by the sources that make it, so a
+    change to the exporter or the checkpoint tool builds afresh. The runtime's tests then run without torch on
+    a machine where the cache is filled (tests/test_lean.py runs some that way)."""
+    h = hashlib.sha256(f"{arch}|{variants}".encode())
+    for p in sorted(
+        [*(ROOT / "export").glob("*.py"), ROOT / "tools" / "checkpoints.py", ROOT / "edgevlm" / "engine" / "prompt.py"]
+    ):
+        h.update(p.name.encode() + p.read_bytes())
+    base = os.environ.get("EDGEVLM_TEST_CACHE") or os.path.join(
+        os.environ.get("EDGEVLM_CACHE") or os.path.join(Path.home(), ".cache", "edgevlm"), "test-bundles"
+    )
+    return Path(base) / f"tiny_{arch.replace('.', '_')}_{h.hexdigest()[:16]}"
+
+
+def _torch_version() -> str | None:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _build(tmp_path_factory, arch: str, variants: str) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp(f"tiny_{arch.replace('.', '_')}")
+    cached = _bundle_cache(arch, variants)
+    built_with = cached / "built-with.json"
+    here = _torch_version()
+    if built_with.is_file() and (here is None or json.loads(built_with.read_text()).get("torch") == here):
+        # a copy: a test that alters its bundle in place must not alter the cache
+        shutil.copytree(cached / "ckpt", root / "ckpt")
+        shutil.copytree(cached / "bundle", root / "bundle")
+        return root / "ckpt", root / "bundle"
     from edgevlm_export.pipeline import export
 
     from tools.checkpoints import make_checkpoint
 
-    root = tmp_path_factory.mktemp(f"tiny_{arch.replace('.', '_')}")
     ckpt = make_checkpoint(root / "ckpt", arch=arch, size="tiny", seed=0)
     bundle = root / "bundle"
     export(ckpt, bundle, variants, log=lambda m: None)
+    staging = None
+    try:  # kept for the next session; a cache that cannot be written only means building again
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_mkdirs(cached.parent)))
+        shutil.copytree(ckpt, staging / "ckpt")
+        shutil.copytree(bundle, staging / "bundle")
+        (staging / "built-with.json").write_text(json.dumps({"torch": here}))
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(staging, cached)
+    except OSError:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return ckpt, bundle
+
+
+def _mkdirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -94,3 +94,18 @@ def test_video_and_live_paths_import_no_heavy_module(tiny256, tmp_path):
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     assert run_py(code) == ""
+
+
+def test_runtime_tests_run_without_torch(tiny256, tmp_path):
+    """The runtime's own tests need no torch once the tiny bundles are built: conftest keeps them in a cache named
+    by the exporter's sources (EDGEVLM_TEST_CACHE, default $EDGEVLM_CACHE/test-bundles), and this session has
+    just filled it. Here torch, transformers and the exporter cannot be imported at all."""
+    blocked = "torch", "torchvision", "transformers", "edgevlm_export"
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); import pytest; "
+        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--basetemp', {str(tmp_path / 'run')!r}, "
+        f"'tests/test_limits.py', 'tests/test_engine.py']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-1000:]
