@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1329,6 +1330,9 @@ def _fmt(arg, env):
     return arg.format(**env)
 
 
+OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f...>
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile(case: Case, hostile_env, tmp_path):
     w = tmp_path / "w"
@@ -1345,18 +1349,15 @@ def test_hostile(case: Case, hostile_env, tmp_path):
         out, err = text(r.stdout), text(r.stderr)
         assert r.returncode == case.code, f"exit {r.returncode}, expected {case.code}\nstderr: {err[-1500:]}"
         assert "Traceback" not in err and "this is a bug" not in err, err[-1500:]
+        assert not OBJECT_REPR.search(err + out), "a Python object's repr reached the user: " + err[-1500:]
         if case.code in (2, 3, 4) and case.err:
             errors = [line for line in err.splitlines() if line.startswith("error:")]
             assert len(errors) == 1, err
             assert ERROR_LINE.match(errors[0]), errors[0]
-            import re
-
             assert re.search(case.err, errors[0], re.IGNORECASE), errors[0]
         elif case.code == 130:
             assert case.err in err, err
         elif case.code == 0 and case.err:
-            import re
-
             assert re.search(case.err, out), out[-800:]
         after = snapshot(w)
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
