@@ -113,7 +113,7 @@ def run_ray(
     try:
         import ray
     except ImportError:
-        raise InputError("--ray needs Ray: pip install 'edgevlm[ray]'") from None
+        raise InputError("captioning on a Ray cluster needs Ray: pip install 'edgevlm[ray]'.") from None
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # the CLI shows its own progress and summary
     if not ray.is_initialized():
         _connect(ray, address)
