@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import InputError
 
@@ -56,7 +56,7 @@ _ROW_KEYS = (
 def _connect(ray: Any, address: str | None) -> None:
     """ray.init, its failure said in one line with the likely cause (token authentication is Ray's default for new
     clusters; run_ray has already checked that something listens there)."""
-    remote = address not in (None, "auto")
+    remote = _remote(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -72,6 +72,11 @@ def _connect(ray: Any, address: str | None) -> None:
                 "head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN (docs/archive.md)"
             )
         raise InputError(why + ".") from None
+
+
+def _remote(address: str | None) -> TypeGuard[str]:
+    """A cluster elsewhere, named HOST:PORT: not the local one ("auto") nor a private one started here (None)."""
+    return address is not None and address != "auto"
 
 
 def _check_listening(address: str) -> None:
@@ -104,7 +109,7 @@ def run_ray(
     """Rows as the cluster finishes inputs. address: "HOST:PORT" of a running cluster ("auto" for the local
     one), or None to start a private cluster in this process. threads per actor: by default the cluster's CPUs
     shared between the actors, at most one node's worth (an actor runs on one node)."""
-    if address is not None and address != "auto":
+    if _remote(address):
         _check_listening(address)
         if "RAY_AUTH_MODE" not in os.environ and _auth_token_present():
             # What `ray start` does for a cluster when a token is present; a driver connecting does not (~20 lines

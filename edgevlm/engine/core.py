@@ -305,7 +305,7 @@ class Engine:
         """Stage 2 for several prompts of images, their images resized side by side (the cache serves repeats as
         in `encode`). Prompts with video go through `encode` one by one."""
         images = [[item for item in p.pending if isinstance(item, PendingImage)] for p in prompts]
-        if any(len(found) < len(p.pending) for found, p in zip(images, prompts)):
+        if any(len(kept) < len(p.pending) for kept, p in zip(images, prompts)):
             return [self.encode(p) for p in prompts]
         t0 = time.perf_counter()
         found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None

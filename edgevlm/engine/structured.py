@@ -190,14 +190,14 @@ def bounded(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: v if k == "x-guidance" else bounded(v) for k, v in schema.items()}
-    kinds = out.get("type")
-    kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
     if "enum" in out or "const" in out:
         return out
-    for kind in kinds:
+    kinds = out.get("type")
+    for kind in [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []:
         if kind == "object" and out.get("additionalProperties", True) is False:
             continue  # closed: its properties are all it can have
-        for key, value in DEFAULT_BOUNDS.get(kind, {}).items() if isinstance(kind, str) else ():
+        bounds = DEFAULT_BOUNDS.get(kind, {}) if isinstance(kind, str) else {}
+        for key, value in bounds.items():
             if not any(spelling in out for spelling in _SPELLINGS.get(key, (key,))):
                 out[key] = value
     return out
