@@ -1,5 +1,6 @@
-"""The decoder alone: tokens/s of decode steps after a W1-sized prefill, several decoder files alternating in one
-process (this machine's speed drifts between runs, so only alternation compares).
+"""The decoder alone: the W1-sized prefill's time and the tokens/s of the decode steps after it, several decoder
+files alternating in one process (this machine's speed drifts between runs, so only alternation compares). A kernel
+graph (*.kernels.onnx) runs on edgevlm's kernel library.
 
     python benchmarks/decoder_alone.py DECODER.onnx [DECODER2.onnx ...] [--rounds 6] [--steps 48] [--threads 2]
 
@@ -21,6 +22,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_line
 
+from edgevlm.engine import kernels
 from edgevlm.engine.kv_cache import SharedKVCache
 from edgevlm.engine.providers import session_options
 
@@ -33,18 +35,28 @@ def shape_of(session: ort.InferenceSession) -> tuple[int, int, int, int]:
     return layers, int(kv_heads), int(head_dim), int(inputs["inputs_embeds"][2])
 
 
-def tokens_per_s(session: ort.InferenceSession, prompt: np.ndarray, steps: int) -> float:
+def prefill_and_decode(session: ort.InferenceSession, prompt: np.ndarray, steps: int) -> tuple[float, float]:
+    """(prefill ms, decode tokens/s)."""
     layers, kv_heads, head_dim, _ = shape_of(session)
     names = {i.name for i in session.get_inputs()}
     extra = {"num_logits_to_keep": np.array(1, np.int64)} if "num_logits_to_keep" in names else {}
     n = prompt.shape[1]
     kv = SharedKVCache(session, layers, kv_heads, head_dim, np.float32, n + steps, 8192)
+    start = time.perf_counter()
     kv.run({"inputs_embeds": prompt, "attention_mask": np.ones((1, n), np.int64), **extra}, 0, n)
+    prefill = (time.perf_counter() - start) * 1e3
     x = np.ascontiguousarray(prompt[:, -1:])
     start = time.perf_counter()
     for i in range(steps):
         kv.run({"inputs_embeds": x, "attention_mask": np.ones((1, n + i + 1), np.int64), **extra}, n + i, 1)
-    return steps / (time.perf_counter() - start)
+    return prefill, steps / (time.perf_counter() - start)
+
+
+def open_decoder(path: str, threads: int) -> ort.InferenceSession:
+    options = session_options(threads, True)
+    if path.endswith(".kernels.onnx"):
+        options.register_custom_ops_library(str(kernels.library()))
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -55,22 +67,23 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=88)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    sessions = [
-        ort.InferenceSession(f, session_options(a.threads, True), providers=["CPUExecutionProvider"])
-        for f in a.decoders
-    ]
+    sessions = [open_decoder(f, a.threads) for f in a.decoders]
     hidden = shape_of(sessions[0])[3]
     prompt = (np.random.default_rng(0).standard_normal((1, a.prompt_tokens, hidden)) * 0.05).astype(np.float32)
     for s in sessions:
-        tokens_per_s(s, prompt, 8)  # warm-up
-    results: list[list[float]] = [[] for _ in sessions]
+        prefill_and_decode(s, prompt, 8)  # warm-up
+    results: list[list[tuple[float, float]]] = [[] for _ in sessions]
     for _ in range(a.rounds):
         for r, s in zip(results, sessions):
-            r.append(tokens_per_s(s, prompt, a.steps))
+            r.append(prefill_and_decode(s, prompt, a.steps))
     print(f"{cpu_line()} · {a.threads} threads · {a.prompt_tokens}-token prefill, {a.steps} decode steps\n")
-    print("| decoder | tok/s per round | median |\n|---|---|---|")
+    print("| decoder | prefill ms per round | median | decode tok/s per round | median |\n|---|---|---|---|---|")
     for f, r in zip(a.decoders, results):
-        print(f"| {f} | {' / '.join(f'{v:.1f}' for v in r)} | {statistics.median(r):.1f} |")
+        pre, dec = [p for p, _ in r], [d for _, d in r]
+        print(
+            f"| {f} | {' / '.join(f'{v:.1f}' for v in pre)} | {statistics.median(pre):.1f} "
+            f"| {' / '.join(f'{v:.1f}' for v in dec)} | {statistics.median(dec):.1f} |"
+        )
 
 
 if __name__ == "__main__":

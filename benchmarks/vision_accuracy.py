@@ -55,11 +55,11 @@ def main() -> None:
     bundle = open_bundle(a.bundle)
     tiles = [t for photo in a.photos for t in process_image(photo, bundle.spec, split=True).pixel_values]
 
-    def session(path: Path, graph: bytes | None = None) -> ort.InferenceSession:
+    def session(path: Path, own_kernels: bool = False) -> ort.InferenceSession:
         options = session_options(a.threads, True, spin=False)
-        if graph is not None:
+        if own_kernels:
             options.register_custom_ops_library(str(kernels.library()))
-        return ort.InferenceSession(str(path) if graph is None else graph, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     reference = session(bundle.part_files("fp32")["vision_encoder"])
     expected = [reference.run(None, feed(t))[0] for t in tiles]
@@ -70,9 +70,9 @@ def main() -> None:
     sessions = {name: session(path) for name, path in files.items()}
     if a.kernels:
         for name, path in files.items():
-            graph = kernels.vision_graph(path)
-            if graph is not None:
-                sessions[f"{name} + edgevlm kernels"] = session(path, graph)
+            graph = bundle.kernel_graphs.get(path)
+            if graph is not None and graph.is_file():
+                sessions[f"{name} + edgevlm kernels"] = session(graph, own_kernels=True)
     print(f"edgevlm kernels: {kernels.status()}")
     print(f"{cpu_line()} · {a.threads} threads · {len(a.photos)} photos, {len(tiles)} tiles\n")
     for s in sessions.values():

@@ -1,9 +1,10 @@
-"""Kernel graphs: beside each quantized vision encoder, the same graph with its attention on edgevlm's own kernel
-(edgevlm/engine/kernels.py says when the runtimes use it).
+"""Kernel graphs: beside each quantized vision encoder, the same graph with its attention on edgevlm's own kernel,
+and beside each 4-bit decoder, the same graph with its products on edgevlm's MatMulQ4 (edgevlm/engine/kernels.py
+says when the runtimes use them).
 
 A kernel graph holds no weights of its own: every initializer of 1 KB or more is external data pointing at the
 bytes of the same tensor inside the standard file (an ONNX initializer's raw_data is stored as-is in the protobuf),
-so a 98 MB int8 encoder gets a 0.6 MB companion, and ONNX Runtime maps those bytes instead of parsing them (the
+so a 98 MB int8 encoder gets a 0.6 MB companion (the 114 MB 4-bit 256M decoder a 0.12 MB one), and ONNX Runtime maps those bytes instead of parsing them (the
 session opens faster and with a smaller peak than from the standard file; docs/benchmarks.md). The standard file
 is untouched and stays what every other ONNX reader loads.
 """
@@ -24,12 +25,13 @@ def kernel_graph_path(standard: Path) -> Path:
     return standard.with_name(standard.name[: -len(".onnx")] + SUFFIX)
 
 
-def write_kernel_graph(standard: Path) -> Path | None:
-    """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp32 or fp16 encoder,
-    which keeps ONNX Runtime's attention so fp32 stays PyTorch's exact tokens, or no attention the kernel takes)."""
+def write_kernel_graph(standard: Path, part: str = "vision_encoder") -> Path | None:
+    """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp32 or fp16 part,
+    which keeps ONNX Runtime's kernels so fp32 stays PyTorch's exact tokens, or nothing the kernels take)."""
     data = standard.read_bytes()  # parsed once, and searched for each weight's bytes
     model = onnx.load_from_string(data)
-    if not kernels.is_quantized(model) or not kernels.rewrite_attention(model):
+    rewrite = kernels.rewrite_decoder if part == "decoder_model_merged" else kernels.rewrite_attention
+    if not kernels.is_quantized(model) or not rewrite(model):
         return None
     for graph in kernels.graphs(model.graph):
         for tensor in graph.initializer:
@@ -55,11 +57,12 @@ def _point_into(tensor: onnx.TensorProto, data: bytes, location: str) -> None:
 
 
 def write_kernel_graphs(onnx_dir: Path, variant_files: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Kernel graphs for the vision encoders of `variant_files`; the manifest's `kernel_graphs` table (standard
-    file -> kernel graph, both relative to the bundle)."""
+    """Kernel graphs for the vision encoders and decoders of `variant_files`; the manifest's `kernel_graphs` table
+    (standard file -> kernel graph, both relative to the bundle)."""
     table = {}
-    for rel in sorted({parts["vision_encoder"] for parts in variant_files.values()}):
-        made = write_kernel_graph(onnx_dir.parent / rel)
-        if made is not None:
-            table[rel] = made.relative_to(onnx_dir.parent).as_posix()
+    for part in ("vision_encoder", "decoder_model_merged"):
+        for rel in sorted({parts[part] for parts in variant_files.values()}):
+            made = write_kernel_graph(onnx_dir.parent / rel, part)
+            if made is not None:
+                table[rel] = made.relative_to(onnx_dir.parent).as_posix()
     return table

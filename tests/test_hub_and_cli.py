@@ -57,6 +57,7 @@ def test_hub_id_downloads_only_the_chosen_variant_then_runs(tiny256, tmp_path):
         assert r.stdout.strip()
         onnx = sorted(f for f in hub.downloaded if f.startswith("onnx/"))
         assert onnx == [
+            "onnx/decoder_model_merged_q4.kernels.onnx",
             "onnx/decoder_model_merged_q4.onnx",
             "onnx/embed_tokens_q4.onnx",
             "onnx/vision_encoder_q4.kernels.onnx",
@@ -205,10 +206,12 @@ def _onnx(hub) -> list[str]:
 @pytest.mark.parametrize(
     "variant,expected",
     [
-        # (a quantized vision encoder comes with its kernel graph, 0.6 MB at full size: engine/kernels.py)
+        # (a quantized vision encoder and a 4-bit decoder come with their kernel graphs, 0.6 and 0.12 MB at full
+        # size: engine/kernels.py)
         (
             "mixed",
             [
+                "onnx/decoder_model_merged_q4.kernels.onnx",
                 "onnx/decoder_model_merged_q4.onnx",
                 "onnx/embed_tokens_q4.onnx",
                 "onnx/vision_encoder_int8.kernels.onnx",
@@ -218,6 +221,7 @@ def _onnx(hub) -> list[str]:
         (
             {"vision": "int8", "decoder": "q4"},
             [
+                "onnx/decoder_model_merged_q4.kernels.onnx",
                 "onnx/decoder_model_merged_q4.onnx",
                 "onnx/embed_tokens.onnx",
                 "onnx/vision_encoder_int8.kernels.onnx",

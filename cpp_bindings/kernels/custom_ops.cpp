@@ -1,6 +1,9 @@
 // ONNX Runtime custom operators of edgevlm, in the domain "ai.edgevlm":
 //   MultiHeadAttention(query, key, value, bias?) with attributes num_heads and scale: com.microsoft
 //   MultiHeadAttention without a mask (self-attention, packed bias), on the kernels of attention.hpp.
+//   MatMulQ4(x, codes, scales, correction) with attributes K, N and silu_mul: the decoder's 4-bit product with its
+//   float zero points folded in (MatMulNBits + the correction MatMul + Add of the standard graph), and optionally
+//   the MLP's silu(gate) * up, on the kernels of matmul_q4.hpp.
 // Sessions load this library with SessionOptions.register_custom_ops_library (Python) or
 // RegisterCustomOpsLibrary_V2 (C); the runtimes rewrite a graph to these ops only when the library loads and its
 // kernel beats ONNX Runtime's on this CPU (evk_attention_level), so a bundle itself always stays standard ONNX.
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "matmul_q4.hpp"
 
 namespace {
 
@@ -30,6 +34,10 @@ struct Parallel {
         };
     }
 };
+
+OrtStatusPtr failure(const char *op, const std::exception &e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string("ai.edgevlm.") + op + ": " + e.what()).c_str());
+}
 
 struct AttentionKernel {
     int64_t heads = 0;
@@ -51,8 +59,7 @@ struct AttentionKernel {
             Compute(context);
             return nullptr;
         } catch (const std::exception &e) {
-            return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string("ai.edgevlm.MultiHeadAttention: ") +
-                                                                    e.what()).c_str());
+            return failure("MultiHeadAttention", e);
         }
     }
 
@@ -92,8 +99,7 @@ struct AttentionOp : Ort::CustomOpBase<AttentionOp, AttentionKernel, true> {
             *kernel = new AttentionKernel(info);
             return nullptr;
         } catch (const std::exception &e) {
-            return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string("ai.edgevlm.MultiHeadAttention: ") +
-                                                                    e.what()).c_str());
+            return failure("MultiHeadAttention", e);
         }
     }
     const char *GetName() const { return "MultiHeadAttention"; }
@@ -102,6 +108,75 @@ struct AttentionOp : Ort::CustomOpBase<AttentionOp, AttentionKernel, true> {
     ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
     OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
         return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    }
+    size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+struct MatMulQ4Kernel {
+    int64_t k = 0, n = 0;
+    bool silu_mul = false;
+
+    MatMulQ4Kernel(const OrtKernelInfo *info) {
+        Ort::ConstKernelInfo i(info);
+        k = i.GetAttribute<int64_t>("K");
+        n = i.GetAttribute<int64_t>("N");
+        try {
+            silu_mul = i.GetAttribute<int64_t>("silu_mul") != 0;
+        } catch (const Ort::Exception &) {
+            silu_mul = false;
+        }
+        if (k < 32 || k % 32 != 0) throw std::invalid_argument("K must be a positive multiple of 32 (the block)");
+        if (n < 1 || (silu_mul && n % 2 != 0)) throw std::invalid_argument("N must be positive (and even with silu_mul)");
+    }
+
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+        try {
+            Compute(context);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("MatMulQ4", e);
+        }
+    }
+
+    void Compute(OrtKernelContext *context) {
+        Ort::KernelContext ctx(context);
+        Ort::ConstValue x = ctx.GetInput(0), codes = ctx.GetInput(1), scales = ctx.GetInput(2), corr = ctx.GetInput(3);
+        std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+        if (shape.empty() || shape.back() != k) throw std::invalid_argument("x's last dimension must be K");
+        const size_t blocks = size_t(k / 32);
+        if (codes.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks * 16 ||
+            scales.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks ||
+            corr.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks)
+            throw std::invalid_argument("codes, scales and correction must hold N x K/32 blocks");
+        evk::Q4Shape s;
+        s.k = size_t(k);
+        s.n = size_t(n);
+        s.silu_mul = silu_mul;
+        s.rows = x.GetTensorTypeAndShapeInfo().GetElementCount() / size_t(k);
+        shape.back() = silu_mul ? n / 2 : n;
+        Ort::UnownedValue out = ctx.GetOutput(0, shape);
+        if (s.rows == 0) return;
+        evk::matmul_q4(evk::q4_best_level(s), s, x.GetTensorData<float>(), codes.GetTensorData<uint8_t>(),
+                       scales.GetTensorData<float>(), corr.GetTensorData<float>(), out.GetTensorMutableData<float>(),
+                       Parallel{context}.fn());
+    }
+};
+
+struct MatMulQ4Op : Ort::CustomOpBase<MatMulQ4Op, MatMulQ4Kernel, true> {
+    OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
+        try {
+            *kernel = new MatMulQ4Kernel(info);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("MatMulQ4", e);
+        }
+    }
+    const char *GetName() const { return "MatMulQ4"; }
+    const char *GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+    size_t GetInputTypeCount() const { return 4; }
+    ONNXTensorElementDataType GetInputType(size_t i) const {
+        return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     }
     size_t GetOutputTypeCount() const { return 1; }
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
@@ -120,17 +195,28 @@ __attribute__((visibility("default"))) int evk_attention_level(int head_dim) {
     return int(evk::best_level(s));
 }
 
+// Which 4-bit product the decoder's MatMulQ4 runs on this CPU: 2 = AVX-512 VNNI, 1 = the portable loops.
+__attribute__((visibility("default"))) int evk_matmul_q4_level(int k) {
+    evk::Q4Shape s;
+    s.rows = 1;
+    s.k = size_t(k);
+    s.n = 16;
+    return int(evk::q4_best_level(s));
+}
+
 // ONNX Runtime's entry point for a custom-op library.
 __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
                                                                                const OrtApiBase *api) {
     static std::once_flag once;
     static Ort::CustomOpDomain *domain = nullptr;
     static AttentionOp attention;
+    static MatMulQ4Op matmul_q4;
     try {
         std::call_once(once, [&] {
             Ort::InitApi(api->GetApi(ORT_API_VERSION));
             domain = new Ort::CustomOpDomain(kDomain);  // lives as long as the process: sessions keep pointers
             domain->Add(&attention);
+            domain->Add(&matmul_q4);
         });
         Ort::UnownedSessionOptions(options).Add(*domain);
         return nullptr;

@@ -216,12 +216,16 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
             verify_file(root, rel, files);
             if (files.contains(rel + "_data") || is_file(root + "/" + rel + "_data")) verify_file(root, rel + "_data", files);
         }
-        auto kernel = kernel_graphs.find(it->second.at("vision_encoder"));
-        if (kernel != kernel_graphs.end()) verify_file(root, kernel->second, files);
+        for (auto &[part, rel] : it->second) {
+            auto kernel = kernel_graphs.find(rel);
+            if (kernel != kernel_graphs.end()) verify_file(root, kernel->second, files);
+        }
     }
-    auto kernel = kernel_graphs.find(it->second.at("vision_encoder"));
-    if (kernel != kernel_graphs.end() && is_file(root + "/" + kernel->second))
-        b.vision_kernel_graph = root + "/" + kernel->second;
+    for (auto &[part, rel] : it->second) {
+        auto kernel = kernel_graphs.find(rel);
+        if (kernel != kernel_graphs.end() && is_file(root + "/" + kernel->second))
+            b.kernel_graphs[part] = root + "/" + kernel->second;
+    }
     for (auto &[part, rel] : it->second) {
         b.parts[part] = root + "/" + rel;
         if (!is_file(b.parts[part])) fail(EVLM_ERR_MODEL, b.parts[part] + " is missing from the bundle; re-export it.");

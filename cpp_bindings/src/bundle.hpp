@@ -23,9 +23,10 @@ struct Bundle {
     Spec spec;
     std::map<std::string, std::string> parts;  // part name -> absolute path of the chosen variant's file
     std::string variant;
-    // The chosen vision encoder's kernel graph (edgevlm.json "kernel_graphs"; absolute path), or empty: the same
-    // graph with its attention on libedgevlm_kernels, opened instead where that library runs its bf16 kernel.
-    std::string vision_kernel_graph;
+    // Part -> its kernel graph (edgevlm.json "kernel_graphs"; absolute path) for the chosen variant's files that have
+    // one: the same graph on libedgevlm_kernels (the vision encoder's attention, the 4-bit decoder's products),
+    // opened instead where that library runs its kernel for the part on this CPU.
+    std::map<std::string, std::string> kernel_graphs;
 };
 
 // Reads the configs, resolves `variant` (empty: the default) and, when `verify`, checks the sha256 and size of

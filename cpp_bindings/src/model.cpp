@@ -13,6 +13,7 @@
 
 // libedgevlm_kernels (cpp_bindings/kernels), linked into this library.
 extern "C" int evk_attention_level(int head_dim);
+extern "C" int evk_matmul_q4_level(int k);
 extern "C" OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api);
 
 namespace evlm {
@@ -139,18 +140,25 @@ Ort::Session Model::open_session(const std::string &path, const Ort::SessionOpti
 
 Model::~Model() = default;
 
-// The vision encoder's kernel graph (attention on libedgevlm_kernels, linked into this library) where the bundle
-// has one, the session runs on the CPU and that library runs its bf16 kernel on this CPU; else the standard file.
-// The same rule as the Python runtime's engine/kernels.py, with the same EDGEVLM_KERNELS=off switch.
-std::unique_ptr<Ort::Session> Model::open_vision(const Ort::SessionOptions &options, bool cpu_only) {
+// A part's kernel graph (on libedgevlm_kernels, linked into this library) where the bundle has one, the session
+// runs on the CPU and that library's kernel for the part beats ONNX Runtime's on this CPU (the vision attention:
+// AVX-512 BF16; the 4-bit decoder: AVX-512 VNNI, and only with EDGEVLM_KERNELS=all, its prefill being slower than
+// ONNX Runtime's); else the standard file. The same rule as the Python runtime's engine/kernels.py.
+std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Ort::SessionOptions &options,
+                                               bool cpu_only) {
     const char *off = std::getenv("EDGEVLM_KERNELS");
     bool disabled = off && (std::string(off) == "off" || std::string(off) == "0" || std::string(off) == "none");
-    if (bundle_.vision_kernel_graph.empty() || !cpu_only || disabled || evk_attention_level(64) != 2)
-        return std::make_unique<Ort::Session>(open_session(bundle_.parts.at("vision_encoder"), options));
+    auto graph = bundle_.kernel_graphs.find(part);
+    const bool vision = part == "vision_encoder";
+    const bool all = off && std::string(off) == "all";
+    const bool faster =
+        vision ? evk_attention_level(64) == 2 : part == "decoder_model_merged" && all && evk_matmul_q4_level(64) == 2;
+    if (graph == bundle_.kernel_graphs.end() || !cpu_only || disabled || !faster)
+        return std::make_unique<Ort::Session>(open_session(bundle_.parts.at(part), options));
     Ort::SessionOptions with_kernels = options.Clone();
     Ort::ThrowOnError(RegisterCustomOps(with_kernels, OrtGetApiBase()));
-    kernels_ = "attention:bf16";
-    return std::make_unique<Ort::Session>(open_session(bundle_.vision_kernel_graph, with_kernels));
+    kernels_ += std::string(kernels_.empty() ? "" : ",") + (vision ? "attention:bf16" : "matmul_q4:vnni");
+    return std::make_unique<Ort::Session>(open_session(graph->second, with_kernels));
 }
 
 // "auto" as the Python runtime's AUTO_ORDER, for the providers this library knows: CUDA when this ONNX Runtime
@@ -194,13 +202,13 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
     // and spinning ones take the cores from the decoder that runs next (as in the Python runtime's providers.py).
     Ort::SessionOptions quiet = options.Clone();
     quiet.AddConfigEntry("session.intra_op.allow_spinning", "0");
-    vision_ = open_vision(quiet, cpu_only);
+    vision_ = open_part("vision_encoder", quiet, cpu_only);
     embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), quiet));
     // The decoder spins between its runs (without it, 185 -> 120 tokens/s), but stops the moment a run returns
     // with nothing to follow: the image of the next caption is resized on these cores (2 threads: W1's resize
     // 6.3-7.1 -> 4.0-4.2 ms; decode speed unchanged within noise, 3 alternating pairs).
     options.AddConfigEntry("session.force_spinning_stop", "1");
-    decoder_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("decoder_model_merged"), options));
+    decoder_ = open_part("decoder_model_merged", options, cpu_only);
     Ort::AllocatorWithDefaultOptions alloc;
     for (size_t i = 0; i < decoder_->GetInputCount(); ++i) {
         decoder_inputs_.push_back(decoder_->GetInputNameAllocated(i, alloc).get());

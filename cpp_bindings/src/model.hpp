@@ -92,7 +92,8 @@ public:
     bool split_default() const { return bundle_.spec.image.split; }
     // Threads for the image resizes: the count given at open (all cores for 0), as for ONNX Runtime's runs.
     int image_threads() const { return image_threads_; }
-    // edgevlm's own kernels this model runs ("attention:bf16" for the vision encoder), or empty: ONNX Runtime's.
+    // edgevlm's own kernels this model runs, comma-separated ("attention:bf16" for the vision encoder,
+    // "matmul_q4:vnni" for the 4-bit decoder), or empty: ONNX Runtime's.
     const std::string &kernels() const { return kernels_; }
 
     PreparedPrompt prepare(const std::vector<Message> &messages) const;
@@ -103,7 +104,7 @@ private:
     friend struct Decoding::State;
     std::vector<float> embed(const std::vector<int64_t> &ids, double &runtime_ms) const;
     Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
-    std::unique_ptr<Ort::Session> open_vision(const Ort::SessionOptions &options, bool cpu_only);
+    std::unique_ptr<Ort::Session> open_part(const std::string &part, const Ort::SessionOptions &options, bool cpu_only);
 
     Bundle bundle_;
     std::unique_ptr<Tokenizer> tokenizer_;

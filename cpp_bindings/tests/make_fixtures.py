@@ -233,7 +233,10 @@ def main() -> None:
         for variant in ("fp32", "q4"):
             vlm = edgevlm.load(bundle, variant=variant, threads=1)
             # edgevlm's own kernels Python runs here: the C library must make the same choice (test_parity)
-            entry.setdefault("kernels", {})[variant] = vlm.kernels.get("vision_encoder", "")
+            # (evlm_model_kernels' order: the vision encoder's, then the decoder's)
+            entry.setdefault("kernels", {})[variant] = ",".join(
+                vlm.kernels[part] for part in ("vision_encoder", "decoder_model_merged") if part in vlm.kernels
+            )
             rows = entry["variants"][variant] = {}
             for case in expected["cases"]:
                 msgs = python_messages(out, case)

@@ -143,7 +143,7 @@ class Engine:
             if part in self._kernel_files:
                 opts.register_custom_ops_library(str(kernels.library()))
                 path = self._kernel_files[part]
-                self.kernels[part] = "attention:bf16"
+                self.kernels[part] = kernels.label(part)
             self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
             bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
         self.tokenizer = self.processor.tokenizer
@@ -162,8 +162,9 @@ class Engine:
         self.grammars = Grammars(self.tokenizer, self.spec.vocab_size, self.spec.eos_ids)
 
     def _own_kernels_apply(self, part: str) -> bool:
-        """Whether `part` opens its kernel graph: a CPU session, and a CPU whose bf16 kernel beats ONNX Runtime's."""
-        return self.requested_providers[0] == "CPUExecutionProvider" and kernels.in_use()
+        """Whether `part` opens its kernel graph: a CPU session, and a CPU where that part's kernel beats ONNX
+        Runtime's."""
+        return self.requested_providers[0] == "CPUExecutionProvider" and kernels.in_use(part)
 
     # ----------------------------------------------------------------------------------------------- info
     @property

@@ -1,5 +1,5 @@
 """edgevlm's own kernels beside ONNX Runtime: find the custom-op library, decide whether it helps on this CPU,
-and the graph rewrite that puts a vision encoder's attention on it.
+and the graph rewrites that put a vision encoder's attention and a 4-bit decoder's products on it.
 
 A bundle's standard files stay standard ONNX (com.microsoft MultiHeadAttention), which every runtime reads. The
 exporter adds, beside each quantized vision encoder, a small "kernel graph" (`vision_encoder_int8.kernels.onnx`):
@@ -9,7 +9,12 @@ beats ONNX Runtime's on this CPU (AVX-512 BF16: bf16 dot products accumulated in
 runtime opens the kernel graph instead. Everywhere else (no library, no compiler at install time, another CPU, the
 fp32 variant, a GPU, a bundle exported before kernel graphs) nothing changes.
 
-EDGEVLM_KERNELS=off turns the kernels off; EDGEVLM_KERNELS_LIBRARY names the library file to use.
+The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.3x faster, opens
+faster and holds ~50 MB less, but its prefill is ~1.3x slower than ONNX Runtime's (docs/benchmarks.md), which
+makes a long prompt (a split image: 1,100 tokens) slower end to end. So it runs only when asked for.
+
+EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured: the vision attention),
+`all` (also the 4-bit decoder's products), `off`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ log = logging.getLogger("edgevlm")
 DOMAIN = "ai.edgevlm"
 LIBRARY_NAME = "libedgevlm_kernels.so"
 BF16_LEVEL = 2  # evk_attention_level: 2 = AVX-512 BF16, 1 = portable fp32 loops only
+VNNI_LEVEL = 2  # evk_matmul_q4_level: 2 = AVX-512 VNNI, 1 = portable loops only
 # What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
 # models' 32.
 BF16_HEAD_DIMS = (32, 64, 72)
@@ -46,6 +52,10 @@ def _switched_off() -> bool:
     return os.environ.get("EDGEVLM_KERNELS", "").lower() in ("off", "0", "none")
 
 
+def _all_asked() -> bool:
+    return os.environ.get("EDGEVLM_KERNELS", "").lower() == "all"
+
+
 @lru_cache(maxsize=1)
 def library() -> Path | None:
     """The custom-op library: EDGEVLM_KERNELS_LIBRARY, else the one built into the package at install time."""
@@ -56,19 +66,56 @@ def library() -> Path | None:
     return path if path.is_file() else None
 
 
+@lru_cache(maxsize=1)
+def _loaded() -> ctypes.CDLL | None:
+    lib = library()
+    if lib is None:
+        return None
+    try:
+        return ctypes.CDLL(str(lib))
+    except OSError as e:
+        log.warning("edgevlm kernels: %s cannot be loaded (%s); using ONNX Runtime's kernels", lib, e)
+        return None
+
+
+def _level(symbol: str, arg: int) -> int:
+    loaded = _loaded()
+    fn = getattr(loaded, symbol, None) if loaded is not None else None
+    if fn is None:
+        return 0
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return int(fn(arg))
+
+
 @lru_cache(maxsize=8)
 def attention_level(head_dim: int) -> int:
     """Which attention kernel the library runs for this head size on this CPU (0: no library)."""
-    lib = library()
-    if lib is None:
-        return 0
-    try:
-        fn = ctypes.CDLL(str(lib)).evk_attention_level
-    except (OSError, AttributeError) as e:
-        log.warning("edgevlm kernels: %s cannot be loaded (%s); using ONNX Runtime's kernels", lib, e)
-        return 0
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return int(fn(head_dim))
+    return _level("evk_attention_level", head_dim)
+
+
+@lru_cache(maxsize=1)
+def matmul_q4_level() -> int:
+    """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI)."""
+    return _level("evk_matmul_q4_level", 64)
+
+
+# part -> (whether this CPU runs its kernel better than ONNX Runtime does, what `Engine.kernels` says)
+_PARTS = {
+    "vision_encoder": (lambda: attention_level(64) == BF16_LEVEL, "attention:bf16"),
+    "decoder_model_merged": (lambda: _all_asked() and matmul_q4_level() == VNNI_LEVEL, "matmul_q4:vnni"),
+}
+
+
+def in_use(part: str) -> bool:
+    """Whether a CPU session of `part` should open its kernel graph: the library loads and its kernel for that part
+    beats ONNX Runtime's on this CPU (AVX-512 BF16 for the vision attention; AVX-512 VNNI for the decoder, with
+    EDGEVLM_KERNELS=all)."""
+    return part in _PARTS and library() is not None and _PARTS[part][0]()
+
+
+def label(part: str) -> str:
+    """What of edgevlm's kernels `part` runs when it opens its kernel graph."""
+    return _PARTS[part][1]
 
 
 def status() -> str:
@@ -76,15 +123,14 @@ def status() -> str:
     lib = library()
     if lib is None:
         return "off (EDGEVLM_KERNELS=off)" if _switched_off() else "not built"
-    level = attention_level(64)
-    return {BF16_LEVEL: "vision attention in bf16 (AVX-512 BF16)"}.get(
-        level, "built; this CPU has no AVX-512 BF16, so ONNX Runtime's kernels run"
-    )
-
-
-def in_use() -> bool:
-    """Whether sessions on the CPU should open kernel graphs: the library loads and this CPU runs its bf16 kernel."""
-    return library() is not None and attention_level(64) == BF16_LEVEL
+    said = {
+        "vision_encoder": "vision attention in bf16 (AVX-512 BF16)",
+        "decoder_model_merged": "the 4-bit decoder's products (AVX-512 VNNI, EDGEVLM_KERNELS=all)",
+    }
+    used = [what for part, what in said.items() if in_use(part)]
+    if not used:
+        return "built; none of its kernels is faster on this CPU, so ONNX Runtime's run"
+    return "; ".join(used)
 
 
 def is_quantized(model: Any) -> bool:
@@ -137,3 +183,111 @@ def _rewrite(graph: Any, weights: dict) -> int:
         node.domain = DOMAIN
         count += 1
     return count
+
+
+def rewrite_decoder(model: Any) -> int:
+    """Put the 4-bit decoder's products on ai.edgevlm's MatMulQ4, in place; return how many.
+
+    Each MatMulNBits whose HQQ float zero points were moved into a correction term (export/zero_point_correction.py:
+    MatMulNBits -> `<out>_int_zp`, MatMul(block sums, correction) -> `<out>_zp_term`, Add -> out) becomes one node
+    reading the same codes, scales and correction; where its output feeds the MLP's Split -> silu(gate) * up, that
+    goes into the node too (silu_mul). The block sums that nothing reads any more are removed. Eight nodes of
+    ONNX Runtime per product become one, about 20 fewer per layer: the 256M decoder ran ~820 nodes per token.
+    """
+    from onnx import helper
+
+    graph, count = model.graph, 0
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop: set[int] = set()
+    for node in list(graph.node):
+        fused = _matmul_q4(node, producer, consumers)
+        if fused is None:
+            continue
+        q4, removed = fused
+        silu = _silu_mul(q4.output[0], producer, consumers)
+        if silu is not None:
+            q4.output[0] = silu[0]
+            removed += silu[1]
+            q4.attribute.append(helper.make_attribute("silu_mul", 1))
+        drop.update(id(n) for n in removed)
+        graph.node.insert(list(graph.node).index(node), q4)
+        count += 1
+    if not count:
+        return 0
+    kept = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(_without_dead_nodes(kept, {o.name for o in graph.output}))
+    used = {i for n in graph.node for i in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        op = model.opset_import.add()
+        op.domain, op.version = DOMAIN, 1
+    return count
+
+
+def _attrs(node: Any) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _matmul_q4(node: Any, producer: dict, consumers: dict) -> tuple[Any, list] | None:
+    """The MatMulQ4 node for a corrected 4-bit MatMulNBits, and the nodes it replaces; None if `node` is not one."""
+    from onnx import helper
+
+    if node.op_type != "MatMulNBits" or len(node.input) != 3 or not node.output[0].endswith("_int_zp"):
+        return None
+    a = _attrs(node)
+    if a.get("bits") != 4 or a.get("block_size") != 32 or a["K"] % 64:
+        return None
+    out = node.output[0][: -len("_int_zp")]
+    term, add = producer.get(out + "_zp_term"), producer.get(out)
+    if term is None or add is None or term.op_type != "MatMul" or add.op_type != "Add":
+        return None
+    q4 = helper.make_node(
+        "MatMulQ4",
+        [node.input[0], node.input[1], node.input[2], term.input[1]],
+        [out],
+        name=node.name + "_q4",
+        domain=DOMAIN,
+        K=a["K"],
+        N=a["N"],
+    )
+    return q4, [node, term, add]
+
+
+def _silu_mul(out: str, producer: dict, consumers: dict) -> tuple[str, list] | None:
+    """(the product's name, the nodes it replaces) where `out` feeds only Split(2 halves) -> silu(gate) * up."""
+    users = consumers.get(out, [])
+    if len(users) != 1 or users[0].op_type != "Split" or len(users[0].output) != 2:
+        return None
+    split = users[0]
+    gate, up = split.output
+    sig = [n for n in consumers.get(gate, []) if n.op_type == "Sigmoid"]
+    silu = [n for n in consumers.get(gate, []) if n.op_type == "Mul"]
+    if len(consumers.get(gate, [])) != 2 or len(sig) != 1 or len(silu) != 1:
+        return None
+    if set(silu[0].input) != {gate, sig[0].output[0]} or len(consumers.get(up, [])) != 1:
+        return None
+    prod = consumers[up][0]
+    if prod.op_type != "Mul" or set(prod.input) != {silu[0].output[0], up}:
+        return None
+    if len(consumers.get(silu[0].output[0], [])) != 1 or len(consumers.get(sig[0].output[0], [])) != 1:
+        return None
+    return prod.output[0], [split, sig[0], silu[0], prod]
+
+
+def _without_dead_nodes(nodes: list, outputs: set[str]) -> list:
+    """Nodes whose outputs something still reads (the block sums of the corrections, once those are fused)."""
+    while True:
+        read = outputs | {i for n in nodes for i in n.input}
+        alive = [n for n in nodes if any(o in read for o in n.output if o)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive

@@ -283,7 +283,7 @@ class Model {
         return text;
     }
 
-    // "attention:bf16" where edgevlm's own kernels run, else "".
+    // edgevlm's own kernels in use, comma-separated ("attention:bf16", "matmul_q4:vnni"), else "".
     std::string kernels() const { return evlm_model_kernels(handle_.get()); }
     evlm_model *get() const noexcept { return handle_.get(); }
 

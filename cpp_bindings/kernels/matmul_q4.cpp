@@ -1,0 +1,123 @@
+// Which 4-bit product runs, the input quantization both share, and the portable implementation: plain loops any
+// C++17 compiler builds for its target (NEON on ARM), giving the VNNI kernel's integers.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "matmul_q4.hpp"
+
+namespace evk {
+namespace {
+
+constexpr size_t BLOCK = 32;
+constexpr size_t COLS = 16;  // output columns per task
+
+[[maybe_unused]] bool cpu_has_avx512_vnni() {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, const uint8_t *codes,
+                      const float *scales, const float *correction) {
+    const size_t nb = in.blocks;
+    const int8_t *xq = in.codes + m * nb * BLOCK;
+    float acc = 0;
+    for (size_t b = 0; b < nb; ++b) {
+        const uint8_t *q = codes + (n * nb + b) * (BLOCK / 2);
+        const int8_t *xb = xq + b * BLOCK;
+        int32_t dot = 0;
+        for (size_t j = 0; j < BLOCK / 2; ++j) dot += int32_t(q[j] & 15) * xb[2 * j] + int32_t(q[j] >> 4) * xb[2 * j + 1];
+        acc += scales[n * nb + b] * in.scale[m * nb + b] * float(dot - 8 * in.code_sum[m * nb + b]);
+        acc += correction[b * n_total + n] * in.sum[m * nb + b];
+    }
+    return acc;
+}
+
+}  // namespace
+
+Q4Level q4_best_level(const Q4Shape &shape) {
+    const char *cap = std::getenv("EDGEVLM_KERNELS");
+    if (cap && std::strcmp(cap, "portable") == 0) return Q4Level::portable;
+#ifdef EVK_VNNI_KERNEL
+    static const bool vnni = cpu_has_avx512_vnni();
+    return vnni && q4_vnni_supported(shape) ? Q4Level::avx512_vnni : Q4Level::portable;
+#else
+    (void)shape;
+    return Q4Level::portable;
+#endif
+}
+
+void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &in) {
+    const size_t nb = k / BLOCK, whole = nb / 4 * 4;
+    {
+        for (size_t b = 0; b < nb; ++b) {
+            const float *xb = x + m * k + b * BLOCK;
+            float amax = 0, sum = 0;
+            for (size_t i = 0; i < BLOCK; ++i) {
+                amax = std::max(amax, std::fabs(xb[i]));
+                sum += xb[i];
+            }
+            const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+            // grouped: blocks go in groups of 4 (the last group 2 or 1 where the count is not a multiple of 4);
+            // a group of g blocks holds the even elements of each block, 16 bytes per block, then the odd ones.
+            const size_t first = b < whole ? b / 4 * 4 : whole, g = b < whole ? 4 : nb - whole;
+            int8_t *row = in.codes + m * nb * BLOCK;
+            int32_t code_sum = 0;
+            for (size_t i = 0; i < BLOCK; ++i) {
+                const int8_t q = int8_t(std::nearbyint(xb[i] * inv));
+                code_sum += q;
+                if (grouped)
+                    row[first * BLOCK + (i % 2) * 16 * g + (b - first) * 16 + i / 2] = q;
+                else
+                    row[b * BLOCK + i] = q;
+            }
+            in.scale[m * nb + b] = amax / 127.0f;
+            in.code_sum[m * nb + b] = code_sum;
+            in.sum[m * nb + b] = sum;
+        }
+    }
+}
+
+void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+               const float *correction, float *out, const ParallelFor &parallel_for) {
+    const size_t nb = shape.k / BLOCK, rows = shape.rows;
+#ifdef EVK_VNNI_KERNEL
+    const bool vnni = level == Q4Level::avx512_vnni && q4_vnni_supported(shape);
+#else
+    const bool vnni = false;
+    (void)level;
+#endif
+    thread_local std::vector<int8_t> xq;
+    thread_local std::vector<float> scale, sum;
+    thread_local std::vector<int32_t> code_sum;
+    Q4Input in{rows, nb, scratch(xq, rows * nb * BLOCK), scratch(scale, rows * nb), scratch(code_sum, rows * nb),
+               scratch(sum, rows * nb)};
+    parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
+#ifdef EVK_VNNI_KERNEL
+    if (vnni) {
+        matmul_q4_vnni(shape, in, codes, scales, correction, out, parallel_for);
+        return;
+    }
+#endif
+    const size_t width = shape.silu_mul ? shape.n / 2 : shape.n;
+    parallel_for((width + COLS - 1) / COLS, [&](size_t t) {
+        for (size_t m = 0; m < rows; ++m) {
+            for (size_t n = t * COLS; n < std::min(width, (t + 1) * COLS); ++n) {
+                float y = column_portable(in, m, n, shape.n, codes, scales, correction);
+                if (shape.silu_mul) y = silu(y) * column_portable(in, m, n + width, shape.n, codes, scales, correction);
+                out[m * width + n] = y;
+            }
+        }
+    });
+}
+
+}  // namespace evk

@@ -1,0 +1,65 @@
+// The decoder's 4-bit matrix product with HQQ's float zero points folded in, in one operator:
+//   y[m, n] = sum_b s[n, b] * sum_i (q[n, b, i] - 8) * x[m, 32 b + i]  +  sum_b c[b, n] * sum_i x[m, 32 b + i]
+// which is exactly what the standard graph computes with three operators and a block sum (MatMulNBits with its
+// default zero point, a MatMul of the block sums by the correction c = s (8 - z), an Add; export/
+// zero_point_correction.py). The weights are read where MatMulNBits keeps them: codes (N, K/32, 16) with element
+// 2j in the low nibble of byte j, scales (N, K/32), and the correction (K/32, N).
+//
+// Like ONNX Runtime's int8-compute path (accuracy_level 4), x is quantized to int8 per block of 32 (scale
+// max|x| / 127) for the first term; the block sums of the second term are exact fp32. Two implementations behind
+// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops.
+//
+// `silu_mul`: the product's columns are [gate | up] and the output is silu(gate) * up (N/2 columns), which saves
+// the Split, Sigmoid and two Muls of the MLP.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "attention.hpp"  // ParallelFor
+
+namespace evk {
+
+struct Q4Shape {
+    size_t rows = 0, k = 0, n = 0;  // x is (rows, k); the product has n columns
+    bool silu_mul = false;
+};
+
+enum class Q4Level { portable = 1, avx512_vnni = 2 };
+
+// The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS ("portable" caps it).
+Q4Level q4_best_level(const Q4Shape &shape);
+
+// x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul.
+void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+               const float *correction, float *out, const ParallelFor &parallel_for);
+
+// x quantized per block of 32, shared by both implementations: int8 codes, their scale, their sum, and the block
+// sums of x itself.
+struct Q4Input {
+    size_t rows = 0, blocks = 0;
+    int8_t *codes = nullptr;     // rows x blocks x 32
+    float *scale = nullptr;      // rows x blocks
+    int32_t *code_sum = nullptr; // rows x blocks
+    float *sum = nullptr;        // rows x blocks: the fp32 block sums
+};
+
+// A buffer that keeps its memory between calls of the same thread: a prompt of a thousand tokens would otherwise
+// fault in megabytes of fresh pages in every product (measured: the long prompt's prefill 20 % slower).
+template <typename T>
+T *scratch(std::vector<T> &buffer, size_t count) {
+    if (buffer.size() < count) buffer.resize(count);
+    return buffer.data();
+}
+
+bool q4_vnni_supported(const Q4Shape &shape);
+void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
+                    const float *correction, float *out, const ParallelFor &parallel_for);
+
+// Quantizes row m of x into `in` (its buffers sized by the caller); `grouped`: the blocks in groups of 4 (the last group
+// smaller), each group the 16 even elements of every block first, then the 16 odd ones: the order in which a
+// 64-byte load of 4 blocks' packed codes splits into low and high nibbles (matmul_q4_vnni.cpp).
+void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &in);
+
+}  // namespace evk
