@@ -116,17 +116,23 @@ def test_bad_shapes_are_an_onnxruntime_error_not_a_crash(library):
         sess.run(None, feeds)
 
 
-def test_quantized_vision_runs_on_the_kernel_and_keeps_its_features(bf16, tiny256, monkeypatch):
-    ours = edgevlm.load(tiny256[1], variant="int8")
-    assert ours.kernels == {"vision_encoder": "attention:bf16"}
+def _without_kernels(monkeypatch, bundle, variant: str):
+    """The variant loaded with EDGEVLM_KERNELS=off (ONNX Runtime's kernels only); the environment restored after."""
     monkeypatch.setenv("EDGEVLM_KERNELS", "off")
     kernels.library.cache_clear()
     try:
-        plain = edgevlm.load(tiny256[1], variant="int8")
+        plain = edgevlm.load(bundle, variant=variant)
     finally:
         monkeypatch.undo()
         kernels.library.cache_clear()
     assert plain.kernels == {}
+    return plain
+
+
+def test_quantized_vision_runs_on_the_kernel_and_keeps_its_features(bf16, tiny256, monkeypatch):
+    ours = edgevlm.load(tiny256[1], variant="int8")
+    assert ours.kernels == {"vision_encoder": "attention:bf16"}
+    plain = _without_kernels(monkeypatch, tiny256[1], "int8")
     for seed in range(3):
         image = random_image(200, 260, seed=60 + seed)
         a = plain.encode(plain.prepare(plain.user_message(image, "Describe."), split=True)).features
@@ -349,14 +355,7 @@ def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vn
     assert ops.count("MatMulQ4") == 4 * layers and "Sigmoid" not in ops and "MatMulNBits" not in ops[:-1]
     assert not [n.name for n in graph.node if "block" in n.name]  # the corrections' block sums went with them
     assert sum(1 for n in graph.node for a in n.attribute if a.name == "silu_mul" and a.i) == layers
-    monkeypatch.setenv("EDGEVLM_KERNELS", "off")
-    kernels.library.cache_clear()
-    try:
-        plain = edgevlm.load(tiny256[1], variant="mixed")
-    finally:
-        monkeypatch.undo()
-        kernels.library.cache_clear()
-    assert plain.kernels == {}
+    plain = _without_kernels(monkeypatch, tiny256[1], "mixed")
     for prompt in ("Describe a harbour at dawn.", "List three colours.", "Why is the sky blue?"):
         a, b = (v.ask(None, prompt, max_new_tokens=12) for v in (plain, ours))
         assert a.token_ids == b.token_ids, prompt
