@@ -24,8 +24,6 @@ constexpr size_t COLS = 16;  // output columns per task
 #endif
 }
 
-float silu(float g) { return g / (1.0f + std::exp(-g)); }
-
 float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, const uint8_t *codes,
                       const float *scales, const float *correction) {
     const size_t nb = in.blocks;
@@ -101,7 +99,10 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
     thread_local std::vector<int32_t> code_sum;
     Q4Input in{rows, nb, scratch(xq, rows * nb * BLOCK), scratch(scale, rows * nb), scratch(code_sum, rows * nb),
                scratch(sum, rows * nb)};
-    parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
+    if (rows == 1)  // decode, 120 products a token: no hand-off to the pool for one row
+        q4_quantize_row(x, 0, shape.k, vnni, in);
+    else
+        parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
 #ifdef EVK_VNNI_KERNEL
     if (vnni) {
         matmul_q4_vnni(shape, in, codes, scales, correction, out, parallel_for);

@@ -13,6 +13,7 @@
 // the Split, Sigmoid and two Muls of the MLP.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -52,6 +53,9 @@ T *scratch(std::vector<T> &buffer, size_t count) {
     if (buffer.size() < count) buffer.resize(count);
     return buffer.data();
 }
+
+// The MLP's activation, as both implementations apply it to the gate half.
+inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 bool q4_vnni_supported(const Q4Shape &shape);
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
