@@ -8,19 +8,10 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "cpu.hpp"
 
 namespace evk {
 namespace {
-
-[[maybe_unused]] bool cpu_has_avx512_bf16() {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-#else
-    return false;
-#endif
-}
 
 constexpr size_t RG = 16;  // query rows per task
 
@@ -58,11 +49,16 @@ void rows_portable(const AttentionShape &s, size_t bh, size_t m0, const float *q
 }  // namespace
 
 Level best_level(const AttentionShape &shape) {
-    const char *cap = std::getenv("EDGEVLM_KERNELS");
-    if (cap && std::strcmp(cap, "portable") == 0) return Level::portable;
+    const Cap cap = kernel_cap();
+    if (cap == Cap::portable) return Level::portable;
 #ifdef EVK_BF16_KERNEL
     static const bool bf16 = cpu_has_avx512_bf16();
-    return bf16 && bf16_supported_shape(shape) ? Level::avx512_bf16 : Level::portable;
+    if (!bf16 || !bf16_supported_shape(shape)) return Level::portable;
+#ifdef EVK_AMX_KERNEL
+    static const bool amx = cpu_has_amx_bf16();
+    if (amx && cap != Cap::avx512) return Level::amx_bf16;
+#endif
+    return Level::avx512_bf16;
 #else
     (void)shape;
     return Level::portable;
@@ -71,6 +67,12 @@ Level best_level(const AttentionShape &shape) {
 
 void attention(Level level, const AttentionShape &shape, const float *q, const float *k, const float *v,
                const float *bias, float *out, const ParallelFor &parallel_for) {
+#ifdef EVK_AMX_KERNEL
+    if (level == Level::amx_bf16 && bf16_supported_shape(shape)) {
+        attention_amx(shape, q, k, v, bias, out, parallel_for);
+        return;
+    }
+#endif
 #ifdef EVK_BF16_KERNEL
     if (level == Level::avx512_bf16 && bf16_supported_shape(shape)) {
         attention_bf16(shape, q, k, v, bias, out, parallel_for);

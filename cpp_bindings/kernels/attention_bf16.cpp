@@ -1,11 +1,14 @@
-// Attention with AVX-512 BF16 dot products (vdpbf16ps: two bf16 products per fp32 lane, accumulated in fp32).
-// This file alone is compiled with AVX-512 BF16 enabled; attention.cpp calls it only on CPUs that have it.
+// Attention in bf16, accumulated in fp32, two ways: AVX-512 BF16 dot products (vdpbf16ps: two bf16 products per
+// fp32 lane) and AMX tiles (tdpbf16ps: a 16 x 16 block of fp32 sums per instruction, 32 bf16 deep). This file alone
+// is compiled with AVX-512 BF16 (and AMX where the compiler has it) enabled; attention.cpp calls each only on CPUs
+// that have it.
 //
-// Per (image, head): K and V are converted to bf16 once and laid out for the dot product (K as 64-key panels of
-// key pairs, V as pairs of consecutive keys), then each task takes 32 query rows: S = Q Kᵀ one 64-key panel at a
-// time (8 KB, stays in L1 across the 32 rows), an exact softmax per row in fp32 (the probabilities rounded to
-// bf16 for P V, the sum kept in fp32), and O = P V over 128-key chunks of V. Inputs are rounded to bf16 with
-// round-to-nearest-even; accumulation and the softmax stay fp32.
+// Per (image, head): K and V are converted to bf16 once and laid out for both (K as 64-key panels of key pairs, V
+// as pairs of consecutive keys: the "VNNI" layout of a tile's B operand, and what vdpbf16ps broadcasts against),
+// then each task takes 32 query rows: S = Q Kᵀ (AVX-512: one 64-key panel at a time, 8 KB, in L1 across the 32
+// rows; AMX: 32 x 32 blocks on 4 accumulator tiles), an exact softmax per row in fp32 (the probabilities rounded to
+// bf16 for P V, the sum kept in fp32), and O = P V. Inputs are rounded to bf16 with round-to-nearest-even;
+// accumulation and the softmax stay fp32, so both give the same numbers up to summation order.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -73,20 +76,19 @@ Pool &pool() {
     return p;
 }
 
-inline __m512 exp512(__m512 x) {
-    // Cephes-style: x = n ln2 + r, e^r by a degree-6 polynomial, times 2^n. Relative error ~1e-7.
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+// 2^x for x <= 0: x = n + r with |r| <= 1/2, 2^r by its Taylor series to degree 5 (relative error under 3e-6, far
+// below the bf16 rounding of the probabilities), times 2^n: nine vector operations where e^x by Cephes' reduction
+// took fifteen (the softmax was half of the AMX kernel's time). The softmax multiplies its scores by log2(e) first:
+// folding that factor into Q instead changes Q's bf16 rounding, measured 4x further from fp32 on one test shape.
+inline __m512 exp2_512(__m512 x) {
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -123,11 +125,12 @@ struct HeadLayout {
     size_t stride;        // floats between consecutive tokens of the inputs and the output
 };
 
-// kp: [keys / NB][D / 2][NB] pairs (K[j][2c], K[j][2c+1]); vp: [keys / 2][DV] pairs (V[2j][c], V[2j+1][c]).
+// kp: [keys / NB][DR][NB] pairs (K[j][2c], K[j][2c+1]), zero pairs past D / 2 (AMX takes 16 pairs per step);
+// vp: [keys / 2][DV] pairs (V[2j][c], V[2j+1][c]).
 template <size_t D>
 void pack_head(const HeadLayout &L, const float *k, const float *v, const float *kbias, const float *vbias,
                uint32_t *kp, uint32_t *vp) {
-    constexpr size_t DP = Dims<D>::DP, DR = Dims<D>::DR, DV = Dims<D>::DV;
+    constexpr size_t DR = Dims<D>::DR, DV = Dims<D>::DV;
     alignas(64) uint32_t rows[16][DR];
     const __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(int(DR)));
@@ -138,8 +141,8 @@ void pack_head(const HeadLayout &L, const float *k, const float *v, const float 
             else
                 std::memset(rows[r], 0, sizeof rows[r]);
         }
-        uint32_t *panel = kp + (j0 / NB) * NB * DP + j0 % NB;
-        for (size_t c = 0; c < DP; ++c)
+        uint32_t *panel = kp + (j0 / NB) * NB * DR + j0 % NB;
+        for (size_t c = 0; c < DR; ++c)
             _mm512_store_si512(panel + c * NB, _mm512_i32gather_epi32(lane, &rows[0][c], 4));
     }
     for (size_t jj = 0; jj < L.keys / 2; ++jj) {
@@ -173,24 +176,12 @@ struct Scratch {
     }
 };
 
-// Rows [m0, m0 + RG) of one head (fewer at the end: missing rows are computed on zeros and not stored).
+// S = Q Kᵀ for the RG rows of qp: s[RG][keys], fp32.
 template <size_t D>
-void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbias, float scale, const uint32_t *kp,
-                const uint32_t *vp, float *out, Scratch &sc) {
-    constexpr size_t DP = Dims<D>::DP, DR = Dims<D>::DR, DV = Dims<D>::DV, T = Dims<D>::T;
-    const size_t rows = std::min(RG, L.tokens - m0), keys = L.keys;
-    alignas(64) uint32_t qp[RG][DR];
-    for (size_t r = 0; r < RG; ++r) {
-        if (r < rows)
-            row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);
-        else
-            std::memset(qp[r], 0, sizeof qp[r]);
-    }
-    float *s = reinterpret_cast<float *>(sc.s.get());
-    uint16_t *p = reinterpret_cast<uint16_t *>(sc.p.get());
-    float *o = reinterpret_cast<float *>(sc.o.get());
+void scores_avx512(const uint32_t (*qp)[Dims<D>::DR], const uint32_t *kp, size_t keys, float *s) {
+    constexpr size_t DP = Dims<D>::DP, DR = Dims<D>::DR;
     for (size_t j0 = 0; j0 < keys; j0 += NB) {
-        const uint32_t *panel = kp + j0 * DP;
+        const uint32_t *panel = kp + j0 * DR;
         for (size_t m = 0; m < RG; m += MR) {
             __m512 acc[MR][4];
             for (size_t r = 0; r < MR; ++r)
@@ -211,22 +202,12 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
                 for (int t = 0; t < 4; ++t) _mm512_store_ps(s + (m + r) * keys + j0 + 16 * t, acc[r][t]);
         }
     }
-    float inv[RG];
-    for (size_t r = 0; r < RG; ++r) {
-        float *sr = s + r * keys;
-        for (size_t j = L.tokens; j < keys; ++j) sr[j] = -INFINITY;  // padding keys
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (size_t j = 0; j < keys; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(sr + j));
-        __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-        __m512 sum = _mm512_setzero_ps();
-        for (size_t j = 0; j < keys; j += 32) {
-            __m512 e0 = exp512(_mm512_sub_ps(_mm512_load_ps(sr + j), top));
-            __m512 e1 = exp512(_mm512_sub_ps(_mm512_load_ps(sr + j + 16), top));
-            sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
-            _mm512_store_si512(p + r * keys + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
-        }
-        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
-    }
+}
+
+// o[RG][DV] = P V (unnormalized), P the bf16 probabilities p[RG][keys].
+template <size_t D>
+void values_avx512(const uint16_t *p, const uint32_t *vp, size_t keys, float *o) {
+    constexpr size_t DV = Dims<D>::DV, T = Dims<D>::T;
     std::memset(o, 0, sizeof(float) * RG * DV);
     for (size_t jc = 0; jc < keys / 2; jc += JC) {
         const size_t jend = std::min(jc + JC, keys / 2);
@@ -249,6 +230,133 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
                 for (size_t t = 0; t < T; ++t) _mm512_store_ps(o + (m + r) * DV + 16 * t, acc[r][t]);
         }
     }
+}
+
+#ifdef EVK_AMX_KERNEL
+// AMX: tiles of 16 rows x 64 bytes, the configuration ONNX Runtime's MLAS loads once per thread and keeps (its int8
+// GEMMs on these same threads rely on it), so it is loaded here before use and never released or changed.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+inline void load_tiles() {
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+}
+
+// Tiles: 0-3 accumulate a 32 x 32 block of C (0: rows 0-15 x columns 0-15, 1: x 16-31, 2 and 3 rows 16-31),
+// 4 and 5 hold A's two 16-row halves, 6 and 7 B's two 16-column halves; one step is 32 bf16 of the inner dimension.
+template <size_t D>
+void scores_amx(const uint32_t (*qp)[Dims<D>::DR], const uint32_t *kp, size_t keys, float *s) {
+    constexpr size_t DR = Dims<D>::DR;
+    const size_t ld = keys * 4;
+    for (size_t j0 = 0; j0 < keys; j0 += 32) {
+        const uint32_t *panel = kp + (j0 / NB) * NB * DR + j0 % NB;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (size_t c = 0; c < DR; c += 16) {
+            _tile_loadd(4, &qp[0][c], DR * 4);
+            _tile_loadd(5, &qp[16][c], DR * 4);
+            _tile_loadd(6, panel + c * NB, NB * 4);
+            _tile_loadd(7, panel + c * NB + 16, NB * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, s + j0, ld);
+        _tile_stored(1, s + j0 + 16, ld);
+        _tile_stored(2, s + 16 * keys + j0, ld);
+        _tile_stored(3, s + 16 * keys + j0 + 16, ld);
+    }
+}
+
+template <size_t D>
+void values_amx(const uint16_t *p, const uint32_t *vp, size_t keys, float *o) {
+    constexpr size_t DV = Dims<D>::DV, T = Dims<D>::T;
+    const size_t lp = keys * 2;
+    for (size_t t = 0; t < T; t += 2) {
+        const bool two = t + 1 < T;  // head sizes of an odd number of 16-float vectors end on one
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (size_t j = 0; j < keys; j += 32) {
+            _tile_loadd(4, p + j, lp);
+            _tile_loadd(5, p + 16 * keys + j, lp);
+            _tile_loadd(6, vp + j / 2 * DV + 16 * t, DV * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            if (two) {
+                _tile_loadd(7, vp + j / 2 * DV + 16 * t + 16, DV * 4);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        _tile_stored(0, o + 16 * t, DV * 4);
+        _tile_stored(2, o + 16 * DV + 16 * t, DV * 4);
+        if (two) {
+            _tile_stored(1, o + 16 * t + 16, DV * 4);
+            _tile_stored(3, o + 16 * DV + 16 * t + 16, DV * 4);
+        }
+    }
+}
+#endif
+
+// Scores to bf16 probabilities, row by row (exact softmax in fp32); returns each row's 1 / sum in inv.
+void softmax_rows(const HeadLayout &L, float *s, uint16_t *p, float *inv) {
+    const size_t keys = L.keys;
+    for (size_t r = 0; r < RG; ++r) {
+        float *sr = s + r * keys;
+        for (size_t j = L.tokens; j < keys; ++j) sr[j] = -1e30f;  // padding keys: 2^(-1e30) is 0 (-inf: r is NaN)
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (size_t j = 0; j < keys; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(sr + j));
+        const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), log2e = _mm512_set1_ps(1.44269504088896341f);
+        __m512 sum = _mm512_setzero_ps();
+        for (size_t j = 0; j < keys; j += 32) {
+            __m512 e0 = exp2_512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(sr + j), top), log2e));
+            __m512 e1 = exp2_512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(sr + j + 16), top), log2e));
+            sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+            _mm512_store_si512(p + r * keys + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+}
+
+// Rows [m0, m0 + RG) of one head (fewer at the end: missing rows are computed on zeros and not stored).
+template <size_t D, bool Amx>
+void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbias, float scale, const uint32_t *kp,
+                const uint32_t *vp, float *out, Scratch &sc) {
+    constexpr size_t DR = Dims<D>::DR, DV = Dims<D>::DV, T = Dims<D>::T;
+    const size_t rows = std::min(RG, L.tokens - m0);
+    alignas(64) uint32_t qp[RG][DR];
+    for (size_t r = 0; r < RG; ++r) {
+        if (r < rows)
+            row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);  // base 2
+        else
+            std::memset(qp[r], 0, sizeof qp[r]);
+    }
+    float *s = reinterpret_cast<float *>(sc.s.get());
+    uint16_t *p = reinterpret_cast<uint16_t *>(sc.p.get());
+    float *o = reinterpret_cast<float *>(sc.o.get());
+    float inv[RG];
+#ifdef EVK_AMX_KERNEL
+    if constexpr (Amx) {
+        load_tiles();
+        scores_amx<D>(qp, kp, L.keys, s);
+        softmax_rows(L, s, p, inv);
+        values_amx<D>(p, vp, L.keys, o);
+    } else
+#endif
+    {
+        scores_avx512<D>(qp, kp, L.keys, s);
+        softmax_rows(L, s, p, inv);
+        values_avx512<D>(p, vp, L.keys, o);
+    }
     for (size_t r = 0; r < rows; ++r) {
         __m512 iv = _mm512_set1_ps(inv[r]);
         for (size_t t = 0; t < T; ++t)
@@ -257,13 +365,13 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
     }
 }
 
-template <size_t D>
+template <size_t D, bool Amx>
 void run(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias, float *out,
          const ParallelFor &parallel_for) {
     const size_t hidden = shape.heads * D, heads = shape.batch * shape.heads;
     const HeadLayout L{shape.tokens, (shape.tokens + NB - 1) / NB * NB, hidden};
     const float scale = shape.scale != 0 ? shape.scale : 1.0f / std::sqrt(float(D));
-    const size_t k_words = L.keys * Dims<D>::DP, v_words = L.keys / 2 * Dims<D>::DV;  // one head's kp, vp
+    const size_t k_words = L.keys * Dims<D>::DR, v_words = L.keys / 2 * Dims<D>::DV;  // one head's kp, vp
     Pool::Lease kp = pool().take(heads * k_words), vp = pool().take(heads * v_words);
     auto base = [&](size_t bh) { return (bh / shape.heads) * shape.tokens * hidden + (bh % shape.heads) * D; };
     auto b = [&](size_t part, size_t bh) { return bias ? bias + part * hidden + (bh % shape.heads) * D : nullptr; };
@@ -276,9 +384,28 @@ void run(const AttentionShape &shape, const float *q, const float *k, const floa
         thread_local Scratch scratch;
         scratch.fit(L.keys);
         const size_t bh = t / groups;
-        rows_group<D>(L, (t % groups) * RG, q + base(bh), b(0, bh), scale, kp.buf.get() + bh * k_words,
-                      vp.buf.get() + bh * v_words, out + base(bh), scratch);
+        rows_group<D, Amx>(L, (t % groups) * RG, q + base(bh), b(0, bh), scale, kp.buf.get() + bh * k_words,
+                           vp.buf.get() + bh * v_words, out + base(bh), scratch);
     });
+}
+
+template <bool Amx>
+void run_images(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
+                float *out, const ParallelFor &parallel_for) {
+    // One image (tile) at a time: the packed K/V buffers the pool keeps are then one image's (3 MB at SigLIP-B
+    // 512 px), not those of a 17-tile photo (54 MB), and each image still has heads x 32 tasks for the threads.
+    AttentionShape one = shape;
+    one.batch = 1;
+    const size_t step = shape.tokens * shape.heads * shape.head_dim;
+    for (size_t b = 0; b < shape.batch; ++b) {
+        const size_t o = b * step;
+        if (shape.head_dim == 64)
+            run<64, Amx>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+        else if (shape.head_dim == 72)  // SigLIP so400m (2.2B)
+            run<72, Amx>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+        else
+            run<32, Amx>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
+    }
 }
 
 }  // namespace
@@ -289,20 +416,14 @@ bool bf16_supported_shape(const AttentionShape &shape) {
 
 void attention_bf16(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
                     float *out, const ParallelFor &parallel_for) {
-    // One image (tile) at a time: the packed K/V buffers the pool keeps are then one image's (3 MB at SigLIP-B
-    // 512 px), not those of a 17-tile photo (54 MB), and each image still has heads x 32 tasks for the threads.
-    AttentionShape one = shape;
-    one.batch = 1;
-    const size_t step = shape.tokens * shape.heads * shape.head_dim;
-    for (size_t b = 0; b < shape.batch; ++b) {
-        const size_t o = b * step;
-        if (shape.head_dim == 64)
-            run<64>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
-        else if (shape.head_dim == 72)  // SigLIP so400m (2.2B)
-            run<72>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
-        else
-            run<32>(one, q + o, k + o, v + o, bias, out + o, parallel_for);
-    }
+    run_images<false>(shape, q, k, v, bias, out, parallel_for);
 }
+
+#ifdef EVK_AMX_KERNEL
+void attention_amx(const AttentionShape &shape, const float *q, const float *k, const float *v, const float *bias,
+                   float *out, const ParallelFor &parallel_for) {
+    run_images<true>(shape, q, k, v, bias, out, parallel_for);
+}
+#endif
 
 }  // namespace evk

@@ -186,8 +186,8 @@ struct MatMulQ4Op : Ort::CustomOpBase<MatMulQ4Op, MatMulQ4Kernel, true> {
 
 extern "C" {
 
-// What the attention kernel would be for the vision encoder's shapes (head_dim 64): 2 = AVX-512 BF16, 1 = the
-// portable fp32 loops. The runtimes rewrite their graphs only at level 2.
+// What the attention kernel would be for the vision encoder's shapes (head_dim 64): 3 = AMX tiles, 2 = AVX-512
+// BF16, 1 = the portable fp32 loops. The runtimes rewrite their graphs only at level 2 or above.
 __attribute__((visibility("default"))) int evk_attention_level(int head_dim) {
     evk::AttentionShape s;
     s.tokens = 1;
@@ -195,7 +195,8 @@ __attribute__((visibility("default"))) int evk_attention_level(int head_dim) {
     return int(evk::best_level(s));
 }
 
-// Which 4-bit product the decoder's MatMulQ4 runs on this CPU: 2 = AVX-512 VNNI, 1 = the portable loops.
+// Which 4-bit product the decoder's MatMulQ4 runs on this CPU: 3 = AMX tiles for prompts (AVX-512 VNNI for one
+// row), 2 = AVX-512 VNNI, 1 = the portable loops.
 __attribute__((visibility("default"))) int evk_matmul_q4_level(int k) {
     evk::Q4Shape s;
     s.rows = 1;

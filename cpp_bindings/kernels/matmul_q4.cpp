@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu.hpp"
 #include "matmul_q4.hpp"
 
 namespace evk {
@@ -13,16 +14,6 @@ namespace {
 
 constexpr size_t BLOCK = 32;
 constexpr size_t COLS = 16;  // output columns per task
-
-[[maybe_unused]] bool cpu_has_avx512_vnni() {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-#else
-    return false;
-#endif
-}
 
 float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, const uint8_t *codes,
                       const float *scales, const float *correction) {
@@ -43,8 +34,13 @@ float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, con
 }  // namespace
 
 Q4Level q4_best_level(const Q4Shape &shape) {
-    const char *cap = std::getenv("EDGEVLM_KERNELS");
-    if (cap && std::strcmp(cap, "portable") == 0) return Q4Level::portable;
+    const Cap cap = kernel_cap();
+    if (cap == Cap::portable) return Q4Level::portable;
+#ifdef EVK_AMX_Q4_KERNEL
+    // (Fewer rows than AMX_MIN_ROWS then take the VNNI path where it takes the shape, else the portable one.)
+    static const bool amx = cpu_has_amx_bf16() && cpu_has_avx512_bf16() && cpu_has_avx512_vnni();
+    if (amx && cap != Cap::avx512 && q4_amx_supported(shape)) return Q4Level::amx_bf16;
+#endif
 #ifdef EVK_VNNI_KERNEL
     static const bool vnni = cpu_has_avx512_vnni();
     return vnni && q4_vnni_supported(shape) ? Q4Level::avx512_vnni : Q4Level::portable;
@@ -88,8 +84,14 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
                const float *correction, float *out, const ParallelFor &parallel_for) {
     const size_t nb = shape.k / BLOCK, rows = shape.rows;
+#ifdef EVK_AMX_Q4_KERNEL
+    if (level == Q4Level::amx_bf16 && rows >= AMX_MIN_ROWS && q4_amx_supported(shape)) {
+        matmul_q4_amx(shape, x, codes, scales, correction, out, parallel_for);
+        return;
+    }
+#endif
 #ifdef EVK_VNNI_KERNEL
-    const bool vnni = level == Q4Level::avx512_vnni && q4_vnni_supported(shape);
+    const bool vnni = level >= Q4Level::avx512_vnni && q4_vnni_supported(shape);
 #else
     const bool vnni = false;
     (void)level;

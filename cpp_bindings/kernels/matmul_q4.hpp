@@ -7,7 +7,9 @@
 //
 // Like ONNX Runtime's int8-compute path (accuracy_level 4), x is quantized to int8 per block of 32 (scale
 // max|x| / 127) for the first term; the block sums of the second term are exact fp32. Two implementations behind
-// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops.
+// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops. On AMX, prompts of
+// AMX_MIN_ROWS rows or more take a third: the weights dequantized to bf16 per task and multiplied on tiles
+// (matmul_q4_amx.cpp), as close to the exact product but not the same integers.
 //
 // `silu_mul`: the product's columns are [gate | up] and the output is silu(gate) * up (N/2 columns), which saves
 // the Split, Sigmoid and two Muls of the MLP.
@@ -27,9 +29,13 @@ struct Q4Shape {
     bool silu_mul = false;
 };
 
-enum class Q4Level { portable = 1, avx512_vnni = 2 };
+enum class Q4Level { portable = 1, avx512_vnni = 2, amx_bf16 = 3 };
 
-// The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS ("portable" caps it).
+// Fewer rows than this (decode, short prompts) stay on the VNNI path at level amx_bf16: dequantizing the weights
+// costs more than it saves.
+constexpr size_t AMX_MIN_ROWS = 16;
+
+// The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS (cpu.hpp).
 Q4Level q4_best_level(const Q4Shape &shape);
 
 // x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul.
@@ -56,6 +62,10 @@ T *scratch(std::vector<T> &buffer, size_t count) {
 
 // The MLP's activation, as both implementations apply it to the gate half.
 inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+bool q4_amx_supported(const Q4Shape &shape);
+void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                   const float *correction, float *out, const ParallelFor &parallel_for);
 
 bool q4_vnni_supported(const Q4Shape &shape);
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,

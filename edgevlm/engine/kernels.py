@@ -5,16 +5,18 @@ A bundle's standard files stay standard ONNX (com.microsoft MultiHeadAttention),
 exporter adds, beside each quantized vision encoder, a small "kernel graph" (`vision_encoder_int8.kernels.onnx`):
 the same graph with its unmasked attention on ai.edgevlm's operator, whose weights are external data pointing into
 the standard file's own bytes, so nothing is stored twice. Where libedgevlm_kernels loads and its attention kernel
-beats ONNX Runtime's on this CPU (AVX-512 BF16: bf16 dot products accumulated in fp32; docs/benchmarks.md), the
+beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16: bf16 products accumulated in fp32; docs/benchmarks.md), the
 runtime opens the kernel graph instead. Everywhere else (no library, no compiler at install time, another CPU, the
 fp32 variant, a GPU, a bundle exported before kernel graphs) nothing changes.
 
-The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.3x faster, opens
-faster and holds ~50 MB less, but its prefill is ~1.3x slower than ONNX Runtime's (docs/benchmarks.md), which
-makes a long prompt (a split image: 1,100 tokens) slower end to end. So it runs only when asked for.
+The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.25x faster, opens
+faster and holds ~50 MB less. Its prompts (prefill) run on AMX tiles where the CPU has them, 2-2.7x faster than
+ONNX Runtime's; without AMX they are ~1.3x slower (docs/benchmarks.md), which makes a long prompt (a split image:
+1,100 tokens) slower end to end. So it is the default on AMX CPUs and runs elsewhere only when asked for.
 
-EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured: the vision attention),
-`all` (also the 4-bit decoder's products), `off`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
+EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured on this CPU class: the
+vision attention, and on AMX the 4-bit decoder), `all` (also the 4-bit decoder without AMX), `off`, or the caps
+for tests and comparisons, `avx512` (no AMX) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ log = logging.getLogger("edgevlm")
 
 DOMAIN = "ai.edgevlm"
 LIBRARY_NAME = "libedgevlm_kernels.so"
-BF16_LEVEL = 2  # evk_attention_level: 2 = AVX-512 BF16, 1 = portable fp32 loops only
+BF16_LEVEL = 2  # evk_attention_level: 3 = AMX tiles, 2 = AVX-512 BF16, 1 = portable fp32 loops only
+AMX_LEVEL = 3
 VNNI_LEVEL = 2  # evk_matmul_q4_level: 2 = AVX-512 VNNI, 1 = portable loops only
 # What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
 # models' 32.
@@ -95,21 +98,25 @@ def attention_level(head_dim: int) -> int:
 
 @lru_cache(maxsize=1)
 def matmul_q4_level() -> int:
-    """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI)."""
+    """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI, 3: AMX tiles
+    for prompts and AVX-512 VNNI for one row)."""
     return _level("evk_matmul_q4_level", 64)
 
 
 # part -> (whether this CPU runs its kernel better than ONNX Runtime does, what `Engine.kernels` says)
 _PARTS = {
-    "vision_encoder": (lambda: attention_level(64) == BF16_LEVEL, "attention:bf16"),
-    "decoder_model_merged": (lambda: _all_asked() and matmul_q4_level() == VNNI_LEVEL, "matmul_q4:vnni"),
+    "vision_encoder": (lambda: attention_level(64) >= BF16_LEVEL, "attention:bf16"),
+    "decoder_model_merged": (
+        lambda: matmul_q4_level() == AMX_LEVEL or (_all_asked() and matmul_q4_level() == VNNI_LEVEL),
+        "matmul_q4:vnni",
+    ),
 }
 
 
 def in_use(part: str) -> bool:
     """Whether a CPU session of `part` should open its kernel graph: the library loads and its kernel for that part
-    beats ONNX Runtime's on this CPU (AVX-512 BF16 for the vision attention; AVX-512 VNNI for the decoder, with
-    EDGEVLM_KERNELS=all)."""
+    beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16 for the vision attention; AMX for the decoder, or AVX-512
+    VNNI with EDGEVLM_KERNELS=all)."""
     return part in _PARTS and library() is not None and _PARTS[part][0]()
 
 
@@ -124,8 +131,12 @@ def status() -> str:
     if lib is None:
         return "off (EDGEVLM_KERNELS=off)" if _switched_off() else "not built"
     said = {
-        "vision_encoder": "vision attention in bf16 (AVX-512 BF16)",
-        "decoder_model_merged": "the 4-bit decoder's products (AVX-512 VNNI, EDGEVLM_KERNELS=all)",
+        "vision_encoder": "vision attention in bf16 ("
+        + ("AMX" if attention_level(64) == AMX_LEVEL else "AVX-512 BF16")
+        + ")",
+        "decoder_model_merged": "the 4-bit decoder's products ("
+        + ("AMX for prompts, AVX-512 VNNI per token" if matmul_q4_level() == AMX_LEVEL else "AVX-512 VNNI")
+        + ")",
     }
     used = [what for part, what in said.items() if in_use(part)]
     if not used:

@@ -113,9 +113,9 @@ EVLM_API void evlm_model_close(evlm_model *model);
 EVLM_API evlm_status evlm_model_info(const evlm_model *model, int *tile, int *image_seq_len, int *max_positions,
                                      int *vocab_size);
 /* Which of edgevlm's own kernels the model runs beside ONNX Runtime, comma-separated: "attention:bf16" (the
-   vision encoder's attention, on CPUs with AVX-512 BF16), "matmul_q4:vnni" (the 4-bit decoder's products, on CPUs
-   with AVX-512 VNNI, only with EDGEVLM_KERNELS=all), each for bundles with that part's kernel graph; "" where
-   ONNX Runtime's kernels run alone.
+   vision encoder's attention, on CPUs with AMX or AVX-512 BF16), "matmul_q4:vnni" (the 4-bit decoder's products:
+   by default on CPUs with AMX, which runs its prompts; with AVX-512 VNNI alone only with EDGEVLM_KERNELS=all),
+   each for bundles with that part's kernel graph; "" where ONNX Runtime's kernels run alone.
    The same rule as Python's VLM.kernels; EDGEVLM_KERNELS=off turns them off. Valid while the model is open. */
 EVLM_API const char *evlm_model_kernels(const evlm_model *model);
 

@@ -1,0 +1,16 @@
+// What this CPU and its OS let the kernels use, and the cap EDGEVLM_KERNELS puts on it: one place for both, so
+// every operator dispatches by the same rule.
+#pragma once
+
+namespace evk {
+
+bool cpu_has_avx512_bf16();  // AVX-512 F/BW/VL + BF16 (vdpbf16ps)
+bool cpu_has_avx512_vnni();  // AVX-512 F/BW/VL + VNNI (vpdpbusd)
+bool cpu_has_amx_bf16();     // AMX tiles with bf16, and Linux's permission for this process to use them
+
+// EDGEVLM_KERNELS=portable caps every operator to its portable loops, =avx512 to AVX-512 (no AMX): for tests, and
+// to compare. Read at each call, so a test can change it between runs of one session.
+enum class Cap { none, avx512, portable };
+Cap kernel_cap();
+
+}  // namespace evk

@@ -1,0 +1,153 @@
+// The 4-bit product for prompts (several rows) on AMX tiles, in bf16 (built with AMX and AVX-512 BF16 for this file
+// alone; matmul_q4.cpp calls it only where the CPU has them and the prompt has enough rows to pay for it).
+//
+// The per-block int8 path of the other implementations scales every block of every row by its own pair of scales;
+// on AMX that per-block work would cost more than the tile products themselves. Here instead each task
+// dequantizes its 32 columns once, w = s (q - 8) + c (the correction c = s (8 - z) is HQQ's float zero point, so
+// it folds into the weight), rounded to bf16 and laid out as the tiles read them, and x is rounded to bf16 once per
+// call: then every 32 x 32 block of the output is 4 tile accumulators over K / 32 steps. bf16 keeps 8 bits of
+// mantissa, more than the int8 activations of the other paths, so the result is as close to the exact product,
+// though not the same integers (tests/test_kernels.py holds every path to the exact product).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "matmul_q4.hpp"
+
+namespace evk {
+namespace {
+
+constexpr size_t BLOCK = 32;
+constexpr size_t COLS = 32;  // output columns per task: two 16-column tiles
+constexpr size_t ROWS = 32;  // output rows per step: two 16-row tiles
+
+// ONNX Runtime's MLAS loads this same configuration (8 tiles of 16 rows x 64 bytes) once per thread and relies on
+// it staying loaded for its int8 GEMMs on the same threads, so it is the one used here, and it is never released.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// Row m of x as bf16 (k is a multiple of 32).
+void row_to_bf16(const float *x, size_t k, uint16_t *out) {
+    for (size_t c = 0; c < k; c += 32)
+        _mm512_storeu_si512(out + c, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c)));
+}
+
+// Columns [n0, n0 + 16) (those past n are zero), dequantized to bf16 pairs: out[i * 16 + c] holds (w[2i][n0 + c],
+// w[2i + 1][n0 + c]), the layout of a tile's B operand. Byte j of a block holds elements 2j (low nibble) and 2j + 1
+// (high), so one byte is one pair; 16 columns' bytes are gathered 4 at a time.
+void dequantize16(const uint8_t *codes, const float *scales, const float *correction, size_t nb, size_t n,
+                  size_t n0, uint32_t *out) {
+    const size_t count = std::min<size_t>(16, n - n0);
+    const __mmask16 live = __mmask16((1u << count) - 1);
+    const __m512i column = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i code_at = _mm512_mullo_epi32(column, _mm512_set1_epi32(int(nb * 16)));
+    const __m512i scale_at = _mm512_mullo_epi32(column, _mm512_set1_epi32(int(nb)));
+    const __m512i nibble = _mm512_set1_epi32(15);
+    for (size_t b = 0; b < nb; ++b) {
+        const __m512 s = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, scale_at, scales + n0 * nb + b, 4);
+        const __m512 z = _mm512_maskz_loadu_ps(live, correction + b * n + n0);
+        const __m512 offset = _mm512_fnmadd_ps(s, _mm512_set1_ps(8.0f), z);  // w = s q + (c - 8 s)
+        const uint8_t *base = codes + (n0 * nb + b) * 16;
+        for (size_t j4 = 0; j4 < 16; j4 += 4) {
+            const __m512i four = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, code_at, base + j4, 1);
+            for (size_t t = 0; t < 4; ++t) {
+                const __m512i byte = _mm512_srli_epi32(four, unsigned(8 * t));
+                const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(byte, nibble)), s, offset);
+                const __m512 hi =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(byte, 4), nibble)), s, offset);
+                const __m512i even = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+                const __m512i odd = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi)), 16);
+                _mm512_store_si512(out + (b * 16 + j4 + t) * 16, _mm512_or_si512(even, odd));
+            }
+        }
+    }
+}
+
+// y[m0..m0+32) x [n0..n0+32) for every 32 rows of xb (rows padded to 32 with zeros), from the task's two
+// dequantized tiles w0, w1.
+void tiles(const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y, size_t ld,
+           size_t width) {
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+    alignas(64) float part[ROWS][COLS];
+    const size_t lx = k * 2;
+    for (size_t m0 = 0; m0 < rows; m0 += ROWS) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const uint16_t *a = xb + m0 * k;
+        for (size_t kk = 0; kk < k; kk += 32) {
+            _tile_loadd(4, a + kk, lx);
+            _tile_loadd(5, a + 16 * k + kk, lx);
+            _tile_loadd(6, w0 + kk / 2 * 16, 64);
+            _tile_loadd(7, w1 + kk / 2 * 16, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        const size_t live_rows = std::min(ROWS, rows - m0);
+        float *at = y + m0 * ld;
+        if (live_rows == ROWS && width == COLS) {
+            _tile_stored(0, at, ld * 4);
+            _tile_stored(1, at + 16, ld * 4);
+            _tile_stored(2, at + 16 * ld, ld * 4);
+            _tile_stored(3, at + 16 * ld + 16, ld * 4);
+            continue;
+        }
+        _tile_stored(0, &part[0][0], COLS * 4);
+        _tile_stored(1, &part[0][16], COLS * 4);
+        _tile_stored(2, &part[16][0], COLS * 4);
+        _tile_stored(3, &part[16][16], COLS * 4);
+        for (size_t r = 0; r < live_rows; ++r) std::memcpy(at + r * ld, part[r], width * 4);
+    }
+}
+
+}  // namespace
+
+bool q4_amx_supported(const Q4Shape &shape) {
+    return shape.k % BLOCK == 0 && shape.k > 0 && (!shape.silu_mul || shape.n % 2 == 0);
+}
+
+void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                   const float *correction, float *out, const ParallelFor &parallel_for) {
+    const size_t k = shape.k, n = shape.n, nb = k / BLOCK, rows = shape.rows;
+    const size_t padded = (rows + ROWS - 1) / ROWS * ROWS;
+    thread_local std::vector<uint16_t> xbuf;
+    uint16_t *xb = scratch(xbuf, padded * k);
+    parallel_for(padded, [&](size_t m) {
+        if (m < rows)
+            row_to_bf16(x + m * k, k, xb + m * k);
+        else
+            std::memset(xb + m * k, 0, k * 2);
+    });
+    thread_local std::vector<float> before;
+    float *y = shape.silu_mul ? scratch(before, rows * n) : out;
+    parallel_for((n + COLS - 1) / COLS, [&](size_t t) {
+        const size_t n0 = t * COLS, width = std::min(COLS, n - n0);
+        thread_local std::vector<uint32_t> wbuf;
+        uint32_t *w = scratch(wbuf, k * COLS + 16);
+        uint32_t *w0 = reinterpret_cast<uint32_t *>((reinterpret_cast<uintptr_t>(w) + 63) & ~uintptr_t(63));
+        uint32_t *w1 = w0 + k / 2 * 16;
+        dequantize16(codes, scales, correction, nb, n, n0, w0);
+        if (width > 16)
+            dequantize16(codes, scales, correction, nb, n, n0 + 16, w1);
+        else
+            std::memset(w1, 0, k / 2 * 16 * 4);
+        tiles(xb, rows, k, w0, w1, y + n0, n, width);
+    });
+    if (!shape.silu_mul) return;
+    const size_t width = n / 2;
+    parallel_for(rows, [&](size_t m) {
+        const float *row = y + m * n;
+        for (size_t c = 0; c < width; ++c) out[m * width + c] = silu(row[c]) * row[width + c];
+    });
+}
+
+}  // namespace evk
