@@ -220,11 +220,29 @@ RESIZES = [
 ]
 
 
+@pytest.fixture(params=["library", "pillow"])
+def resampler(request, monkeypatch):
+    """The two ways resample.py resizes: the kernel library's resampler (required in CI, where the package is built
+    with it) and Pillow in strips (an install without a compiler)."""
+    from conftest import require
+
+    from edgevlm.engine import kernels
+
+    if request.param == "library":
+        require(kernels.library(), "libedgevlm_kernels is not built here (no compiler at install time)")
+        probe = kernels.resize(np.zeros((4, 4, 3), np.uint8), (8, 8), None, 1)
+        assert probe is not None and probe.shape == (8, 8, 3)
+    else:
+        monkeypatch.setattr(kernels, "resize", lambda *a: None)
+    return request.param
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
-@pytest.mark.parametrize("workers", [2, 3])
-def test_resize_in_strips_gives_pillows_bytes(mode, workers):
-    """Each pass cut into strips on threads equals Pillow's one call, in both of Pillow 13's pass orders (the
-    height first when it shrinks by more than twice the width), with premultiplied alpha, and for 1-pixel strips."""
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_resize_gives_pillows_bytes(resampler, mode, workers):
+    """The library's resampler, and each pass cut into strips on threads, equal Pillow's one call, in both of
+    Pillow 13's pass orders (the height first when it shrinks by more than twice the width), with premultiplied
+    alpha, and for 1-pixel strips."""
     from edgevlm.engine.resample import resize_lanczos
 
     rng = np.random.default_rng(workers)
@@ -235,6 +253,31 @@ def test_resize_in_strips_gives_pillows_bytes(mode, workers):
         image = Image.fromarray(a[..., 0] if mode == "L" else a, mode)
         ours = np.asarray(resize_lanczos(image, W, H, workers=workers))
         assert np.array_equal(ours, np.asarray(image.resize((W, H), Image.LANCZOS))), ((w, h), (W, H))
+
+
+TWICE = [
+    ((512, 512), (2048, 2048), (512, 512)),  # W1: SmolVLM2's rule for a 512 px photo, fused in the library
+    ((640, 480), (2048, 1536), (512, 512)),
+    ((300, 200), (2048, 1365), (512, 512)),
+    ((2048, 1024), (1024, 512), (512, 512)),  # two downscales: not fused
+    ((100, 700), (300, 2048), (512, 512)),  # the first resize's height first: not fused
+]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_two_resizes_in_one_call_give_pillows_bytes(resampler, mode):
+    """resize_lanczos_twice equals Pillow's two calls, fused or not (RGBA premultiplied around each resize)."""
+    from edgevlm.engine.resample import resize_lanczos_twice
+
+    rng = np.random.default_rng(7)
+    for (w, h), first, then in TWICE:
+        a = rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8)
+        if mode == "RGBA":
+            a[..., 3] = rng.choice([0, 17, 128, 255], (h, w))
+        image = Image.fromarray(a[..., 0] if mode == "L" else a, mode)
+        want = image.resize(first, Image.LANCZOS).resize(then, Image.LANCZOS)
+        ours = resize_lanczos_twice(image, first, then, workers=2)
+        assert ours.mode == want.mode and np.array_equal(np.asarray(ours), np.asarray(want)), ((w, h), first, then)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only")

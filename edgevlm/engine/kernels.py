@@ -28,6 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("edgevlm")
 
 DOMAIN = "ai.edgevlm"
@@ -101,6 +103,25 @@ def matmul_q4_level() -> int:
     """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI, 3: AMX tiles
     for prompts and AVX-512 VNNI for one row)."""
     return _level("evk_matmul_q4_level", 64)
+
+
+def resize(pixels: np.ndarray, first: tuple[int, int], then: tuple[int, int] | None, threads: int) -> np.ndarray | None:
+    """The library's LANCZOS resize of (height, width, channels) uint8 pixels to `first` (width, height), then to
+    `then` where given: Pillow's bytes from the C library's resampler (vector kernels; the two resizes fused where
+    SmolVLM2's rule upscales then downscales). None where the library is absent or refuses the sizes."""
+    loaded = _loaded()
+    fn = getattr(loaded, "evk_resize", None) if loaded is not None else None
+    if fn is None or pixels.dtype != np.uint8 or pixels.ndim != 3:
+        return None
+    fn.restype = ctypes.c_int
+    src = np.ascontiguousarray(pixels)
+    h, w, c = src.shape
+    w2, h2 = then or (0, 0)
+    out = np.empty(((h2, w2) if then else first[::-1]) + (c,), np.uint8)
+    as_bytes = ctypes.POINTER(ctypes.c_uint8)
+    args = (*first, w2, h2, max(threads, 1))
+    status = fn(src.ctypes.data_as(as_bytes), w, h, c, *args, out.ctypes.data_as(as_bytes))
+    return out if status == 0 else None
 
 
 # part -> (whether this CPU runs its kernel better than ONNX Runtime does, what `Engine.kernels` says)

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ImageTooLargeError, InputError
 from .bundle import ModelSpec
 from .limits import max_image_pixels
-from .resample import resize_lanczos
+from .resample import resize_lanczos, resize_lanczos_twice
 
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the resized longest edge
 
@@ -248,10 +248,10 @@ def process_image(
     im = load_image(image, color, max_pixels)
     tile = spec.tile
     h, w = _resize_longest(im.height, im.width, longest_edge or spec.longest_edge)
-    im = _resize(im, h, w, threads)
     do_split = spec.do_image_splitting if split is None else split
-    if not do_split:
-        return ProcessedImage(_normalize([_resize(im, tile, tile, threads)], spec), 0, 0)
+    if not do_split:  # the reference's two resizes, in one call (fused where one upscales and one downscales)
+        return ProcessedImage(_normalize([resize_lanczos_twice(im, (w, h), (tile, tile), threads)], spec), 0, 0)
+    im = _resize(im, h, w, threads)
     h, w = _tile_multiple(h, w, tile)
     im = _resize(im, h, w, threads)
     if h <= tile and w <= tile:

@@ -1,11 +1,15 @@
 """Pillow's LANCZOS resize, byte for byte, on every core.
 
-Pillow resamples one axis at a time through an 8-bit intermediate image, and each output row of the horizontal pass
-(each column of the vertical pass) depends only on its own input row (column). So a pass cut into strips, each
-strip resized by Pillow alone on its own thread (Pillow releases the GIL while it resamples), gives the same bytes
-as the one call. SmolVLM2's rule resizes a 512 px photo to 2048 px and back to 512 px: ~190 M multiply-adds, the
-largest piece of a W1 caption outside ONNX Runtime (tests/test_preprocess.py checks the bytes against
-`Image.resize` on many sizes and modes).
+SmolVLM2's rule resizes a 512 px photo to 2048 px and back to 512 px: ~190 M multiply-adds, the largest piece of a
+W1 caption outside ONNX Runtime. Where edgevlm's kernel library is built, the C library's resampler does it
+(cpp_bindings/src/resample.cpp through `kernels.resize`: Pillow's fixed-point arithmetic on vector kernels, the
+two resizes fused so the 2048 px image is never written; 51 -> 6 ms on the AMX machine, docs/benchmarks.md).
+
+Otherwise Pillow does, in strips: Pillow resamples one axis at a time through an 8-bit intermediate image, and each
+output row of the horizontal pass (each column of the vertical pass) depends only on its own input row (column).
+So a pass cut into strips, each strip resized by Pillow alone on its own thread (Pillow releases the GIL while it
+resamples), gives the same bytes as the one call. tests/test_preprocess.py checks both ways' bytes against
+`Image.resize` on many sizes and modes.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image
 
+from . import kernels
+
+_MODES = ("RGB", "RGBa", "L")  # 8 bits per band, each band resampled on its own: the library's too
 _MIN_WORK = 512 * 512  # output pixels of a pass below which one thread is quicker than the hand-off
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -31,12 +39,36 @@ if hasattr(os, "register_at_fork"):
 
 
 def resize_lanczos(im: Image.Image, width: int, height: int, workers: int | None = None) -> Image.Image:
-    """`im.resize((width, height), Image.Resampling.LANCZOS)`, each pass cut into `workers` strips (default: one per core)."""
+    """`im.resize((width, height), Image.Resampling.LANCZOS)` on `workers` threads (default: one per core)."""
+    return resize_lanczos_twice(im, (width, height), None, workers)
+
+
+def resize_lanczos_twice(
+    im: Image.Image, first: tuple[int, int], then: tuple[int, int] | None, workers: int | None = None
+) -> Image.Image:
+    """`im.resize(first, LANCZOS).resize(then, LANCZOS)` (`then` None: the first alone), the same bytes; the
+    library fuses the two where one upscales and the other downscales (SmolVLM2's 512 -> 2048 -> 512)."""
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or im.size == (width, height) or im.mode not in ("RGB", "RGBA", "RGBa", "L"):
+    if im.mode == "RGBA":  # Pillow premultiplies alpha around both passes of each resize, so must we
+        once = resize_lanczos_twice(im.convert("RGBa"), first, None, workers).convert("RGBA")
+        return once if then is None else resize_lanczos_twice(once, then, None, workers)
+    if then is not None and first == im.size:
+        first, then = then, None
+    if im.size == first and then is None:
+        return im.copy()
+    if im.mode in _MODES:
+        pixels = np.asarray(im)
+        done = kernels.resize(pixels.reshape(pixels.shape[:2] + (-1,)), first, then, workers)
+        if done is not None:
+            return Image.fromarray(done[..., 0] if im.mode == "L" else done, im.mode)
+    out = _strips(im, *first, workers)
+    return out if then is None else _strips(out, *then, workers)
+
+
+def _strips(im: Image.Image, width: int, height: int, workers: int) -> Image.Image:
+    """Pillow's resize, each pass cut into `workers` strips."""
+    if workers == 1 or im.size == (width, height) or im.mode not in _MODES:
         return im.resize((width, height), resample=Image.Resampling.LANCZOS)
-    if im.mode == "RGBA":  # Pillow premultiplies alpha once around both passes, so must we
-        return resize_lanczos(im.convert("RGBa"), width, height, workers).convert("RGBA")
     shrink_x, shrink_y = im.width - width, im.height - height
     if shrink_y > 0 and shrink_y > 2 * shrink_x:  # Pillow 13 resamples the height first here: fewer rows after
         return _horizontal(_vertical(im, height, workers), width, workers)
