@@ -21,6 +21,7 @@ namespace {
 constexpr size_t BLOCK = 32;
 constexpr size_t COLS = 16;             // output columns per task of the products
 constexpr size_t CORRECTION_RUN = 256;  // columns per task of the correction term: long contiguous reads
+constexpr size_t DECODE_RUN = 64;       // columns per task of one row: correction term and products together
 // Decode reads each column's codes once, from memory: asking for them 1 KB ahead measured 20-30 % faster on the
 // AVX-512 machine (the hardware prefetcher alone left it at 10-15 GB/s on K = 1536).
 constexpr size_t PREFETCH = 1024;
@@ -276,18 +277,29 @@ void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *code
     // The product before the activation, written first by the correction pass: straight into out without one.
     thread_local std::vector<float> before;
     float *y = shape.silu_mul ? scratch(before, shape.rows * shape.n) : out;
-    parallel_for((shape.n + CORRECTION_RUN - 1) / CORRECTION_RUN, [&](size_t t) {
-        correction_term(shape, in, t * CORRECTION_RUN, std::min(shape.n, (t + 1) * CORRECTION_RUN), correction,
-                        y);
-    });
-    parallel_for((shape.n + COLS - 1) / COLS, [&](size_t t) {
-        const size_t n0 = t * COLS, count = std::min(COLS, shape.n - n0);
-        if (shape.rows < 4) {  // decode: nothing to share between rows
-            for (size_t m = 0; m < shape.rows; ++m) tile(in, r, m, n0, count, codes, scales, y + m * shape.n + n0);
-            return;
-        }
-        rows_tile(in, r, Unpacked(r, in.blocks, n0, count, codes, scales), count, shape.n, y + n0);
-    });
+    if (shape.rows == 1) {
+        // Decode (120 products a token): one hand-off to the pool per product, each task its run of columns'
+        // correction term and then their products (two parallel regions measured 3-7 % fewer tokens/s).
+        parallel_for((shape.n + DECODE_RUN - 1) / DECODE_RUN, [&](size_t t) {
+            const size_t n0 = t * DECODE_RUN, n1 = std::min(shape.n, n0 + DECODE_RUN);
+            correction_term(shape, in, n0, n1, correction, y);
+            for (size_t n = n0; n < n1; n += COLS) tile(in, r, 0, n, std::min(COLS, n1 - n), codes, scales, y + n);
+        });
+    } else {
+        parallel_for((shape.n + CORRECTION_RUN - 1) / CORRECTION_RUN, [&](size_t t) {
+            correction_term(shape, in, t * CORRECTION_RUN, std::min(shape.n, (t + 1) * CORRECTION_RUN),
+                            correction, y);
+        });
+        parallel_for((shape.n + COLS - 1) / COLS, [&](size_t t) {
+            const size_t n0 = t * COLS, count = std::min(COLS, shape.n - n0);
+            if (shape.rows < 4) {  // nothing to share between rows
+                for (size_t m = 0; m < shape.rows; ++m)
+                    tile(in, r, m, n0, count, codes, scales, y + m * shape.n + n0);
+                return;
+            }
+            rows_tile(in, r, Unpacked(r, in.blocks, n0, count, codes, scales), count, shape.n, y + n0);
+        });
+    }
     if (!shape.silu_mul) return;
     const size_t width = shape.n / 2;
     if (shape.rows == 1)
