@@ -22,6 +22,9 @@
 #include <vector>
 
 #include "attention.hpp"
+#ifdef EVK_AMX_KERNEL
+#include "amx_tiles.hpp"
+#endif
 
 namespace evk {
 namespace {
@@ -240,19 +243,6 @@ void values_avx512(const uint16_t *p, const uint32_t *vp, size_t keys, float *o)
 }
 
 #ifdef EVK_AMX_KERNEL
-// AMX: tiles of 16 rows x 64 bytes, the configuration ONNX Runtime's MLAS loads once per thread and keeps (its int8
-// GEMMs on these same threads rely on it), so it is loaded here before use and never released or changed.
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
-inline void load_tiles() {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
-}
-
 // Tiles: 0-3 accumulate a 32 x 32 block of C (0: rows 0-15 x columns 0-15, 1: x 16-31, 2 and 3 rows 16-31),
 // 4 and 5 hold A's two 16-row halves, 6 and 7 B's two 16-column halves; one step is 32 bf16 of the inner dimension.
 template <size_t D>

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_tiles.hpp"
 #include "matmul_q4.hpp"
 
 namespace evk {
@@ -22,14 +23,6 @@ namespace {
 constexpr size_t BLOCK = 32;
 constexpr size_t COLS = 32;  // output columns per task: two 16-column tiles
 constexpr size_t ROWS = 32;  // output rows per step: two 16-row tiles
-
-// ONNX Runtime's MLAS loads this same configuration (8 tiles of 16 rows x 64 bytes) once per thread and relies on
-// it staying loaded for its int8 GEMMs on the same threads, so it is the one used here, and it is never released.
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
 
 // Row m of x as bf16 (k is a multiple of 32).
 void row_to_bf16(const float *x, size_t k, uint16_t *out) {
@@ -72,8 +65,7 @@ void dequantize16(const uint8_t *codes, const float *scales, const float *correc
 // dequantized tiles w0, w1.
 void tiles(const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y, size_t ld,
            size_t width) {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
+    load_tiles();
     alignas(64) float part[ROWS][COLS];
     const size_t lx = k * 2;
     for (size_t m0 = 0; m0 < rows; m0 += ROWS) {
