@@ -3,7 +3,7 @@
 SmolVLM2's rule resizes a 512 px photo to 2048 px and back to 512 px: ~190 M multiply-adds, the largest piece of a
 W1 caption outside ONNX Runtime. Where edgevlm's kernel library is built, the C library's resampler does it
 (cpp_bindings/src/resample.cpp through `kernels.resize`: Pillow's fixed-point arithmetic on vector kernels, the
-two resizes fused so the 2048 px image is never written; 51 -> 6 ms on the AMX machine, docs/benchmarks.md).
+two resizes fused so the 2048 px image is never written; 53 -> 7 ms on the AMX machine, docs/benchmarks.md).
 
 Otherwise Pillow does, in strips: Pillow resamples one axis at a time through an 8-bit intermediate image, and each
 output row of the horizontal pass (each column of the vertical pass) depends only on its own input row (column).
@@ -60,7 +60,7 @@ def resize_lanczos_twice(
         pixels = np.asarray(im)
         done = kernels.resize(pixels.reshape(pixels.shape[:2] + (-1,)), first, then, workers)
         if done is not None:
-            return Image.fromarray(done[..., 0] if im.mode == "L" else done, im.mode)
+            return Image.frombytes(im.mode, (done.shape[1], done.shape[0]), done.tobytes())
     out = _strips(im, *first, workers)
     return out if then is None else _strips(out, *then, workers)
 
