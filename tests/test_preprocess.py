@@ -217,6 +217,7 @@ RESIZES = [
     ((300, 1000), (120, 200)),
     ((1, 700), (3, 5)),
     ((700, 1), (900, 2)),
+    ((300, 200), (300, 200)),  # the same size: Pillow copies, and RGBA must not go through premultiplied alpha
 ]
 
 
@@ -261,6 +262,8 @@ TWICE = [
     ((300, 200), (2048, 1365), (512, 512)),
     ((2048, 1024), (1024, 512), (512, 512)),  # two downscales: not fused
     ((100, 700), (300, 2048), (512, 512)),  # the first resize's height first: not fused
+    ((224, 224), (224, 224), (512, 512)),  # the first to the same size (a split image already a tile multiple)
+    ((512, 512), (2048, 2048), (2048, 2048)),
 ]
 
 

@@ -49,13 +49,13 @@ def resize_lanczos_twice(
     """`im.resize(first, LANCZOS).resize(then, LANCZOS)` (`then` None: the first alone), the same bytes; the
     library fuses the two where one upscales and the other downscales (SmolVLM2's 512 -> 2048 -> 512)."""
     workers = workers or os.cpu_count() or 1
+    if then is not None and first == im.size:
+        first, then = then, None
+    if im.size == first and then is None:  # before any premultiplying, as Pillow: RGBA -> RGBa -> RGBA loses bits
+        return im.copy()
     if im.mode == "RGBA":  # Pillow premultiplies alpha around both passes of each resize, so must we
         once = resize_lanczos_twice(im.convert("RGBa"), first, None, workers).convert("RGBA")
         return once if then is None else resize_lanczos_twice(once, then, None, workers)
-    if then is not None and first == im.size:
-        first, then = then, None
-    if im.size == first and then is None:
-        return im.copy()
     if im.mode in _MODES:
         pixels = np.asarray(im)
         done = kernels.resize(pixels.reshape(pixels.shape[:2] + (-1,)), first, then, workers)
