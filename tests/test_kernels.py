@@ -5,8 +5,8 @@ none of the fp32 ones), and the library's absence.
 
 The bf16 kernel needs a CPU with AVX-512 BF16; where the CPU lacks it those cases skip and say so, and the portable
 implementation is tested everywhere. On a CPU with AMX the bf16 cases run twice: on the tiles (the library's own
-choice there) and capped to AVX-512 (EDGEVLM_KERNELS=avx512). The library itself must be built where the package was installed with a
-compiler (CI: EDGEVLM_CI=1 makes its absence a failure, not a skip)."""
+choice there) and capped to AVX-512 (EDGEVLM_KERNELS=avx512). The library itself must be built where the package
+was installed with a compiler (CI: EDGEVLM_CI=1 makes its absence a failure, not a skip)."""
 
 from __future__ import annotations
 
