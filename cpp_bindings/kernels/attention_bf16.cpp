@@ -333,7 +333,7 @@ void rows_group(const HeadLayout &L, size_t m0, const float *q, const float *qbi
     alignas(64) uint32_t qp[RG][DR];
     for (size_t r = 0; r < RG; ++r) {
         if (r < rows)
-            row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);  // base 2
+            row_pairs<D>(q + (m0 + r) * L.stride, qbias, scale, qp[r]);
         else
             std::memset(qp[r], 0, sizeof qp[r]);
     }

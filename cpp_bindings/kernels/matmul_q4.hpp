@@ -60,8 +60,13 @@ T *scratch(std::vector<T> &buffer, size_t count) {
     return buffer.data();
 }
 
-// The MLP's activation, as both implementations apply it to the gate half.
+// The MLP's activation, as every implementation applies it to the gate half.
 inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+// One output row of the MLP: silu(gate) * up, from the product's row [gate | up].
+inline void silu_mul(const float *y, size_t width, float *out) {
+    for (size_t c = 0; c < width; ++c) out[c] = silu(y[c]) * y[width + c];
+}
 
 bool q4_amx_supported(const Q4Shape &shape);
 void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,

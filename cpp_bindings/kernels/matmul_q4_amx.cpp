@@ -124,7 +124,7 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
     parallel_for((n + COLS - 1) / COLS, [&](size_t t) {
         const size_t n0 = t * COLS, width = std::min(COLS, n - n0);
         thread_local std::vector<uint32_t> wbuf;
-        uint32_t *w = scratch(wbuf, k * COLS + 16);
+        uint32_t *w = scratch(wbuf, k / 2 * COLS + 16);  // two tiles of k / 2 rows x 16 words, 64-byte aligned
         uint32_t *w0 = reinterpret_cast<uint32_t *>((reinterpret_cast<uintptr_t>(w) + 63) & ~uintptr_t(63));
         uint32_t *w1 = w0 + k / 2 * 16;
         dequantize16(codes, scales, correction, nb, n, n0, w0);
@@ -136,10 +136,7 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
     });
     if (!shape.silu_mul) return;
     const size_t width = n / 2;
-    parallel_for(rows, [&](size_t m) {
-        const float *row = y + m * n;
-        for (size_t c = 0; c < width; ++c) out[m * width + c] = silu(row[c]) * row[width + c];
-    });
+    parallel_for(rows, [&](size_t m) { silu_mul(y + m * n, width, out + m * width); });
 }
 
 }  // namespace evk

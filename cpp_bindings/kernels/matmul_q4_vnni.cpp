@@ -259,11 +259,6 @@ void correction_term(const Q4Shape &shape, const Q4Input &in, size_t n0, size_t 
     }
 }
 
-// One output row of the MLP: silu(gate) * up, from the product's row [gate | up].
-void silu_mul(const float *y, size_t width, float *out) {
-    for (size_t c = 0; c < width; ++c) out[c] = silu(y[c]) * y[width + c];
-}
-
 }  // namespace
 
 bool q4_vnni_supported(const Q4Shape &shape) {

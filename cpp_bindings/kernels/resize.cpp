@@ -2,7 +2,6 @@
 // and the fused 512 -> 2048 -> 512 of SmolVLM2's rule) for the Python runtime, which otherwise resizes with Pillow
 // itself: one exported function over interleaved 8-bit pixels, called through ctypes (edgevlm/engine/resample.py).
 #include <cstdint>
-#include <cstring>
 #include <exception>
 
 #include "../src/resample.hpp"
