@@ -2,7 +2,12 @@
 
 #include <openssl/evp.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -115,7 +120,88 @@ bool inside(const std::string &rel) {
     return !rel.empty() && rel[0] != '/' && rel.find("..") == std::string::npos;
 }
 
-void verify_file(const std::string &root, const std::string &rel, const json &files) {
+// Which files already matched their sha256, shared with the Python runtime (edgevlm/engine/verified.py, same file,
+// same format): `$EDGEVLM_CACHE/verified.json` maps a file's real path to {"sha256", "id": [device, inode, size,
+// mtime ns, ctime ns]}. A stamp is trusted only while the file's identity on disk is unchanged; a write in place or
+// a replacement moves its ctime, which no program can set back. A cache that cannot be read or written only means
+// hashing every time. Ordered: the oldest stamps are the first dropped past kStampLimit, as in Python.
+class Stamps {
+  public:
+    Stamps() : path_(cache_dir() + "/verified.json") {
+        std::ifstream f(path_, std::ios::binary);
+        if (!f) return;
+        try {
+            entries_ = ordered_json::parse(f);
+        } catch (const ordered_json::exception &) {
+        }
+        if (!entries_.is_object()) entries_ = ordered_json::object();
+    }
+
+    bool holds(const std::string &path, const std::string &sha256) const {
+        ordered_json id = identity(path);
+        auto it = entries_.find(real_path(path));
+        if (id.is_null() || it == entries_.end() || !it->is_object()) return false;
+        auto sum = it->find("sha256"), was = it->find("id");
+        return sum != it->end() && *sum == sha256 && was != it->end() && *was == id;
+    }
+
+    void add(const std::string &path, const std::string &sha256) {
+        ordered_json id = identity(path);
+        if (id.is_null()) return;
+        std::string key = real_path(path);
+        entries_.erase(key);  // re-inserted last
+        entries_[key] = {{"sha256", sha256}, {"id", id}};
+        changed_ = true;
+    }
+
+    // Atomically (a temporary file renamed over the old one); silently nothing where the cache is not writable.
+    void save() {
+        if (!changed_) return;
+        changed_ = false;
+        while (entries_.size() > kStampLimit) entries_.erase(entries_.begin());
+        std::string dir = path_.substr(0, path_.rfind('/'));
+        for (size_t at = dir.find('/', 1); at != std::string::npos; at = dir.find('/', at + 1))  // mkdir -p
+            if (mkdir(dir.substr(0, at).c_str(), 0777) != 0 && errno != EEXIST) return;
+        if (mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) return;
+        std::string tmp = dir + "/.verified.XXXXXX.partial";
+        int fd = mkstemps(tmp.data(), 8);
+        if (fd < 0) return;
+        std::string text = entries_.dump();
+        bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
+        ok = close(fd) == 0 && ok;
+        if (!ok || std::rename(tmp.c_str(), path_.c_str()) != 0) unlink(tmp.c_str());
+    }
+
+  private:
+    using ordered_json = nlohmann::ordered_json;
+    static constexpr size_t kStampLimit = 4096;
+
+    static std::string cache_dir() {
+        if (const char *c = std::getenv("EDGEVLM_CACHE"); c && *c) return c;
+        if (const char *x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/edgevlm";
+        const char *home = std::getenv("HOME");
+        return std::string(home && *home ? home : ".") + "/.cache/edgevlm";
+    }
+
+    static std::string real_path(const std::string &path) {
+        char buf[PATH_MAX];
+        return realpath(path.c_str(), buf) ? std::string(buf) : path;
+    }
+
+    static ordered_json identity(const std::string &path) {
+        struct stat st {};
+        if (stat(path.c_str(), &st) != 0) return nullptr;
+        auto ns = [](const timespec &t) { return int64_t(t.tv_sec) * 1000000000 + int64_t(t.tv_nsec); };
+        return {uint64_t(st.st_dev), uint64_t(st.st_ino), int64_t(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
+    }
+
+    std::string path_;
+    ordered_json entries_ = ordered_json::object();
+    bool changed_ = false;
+};
+
+// Size, then the stamp (unless `full`), then the sha256; a match is stamped.
+void verify_file(const std::string &root, const std::string &rel, const json &files, Stamps &stamps, bool full) {
     if (!files.contains(rel))
         fail(EVLM_ERR_MODEL, rel + " is not listed in " + root + "/edgevlm.json; the bundle was changed after "
                                    "export. Re-export it.");
@@ -126,9 +212,15 @@ void verify_file(const std::string &root, const std::string &rel, const json &fi
     struct stat st {};
     stat(path.c_str(), &st);
     if (!entry.value("size", json()).is_number_integer() || !entry.value("sha256", json()).is_string() ||
-        uint64_t(st.st_size) != entry["size"].get<uint64_t>() || sha256_file(path) != entry["sha256"].get<std::string>())
+        uint64_t(st.st_size) != entry["size"].get<uint64_t>())
         fail(EVLM_ERR_MODEL, path + " does not match its checksum in edgevlm.json (altered or truncated); "
                                     "re-export the bundle or copy it again.");
+    const std::string sha256 = entry["sha256"].get<std::string>();
+    if (!full && stamps.holds(path, sha256)) return;
+    if (sha256_file(path) != sha256)
+        fail(EVLM_ERR_MODEL, path + " does not match its checksum in edgevlm.json (altered or truncated); "
+                                    "re-export the bundle or copy it again.");
+    stamps.add(path, sha256);
 }
 
 }  // namespace
@@ -155,7 +247,7 @@ std::string sha256_file(const std::string &path) {
     return out;
 }
 
-Bundle open_bundle(const std::string &root_in, const std::string &variant, bool verify) {
+Bundle open_bundle(const std::string &root_in, const std::string &variant, int verify) {
     std::string root = root_in;
     while (root.size() > 1 && root.back() == '/') root.pop_back();
     if (!is_dir(root))
@@ -198,7 +290,7 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
             if (all)
                 for (const char *part : kParts) variants[name][part] = std::string("onnx/") + part + suffix + ".onnx";
         }
-        verify = false;  // nothing to check against
+        verify = EVLM_VERIFY_OFF;  // nothing to check against
     }
     if (variants.empty()) fail(EVLM_ERR_MODEL, root + " holds no complete set of ONNX parts.");
     b.variant = variant.empty() ? (variants.count("fp32") ? "fp32" : variants.begin()->first) : variant;
@@ -208,18 +300,22 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, bool 
         for (auto &v : variants) names += (names.empty() ? "" : ", ") + v.first;
         fail(EVLM_ERR_MODEL, "unknown variant '" + b.variant + "'; " + root + " has " + names + ".");
     }
-    if (verify) {
+    if (verify != EVLM_VERIFY_OFF) {
         const json &files = manifest.value("files", json::object());
+        Stamps stamps;
+        const bool full = verify == EVLM_VERIFY_FULL;
+        auto check = [&](const std::string &rel) { verify_file(root, rel, files, stamps, full); };
         for (auto &[rel, entry] : files.items())  // the configs
-            if (rel.size() < 5 || (rel.find(".onnx") == std::string::npos)) verify_file(root, rel, files);
+            if (rel.size() < 5 || (rel.find(".onnx") == std::string::npos)) check(rel);
         for (auto &[part, rel] : it->second) {
-            verify_file(root, rel, files);
-            if (files.contains(rel + "_data") || is_file(root + "/" + rel + "_data")) verify_file(root, rel + "_data", files);
+            check(rel);
+            if (files.contains(rel + "_data") || is_file(root + "/" + rel + "_data")) check(rel + "_data");
         }
         for (auto &[part, rel] : it->second) {
             auto kernel = kernel_graphs.find(rel);
-            if (kernel != kernel_graphs.end()) verify_file(root, kernel->second, files);
+            if (kernel != kernel_graphs.end()) check(kernel->second);
         }
+        stamps.save();
     }
     for (auto &[part, rel] : it->second) {
         auto kernel = kernel_graphs.find(rel);

@@ -29,9 +29,11 @@ struct Bundle {
     std::map<std::string, std::string> kernel_graphs;
 };
 
-// Reads the configs, resolves `variant` (empty: the default) and, when `verify`, checks the sha256 and size of
-// the chosen files and the configs against edgevlm.json. Throws evlm::Error (EVLM_ERR_MODEL) with the reason.
-Bundle open_bundle(const std::string &root, const std::string &variant, bool verify);
+// Reads the configs, resolves `variant` (empty: the default) and, unless `verify` is EVLM_VERIFY_OFF, checks the
+// size and sha256 of the chosen files and the configs against edgevlm.json (EVLM_VERIFY_ON: a file stamped as
+// matching in the user's cache, and unchanged on disk since, is not hashed again). Throws evlm::Error
+// (EVLM_ERR_MODEL) with the reason.
+Bundle open_bundle(const std::string &root, const std::string &variant, int verify);
 
 std::string sha256_file(const std::string &path);
 

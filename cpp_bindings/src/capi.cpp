@@ -172,7 +172,7 @@ void evlm_model_options_init_sized(evlm_model_options *o, size_t n) {
     evlm_model_options d;
     std::memset(static_cast<void *>(&d), 0, sizeof d);
     d.struct_size = sizeof d;
-    d.verify = 1;
+    d.verify = EVLM_VERIFY_ON;
     d.max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;
     init_prefix(o, n, d);
 }
@@ -185,11 +185,14 @@ evlm_status evlm_model_open(const char *dir, const evlm_model_options *options, 
         const evlm_model_options o = options_from(options, evlm_model_options_init_sized, "evlm_model_options");
         if (o.threads < 0) evlm::fail(EVLM_ERR_ARGUMENT, "threads must be >= 0");
         if (o.max_image_pixels < 0) evlm::fail(EVLM_ERR_ARGUMENT, "max_image_pixels must be >= 0 (0: the default)");
+        if (o.verify < EVLM_VERIFY_OFF || o.verify > EVLM_VERIFY_FULL)
+            evlm::fail(EVLM_ERR_ARGUMENT, "verify must be EVLM_VERIFY_OFF (0), EVLM_VERIFY_ON (1) or "
+                                          "EVLM_VERIFY_FULL (2)");
         auto m = std::make_unique<evlm_model>();
         if (o.max_image_pixels > 0) m->max_image_pixels = o.max_image_pixels;
         m->model = std::make_unique<evlm::Model>(dir, o.variant ? o.variant : "", o.threads,
                                                  o.providers ? o.providers : EVLM_DEFAULT_PROVIDERS,
-                                                 o.verify != 0);
+                                                 o.verify);
         *out = m.release();
     });
 }

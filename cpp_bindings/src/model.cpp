@@ -171,7 +171,7 @@ static std::string auto_providers() {
 }
 
 Model::Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers,
-             bool verify)
+             int verify)
     : bundle_(open_bundle(dir, variant, verify)),
       image_threads_(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
     check_template(bundle_.spec.chat_template);

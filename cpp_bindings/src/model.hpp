@@ -84,7 +84,7 @@ private:
 
 class Model {
 public:
-    Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers, bool verify);
+    Model(const std::string &dir, const std::string &variant, int threads, const std::string &providers, int verify);
     ~Model();
 
     const Spec &spec() const { return bundle_.spec; }

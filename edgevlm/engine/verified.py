@@ -4,7 +4,8 @@ Each stamp binds a sha256 to the file's identity on disk: device, inode, size, m
 Writing a file in place, replacing it, or touching its times back changes its ctime, which only the kernel sets,
 so any change sends the file back to a full hash. The stamps live in the user's cache
 (`$EDGEVLM_CACHE/verified.json`, default `~/.cache/edgevlm`), never in a bundle, which may be read-only or shared.
-A cache that cannot be read or written only means hashing every time, as before.
+A cache that cannot be read or written only means hashing every time, as before. The C library reads and writes
+the same file in the same format (cpp_bindings/src/bundle.cpp), so either runtime's first load spares the other's.
 """
 
 from __future__ import annotations

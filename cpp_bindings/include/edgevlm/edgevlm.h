@@ -58,6 +58,10 @@ extern "C" {
 #define EVLM_DEFAULT_PROVIDERS "auto"         /* CUDA when this ONNX Runtime has it, else the CPU (as Python) */
 /* evlm_generate_options.seed: fresh entropy for each answer (the default, as Python's seed=None). */
 #define EVLM_SEED_RANDOM UINT64_MAX
+/* evlm_model_options.verify */
+#define EVLM_VERIFY_OFF 0
+#define EVLM_VERIFY_ON 1   /* the default: hash once, then trust an unchanged file's stamp */
+#define EVLM_VERIFY_FULL 2 /* hash every file on every open */
 
 #define EVLM_VERSION_MAJOR 0
 #define EVLM_VERSION_MINOR 1
@@ -96,7 +100,11 @@ typedef struct evlm_model_options {
                               helpers the library keeps for the process); 0: every core */
     const char *providers; /* "auto" (default, NULL): CUDA when this ONNX Runtime has it, else the CPU; or a
                               comma list of "cpu" and "cuda" ("cuda,cpu"); the CPU is always the fallback */
-    int verify;            /* non-zero: check the chosen files' sha256 against the manifest (default 1) */
+    int verify;            /* EVLM_VERIFY_ON (default): check the chosen files' size and sha256 against the
+                              manifest, hashing a file only when the user's cache has no stamp that it matched
+                              and is unchanged on disk since (device, inode, size, mtime, ctime; shared with the
+                              Python runtime: $EDGEVLM_CACHE/verified.json); EVLM_VERIFY_FULL: hash every file;
+                              EVLM_VERIFY_OFF: no check */
     int64_t max_image_pixels; /* larger images are refused by evlm_prompt_tokens, evlm_encode and evlm_generate
                                  with this model (default EVLM_DEFAULT_MAX_IMAGE_PIXELS; 0: the default) */
 } evlm_model_options;

@@ -185,7 +185,7 @@ struct ModelOptions {
     std::string variant;          // empty: the bundle's default (fp32)
     int threads = 0;              // 0: every core
     std::string providers;        // empty: EVLM_DEFAULT_PROVIDERS ("auto")
-    bool verify = true;
+    int verify = EVLM_VERIFY_ON;  // EVLM_VERIFY_OFF, _ON (hash once, then trust a stamp) or _FULL (hash each open)
     int64_t max_image_pixels = EVLM_DEFAULT_MAX_IMAGE_PIXELS;  // larger images are refused
 };
 
@@ -197,7 +197,7 @@ class Model {
         if (!options.variant.empty()) o.variant = options.variant.c_str();
         if (!options.providers.empty()) o.providers = options.providers.c_str();
         o.threads = options.threads;
-        o.verify = options.verify ? 1 : 0;
+        o.verify = options.verify;
         o.max_image_pixels = options.max_image_pixels;
         evlm_model *out = nullptr;
         detail::check(evlm_model_open(bundle_dir.c_str(), &o, &out));
