@@ -41,6 +41,7 @@ _LAZY = {
     "Frame": "engine.frame",
     "PushSource": "media.sources",
     "Trigger": "media.live",
+    "TileReuse": "engine.tile_reuse",
     "Constraint": "engine.structured",
     "Condition": "media.conditions",
 }
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .engine.generate import GenerationConfig, Generator
     from .engine.processor import Processor, Prompt
     from .engine.structured import Constraint
+    from .engine.tile_reuse import TileReuse
     from .media.conditions import Condition
     from .media.live import Trigger
     from .media.sources import PushSource
@@ -81,6 +83,7 @@ __all__ = [
     "Result",
     "Segment",
     "SourceError",
+    "TileReuse",
     "Trigger",
     "__version__",
     "load",

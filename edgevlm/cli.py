@@ -765,6 +765,19 @@ def _signals_as_interrupt() -> None:
 )
 @click.option("--no-realtime", is_flag=True, help="A video file is read as fast as possible, not at its own pace.")
 @click.option(
+    "--detail",
+    type=click.Choice(list(DETAIL)),
+    default="low",
+    show_default=True,
+    help="Frames: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items() if k != "high") + "; high: the model's grid.",
+)
+@click.option(
+    "--no-tile-reuse",
+    is_flag=True,
+    help="Encode every tile of every frame (by default a split frame encodes only the tiles that changed since its "
+    "source's last frame: the same tokens, less time).",
+)
+@click.option(
     "--trigger",
     default=None,
     help="Regular expression; a matching caption is an event (stderr). With --choices/--json-schema/--regex: "
@@ -796,6 +809,8 @@ def watch(
     max_captions,
     retry_for,
     no_realtime,
+    detail,
+    no_tile_reuse,
     trigger,
     trigger_exit,
 ):
@@ -854,6 +869,9 @@ def watch(
             trigger=trig,
             max_captions=max_captions,
             constraint=constraint,
+            split=detail != "low",
+            longest_edge=tiling(detail, vlm.spec.tile).get("longest_edge"),
+            reuse_tiles=not no_tile_reuse,
         )
         screen = CaptionWriter(fmt)
         try:

@@ -44,6 +44,7 @@ class Result:
     images: int = 0
     tiles: int = 0
     cached_images: int = 0
+    reused_tiles: int = 0  # tiles whose features came from the source's last frame (TileReuse), not the encoder
     value: Any = None  # a structured answer's parsed value (choices=, json_schema=, regex=); None otherwise
 
     def __str__(self) -> str:

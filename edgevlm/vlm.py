@@ -133,8 +133,9 @@ class VLM(Engine):
         Args:
             source: a camera index, /dev/videoN, a stream URL (rtsp, http, udp, ...), a video file replayed in real
                 time, an edgevlm.PushSource, or a list of them.
-            **kw: prompt=, max_new_tokens=, threshold=, min_interval=, heartbeat=, split=, trigger=, max_captions=,
-                source_options= and generation options: edgevlm.media.live.watch says each.
+            **kw: prompt=, max_new_tokens=, threshold=, min_interval=, heartbeat=, split=, longest_edge=,
+                reuse_tiles=, trigger=, max_captions=, source_options= and generation options:
+                edgevlm.media.live.watch says each.
 
         Example:
             import edgevlm

@@ -87,7 +87,7 @@ def public_functions() -> list:
     vlm = edgevlm.VLM
     methods = ["chat", "ask", "caption", "caption_batch", "stream", "ask_video", "caption_video", "timeline", "watch"]
     methods += ["prepare", "encode", "generator", "start", "logits", "preprocess", "user_message"]
-    return [edgevlm.load, *(getattr(vlm, m) for m in methods), timeline, watch]
+    return [edgevlm.load, *(getattr(vlm, m) for m in methods), timeline, watch, edgevlm.TileReuse]
 
 
 def docstring_parts(fn) -> tuple[set[str], str]:

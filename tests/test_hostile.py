@@ -590,6 +590,8 @@ def cases() -> list[Case]:
     ):
         add(Case(f"watch{flag[1:]}-{value}", [*W, *VID, *M, flag, value], 2, flag))
     add(Case("watch-format-srt", [*W, *VID, *M, "--format", "srt"], 2, "--format"))
+    add(Case("watch-detail-ultra", [*W, *VID, *M, "--detail", "ultra"], 2, "--detail"))
+    add(Case("watch-detail-empty", [*W, *VID, *M, "--detail", ""], 2, "--detail"))
     add(Case("watch-output-is-source", [*W, *VID, *M, "-o", "{w}/vid.mp4"], 2, "is the input"))
     add(Case("watch-output-is-folder", [*W, *VID, *M, "-o", "{w}"], 2, "is a folder"))
     add(

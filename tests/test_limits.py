@@ -30,10 +30,10 @@ def test_context_is_checked_before_any_image_is_encoded(vlm, monkeypatch):
         vlm.ask(images, "What changed?")
     assert runs == []
     r = vlm.ask(images[:2], "What changed?", max_new_tokens=2)  # the same path still works within budget
-    assert r.images == 2 and len(runs) == 2
+    assert r.images == 2 and len(runs) == r.tiles == 26  # one encoder run per tile
     with pytest.raises(ContextLengthError):
         vlm.ask(images[0], "Describe.", max_new_tokens=8192)
-    assert len(runs) == 2
+    assert len(runs) == 26
 
 
 def test_pixel_limit_applies_before_decoding(tiny256, tmp_path):

@@ -73,7 +73,18 @@ def free_port() -> int:
 class HttpStream:
     """ffmpeg serving a live MPEG-TS stream over HTTP on 127.0.0.1 (one client), paced in real time."""
 
-    def __init__(self, port: int, size: str = "320x240", rate: int = 30, seconds: int = 120, source: str = "testsrc"):
+    def __init__(
+        self,
+        port: int,
+        size: str = "320x240",
+        rate: int = 30,
+        seconds: int = 120,
+        source: str = "testsrc",
+        inputs: list[str] | None = None,
+        lossless: bool = False,
+    ):
+        """inputs: ffmpeg input and filter arguments instead of the lavfi `source`; lossless: x264 at qp 0, so
+        what does not move decodes to the same pixels in every frame."""
         self.port, self.url = port, f"http://127.0.0.1:{port}/live.ts"
         self.args = [
             ffmpeg(),
@@ -81,16 +92,14 @@ class HttpStream:
             "-loglevel",
             "quiet",
             "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            f"{source}=s={size}:r={rate}:d={seconds}",
+            *(inputs or ["-f", "lavfi", "-i", f"{source}=s={size}:r={rate}:d={seconds}"]),
             "-c:v",
             "libx264",
             "-preset",
             "ultrafast",
             "-tune",
             "zerolatency",
+            *(["-qp", "0"] if lossless else []),
             "-g",
             str(rate),
             "-f",
@@ -118,3 +127,25 @@ class HttpStream:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def corner_stream(port: int, scene: Path, rate: int = 10, seconds: int = 120) -> HttpStream:
+    """A fixed camera: the still `scene` (1024 x 768) with a 48-pixel box moving in its top-left corner, served
+    losslessly over HTTP on 127.0.0.1 (the rest of each frame decodes to the same pixels every time)."""
+    inputs = [
+        "-loop",
+        "1",
+        "-framerate",
+        str(rate),
+        "-t",
+        str(seconds),
+        "-i",
+        str(scene),
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=c=red:s=48x48:r={rate}:d={seconds}",
+        "-filter_complex",
+        "[0][1]overlay=x='mod(n*7,120)':y=16,format=yuv444p",
+    ]
+    return HttpStream(port, rate=rate, inputs=inputs, lossless=True)

@@ -267,23 +267,28 @@ Features Model::encode(const PreparedPrompt &prompt) const {
             }
         } release{px};
         f.preprocess_ms += ms_since(t_pre);
-        std::vector<int64_t> shape{1, px.tiles, 3, tile, tile};
-        std::vector<int64_t> mshape{1, px.tiles, tile, tile};
-        std::unique_ptr<bool[]> mask(new bool[size_t(px.tiles) * size_t(tile) * size_t(tile)]);
-        std::fill_n(mask.get(), size_t(px.tiles) * size_t(tile) * size_t(tile), true);
+        // One run per tile, as the Python runtime: the int8 encoders quantize activations with one scale per run,
+        // so a tile's features then depend on its own pixels only.
+        const size_t tile_values = size_t(3) * size_t(tile) * size_t(tile);
+        std::vector<int64_t> shape{1, 1, 3, tile, tile}, mshape{1, 1, tile, tile};
+        std::unique_ptr<bool[]> mask(new bool[size_t(tile) * size_t(tile)]);
+        std::fill_n(mask.get(), size_t(tile) * size_t(tile), true);
         try {
-            Ort::Value inputs[] = {
-                tensor(px.values, shape),
-                Ort::Value::CreateTensor<bool>(cpu_memory(), mask.get(), size_t(px.tiles) * size_t(tile) * size_t(tile),
-                                               mshape.data(), mshape.size())};
-            const char *in_names[] = {"pixel_values", "pixel_attention_mask"};
-            const char *out_names[] = {"image_features"};
-            auto t = Clock::now();
-            auto out = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
-            f.runtime_ms += ms_since(t);
-            auto info = out[0].GetTensorTypeAndShapeInfo();
-            const float *data = out[0].GetTensorData<float>();
-            f.values.insert(f.values.end(), data, data + info.GetElementCount());
+            for (int t = 0; t < px.tiles; ++t) {
+                Ort::Value inputs[] = {
+                    Ort::Value::CreateTensor<float>(cpu_memory(), px.values.data() + size_t(t) * tile_values,
+                                                    tile_values, shape.data(), shape.size()),
+                    Ort::Value::CreateTensor<bool>(cpu_memory(), mask.get(), size_t(tile) * size_t(tile),
+                                                   mshape.data(), mshape.size())};
+                const char *in_names[] = {"pixel_values", "pixel_attention_mask"};
+                const char *out_names[] = {"image_features"};
+                auto t_run = Clock::now();
+                auto out = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
+                f.runtime_ms += ms_since(t_run);
+                auto info = out[0].GetTensorTypeAndShapeInfo();
+                const float *data = out[0].GetTensorData<float>();
+                f.values.insert(f.values.end(), data, data + info.GetElementCount());
+            }
         } catch (const Ort::Exception &e) {
             runtime_failure("encoding an image", e);
         }

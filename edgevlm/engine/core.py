@@ -29,10 +29,11 @@ from . import kernels
 from .batch import BatchGenerator
 from .frame import Frame
 from .generate import Decoder, GenerationConfig, Generator, Timings, check_context
-from .preprocess import ImageLike, ProcessedImage, check_longest_edge, load_image, process_image, process_video_frame
+from .preprocess import ImageLike, ProcessedImage, process_image, process_video_frame
 from .processor import PendingImage, PendingVideo, Processor, Prompt, frames_given
 from .providers import choose, create_session, session_options, vision_run_options
 from .structured import Grammars
+from .tile_reuse import TileReuse
 
 DEFAULT_CAPTION_PROMPT = defaults.CAPTION_PROMPT
 
@@ -46,6 +47,7 @@ class EncodedImages:
     tiles: int = 0
     cached: int = 0  # images served by the vision cache
     vision_s: float = 0.0
+    reused: int = 0  # tiles whose features a TileReuse served (unchanged since the source's last frame)
 
 
 @dataclass
@@ -196,38 +198,52 @@ class Engine:
         return self.processor.preprocess(image, split, color)
 
     def _encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
-        """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden)."""
-        pixels = pixel_values[None].astype(self._pixel_dtype, copy=False)
-        mask = np.ones((1, pixels.shape[1], pixels.shape[3], pixels.shape[4]), dtype=bool)
-        feats = self.sessions["vision_encoder"].run(
-            None, {"pixel_values": pixels, "pixel_attention_mask": mask}, self._vision_run_options
-        )[0]
-        return feats.astype(np.float32, copy=False)
+        """Run the vision encoder on (tiles, 3, T, T) pixel values -> (tiles, image_seq_len, hidden).
 
-    def _encode_image(
-        self,
-        image: ImageLike,
-        split: bool | None = None,
-        color: str = "rgb",
-        cache: bool = True,
-        longest_edge: int | None = None,
-    ) -> tuple[EncodedImage, bool]:
-        """Features for one image, from the cache when the same pixels were seen with the same tiling choice.
-        cache=False (live frames, each new) skips hashing the pixels and leaves the cache as it was."""
-        im = load_image(image, color, self.max_image_pixels)
-        do_split = self.spec.do_image_splitting if split is None else split
-        longest_edge = check_longest_edge(longest_edge)
-        key = self.vision_cache.key(im, do_split, longest_edge) if cache else None
+        One run per tile: the int8 encoders quantize activations with one scale per run, so tiles sharing a run
+        would change each other's features; alone, a tile's features depend on its pixels only, which is what
+        lets a frame reuse the features of its unchanged tiles (TileReuse). A tile is 1,024 tokens, enough work
+        per run that this is no slower than one run for all (docs/benchmarks-history.md, "One run per tile")."""
+        pixels = pixel_values.astype(self._pixel_dtype, copy=False)
+        mask = np.ones((1, 1, pixels.shape[2], pixels.shape[3]), dtype=bool)
+        session = self.sessions["vision_encoder"]
+        feats = [
+            session.run(
+                None, {"pixel_values": tile[None, None], "pixel_attention_mask": mask}, self._vision_run_options
+            )[0]
+            for tile in pixels
+        ]
+        return np.concatenate(feats).astype(np.float32, copy=False)
+
+    def _encode_image(self, item: PendingImage) -> tuple[EncodedImage, bool, int]:
+        """Features for one image, from the cache when the same pixels were seen with the same tiling choice;
+        returns them, whether the cache served them, and how many tiles a TileReuse served. cache=False (live
+        frames, each new) skips hashing the pixels and leaves the cache as it was; an item with a TileReuse
+        (frames of one source) bypasses the cache and encodes only the tiles that changed."""
+        key = (
+            self.vision_cache.key(item.image, item.split, item.longest_edge)
+            if item.cache and item.reuse is None
+            else None
+        )
         hit = self.vision_cache.get(key) if key else None
         if hit is not None:
-            return hit, True
+            return hit, True, 0
         processed = process_image(
-            im, self.spec, split=do_split, longest_edge=longest_edge, threads=self.processor.threads
+            item.image, self.spec, split=item.split, longest_edge=item.longest_edge, threads=self.processor.threads
         )
-        encoded = EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+        encoded, reused = self._encode_processed(processed, item.reuse)
         if key:
             self.vision_cache.put(key, encoded)
-        return encoded, False
+        return encoded, False, reused
+
+    def _encode_processed(self, processed: ProcessedImage, reuse: TileReuse | None) -> tuple[EncodedImage, int]:
+        if reuse is None:
+            return EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols), 0
+        grey_level = self.spec.rescale_factor / min(self.spec.image_std)
+        feats, reused = reuse.encode(
+            processed.pixel_values, (processed.rows, processed.cols), self._encode_pixels, grey_level
+        )
+        return EncodedImage(feats, processed.rows, processed.cols), reused
 
     def _encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:
         """Features (1, image_seq_len, hidden) of one RGB video frame, resized by the video rule; cached."""
@@ -284,7 +300,7 @@ class Engine:
             print(vlm.tokenizer.decode(list(gen)), gen.finish_reason)
         """
         t0 = time.perf_counter()
-        feats, tiles, cached = [], 0, 0
+        feats, tiles, cached, reused = [], 0, 0, 0
         for item in prompt.pending:
             if isinstance(item, PendingVideo):
                 for f in item.frames:
@@ -293,14 +309,13 @@ class Engine:
                     cached += hit
                 tiles += len(item.frames)
             else:
-                encoded, hit = self._encode_image(
-                    item.image, item.split, cache=item.cache, longest_edge=item.longest_edge
-                )
+                encoded, hit, reused_tiles = self._encode_image(item)
                 feats.append(encoded.features)
                 tiles += encoded.features.shape[0]
                 cached += hit
+                reused += reused_tiles
         features = np.concatenate(feats) if feats else None
-        return EncodedImages(features, tiles, cached, time.perf_counter() - t0)
+        return EncodedImages(features, tiles, cached, time.perf_counter() - t0, reused)
 
     def _encode_batch(self, prompts: Sequence[Prompt]) -> list[EncodedImages]:
         """Stage 2 for several prompts of images, their images resized side by side (the cache serves repeats as
@@ -310,11 +325,16 @@ class Engine:
             return [self.encode(p) for p in prompts]
         t0 = time.perf_counter()
         found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None
+        reused = [0] * len(prompts)  # tiles a TileReuse served, per prompt (captions: one image each)
         todo: list[tuple[int, int, str | None, PendingImage]] = []  # (prompt, image, cache key, image)
         for i, prompt_images in enumerate(images):
             found.append([])
             for j, item in enumerate(prompt_images):
-                key = self.vision_cache.key(item.image, item.split, item.longest_edge) if item.cache else None
+                key = (
+                    self.vision_cache.key(item.image, item.split, item.longest_edge)
+                    if item.cache and item.reuse is None
+                    else None
+                )
                 hit = self.vision_cache.get(key) if key else None
                 found[i].append(hit)
                 if hit is None:
@@ -335,11 +355,10 @@ class Engine:
                         todo,
                     )
                 )
-            # One encoder run per image, not one for all: the int8 encoder quantizes its activations with one
-            # scale per run, so images sharing a run would change each other's features (3 of 4 captions
-            # differed), and on a CPU the encoder is compute-bound, so a joint run is no faster.
-            for (i, j, key, _), processed in zip(todo, done):
-                encoded = EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols)
+            # One encoder run per tile (_encode_pixels), never several images in one: the int8 encoder quantizes
+            # its activations with one scale per run (3 of 4 captions differed when images shared a run).
+            for (i, j, key, item), processed in zip(todo, done):
+                encoded, reused[i] = self._encode_processed(processed, item.reuse)
                 found[i][j] = encoded
                 if key:
                     self.vision_cache.put(key, encoded)
@@ -350,7 +369,11 @@ class Engine:
             cached = len(found[i]) - sum(1 for t in todo if t[0] == i)
             out.append(
                 EncodedImages(
-                    np.concatenate(feats_i) if feats_i else None, sum(f.shape[0] for f in feats_i), cached, vision_s
+                    np.concatenate(feats_i) if feats_i else None,
+                    sum(f.shape[0] for f in feats_i),
+                    cached,
+                    vision_s,
+                    reused[i],
                 )
             )
         return out
@@ -420,6 +443,7 @@ class Engine:
         *,
         cache: bool = True,
         longest_edge: int | None = None,
+        reuse: TileReuse | None = None,
     ) -> list[dict[str, Any]]:
         """One user turn: the images, then the text (the shape `ask` sends), for `prepare`, `start` or `chat`.
 
@@ -428,6 +452,7 @@ class Engine:
             text: the question.
             cache: False marks the images as seen once (live frames): they bypass the vision cache.
             longest_edge: how large split images are resized before they are cut into tiles (as `ask`).
+            reuse: a TileReuse for frames of one source (as `ask`).
 
         Example:
             import edgevlm
@@ -442,6 +467,7 @@ class Engine:
         options = {
             **({} if cache else {"cache": False}),
             **({} if longest_edge is None else {"longest_edge": longest_edge}),
+            **({} if reuse is None else {"reuse": reuse}),
         }
         content = [{"type": "image", "image": im, **options} for im in images]
         content.append({"type": "text", "text": text})
@@ -542,6 +568,7 @@ class Engine:
         color: str = "rgb",
         cache: bool = True,
         longest_edge: int | None = None,
+        reuse: TileReuse | None = None,
         **kw,
     ) -> Result:
         """Ask about one image, several images, or none (text only).
@@ -556,6 +583,9 @@ class Engine:
             longest_edge: split images are first resized to this many pixels along their longer side
                 (transformers' size={"longest_edge": N}); the model's default is 4 tiles (2048 px for 512 px
                 tiles, up to 17 encoder runs), 1024 gives at most 2 x 2 tiles plus the global view.
+            reuse: a TileReuse kept for one source (a fixed camera): tiles whose pixels are the same as that
+                source's last frame keep their features instead of running the encoder again (exact: the
+                same tokens as without it); the Result's reused_tiles counts them.
             **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
                 stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
                 answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
@@ -571,7 +601,7 @@ class Engine:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text.")
         return self.chat(
-            self.user_message(images, question, cache=cache, longest_edge=longest_edge),
+            self.user_message(images, question, cache=cache, longest_edge=longest_edge, reuse=reuse),
             max_new_tokens=max_new_tokens,
             split=split,
             color=color,
@@ -588,6 +618,7 @@ class Engine:
         color: str = "rgb",
         cache: bool = True,
         longest_edge: int | None = None,
+        reuse: TileReuse | None = None,
         **kw,
     ) -> Result:
         """A description of one image (`ask` with the caption prompt and 64 new tokens by default).
@@ -600,6 +631,7 @@ class Engine:
             color: "rgb", or "bgr" for numpy arrays from OpenCV.
             cache: False: the image bypasses the vision cache.
             longest_edge: resize a split image to this many pixels along its longer side first (as `ask`).
+            reuse: a TileReuse for frames of one source (as `ask`).
             **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
                 stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
                 answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
@@ -619,6 +651,7 @@ class Engine:
             color=color,
             cache=cache,
             longest_edge=longest_edge,
+            reuse=reuse,
             **kw,
         )
 
@@ -632,6 +665,7 @@ class Engine:
         color: str = "rgb",
         cache: bool = True,
         longest_edge: int | None = None,
+        reuse: Sequence[TileReuse | None] | None = None,
         **kw,
     ) -> list[Result]:
         """Captions of several images (live streams' newest frames): resized side by side, encoded one by one,
@@ -641,6 +675,7 @@ class Engine:
         Args:
             images: paths, bytes, PIL images or numpy arrays.
             max_new_tokens, prompt, split, color, cache, longest_edge: as `caption`, for every image.
+            reuse: a TileReuse (or None) per image, each for its own source (as `caption`).
             **kw: generation options by name (do_sample, temperature, top_k, top_p, repetition_penalty, seed,
                 stop_ids, ignore_eos, logits_processors; choices, json_schema, regex, grammar for a structured
                 answer), or config=GenerationConfig(...); a keyword wins over the same field of config.
@@ -656,11 +691,16 @@ class Engine:
         config = GenerationConfig.from_kwargs(max_new_tokens=max_new_tokens, **kw)
         config.check()
         t0 = time.perf_counter()
+        reuses: list[TileReuse | None] = [None] * len(images) if reuse is None else list(reuse)
+        if len(reuses) != len(images):
+            raise InputError(f"reuse has {len(reuses)} entries for {len(images)} images; give one (or None) each.")
         prompts = [
             self.prepare(
-                self.user_message(im, prompt, cache=cache, longest_edge=longest_edge), split=split, color=color
+                self.user_message(im, prompt, cache=cache, longest_edge=longest_edge, reuse=r),
+                split=split,
+                color=color,
             )
-            for im in images
+            for im, r in zip(images, reuses)
         ]
         if len(prompts) < 2 or config.constraint is not None or len({len(p.input_ids) for p in prompts}) > 1:
             return [
@@ -672,9 +712,10 @@ class Engine:
                     color=color,
                     cache=cache,
                     longest_edge=longest_edge,
+                    reuse=r,
                     **kw,
                 )
-                for im in images
+                for im, r in zip(images, reuses)
             ]
         check_context(len(prompts[0].input_ids), config.max_new_tokens, self.spec.max_positions)
         encoded = self._encode_batch(prompts)
@@ -779,4 +820,5 @@ class Engine:
             images=p.images,
             tiles=e.tiles,
             cached_images=e.cached,
+            reused_tiles=e.reused,
         )

@@ -21,6 +21,7 @@ from . import prompt as prompt_mod
 from .frame import Frame
 from .limits import max_image_pixels as max_image_pixels_limit
 from .preprocess import ImageLike, ProcessedImage, check_longest_edge, load_image, process_image, tile_grid
+from .tile_reuse import TileReuse
 from .tokenizer import Tokenizer
 
 VideoFrames = Callable[[dict[str, Any]], "tuple[list[Frame], float]"]
@@ -34,6 +35,7 @@ class PendingImage:
     split: bool
     cache: bool  # the vision cache may serve and keep it
     longest_edge: int | None  # None: the model's own
+    reuse: TileReuse | None = None  # the source's last frame, whose unchanged tiles' features are reused
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,12 @@ class Processor:
                     do_split = self.spec.do_image_splitting if do_split is None else do_split
                     edge = check_longest_edge(item.get("longest_edge"))
                     slots.append(prompt_mod.ImageSlot(*tile_grid(im.width, im.height, self.spec, do_split, edge)))
-                    pending.append(PendingImage(im, do_split, bool(item.get("cache", True)), edge))
+                    reuse = item.get("reuse")
+                    if reuse is not None and not isinstance(reuse, TileReuse):
+                        raise InputError(
+                            f"an image item's 'reuse' must be an edgevlm.TileReuse, not {type(reuse).__name__}."
+                        )
+                    pending.append(PendingImage(im, do_split, bool(item.get("cache", True)), edge, reuse))
         decode_s = time.perf_counter() - t0
         # transformers renders prompts with a video through its own default template (SmolVLMProcessor does so for
         # compatibility with the released checkpoints); images use the model's template.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import defaults
+from ..engine.tile_reuse import TileReuse
 from ..errors import IncompleteAnswerError, InputError
 from ..records import LiveCaption
 from .conditions import Condition
@@ -63,6 +64,8 @@ def watch(
     min_interval: float = 0.0,
     heartbeat: float | None = None,
     split: bool = False,
+    longest_edge: int | None = None,
+    reuse_tiles: bool = True,
     trigger: Trigger | None = None,
     max_captions: int | None = None,
     source_options: dict | None = None,
@@ -88,6 +91,11 @@ def watch(
         min_interval: at least this many seconds between caption starts, per source.
         heartbeat: caption an unchanged scene anyway after this many seconds.
         split: False captions each frame as one tile (fast); True uses the image grid.
+        longest_edge: with split, resize each frame to this many pixels along its longer side before cutting it
+            into tiles (as `Engine.ask`; the CLI's --detail medium).
+        reuse_tiles: each source keeps its last frame's tiles and their features (an edgevlm.TileReuse), so a
+            split frame runs the encoder only for the tiles that changed; exact (the same tokens), on by default.
+            The caption's timings say how many tiles were encoded and reused.
         trigger: a Trigger (a pattern or a condition on a structured answer, a callback, stop) checked per caption.
         max_captions: stop after this many captions.
         source_options: options for sources opened here (retry_for=, ...: edgevlm.media.sources.open_source).
@@ -111,7 +119,7 @@ def watch(
     count = 0
     try:
         for s in given:  # inside the try: a source that fails to open closes the ones opened before it
-            feeds.append(_Feed(s, source_options, threshold))
+            feeds.append(_Feed(s, source_options, threshold, reuse_tiles))
         if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position
             names = [f.src.name for f in feeds]
             for i, f in enumerate(feeds):
@@ -132,7 +140,15 @@ def watch(
             start = time.monotonic()
             for f, _ in ready:
                 f.last_start = start
-            answers = _caption(vlm, [frame.image for _, frame in ready], tokens, prompt, split, generate_kw)
+            answers = _caption(
+                vlm,
+                [frame.image for _, frame in ready],
+                [f.tiles for f, _ in ready],
+                tokens,
+                prompt,
+                {"split": split, "longest_edge": longest_edge},
+                generate_kw,
+            )
             done = time.monotonic()
             stop = False
             for (f, frame), (r, error) in zip(ready, answers):
@@ -160,8 +176,9 @@ def watch(
 class _Feed:
     """One source of a watch: its newest frame, its motion gate and counters."""
 
-    def __init__(self, source: str | int | LiveSource, options: dict | None, threshold: float):
+    def __init__(self, source: str | int | LiveSource, options: dict | None, threshold: float, reuse_tiles: bool):
         self.own = not isinstance(source, LiveSource)
+        self.tiles = TileReuse() if reuse_tiles else None
         self.src = open_source(source, **(options or {}))
         self.gate, self.static = MotionGate(threshold), 0
         self.last_start: float | None = None
@@ -199,6 +216,8 @@ class _Feed:
                 "prefill_ms": round(r.prefill_ms, 1),
                 "total_ms": round(r.total_ms, 1),
                 "new_tokens": r.new_tokens,
+                "tiles": r.tiles,
+                "tiles_reused": r.reused_tiles,
             },
             error=error,
             source=self.name,
@@ -206,7 +225,13 @@ class _Feed:
 
 
 def _caption(
-    vlm: Engine, images: list, max_new_tokens: int | None, prompt: str, split: bool, generate_kw: dict[str, Any]
+    vlm: Engine,
+    images: list,
+    reuse: list[TileReuse | None],
+    max_new_tokens: int | None,
+    prompt: str,
+    tiling: dict[str, Any],
+    generate_kw: dict[str, Any],
 ) -> list[tuple[Any, str | None]]:
     """(Result, error) per image: one batch for several unconstrained frames; otherwise one by one, where an
     answer that cannot complete becomes a caption with `error` set."""
@@ -217,16 +242,28 @@ def _caption(
         return [
             (r, None)
             for r in vlm.caption_batch(
-                images, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **generate_kw
+                images,
+                max_new_tokens=max_new_tokens,
+                prompt=prompt,
+                cache=False,
+                reuse=reuse,
+                **tiling,
+                **generate_kw,
             )
         ]
     out: list[tuple[Any, str | None]] = []
-    for image in images:
+    for image, tiles in zip(images, reuse):
         try:
             out.append(
                 (
                     vlm.caption(
-                        image, max_new_tokens=max_new_tokens, prompt=prompt, split=split, cache=False, **generate_kw
+                        image,
+                        max_new_tokens=max_new_tokens,
+                        prompt=prompt,
+                        cache=False,
+                        reuse=tiles,
+                        **tiling,
+                        **generate_kw,
                     ),
                     None,
                 )
