@@ -239,10 +239,7 @@ class Engine:
     def _encode_processed(self, processed: ProcessedImage, reuse: TileReuse | None) -> tuple[EncodedImage, int]:
         if reuse is None:
             return EncodedImage(self._encode_pixels(processed.pixel_values), processed.rows, processed.cols), 0
-        grey_level = self.spec.rescale_factor / min(self.spec.image_std)
-        feats, reused = reuse.encode(
-            processed.pixel_values, (processed.rows, processed.cols), self._encode_pixels, grey_level
-        )
+        feats, reused = reuse.encode(processed, self._encode_pixels)
         return EncodedImage(feats, processed.rows, processed.cols), reused
 
     def _encode_video_frame(self, frame: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -32,6 +32,7 @@ class ProcessedImage:
     pixel_values: np.ndarray  # (tiles, 3, T, T) float32
     rows: int  # 0 when not split
     cols: int
+    tiles: np.ndarray | None = None  # (tiles, T, T, 3) uint8: the bytes pixel_values were made from (TileReuse)
 
 
 def load_image(image: ImageLike, color: str = "rgb", max_pixels: int | None = None) -> Image.Image:
@@ -177,10 +178,19 @@ def _resize(im: Image.Image, h: int, w: int, threads: int | None = None) -> Imag
     return resize_lanczos(im, w, h, threads)
 
 
-def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
-    """uint8 tiles -> normalized float32 planes. A byte value maps to one float per channel, so the reference's
-    rescale-then-normalize arithmetic is done 256 times per channel and looked up per pixel (same values)."""
+def _processed(tiles: list[Image.Image], rows: int, cols: int, spec: ModelSpec) -> ProcessedImage:
     arr = np.stack([np.asarray(_flatten_alpha(t)) for t in tiles])  # (n, T, T, 3) uint8
+    return ProcessedImage(_normalize_bytes(arr, spec), rows, cols, arr)
+
+
+def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
+    return _normalize_bytes(np.stack([np.asarray(_flatten_alpha(t)) for t in tiles]), spec)
+
+
+def _normalize_bytes(arr: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """(n, T, T, 3) uint8 tiles -> normalized float32 planes. A byte value maps to one float per channel, so the
+    reference's rescale-then-normalize arithmetic is done 256 times per channel and looked up per pixel (same
+    values)."""
     levels = (np.arange(256, dtype=np.float64) * spec.rescale_factor).astype(np.float32)
     mean = np.asarray(spec.image_mean, dtype=np.float32)
     std = np.asarray(spec.image_std, dtype=np.float32)
@@ -250,16 +260,16 @@ def process_image(
     h, w = _resize_longest(im.height, im.width, longest_edge or spec.longest_edge)
     do_split = spec.do_image_splitting if split is None else split
     if not do_split:  # the reference's two resizes, in one call (fused where one upscales and one downscales)
-        return ProcessedImage(_normalize([resize_lanczos_twice(im, (w, h), (tile, tile), threads)], spec), 0, 0)
+        return _processed([resize_lanczos_twice(im, (w, h), (tile, tile), threads)], 0, 0, spec)
     im = _resize(im, h, w, threads)
     h, w = _tile_multiple(h, w, tile)
     im = _resize(im, h, w, threads)
     if h <= tile and w <= tile:
-        return ProcessedImage(_normalize([im], spec), 0, 0)
+        return _processed([im], 0, 0, spec)
     rows, cols = math.ceil(h / tile), math.ceil(w / tile)
     tiles = [im.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
     tiles.append(_resize(im, tile, tile, threads))
-    return ProcessedImage(_normalize(tiles, spec), rows, cols)
+    return _processed(tiles, rows, cols, spec)
 
 
 def process_video_frame(frame: np.ndarray, spec: ModelSpec) -> np.ndarray:
