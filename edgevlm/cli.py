@@ -989,6 +989,14 @@ def info(model, as_json):
     "--cors", "cors", multiple=True, help="Allow browser pages from this origin (repeatable; off by default)."
 )
 @click.option("--model-name", default=None, help="The model id /v1/models reports (default: the folder name).")
+@click.option(
+    "--max-sessions",
+    type=Number(int, 0, 1024),
+    default=8,
+    show_default=True,
+    help='Camera sessions (a request\'s "session") whose last frame is kept so unchanged tiles are not encoded '
+    "again; about 10 MB each, least recently used dropped first (0: off).",
+)
 @_friendly
 def serve(
     model,
@@ -1005,6 +1013,7 @@ def serve(
     allow_remote_images,
     cors,
     model_name,
+    max_sessions,
 ):
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions (streaming too), /v1/models, /health, /metrics, and a
     live webcam page at /. Needs `pip install edgevlm[server]`."""
@@ -1026,6 +1035,7 @@ def serve(
         max_body_bytes=int(max_body_mb * (1 << 20)),
         allow_remote_images=allow_remote_images,
         cors_origins=tuple(cors),
+        max_sessions=max_sessions,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(

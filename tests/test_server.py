@@ -174,6 +174,65 @@ def test_two_images_system_and_multi_turn(client, vlm):
     assert r.usage.prompt_tokens == ours.prompt_tokens and r.choices[0].message.content == ours.text
 
 
+def test_a_session_reuses_the_unchanged_tiles_of_its_last_frame(client, vlm):
+    """Consecutive frames of one camera session: the second encodes only the tiles its change touched, and the
+    answer is the one a full encode gives; another session and a session-less request share nothing."""
+    import numpy as np
+    from PIL import Image
+
+    scene = random_image(768, 1024, 9)
+    pixels = np.array(scene)
+    pixels[:60, :60] = 255
+    moved = Image.fromarray(pixels)
+
+    def ask(frame, session=None, stream=False):
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_url(frame, "JPEG")}},  # under the 1 MB limit
+                    {"type": "text", "text": "Describe it."},
+                ],
+            }
+        ]
+        extra = {"extra_body": {"session": session}} if session else {}
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL,
+                    messages=messages,
+                    max_tokens=4,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **extra,
+                )
+            )
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).rstrip(), chunks[-1].usage
+        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, **extra)
+        return r.choices[0].message.content, r.usage
+
+    _, first = ask(scene, "door")
+    text, second = ask(moved, "door")
+    _, other = ask(moved, "yard")
+    _, plain = ask(moved)
+    streamed_text, streamed = ask(moved, "door", stream=True)
+    assert (first.tiles, first.tiles_reused) == (13, 0)
+    assert second.tiles == 13 and 9 <= second.tiles_reused <= 11
+    assert (other.tiles_reused, plain.tiles_reused) == (0, 0)
+    assert streamed.tiles_reused == 13 and streamed_text == text
+    jpeg = base64.b64decode(data_url(moved, "JPEG").split(",")[1])
+    expected = vlm.ask(jpeg, "Describe it.", max_new_tokens=4, cache=False)
+    assert text == expected.text
+
+
+@pytest.mark.parametrize("session", ["", 7, "x" * 129, "tab\there", ["door"]])
+def test_a_bad_session_is_a_400_naming_it(server, session):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "session": session}
+    status, raw, _ = post(f"{server}/v1/chat/completions", json.dumps(body).encode())
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == "session" and "1 to 128 characters" in error["message"]
+
+
 def test_sampling_options_and_stop_strings(client):
     base = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20)
     a = client.chat.completions.create(**base, temperature=0.9, top_p=0.95, seed=7).choices[0].message.content

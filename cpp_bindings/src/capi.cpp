@@ -19,6 +19,9 @@ struct evlm_image {
 struct evlm_prompt {
     std::vector<evlm::Message> messages;
 };
+struct evlm_tile_reuse {
+    evlm::TileReuse reuse;
+};
 struct evlm_encoded {
     evlm::Features features;
     std::vector<int32_t> ids;  // the prompt it was made for
@@ -308,18 +311,43 @@ evlm_status evlm_prompt_tokens(const evlm_model *model, const evlm_prompt *promp
 }
 
 evlm_status evlm_encode(const evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out) {
+    return evlm_encode_reuse(model, prompt, nullptr, out);
+}
+
+evlm_status evlm_encode_reuse(const evlm_model *model, const evlm_prompt *prompt, evlm_tile_reuse *reuse,
+                              evlm_encoded **out) {
     if (out) *out = nullptr;
     return guarded([&] {
         need(out, "out");
         evlm::PreparedPrompt p = prepared(model, prompt);
         auto e = std::make_unique<evlm_encoded>();
-        e->features = model->model->encode(p);
+        e->features = model->model->encode(p, reuse ? &reuse->reuse : nullptr);
         e->ids = std::move(p.ids);
         *out = e.release();
     });
 }
 
 void evlm_encoded_free(evlm_encoded *encoded) { delete encoded; }
+
+evlm_status evlm_encoded_tiles(const evlm_encoded *encoded, int *tiles, int *reused) {
+    return guarded([&] {
+        need(encoded, "encoded");
+        if (tiles) *tiles = encoded->features.tiles;
+        if (reused) *reused = encoded->features.reused;
+    });
+}
+
+evlm_status evlm_tile_reuse_new(float tolerance, evlm_tile_reuse **out) {
+    if (out) *out = nullptr;
+    return guarded([&] {
+        need(out, "out");
+        if (!(tolerance >= 0.f && tolerance <= 255.f))
+            evlm::fail(EVLM_ERR_ARGUMENT, "tolerance must be a number of grey levels from 0 to 255 (0: exact)");
+        *out = new evlm_tile_reuse{evlm::TileReuse(tolerance)};
+    });
+}
+
+void evlm_tile_reuse_free(evlm_tile_reuse *reuse) { delete reuse; }
 
 void evlm_generate_options_init_sized(evlm_generate_options *o, size_t n) {
     evlm_generate_options d;

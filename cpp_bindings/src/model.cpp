@@ -250,7 +250,7 @@ PreparedPrompt Model::prepare(const std::vector<Message> &messages) const {
     return p;
 }
 
-Features Model::encode(const PreparedPrompt &prompt) const {
+Features Model::encode(const PreparedPrompt &prompt, TileReuse *reuse) const {
     Features f;
     auto t0 = Clock::now();
     const int tile = spec().image.tile;
@@ -268,29 +268,37 @@ Features Model::encode(const PreparedPrompt &prompt) const {
         } release{px};
         f.preprocess_ms += ms_since(t_pre);
         // One run per tile, as the Python runtime: the int8 encoders quantize activations with one scale per run,
-        // so a tile's features then depend on its own pixels only.
+        // so a tile's features then depend on its own pixels only (what lets TileReuse skip unchanged tiles).
         const size_t tile_values = size_t(3) * size_t(tile) * size_t(tile);
-        std::vector<int64_t> shape{1, 1, 3, tile, tile}, mshape{1, 1, tile, tile};
-        std::unique_ptr<bool[]> mask(new bool[size_t(tile) * size_t(tile)]);
-        std::fill_n(mask.get(), size_t(tile) * size_t(tile), true);
-        try {
-            for (int t = 0; t < px.tiles; ++t) {
+        auto encode_tile = [&](const float *values, std::vector<float> &out) {
+            std::vector<int64_t> shape{1, 1, 3, tile, tile}, mshape{1, 1, tile, tile};
+            std::unique_ptr<bool[]> mask(new bool[size_t(tile) * size_t(tile)]);
+            std::fill_n(mask.get(), size_t(tile) * size_t(tile), true);
+            try {
                 Ort::Value inputs[] = {
-                    Ort::Value::CreateTensor<float>(cpu_memory(), px.values.data() + size_t(t) * tile_values,
-                                                    tile_values, shape.data(), shape.size()),
+                    Ort::Value::CreateTensor<float>(cpu_memory(), const_cast<float *>(values), tile_values,
+                                                    shape.data(), shape.size()),
                     Ort::Value::CreateTensor<bool>(cpu_memory(), mask.get(), size_t(tile) * size_t(tile),
                                                    mshape.data(), mshape.size())};
                 const char *in_names[] = {"pixel_values", "pixel_attention_mask"};
                 const char *out_names[] = {"image_features"};
                 auto t_run = Clock::now();
-                auto out = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
+                auto result = vision_->Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
                 f.runtime_ms += ms_since(t_run);
-                auto info = out[0].GetTensorTypeAndShapeInfo();
-                const float *data = out[0].GetTensorData<float>();
-                f.values.insert(f.values.end(), data, data + info.GetElementCount());
+                auto info = result[0].GetTensorTypeAndShapeInfo();
+                const float *data = result[0].GetTensorData<float>();
+                out.insert(out.end(), data, data + info.GetElementCount());
+            } catch (const Ort::Exception &e) {
+                runtime_failure("encoding an image", e);
             }
-        } catch (const Ort::Exception &e) {
-            runtime_failure("encoding an image", e);
+        };
+        if (reuse) {
+            const float grey_level = float(spec().image.rescale) /
+                                     std::min({spec().image.std[0], spec().image.std[1], spec().image.std[2]});
+            f.reused += reuse->encode(px.values.data(), px.tiles, tile_values, px.rows, px.cols, grey_level,
+                                      encode_tile, f.values);
+        } else {
+            for (int t = 0; t < px.tiles; ++t) encode_tile(px.values.data() + size_t(t) * tile_values, f.values);
         }
         f.tiles += px.tiles;
     }

@@ -15,6 +15,7 @@
 #include "bundle.hpp"
 #include "edgevlm/edgevlm.h"
 #include "prompt.hpp"
+#include "tile_reuse.hpp"
 #include "tokenizer.hpp"
 
 namespace evlm {
@@ -22,6 +23,7 @@ namespace evlm {
 struct Features {
     std::vector<float> values;  // (tiles * image_seq_len, hidden), prompt order
     int tiles = 0;
+    int reused = 0;  // of `tiles`, those a TileReuse served
     double vision_ms = 0, preprocess_ms = 0, runtime_ms = 0;  // runtime_ms: inside ONNX Runtime
 };
 
@@ -97,7 +99,8 @@ public:
     const std::string &kernels() const { return kernels_; }
 
     PreparedPrompt prepare(const std::vector<Message> &messages) const;
-    Features encode(const PreparedPrompt &prompt) const;
+    // With `reuse`, each image's tiles unchanged since the last image encoded through it keep their features.
+    Features encode(const PreparedPrompt &prompt, TileReuse *reuse = nullptr) const;
     Generation generate(const PreparedPrompt &prompt, const Features &features, const GenerateOptions &options) const;
 
 private:

@@ -325,12 +325,104 @@ static void open_ask_close(const char *bundle, int loops) {
     }
 }
 
+/* A fixed camera: a 1024 x 768 scene whose top-left corner changes. Through one evlm_tile_reuse the second frame
+   encodes only the corner's tile(s) and the global view, and answers with the tokens of a full encode. */
+static evlm_prompt *frame_prompt(const uint8_t *rgb, int w, int h) {
+    evlm_prompt *p = NULL;
+    evlm_image *img = NULL;
+    evlm_prompt_new(&p);
+    evlm_prompt_begin(p, EVLM_ROLE_USER);
+    evlm_image_from_pixels(rgb, w, h, 0, EVLM_RGB8, &img);
+    evlm_prompt_add_image(p, img, 1);
+    evlm_image_free(img);
+    evlm_prompt_add_text(p, "Describe.");
+    return p;
+}
+
+static int same_answer(evlm_model *m, evlm_prompt *p, const evlm_encoded *e) {
+    evlm_generate_options g;
+    evlm_result *a = NULL, *b = NULL;
+    const int32_t *ta, *tb;
+    size_t na = 0, nb = 0;
+    int same;
+    evlm_generate_options_init(&g);
+    g.max_new_tokens = 4;
+    evlm_generate(m, p, e, &g, &a);
+    evlm_generate(m, p, NULL, &g, &b); /* encoded here, every tile */
+    if (!a || !b) return evlm_result_free(a), evlm_result_free(b), 0;
+    ta = evlm_result_tokens(a, &na);
+    tb = evlm_result_tokens(b, &nb);
+    same = na == nb && na > 0 && memcmp(ta, tb, na * sizeof *ta) == 0;
+    evlm_result_free(a);
+    evlm_result_free(b);
+    return same;
+}
+
+static void tile_reuse(const char *bundle) {
+    const int w = 1024, h = 768;
+    uint8_t *scene = malloc((size_t)w * h * 3), *moved = malloc((size_t)w * h * 3);
+    evlm_model *m = open_model(bundle);
+    evlm_tile_reuse *reuse = NULL;
+    evlm_encoded *e = NULL;
+    evlm_prompt *p;
+    int tiles = 0, reused = -1, x, y;
+    size_t i;
+    if (!m || !scene || !moved) {
+        EXPECT(0, "tile reuse setup");
+        return;
+    }
+    for (i = 0; i < (size_t)w * h * 3; ++i) scene[i] = (uint8_t)((i * 7 + i / 13 + i / 4099) & 0xff);
+    memcpy(moved, scene, (size_t)w * h * 3);
+    for (y = 0; y < 60; ++y)
+        for (x = 0; x < 60; ++x) memset(moved + ((size_t)y * w + x) * 3, 255, 3);
+    EXPECT(evlm_tile_reuse_new(0.f, &reuse) == EVLM_OK, "tile reuse new");
+
+    p = frame_prompt(scene, w, h);
+    EXPECT(evlm_encode_reuse(m, p, reuse, &e) == EVLM_OK, "first frame");
+    evlm_encoded_tiles(e, &tiles, &reused);
+    EXPECT(tiles == 13 && reused == 0, "the first frame encodes every tile");
+    evlm_encoded_free(e);
+    EXPECT(evlm_encode_reuse(m, p, reuse, &e) == EVLM_OK, "the same frame");
+    evlm_encoded_tiles(e, &tiles, &reused);
+    EXPECT(reused == 13, "the same frame encodes nothing");
+    evlm_encoded_free(e);
+    evlm_prompt_free(p);
+
+    p = frame_prompt(moved, w, h);
+    EXPECT(evlm_encode_reuse(m, p, reuse, &e) == EVLM_OK, "the corner changed");
+    evlm_encoded_tiles(e, &tiles, &reused);
+    EXPECT(tiles == 13 && reused >= 9 && reused <= 11, "only the corner's tiles and the global view are encoded");
+    EXPECT(same_answer(m, p, e), "reused tiles give the tokens of a full encode");
+    evlm_encoded_free(e);
+    evlm_prompt_free(p);
+
+    p = frame_prompt(moved, 800, 600); /* another size: starts over */
+    EXPECT(evlm_encode_reuse(m, p, reuse, &e) == EVLM_OK, "another size");
+    evlm_encoded_tiles(e, &tiles, &reused);
+    EXPECT(reused == 0, "a new size encodes every tile");
+    EXPECT(same_answer(m, p, e), "a new size gives the tokens of a full encode");
+    evlm_encoded_free(e);
+    evlm_prompt_free(p);
+
+    evlm_tile_reuse_free(reuse);
+    EXPECT_ERR(evlm_tile_reuse_new(-1.f, &reuse), EVLM_ERR_ARGUMENT, "negative tolerance");
+    EXPECT_ERR(evlm_tile_reuse_new(NAN, &reuse), EVLM_ERR_ARGUMENT, "NaN tolerance");
+    EXPECT_ERR(evlm_tile_reuse_new(300.f, &reuse), EVLM_ERR_ARGUMENT, "tolerance over 255");
+    EXPECT(reuse == NULL, "no tile reuse on failure");
+    EXPECT_ERR(evlm_encoded_tiles(NULL, &tiles, &reused), EVLM_ERR_ARGUMENT, "NULL encoding");
+    evlm_tile_reuse_free(NULL);
+    free(scene);
+    free(moved);
+    evlm_model_close(m);
+}
+
 int main(int argc, char **argv) {
     size_t i;
     if (argc < 3) return fprintf(stderr, "usage: test_capi BUNDLE ALTERED_BUNDLE [loops [cancel_rounds]]\n"), 2;
     for (i = 0; i < sizeof pixels; ++i) pixels[i] = (uint8_t)(i * 7 + i / 13);
     bad_input(argv[1], argv[2]);
     two_threads(argv[1]);
+    tile_reuse(argv[1]);
     generator(argv[1], argc > 4 ? atoi(argv[4]) : 200);
     open_ask_close(argv[1], argc > 3 ? atoi(argv[3]) : 100);
     printf("%d failures\n", failures);

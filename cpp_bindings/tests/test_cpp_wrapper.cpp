@@ -52,6 +52,21 @@ int main(int argc, char **argv) {
     edgevlm::Encoded enc = model.encode(prompt);
     EXPECT(model.generate(prompt, opts, nullptr, &enc).tokens() == r.tokens(), "generation from an encoding");
 
+    // A source's frames through a TileReuse: the same frame again encodes nothing, with the same tokens.
+    {
+        edgevlm::TileReuse camera;
+        EXPECT(model.encode(prompt, camera).reused_tiles() == 0, "first frame: every tile encoded");
+        edgevlm::Encoded again = model.encode(prompt, camera);
+        EXPECT(again.reused_tiles() == again.tiles() && again.tiles() == enc.tiles(), "same frame: all reused");
+        EXPECT(model.generate(prompt, opts, nullptr, &again).tokens() == r.tokens(), "reused tiles, same tokens");
+        try {
+            edgevlm::TileReuse bad(-1.f);
+            EXPECT(false, "a negative tolerance throws");
+        } catch (const edgevlm::Error &e) {
+            EXPECT(e.status() == EVLM_ERR_ARGUMENT, "a negative tolerance is an argument error");
+        }
+    }
+
     // Step by step: the same tokens, and a cancel ends it ("cancelled", no token after).
     {
         edgevlm::Generator gen = model.generator(prompt, opts, &enc);

@@ -67,9 +67,7 @@ class TileReuse:
     def encode(self, image: ProcessedImage, encode: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
         """Features of an image's tiles, `encode` (pixel values -> features) running only on the tiles that
         changed; returns the features and how many tiles were reused."""
-        if image.tiles is None:
-            raise ValueError("TileReuse needs the ProcessedImage's tiles (process_image keeps them).")
-        new = image.tiles
+        new = image.tiles if image.tiles is not None else image.pixel_values  # process_image keeps the bytes
         grid = (image.rows, image.cols)
         with self._lock:
             old, features = self._tiles, self._features

@@ -36,6 +36,7 @@ from ..media.captions import FORMATS, CaptionWriter
 from . import openai_api as api
 from .metrics import Metrics
 from .runner import Event, Job, QueueFull, Runner, TimedOut, chat_work
+from .sessions import Sessions
 
 log = logging.getLogger("edgevlm.server")
 # One line per request (`edgevlm serve` prints it to stderr): who, what, status, time, tokens generated.
@@ -54,6 +55,7 @@ class ServerSettings:
     max_video_bytes: int = 512 << 20  # a /v1/timeline upload
     allow_remote_images: bool = False
     cors_origins: tuple[str, ...] = ()
+    max_sessions: int = 8  # camera sessions whose last frame is kept for tile reuse (about 10 MB each), LRU
 
 
 class HTTPError(Exception):
@@ -75,6 +77,7 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
     settings = settings or ServerSettings()
     metrics = Metrics()
     runner = Runner(settings.max_queue, settings.timeout)
+    sessions = Sessions(settings.max_sessions)
     page = resources.files("edgevlm.server").joinpath("static/index.html").read_text(encoding="utf-8")
 
     def endpoint(name: str, protected: bool = True):
@@ -159,7 +162,8 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
             )
         cid, model = api.completion_id(), settings.model_name
         started = time.monotonic()
-        job = admit(chat_work(vlm, req.messages, req.options, req.stop))
+        reuse = sessions.get(req.session) if req.session else None
+        job = admit(chat_work(vlm, req.messages, req.options, req.stop, reuse))
         watcher = asyncio.create_task(_watch_disconnect(request, job))
         handed_over = False
         try:
@@ -189,16 +193,7 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
             track_queue()
         _record(metrics, "chat", started, done)
         request.state.tokens = done["completion_tokens"]
-        return JSONResponse(
-            api.completion(
-                cid,
-                model,
-                "".join(pieces).rstrip(),
-                done["finish_reason"],
-                done["prompt_tokens"],
-                done["completion_tokens"],
-            )
-        )
+        return JSONResponse(api.completion(cid, model, "".join(pieces).rstrip(), done["finish_reason"], done))
 
     @endpoint("models")
     async def models(request: Request) -> Response:
@@ -404,7 +399,7 @@ async def _sse(
                 info = event.info
                 yield data(api.chunk(cid, model, {}, info["finish_reason"]))
                 if req.include_usage:
-                    yield data(api.usage_chunk(cid, model, info["prompt_tokens"], info["completion_tokens"]))
+                    yield data(api.usage_chunk(cid, model, info))
                 _record(metrics, "chat", started, info)
                 break
             else:

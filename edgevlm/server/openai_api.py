@@ -53,6 +53,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     model: str = ""
+    session: str | None = None  # edgevlm's extension: frames of one camera, whose unchanged tiles are reused
 
 
 def error_body(
@@ -81,7 +82,17 @@ def parse_chat_request(body: Any, max_image_bytes: int, allow_remote_images: boo
         bool(body.get("stream", False)),
         bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
         str(body.get("model") or ""),
+        _session(body.get("session")),
     )
+
+
+def _session(session: Any) -> str | None:
+    """A client's name for a stream of frames from one camera (OpenAI's clients send it as extra_body)."""
+    if session is None:
+        return None
+    if not isinstance(session, str) or not 1 <= len(session) <= 128 or not session.isprintable():
+        raise RequestError("'session' must be a printable string of 1 to 128 characters.", param="session")
+    return session
 
 
 def _message(m: Any, i: int, max_image_bytes: int, allow_remote: bool) -> dict[str, Any]:
@@ -276,9 +287,7 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def completion(
-    cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
+def completion(cid: str, model: str, text: str, finish_reason: str, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": cid,
         "object": "chat.completion",
@@ -292,7 +301,7 @@ def completion(
                 "logprobs": None,
             }
         ],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(info),
     }
 
 
@@ -306,20 +315,24 @@ def chunk(cid: str, model: str, delta: dict[str, Any], finish_reason: str | None
     }
 
 
-def usage_chunk(cid: str, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage_chunk(cid: str, model: str, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(info),
     }
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(info: dict[str, Any]) -> dict[str, int]:
+    """OpenAI's token counts, and edgevlm's tiles: encoded by the vision encoder and reused from the session's
+    last frame (clients ignore fields they do not know)."""
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": info["prompt_tokens"],
+        "completion_tokens": info["completion_tokens"],
+        "total_tokens": info["prompt_tokens"] + info["completion_tokens"],
+        "tiles": info.get("tiles", 0),
+        "tiles_reused": info.get("tiles_reused", 0),
     }

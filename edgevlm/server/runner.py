@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.tile_reuse import TileReuse
 from ..errors import EdgeVLMError
 from .openai_api import StopStrings
 
@@ -125,9 +126,18 @@ class Runner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def chat_work(vlm: Any, messages: list[dict[str, Any]], options: dict[str, Any], stops: list[str]):
+def chat_work(
+    vlm: Any,
+    messages: list[dict[str, Any]],
+    options: dict[str, Any],
+    stops: list[str],
+    reuse: TileReuse | None = None,
+):
     """The worker-side body of one chat answer: prepare, encode, generate with the engine's public API, posting
-    text pieces (stop strings cut, never shown) and a closing summary."""
+    text pieces (stop strings cut, never shown) and a closing summary. With `reuse` (the request's session), the
+    images are frames of one camera: their unchanged tiles keep the features of the session's last frame."""
+    if reuse is not None:
+        messages = [_with_reuse(m, reuse) for m in messages]
 
     def work(job: Job) -> None:
         t0 = time.perf_counter()
@@ -168,8 +178,16 @@ def chat_work(vlm: Any, messages: list[dict[str, Any]], options: dict[str, Any],
                     "completion_tokens": len(gen.tokens),
                     "seconds": time.perf_counter() - t0,
                     "tiles": encoded.tiles,
+                    "tiles_reused": encoded.reused,
                 },
             )
         )
 
     return work
+
+
+def _with_reuse(message: dict[str, Any], reuse: TileReuse) -> dict[str, Any]:
+    if isinstance(message["content"], str):
+        return message
+    items = [{**item, "reuse": reuse} if item["type"] == "image" else item for item in message["content"]]
+    return {**message, "content": items}

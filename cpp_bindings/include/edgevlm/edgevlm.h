@@ -166,6 +166,21 @@ EVLM_API evlm_status evlm_prompt_tokens(const evlm_model *model, const evlm_prom
    of the same prompt. A text-only prompt gives an encoding with no features. */
 EVLM_API evlm_status evlm_encode(const evlm_model *model, const evlm_prompt *prompt, evlm_encoded **out);
 EVLM_API void evlm_encoded_free(evlm_encoded *encoded);
+/* How many tiles the encoding holds, and how many of them a tile reuse served (either pointer may be NULL). */
+EVLM_API evlm_status evlm_encoded_tiles(const evlm_encoded *encoded, int *tiles, int *reused);
+
+/* Tile reuse for the frames of one source (Python's edgevlm.TileReuse): it keeps the last image it encoded (its
+   tiles' values and features), and an image of the same size and tile grid runs the vision encoder only on the
+   tiles that changed. Exact with tolerance 0 (the encoder runs once per tile, so a tile's features depend on its
+   own pixels: the same tokens as evlm_encode); tolerance > 0 (grey levels, 0-255) also reuses tiles whose mean
+   absolute change is at most that, for noisy cameras. Thread safety: calls sharing one evlm_tile_reuse are
+   serialized inside it; keep one per source. */
+typedef struct evlm_tile_reuse evlm_tile_reuse;
+EVLM_API evlm_status evlm_tile_reuse_new(float tolerance, evlm_tile_reuse **out);
+EVLM_API void evlm_tile_reuse_free(evlm_tile_reuse *reuse);
+/* evlm_encode through `reuse` (NULL: the same as evlm_encode). */
+EVLM_API evlm_status evlm_encode_reuse(const evlm_model *model, const evlm_prompt *prompt, evlm_tile_reuse *reuse,
+                                       evlm_encoded **out);
 
 /* Called with each new token and the text it completes (UTF-8, possibly empty while a character is incomplete).
    Return non-zero to stop: evlm_generate then returns EVLM_OK with the tokens so far and finish_reason

@@ -97,11 +97,37 @@ class Prompt {
 class Encoded {
   public:
     const evlm_encoded *get() const noexcept { return handle_.get(); }
+    int tiles() const {
+        int n = 0;
+        detail::check(evlm_encoded_tiles(handle_.get(), &n, nullptr));
+        return n;
+    }
+    // Of tiles(), those a TileReuse served instead of the vision encoder.
+    int reused_tiles() const {
+        int n = 0;
+        detail::check(evlm_encoded_tiles(handle_.get(), nullptr, &n));
+        return n;
+    }
 
   private:
     friend class Model;
     explicit Encoded(evlm_encoded *h) : handle_(h) {}
     std::unique_ptr<evlm_encoded, detail::Deleter<evlm_encoded, evlm_encoded_free>> handle_;
+};
+
+// One per source (a fixed camera): Model::encode(prompt, reuse) then runs the vision encoder only on the tiles
+// that changed since the last image encoded through it (evlm_tile_reuse_new).
+class TileReuse {
+  public:
+    explicit TileReuse(float tolerance = 0.f) {
+        evlm_tile_reuse *out = nullptr;
+        detail::check(evlm_tile_reuse_new(tolerance, &out));
+        handle_.reset(out);
+    }
+    evlm_tile_reuse *get() const noexcept { return handle_.get(); }
+
+  private:
+    std::unique_ptr<evlm_tile_reuse, detail::Deleter<evlm_tile_reuse, evlm_tile_reuse_free>> handle_;
 };
 
 class Result {
@@ -208,6 +234,12 @@ class Model {
     Encoded encode(const Prompt &prompt) {
         evlm_encoded *out = nullptr;
         detail::check(evlm_encode(handle_.get(), prompt.get(), &out));
+        return Encoded(out);
+    }
+    // The same, with the unchanged tiles of a source's frames served by `reuse`.
+    Encoded encode(const Prompt &prompt, TileReuse &reuse) {
+        evlm_encoded *out = nullptr;
+        detail::check(evlm_encode_reuse(handle_.get(), prompt.get(), reuse.get(), &out));
         return Encoded(out);
     }
 
