@@ -767,9 +767,17 @@ def _signals_as_interrupt() -> None:
 @click.option(
     "--detail",
     type=click.Choice(list(DETAIL)),
-    default="low",
-    show_default=True,
-    help="Frames: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items() if k != "high") + "; high: the model's grid.",
+    default=None,
+    help="Frames: " + "; ".join(f"{k}: {v}" for k, v in DETAIL.items() if k != "high") + "; high: the model's grid "
+    "(default low).",
+)
+@click.option(
+    "--budget",
+    type=Number(float, 0, 3600, min_open=True),
+    default=None,
+    help="Seconds from a frame's capture to its caption: measures this machine on the first frame, then chooses "
+    "--detail and the answer length to stay within it, and re-plans as captions run late or early (stderr says "
+    "what it chose).",
 )
 @click.option(
     "--no-tile-reuse",
@@ -810,6 +818,7 @@ def watch(
     retry_for,
     no_realtime,
     detail,
+    budget,
     no_tile_reuse,
     trigger,
     trigger_exit,
@@ -824,6 +833,9 @@ def watch(
     _check_text("trigger", trigger)
     if trigger_exit is not None and trigger is None:
         raise InputError("--trigger-exit needs --trigger PATTERN.")
+    if budget is not None and detail is not None:
+        raise InputError("--budget chooses the detail level itself; drop --detail (or --budget).")
+    detail = detail or "low"
     constraint = _constraint(choices, json_schema, regex)
     if max_new_tokens is None:
         max_new_tokens = defaults.MAX_NEW_TOKENS["live"] if constraint is None else CONSTRAINED_MAX_NEW_TOKENS
@@ -872,10 +884,19 @@ def watch(
             split=detail != "low",
             longest_edge=tiling(detail, vlm.spec.tile).get("longest_edge"),
             reuse_tiles=not no_tile_reuse,
+            budget_s=budget,
         )
         screen = CaptionWriter(fmt)
+        plan = None
         try:
             for c in captions:
+                if c.plan is not None and c.plan != plan:  # what the budget chose, at the start and when it changes
+                    plan = c.plan
+                    click.echo(
+                        f"budget {plan['budget_s']:g} s: --detail {plan['detail']}, {plan['max_new_tokens']} new "
+                        f"tokens ({plan['predicted_s']:.2f} s predicted)",
+                        err=True,
+                    )
                 if to_file is not None:  # the file first: whatever was shown is in the file too
                     to_file.write(c)
                 screen.write(c)

@@ -92,6 +92,7 @@ class LiveCaption:
     value: Any = None  # a structured answer's parsed value, as Result.value
     error: str | None = None  # a structured answer that could not complete (text is partial, value None)
     source: str | None = None  # which source, when a watch has several
+    plan: dict[str, Any] | None = None  # with a latency budget: the detail, max_new_tokens and prediction in force
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "value": plain(self.value)}

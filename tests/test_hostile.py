@@ -592,6 +592,10 @@ def cases() -> list[Case]:
     add(Case("watch-format-srt", [*W, *VID, *M, "--format", "srt"], 2, "--format"))
     add(Case("watch-detail-ultra", [*W, *VID, *M, "--detail", "ultra"], 2, "--detail"))
     add(Case("watch-detail-empty", [*W, *VID, *M, "--detail", ""], 2, "--detail"))
+    for value in ("0", "-1", "nan", "inf", "99999", "abc"):
+        add(Case(f"watch-budget-{value}", [*W, *VID, *M, "--budget", value], 2, "--budget"))
+    add(Case("watch-budget-tiny", [*W, *VID, *M, *T, "--budget", "0.000001"], 2, "below what this machine can do"))
+    add(Case("watch-budget-and-detail", [*W, *VID, *M, "--budget", "1", "--detail", "high"], 2, "drop --detail"))
     add(Case("watch-output-is-source", [*W, *VID, *M, "-o", "{w}/vid.mp4"], 2, "is the input"))
     add(Case("watch-output-is-folder", [*W, *VID, *M, "-o", "{w}"], 2, "is a folder"))
     add(

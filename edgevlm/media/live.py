@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import defaults
+from ..engine.detail import tiling
 from ..engine.tile_reuse import TileReuse
 from ..errors import IncompleteAnswerError, InputError
 from ..records import LiveCaption
+from .budget import Budget
 from .conditions import Condition
 from .motion import MotionGate
 from .sources import LiveSource, open_source
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from ..engine.core import Engine
 
 DEFAULT_LIVE_PROMPT = defaults.FRAME_PROMPT
+CONSTRAINTS = ("choices", "json_schema", "regex", "grammar", "constraint")
 
 
 @dataclass
@@ -66,6 +69,7 @@ def watch(
     split: bool = False,
     longest_edge: int | None = None,
     reuse_tiles: bool = True,
+    budget_s: float | None = None,
     trigger: Trigger | None = None,
     max_captions: int | None = None,
     source_options: dict | None = None,
@@ -96,6 +100,12 @@ def watch(
         reuse_tiles: each source keeps its last frame's tiles and their features (an edgevlm.TileReuse), so a
             split frame runs the encoder only for the tiles that changed; exact (the same tokens), on by default.
             The caption's timings say how many tiles were encoded and reused.
+        budget_s: seconds from a frame's capture to its caption. The first frame calibrates this machine (three
+            short captions); then the detail level and answer length (up to max_new_tokens, or only the detail
+            with a structured answer) are chosen to keep each caption within it, and re-chosen as captions run late
+            (a busier machine: at once) or early (with room to spare). Each caption's `plan` says what was in
+            force; split and longest_edge are the plan's. A budget below what the cheapest plan takes here is an
+            InputError.
         trigger: a Trigger (a pattern or a condition on a structured answer, a callback, stop) checked per caption.
         max_captions: stop after this many captions.
         source_options: options for sources opened here (retry_for=, ...: edgevlm.media.sources.open_source).
@@ -115,6 +125,12 @@ def watch(
     if not given:
         raise InputError("watch needs at least one source.")
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "live")
+    constrained = any(generate_kw.get(k) is not None for k in CONSTRAINTS)
+    budget = (
+        None
+        if budget_s is None
+        else Budget(budget_s, max_new_tokens=max_new_tokens if not constrained else tokens, fixed_tokens=constrained)
+    )
     feeds: list[_Feed] = []
     count = 0
     try:
@@ -124,6 +140,8 @@ def watch(
             names = [f.src.name for f in feeds]
             for i, f in enumerate(feeds):
                 f.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i + 1}"
+        if budget is not None:
+            budget.sources = len(feeds)
         while max_captions is None or count < max_captions:
             ready = [
                 (f, frame)
@@ -137,6 +155,15 @@ def watch(
                     time.sleep(0.01)
                 continue
             ready = ready[: None if max_captions is None else max_captions - count]
+            shape = {"split": split, "longest_edge": longest_edge}
+            if budget is not None:
+                if budget.plan is None:
+                    _calibrate(vlm, budget, ready[0][1], prompt, generate_kw)
+                assert budget.plan is not None
+                shape = tiling(budget.plan.detail, vlm.spec.tile)
+                shape.setdefault("split", True)
+                tokens = budget.plan.max_new_tokens
+            plan = budget.plan.to_dict() if budget is not None and budget.plan is not None else None
             start = time.monotonic()
             for f, _ in ready:
                 f.last_start = start
@@ -146,13 +173,17 @@ def watch(
                 [f.tiles for f, _ in ready],
                 tokens,
                 prompt,
-                {"split": split, "longest_edge": longest_edge},
+                shape,
                 generate_kw,
             )
             done = time.monotonic()
+            if budget is not None and answers:
+                first = ready[0][1]
+                budget.observe(answers[0][0], done - first.captured, start - first.captured)
             stop = False
             for (f, frame), (r, error) in zip(ready, answers):
                 caption = f.record(frame, r, error, start, done)
+                caption.plan = plan
                 count += 1
                 if trigger is not None and error is None and trigger.matches(caption):
                     caption.triggered = True
@@ -224,6 +255,25 @@ class _Feed:
         )
 
 
+def _calibrate(vlm: Engine, budget: Budget, frame: Any, prompt: str, generate_kw: dict[str, Any]) -> None:
+    """The budget's measurements, on the first frame (no structured answer: eight tokens may not complete one)."""
+    plain = {k: v for k, v in generate_kw.items() if k not in CONSTRAINTS and k != "ignore_eos"}
+    height, width = frame.image.shape[:2]
+
+    def caption(image: Any, detail: str, max_new_tokens: int) -> Any:
+        return vlm.caption(
+            image,
+            max_new_tokens=max_new_tokens,
+            prompt=prompt,
+            cache=False,
+            ignore_eos=True,
+            **tiling(detail, vlm.spec.tile),
+            **plain,
+        )
+
+    budget.calibrate(vlm, frame.image, (width, height), caption)
+
+
 def _caption(
     vlm: Engine,
     images: list,
@@ -235,9 +285,7 @@ def _caption(
 ) -> list[tuple[Any, str | None]]:
     """(Result, error) per image: one batch for several unconstrained frames; otherwise one by one, where an
     answer that cannot complete becomes a caption with `error` set."""
-    constrained = any(
-        generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "grammar", "constraint")
-    )
+    constrained = any(generate_kw.get(k) is not None for k in CONSTRAINTS)
     if len(images) > 1 and not constrained:
         return [
             (r, None)
