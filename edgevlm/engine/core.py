@@ -322,7 +322,7 @@ class Engine:
             return [self.encode(p) for p in prompts]
         t0 = time.perf_counter()
         found: list[list[EncodedImage | None]] = []  # per prompt, per image: a cache hit or None
-        reused = [0] * len(prompts)  # tiles a TileReuse served, per prompt (captions: one image each)
+        reused = [0] * len(prompts)  # tiles a TileReuse served, per prompt
         todo: list[tuple[int, int, str | None, PendingImage]] = []  # (prompt, image, cache key, image)
         for i, prompt_images in enumerate(images):
             found.append([])
@@ -355,7 +355,8 @@ class Engine:
             # One encoder run per tile (_encode_pixels), never several images in one: the int8 encoder quantizes
             # its activations with one scale per run (3 of 4 captions differed when images shared a run).
             for (i, j, key, item), processed in zip(todo, done):
-                encoded, reused[i] = self._encode_processed(processed, item.reuse)
+                encoded, served = self._encode_processed(processed, item.reuse)
+                reused[i] += served
                 found[i][j] = encoded
                 if key:
                     self.vision_cache.put(key, encoded)
