@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -278,6 +279,13 @@ def video_options(fn):
         "--scene/--no-scene", default=True, show_default=True, help="Timeline: also cut segments at scene changes."
     )(fn)
     fn = click.option(
+        "--budget-per-minute",
+        type=Number(float, 0, 3600, min_open=True),
+        default=None,
+        help="Timeline: seconds of captioning per minute of video; sample points are spaced (never closer than "
+        "--every) and answers shortened to keep to it, and the run says what it spent.",
+    )(fn)
+    fn = click.option(
         "--threshold",
         type=Number(float, 0, 255),
         default=6.0,
@@ -321,8 +329,8 @@ def _check_text(label: str, text: str | None) -> None:
         raise InputError(f"the {label} is not valid UTF-8 text; check your terminal's or script's encoding.") from None
 
 
-VIDEO_ONLY = ("mode", "every", "scene", "threshold", "fps", "max_frames", "fmt", "output")
-TIMELINE_ONLY = ("every", "scene", "threshold", "fmt", "output")
+VIDEO_ONLY = ("mode", "every", "scene", "threshold", "budget_per_minute", "fps", "max_frames", "fmt", "output")
+TIMELINE_ONLY = ("every", "scene", "threshold", "budget_per_minute", "fmt", "output")
 
 
 def archive_options(fn):
@@ -392,6 +400,7 @@ def caption(
     every,
     scene,
     threshold,
+    budget_per_minute,
     fps,
     max_frames,
     fmt,
@@ -435,6 +444,7 @@ def caption(
                 "scene": scene,
                 "threshold": threshold,
                 "max_new_tokens": max_new_tokens or defaults.MAX_NEW_TOKENS["timeline"],
+                **({"budget_per_minute": budget_per_minute} if budget_per_minute else {}),
                 **({"prompt": prompt} if prompt else {}),
                 **({"constraint": constraint} if constraint else {}),
             },
@@ -496,6 +506,7 @@ def caption(
                 threshold,
                 writer,
                 constraint,
+                budget_per_minute,
             )
 
 
@@ -674,7 +685,16 @@ def _progress(total: float | None):
 
 
 def _timeline(
-    vlm, video, prompt, max_new_tokens, every, scene, threshold, writer: CaptionWriter, constraint=None
+    vlm,
+    video,
+    prompt,
+    max_new_tokens,
+    every,
+    scene,
+    threshold,
+    writer: CaptionWriter,
+    constraint=None,
+    budget_per_minute=None,
 ) -> None:
     """Each sampled frame is one tile, as vlm.timeline's default (and watch's): a caption per segment, not a
     detailed reading of each frame."""
@@ -696,13 +716,18 @@ def _timeline(
         max_new_tokens=max_new_tokens,
         on_progress=on_progress,
         constraint=constraint,
+        budget_per_minute=budget_per_minute,
     )
     where = f" to {writer.path}" if writer.path else ""
+    started, spacing, tokens = time.monotonic(), [], []
     try:
         for rec in segments:
             if writer.path is None and not bar.disable:
                 bar.clear()
             writer.write(rec)
+            if budget_per_minute is not None:
+                spacing.append(rec.timings["every_s"])
+                tokens.append(rec.timings["max_new_tokens"])
     except KeyboardInterrupt:  # the writer keeps every complete cue
         click.echo(f"stopped: wrote {writer.count} caption(s){where}", err=True)
         raise
@@ -710,6 +735,14 @@ def _timeline(
         bar.close()
     if writer.path:
         click.echo(f"wrote {writer.count} caption(s){where}", err=True)
+    if budget_per_minute is not None and spacing:
+        spent, minutes = time.monotonic() - started, max(info.duration, 1e-9) / 60
+        click.echo(
+            f"budget {budget_per_minute:g} s per minute of video: spent {spent:.1f} s on {minutes:.1f} min "
+            f"({spent / minutes:.1f} s per minute); sample points every {min(spacing):g}-{max(spacing):g} s, "
+            f"{min(tokens)}-{max(tokens)} new tokens per caption",
+            err=True,
+        )
 
 
 def _signals_as_interrupt() -> None:

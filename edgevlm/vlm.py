@@ -116,7 +116,8 @@ class VLM(Engine):
         Args:
             video: a video file.
             **kw: every=, scene=, sample_fps=, threshold=, scene_threshold=, prompt=, max_new_tokens=, split=,
-                on_progress= and generation options: edgevlm.media.timeline.timeline says each.
+                on_progress=, budget_per_minute= and generation options: edgevlm.media.timeline.timeline says
+                each.
 
         Example:
             import edgevlm

@@ -191,3 +191,74 @@ def test_cli_watch_budget_says_what_it_chose(tiny256):
     assert re.search(r"budget 30 s: --detail high, 32 new tokens \([\d.]+ s predicted\)", out.stderr), out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(records) == 2 and all(r["plan"]["detail"] == "high" for r in records)
+
+
+# ------------------------------------------------------------------------------------ a whole video file
+def test_pace_spaces_captions_and_shortens_answers_to_what_the_budget_pays():
+    from edgevlm.media.budget import Pace
+
+    roomy = Pace(60, every=2.0, max_new_tokens=48)  # 60 s per minute, 1 s per caption: every 2 s is affordable
+    roomy.start(0.0)
+    for i in range(1, 6):
+        roomy.observe(video_s=2.0 * i, now=1.0 * i)
+    assert (roomy.every, roomy.max_new_tokens) == (2.0, 48)
+
+    tight = Pace(6, every=2.0, max_new_tokens=48)  # 6 s per minute at 1 s per caption: one every 10 s
+    tight.start(0.0)
+    tight.observe(video_s=0.0, now=1.0)
+    assert tight.every >= 10.0 and tight.max_new_tokens == 24
+    fixed = Pace(6, every=2.0, max_new_tokens=40, fixed_tokens=True)
+    fixed.start(0.0)
+    fixed.observe(video_s=0.0, now=1.0)
+    assert fixed.max_new_tokens == 40 and fixed.every >= 10.0
+
+    behind = Pace(6, every=2.0, max_new_tokens=48)  # 3 captions, 30 s, on the first 10 s of video: wider still
+    behind.start(0.0)
+    for i in range(1, 4):
+        behind.observe(video_s=10.0 * i / 3, now=10.0 * i)
+    assert behind.every > 60.0 * 10.0 / 6
+    assert "spent 30.0 s" in behind.summary(10.0)
+    with pytest.raises(InputError, match="budget="):
+        Pace(float("nan"), every=2.0, max_new_tokens=48)
+
+
+def test_timeline_keeps_to_its_budget_per_minute(tiny256, tmp_path):
+    """A 60 s video of moving content: a generous budget captions every `every` seconds at full length; a tight one
+    spaces the captions out and shortens them, and the run costs about what it was allowed."""
+    from videotools import make
+
+    vlm = edgevlm.load(tiny256[1], threads=1)
+    video = make(tmp_path / "moving.mp4", "testsrc", 60, ["-c:v", "libx264", "-preset", "ultrafast"], rate=5)
+    t = time.monotonic()
+    free = list(vlm.timeline(video, every=2.0, scene=False, threshold=0, budget_per_minute=3600))
+    free_s = time.monotonic() - t
+    assert {s.timings["every_s"] for s in free} == {2.0} and {s.timings["max_new_tokens"] for s in free} == {48}
+    per_caption = free_s / len(free)
+    allowed = 5 * per_caption  # per minute of video: 5 captions' worth, against the 30 every 2 s would take
+    t = time.monotonic()
+    tight = list(vlm.timeline(video, every=2.0, scene=False, threshold=0, budget_per_minute=allowed))
+    spent = time.monotonic() - t
+    assert len(tight) < len(free) / 2 and max(s.timings["every_s"] for s in tight) > 4.0
+    assert min(s.timings["max_new_tokens"] for s in tight) < 48
+    assert spent <= 1.5 * allowed + 2 * per_caption, (spent, allowed, len(tight))
+    assert tight[0].start == 0.0 and tight[-1].end >= 59.0  # the segments still cover the video
+
+
+def test_cli_timeline_budget_says_what_it_spent(tiny256, tmp_path):
+    from videotools import make
+
+    video = make(tmp_path / "moving.mp4", "testsrc", 20, ["-c:v", "libx264", "-preset", "ultrafast"], rate=5)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgevlm.cli", "caption", str(video), "-m", str(tiny256[1]), "--every", "2"]
+        + ["--budget-per-minute", "60", "--format", "jsonl", "--no-scene"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    said = re.search(r"budget 60 s per minute of video: spent ([\d.]+) s on 0\.3 min .* every 2-[\d.]+ s", out.stderr)
+    assert said, out.stderr
+    import json
+
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert records and all(r["timings"]["every_s"] >= 2 for r in records)

@@ -532,6 +532,11 @@ def cases() -> list[Case]:
         ("--threshold", "nan", "finite"),
         ("--threshold", "300", "range"),
         ("--every", "five", "not a number"),
+        ("--budget-per-minute", "0", "range"),
+        ("--budget-per-minute", "-3", "range"),
+        ("--budget-per-minute", "nan", "finite"),
+        ("--budget-per-minute", "inf", "finite"),
+        ("--budget-per-minute", "5000", "range"),
     ):
         add(Case(f"video-{flag[2:]}-{value}", [*C, *VID, *M, flag, value], 2, f"{flag}.*{why}|{why}.*{flag}"))
     add(Case("video-mode-bogus", [*C, *VID, *M, "--mode", "fast"], 2, "--mode"))
@@ -542,6 +547,8 @@ def cases() -> list[Case]:
     add(Case("video-stream-flag", [*C, *VID, *M, "--stream"], 2, "--stream.*not apply"))
     add(Case("video-no-split-with-clip", [*C, *VID, *M, "--mode", "clip", "--no-split"], 2, "--no-split"))
     add(Case("video-fps-on-timeline", [*C, *VID, *M, "--fps", "2"], 2, "--fps.*clip"))
+    add(Case("video-budget-with-clip", [*C, *VID, *M, "--mode", "clip", "--budget-per-minute", "5"], 2, "--budget"))
+    add(Case("image-budget-per-minute", [*C, *IMG, *M, "--budget-per-minute", "5"], 2, "--budget-per-minute"))
     add(Case("ask-video-no-split", ["ask", *VID, "what?", *M, "--no-split"], 2, "--no-split"))
     add(Case("ask-video-fps-zero", ["ask", *VID, "what?", *M, "--fps", "0"], 2, "--fps"))
     add(Case("ask-image-fps", ["ask", *IMG, "what?", *M, "--fps", "1"], 2, "--fps.*video"))

@@ -65,7 +65,8 @@ def _video(vlm: Any, path: str, output: Path, fmt: str, options: dict[str, Any])
 
 
 def _image(vlm: Any, path: str, output: Path, fmt: str, options: dict[str, Any]) -> dict[str, Any]:
-    opts = {k: v for k, v in options.items() if k not in ("every", "scene", "threshold", "sample_fps", "detail")}
+    not_for_images = ("every", "scene", "threshold", "sample_fps", "budget_per_minute", "detail")
+    opts = {k: v for k, v in options.items() if k not in not_for_images}
     opts.update(tiling(options.get("detail"), vlm.spec.tile))
     r = vlm.caption(path, **opts)
     stream = OutputStream(OutputTarget(output, inputs=[path]), "atomic")

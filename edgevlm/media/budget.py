@@ -196,3 +196,59 @@ class Budget:
         detail, tokens = ladder[index]
         self.plan = Plan(detail, tokens, self.predict(detail, tokens), self.budget_s)
         self._fresh, self._early = True, 0
+
+
+class Pace:
+    """A compute budget for a whole video file: `per_minute_s` seconds of captioning per minute of video.
+
+    A timeline's frames are one tile each, so its knobs are how often it captions and how long each caption is.
+    After each caption the pace compares the wall time spent so far (frame reading included) with what the
+    budget allows for the video time covered, and sets the spacing of the next sample points: never closer than
+    the caller's `every`, wider when the measured cost per caption says the budget cannot pay for that, wider still
+    (up to 4 times) while the run is behind. Answers shorten first (to 32, then 24 tokens) when the spacing would have to grow
+    past 1.5 and 3 times `every`, so that coverage in time is the last thing given up.
+
+    Args:
+        per_minute_s: seconds of captioning per minute of video.
+        every: the closest spacing of sample points (the timeline's own `every`).
+        max_new_tokens: the longest answer (the timeline's).
+        fixed_tokens: keep max_new_tokens (structured answers need their room).
+    """
+
+    def __init__(self, per_minute_s: float, every: float, max_new_tokens: int, fixed_tokens: bool = False):
+        self.per_minute_s = check_budget(per_minute_s)
+        self.base_every, self.base_tokens, self.fixed_tokens = every, max_new_tokens, fixed_tokens
+        self.every, self.max_new_tokens = every, max_new_tokens
+        self.started: float | None = None
+        self.captions = 0
+        self.spent_s = 0.0
+        self.lowest_every = self.highest_every = every
+
+    def start(self, now: float) -> None:
+        self.started = now
+
+    def observe(self, video_s: float, now: float) -> None:
+        """After a caption of the frame at `video_s`: the spacing and answer length for the next ones."""
+        assert self.started is not None
+        self.captions += 1
+        self.spent_s = now - self.started
+        per_caption = self.spent_s / self.captions
+        needed = 60.0 * per_caption / self.per_minute_s  # the spacing this cost per caption can pay for
+        # What the video so far allows, plus one caption: the first one is paid before any video has gone by.
+        allowed = self.per_minute_s * video_s / 60.0 + per_caption
+        behind = min(4.0, max(1.0, self.spent_s / allowed))
+        ratio = needed / self.base_every
+        if not self.fixed_tokens:
+            self.max_new_tokens = self.base_tokens if ratio <= 1.5 else min(self.base_tokens, 32 if ratio <= 3 else 24)
+        self.every = max(self.base_every, needed * behind)
+        self.lowest_every = min(self.lowest_every, self.every)
+        self.highest_every = max(self.highest_every, self.every)
+
+    def summary(self, duration_s: float) -> str:
+        minutes = max(duration_s, 1e-9) / 60.0
+        return (
+            f"budget {self.per_minute_s:g} s per minute of video: spent {self.spent_s:.1f} s on "
+            f"{duration_s / 60:.1f} min ({self.spent_s / minutes:.1f} s per minute), {self.captions} caption(s), "
+            f"sample points every {self.lowest_every:.1f}-{self.highest_every:.1f} s, "
+            f"{self.max_new_tokens} new tokens at the end"
+        )

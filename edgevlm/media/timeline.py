@@ -7,12 +7,14 @@ last captioned frame reach the model, so a static shot costs one caption however
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import defaults
 from ..errors import InputError
 from ..records import Segment
+from .budget import Pace
 from .motion import MotionGate, difference, thumbnail
 from .video import Frame, probe, read_frames
 
@@ -35,6 +37,7 @@ def timeline(
     max_new_tokens: int | None = None,
     split: bool = False,
     on_progress: Callable[[float, float], None] | None = None,
+    budget_per_minute: float | None = None,
     **generate_kw: Any,
 ) -> Iterator[Segment]:
     """Yield Segments in time order; each covers [start, end) and the segments tile the whole video.
@@ -53,6 +56,10 @@ def timeline(
         max_new_tokens: per caption (default 32).
         split: False captions each frame as one tile (fast); True uses the image grid.
         on_progress: on_progress(seconds_done, duration) is called as frames are examined.
+        budget_per_minute: seconds of captioning per minute of video: sample points are spaced (never closer than
+            `every`) and answers shortened (48 -> 32 -> 24 tokens, not for structured answers) so that the whole
+            file takes about that; each segment's timings say the spacing and length in force (`every_s`,
+            `max_new_tokens`).
         **generate_kw: generation options, as `Engine.ask`.
 
     Example:
@@ -66,6 +73,11 @@ def timeline(
         raise InputError("every (CLI: --every) and sample_fps must be positive numbers of seconds / frames per second.")
     info = probe(video)
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "timeline")
+    pace = None
+    if budget_per_minute is not None:
+        constrained = any(generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "constraint"))
+        pace = Pace(budget_per_minute, every, tokens or defaults.MAX_NEW_TOKENS["timeline"], constrained)
+        pace.start(time.monotonic())
     gate = MotionGate(threshold)
     current: Segment | None = None
     last_boundary = 0.0  # read only once a segment is open
@@ -76,7 +88,8 @@ def timeline(
         thumb = thumbnail(frame.image)
         cut = scene and prev_thumb is not None and difference(thumb, prev_thumb) >= scene_threshold
         prev_thumb = thumb
-        if current is not None and not cut and frame.timestamp - last_boundary < every - 1e-6:
+        spacing = pace.every if pace is not None else every
+        if current is not None and not cut and frame.timestamp - last_boundary < spacing - 1e-6:
             continue
         last_boundary = frame.timestamp
         if current is not None and not gate.changed(frame.image, thumb):
@@ -88,7 +101,10 @@ def timeline(
         else:
             current.end = frame.timestamp
             yield current
-        current = _caption(vlm, frame, prompt, tokens, split, generate_kw)
+        current = _caption(vlm, frame, prompt, pace.max_new_tokens if pace is not None else tokens, split, generate_kw)
+        if pace is not None:
+            current.timings.update(every_s=round(pace.every, 2), max_new_tokens=pace.max_new_tokens)
+            pace.observe(frame.timestamp, time.monotonic())
         if starts_video:
             current.start = 0.0  # the segments tile the video from its first instant
         if on_progress:
