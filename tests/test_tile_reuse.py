@@ -4,6 +4,8 @@ clear errors."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import random_image
@@ -175,3 +177,39 @@ def test_cli_watch_detail_high_reports_tiles_encoded_and_reused(tiny256, tmp_pat
     assert [r["timings"]["tiles"] for r in records] == [13] * 3
     reused = [r["timings"]["tiles_reused"] for r in records]
     assert reused[0] == 0 and (all(n >= 9 for n in reused[1:]) if reuse else reused == [0, 0, 0])
+
+
+def test_watch_a_source_whose_frame_size_changes_mid_stream(tiny256):
+    """Pushed frames: two of one size, two of another, then the first size again; reuse starts over at each
+    change (never mixing features of different sizes), and every answer has the tokens of a full encode."""
+    import threading
+
+    from edgevlm.media.live import watch
+
+    vlm = edgevlm.load(tiny256[1], threads=1)
+    big, tall = np.array(_scene(7)), np.array(random_image(1024, 512, seed=7))  # 4 x 3 and 4 x 2 tiles
+    frames = [big, _with_corner_array(big), tall, _with_corner_array(tall), big]
+    src = edgevlm.PushSource()
+    rec = Recorder(vlm)
+    captions = []
+
+    def consume():
+        captions.extend(watch(rec, src, split=True, threshold=0, max_new_tokens=3))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i, f in enumerate(frames):
+        src.push(f, timestamp=float(i))
+        deadline = time.monotonic() + 30
+        while len(captions) <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+    src.close()
+    t.join(timeout=60)
+    assert [c.timings["tiles"] for c in captions] == [13, 13, 9, 9, 13]
+    assert [c.timings["tiles_reused"] > 0 for c in captions] == [False, True, False, True, False]
+    for frame, _, r in rec.seen:
+        assert vlm.caption(frame, cache=False, max_new_tokens=3).token_ids == r.token_ids
+
+
+def _with_corner_array(a: np.ndarray) -> np.ndarray:
+    return np.array(_with_corner(Image.fromarray(a)))
