@@ -213,3 +213,12 @@ def test_watch_a_source_whose_frame_size_changes_mid_stream(tiny256):
 
 def _with_corner_array(a: np.ndarray) -> np.ndarray:
     return np.array(_with_corner(Image.fromarray(a)))
+
+
+def test_another_model_starts_over(tiny256):
+    """One TileReuse handed to two models (here fp32 and int8 of one bundle): each encodes its own features."""
+    fp32, int8 = (edgevlm.load(tiny256[1], variant=v, threads=1) for v in ("fp32", "int8"))
+    reuse = edgevlm.TileReuse()
+    _features(fp32, _scene(), reuse)
+    switched = _features(int8, _scene(), reuse)
+    assert switched.reused == 0 and np.array_equal(switched.features, _features(int8, _scene()).features)

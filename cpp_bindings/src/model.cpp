@@ -295,7 +295,7 @@ Features Model::encode(const PreparedPrompt &prompt, TileReuse *reuse) const {
         if (reuse) {
             const float grey_level = float(spec().image.rescale) /
                                      std::min({spec().image.std[0], spec().image.std[1], spec().image.std[2]});
-            f.reused += reuse->encode(px.values.data(), px.tiles, tile_values, px.rows, px.cols, grey_level,
+            f.reused += reuse->encode(id_, px.values.data(), px.tiles, tile_values, px.rows, px.cols, grey_level,
                                       encode_tile, f.values);
         } else {
             for (int t = 0; t < px.tiles; ++t) encode_tile(px.values.data() + size_t(t) * tile_values, f.values);

@@ -116,6 +116,11 @@ private:
     bool position_ids_ = false, logits_to_keep_ = false;
     int image_threads_ = 1;
     std::string kernels_;
+    const uint64_t id_ = next_id();  // unique per Model in this process (a TileReuse keys its features on it)
+    static uint64_t next_id() {
+        static std::atomic<uint64_t> n{0};
+        return ++n;
+    }
     mutable std::mutex kv_lock_;
     mutable std::unique_ptr<SharedKV> kv_spare_;  // the last generation's decoder cache, for the next one
 };

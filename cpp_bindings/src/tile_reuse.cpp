@@ -12,12 +12,13 @@ bool TileReuse::same(const float *stored, const float *fresh, size_t n, float gr
     return sum / double(n) <= double(tolerance_) * double(grey_level);
 }
 
-int TileReuse::encode(const float *values, int tiles, size_t tile_values, int rows, int cols, float grey_level,
+int TileReuse::encode(uint64_t owner, const float *values, int tiles, size_t tile_values, int rows, int cols,
+                      float grey_level,
                       const std::function<void(const float *, std::vector<float> &)> &encode_tile,
                       std::vector<float> &out) {
     std::lock_guard<std::mutex> lock(mu_);
-    const bool geometry = tiles == tiles_ && rows == rows_ && cols == cols_ && tile_values == tile_values_ &&
-                          !features_.empty();
+    const bool geometry = owner == owner_ && tiles == tiles_ && rows == rows_ && cols == cols_ &&
+                          tile_values == tile_values_ && !features_.empty();
     std::vector<float> features, one;
     std::vector<int> changed;
     int reused = 0;
@@ -42,7 +43,7 @@ int TileReuse::encode(const float *values, int tiles, size_t tile_values, int ro
                         tile_values * sizeof(float));
     } else {
         values_.assign(values, values + size_t(tiles) * tile_values);
-        tiles_ = tiles, rows_ = rows, cols_ = cols, tile_values_ = tile_values;
+        owner_ = owner, tiles_ = tiles, rows_ = rows, cols_ = cols, tile_values_ = tile_values;
     }
     features_ = features;
     out.insert(out.end(), features.begin(), features.end());

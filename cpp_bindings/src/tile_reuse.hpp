@@ -4,6 +4,7 @@
 // features depend on its own pixels only. Thread safety: one mutex per object, so a source encoded from two
 // threads stays correct.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <vector>
@@ -18,7 +19,9 @@ class TileReuse {
 
     // Features of one image's `tiles` tiles (`values`: tiles x tile_values floats) into `out` (appended), calling
     // `encode_tile(tile's values, out)` for the tiles that changed. Returns how many tiles were reused.
-    int encode(const float *values, int tiles, size_t tile_values, int rows, int cols, float grey_level,
+    // `owner` (the model's id) is part of the geometry: another model's image starts over.
+    int encode(uint64_t owner, const float *values, int tiles, size_t tile_values, int rows, int cols,
+               float grey_level,
                const std::function<void(const float *, std::vector<float> &)> &encode_tile, std::vector<float> &out);
 
   private:
@@ -27,6 +30,7 @@ class TileReuse {
     std::mutex mu_;
     float tolerance_;
     std::vector<float> values_, features_;  // the stored frame: tile values, and features (tiles x per_tile)
+    uint64_t owner_ = 0;
     int tiles_ = 0, rows_ = -1, cols_ = -1;
     size_t tile_values_ = 0, per_tile_ = 0;
 };

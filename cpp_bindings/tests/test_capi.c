@@ -394,8 +394,16 @@ static void tile_reuse(const char *bundle) {
     EXPECT(tiles == 13 && reused >= 9 && reused <= 11, "only the corner's tiles and the global view are encoded");
     EXPECT(same_answer(m, p, e), "reused tiles give the tokens of a full encode");
     evlm_encoded_free(e);
-    evlm_prompt_free(p);
 
+    {   /* the same frame through another model: its own features, not the first model's */
+        evlm_model *other = open_model(bundle);
+        EXPECT(other && evlm_encode_reuse(other, p, reuse, &e) == EVLM_OK, "another model");
+        evlm_encoded_tiles(e, &tiles, &reused);
+        EXPECT(reused == 0, "another model starts over");
+        evlm_encoded_free(e);
+        evlm_model_close(other);
+    }
+    evlm_prompt_free(p);
     p = frame_prompt(moved, 800, 600); /* another size: starts over */
     EXPECT(evlm_encode_reuse(m, p, reuse, &e) == EVLM_OK, "another size");
     evlm_encoded_tiles(e, &tiles, &reused);

@@ -5,7 +5,7 @@ features depend on its pixels alone), so a tile whose pixels are the same as the
 encoded frame has exactly the features it had then. The vision cache keys on whole images and cannot see that; a
 TileReuse, one per source, keeps the last frame's tiles (the resized bytes, before normalization: a quarter of the
 float pixel values) and their features, and encodes only the tiles that differ. Any change of geometry (frame
-size, tile grid) starts over, so features of different sizes are never mixed.
+size, tile grid) or of model starts over, so features of different sizes or models are never mixed.
 """
 
 from __future__ import annotations
@@ -56,13 +56,14 @@ class TileReuse:
         self._tiles: np.ndarray | None = None  # (tiles, T, T, 3) uint8 of the stored frame
         self._features: np.ndarray | None = None  # (tiles, image_seq_len, hidden)
         self._grid: tuple[int, int] | None = None
+        self._encoder: Callable | None = None  # whose features these are: another model starts over
         self.encoded = 0  # tiles encoded through this object, over its life
         self.reused = 0  # tiles served from the stored frame
 
     def reset(self) -> None:
         """Forget the stored frame (the next one is encoded in full), e.g. after a scene cut."""
         with self._lock:
-            self._tiles = self._features = self._grid = None
+            self._tiles = self._features = self._grid = self._encoder = None
 
     def encode(self, image: ProcessedImage, encode: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
         """Features of an image's tiles, `encode` (pixel values -> features) running only on the tiles that
@@ -71,7 +72,13 @@ class TileReuse:
         grid = (image.rows, image.cols)
         with self._lock:
             old, features = self._tiles, self._features
-            if old is None or features is None or self._grid != grid or old.shape != new.shape:
+            if (
+                old is None
+                or features is None
+                or self._grid != grid
+                or old.shape != new.shape
+                or self._encoder != encode
+            ):
                 changed = list(range(len(new)))
                 old = features = None
             else:
@@ -84,7 +91,7 @@ class TileReuse:
                 features = features.copy()  # the caller may still hold the previous frame's array
                 features[changed] = fresh
                 old[changed] = new[changed]
-            self._tiles, self._features, self._grid = old, features, grid
+            self._tiles, self._features, self._grid, self._encoder = old, features, grid, encode
             reused = len(new) - len(changed)
             self.encoded += len(changed)
             self.reused += reused

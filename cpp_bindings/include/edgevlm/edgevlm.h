@@ -170,8 +170,8 @@ EVLM_API void evlm_encoded_free(evlm_encoded *encoded);
 EVLM_API evlm_status evlm_encoded_tiles(const evlm_encoded *encoded, int *tiles, int *reused);
 
 /* Tile reuse for the frames of one source (Python's edgevlm.TileReuse): it keeps the last image it encoded (its
-   tiles' values and features), and an image of the same size and tile grid runs the vision encoder only on the
-   tiles that changed. Exact with tolerance 0 (the encoder runs once per tile, so a tile's features depend on its
+   tiles' values and features), and an image of the same size and tile grid, through the same model, runs the
+   vision encoder only on the tiles that changed (anything else starts over). Exact with tolerance 0 (the encoder runs once per tile, so a tile's features depend on its
    own pixels: the same tokens as evlm_encode); tolerance > 0 (grey levels, 0-255) also reuses tiles whose mean
    absolute change is at most that, for noisy cameras. Thread safety: calls sharing one evlm_tile_reuse are
    serialized inside it; keep one per source. */
