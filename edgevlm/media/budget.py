@@ -73,6 +73,7 @@ class Budget:
         max_new_tokens: a ceiling on the plans' answer lengths (None: the ladder's own), or the one length to use
             when `fixed_tokens` (structured answers, which need their room to complete).
         fixed_tokens: vary only the detail level.
+        sources: frames captioned per round (a watch of several sources captions them together).
     """
 
     def __init__(

@@ -75,7 +75,9 @@ def timeline(
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "timeline")
     pace = None
     if budget_per_minute is not None:
-        constrained = any(generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "constraint"))
+        constrained = any(
+            generate_kw.get(k) is not None for k in ("choices", "json_schema", "regex", "grammar", "constraint")
+        )
         pace = Pace(budget_per_minute, every, tokens or defaults.MAX_NEW_TOKENS["timeline"], constrained)
         pace.start(time.monotonic())
     gate = MotionGate(threshold)
