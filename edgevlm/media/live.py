@@ -100,7 +100,7 @@ def watch(
         reuse_tiles: each source keeps its last frame's tiles and their features (an edgevlm.TileReuse), so a
             split frame runs the encoder only for the tiles that changed; exact (the same tokens), on by default.
             The caption's timings say how many tiles were encoded and reused.
-        budget_s: seconds from a frame's capture to its caption. The first frame calibrates this machine (three
+        budget_s: seconds from a frame's capture to its caption. The first frame calibrates this machine (four
             short captions); then the detail level and answer length (up to max_new_tokens, or only the detail
             with a structured answer) are chosen to keep each caption within it, and re-chosen as captions run late
             (a busier machine: at once) or early (with room to spare). Each caption's `plan` says what was in
