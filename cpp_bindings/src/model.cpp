@@ -270,10 +270,11 @@ Features Model::encode(const PreparedPrompt &prompt, TileReuse *reuse) const {
         // One run per tile, as the Python runtime: the int8 encoders quantize activations with one scale per run,
         // so a tile's features then depend on its own pixels only (what lets TileReuse skip unchanged tiles).
         const size_t tile_values = size_t(3) * size_t(tile) * size_t(tile);
+        // Shapes and the all-true mask are the same for every tile: made once per image, not per run.
+        const std::vector<int64_t> shape{1, 1, 3, tile, tile}, mshape{1, 1, tile, tile};
+        std::unique_ptr<bool[]> mask(new bool[size_t(tile) * size_t(tile)]);
+        std::fill_n(mask.get(), size_t(tile) * size_t(tile), true);
         auto encode_tile = [&](const float *values, std::vector<float> &out) {
-            std::vector<int64_t> shape{1, 1, 3, tile, tile}, mshape{1, 1, tile, tile};
-            std::unique_ptr<bool[]> mask(new bool[size_t(tile) * size_t(tile)]);
-            std::fill_n(mask.get(), size_t(tile) * size_t(tile), true);
             try {
                 Ort::Value inputs[] = {
                     Ort::Value::CreateTensor<float>(cpu_memory(), const_cast<float *>(values), tile_values,

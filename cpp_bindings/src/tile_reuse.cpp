@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 namespace evlm {
 
@@ -45,8 +46,8 @@ int TileReuse::encode(uint64_t owner, const float *values, int tiles, size_t til
         values_.assign(values, values + size_t(tiles) * tile_values);
         owner_ = owner, tiles_ = tiles, rows_ = rows, cols_ = cols, tile_values_ = tile_values;
     }
-    features_ = features;
     out.insert(out.end(), features.begin(), features.end());
+    features_ = std::move(features);
     return reused;
 }
 

@@ -183,10 +183,6 @@ def _processed(tiles: list[Image.Image], rows: int, cols: int, spec: ModelSpec) 
     return ProcessedImage(_normalize_bytes(arr, spec), rows, cols, arr)
 
 
-def _normalize(tiles: list[Image.Image], spec: ModelSpec) -> np.ndarray:
-    return _normalize_bytes(np.stack([np.asarray(_flatten_alpha(t)) for t in tiles]), spec)
-
-
 def _normalize_bytes(arr: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """(n, T, T, 3) uint8 tiles -> normalized float32 planes. A byte value maps to one float per channel, so the
     reference's rescale-then-normalize arithmetic is done 256 times per channel and looked up per pixel (same
@@ -287,7 +283,7 @@ def process_video_frame(frame: np.ndarray, spec: ModelSpec) -> np.ndarray:
     im = im.resize((w, h), resample=Image.Resampling.BICUBIC).resize(
         (spec.tile, spec.tile), resample=Image.Resampling.BICUBIC
     )
-    return _normalize([im], spec)[0]
+    return _processed([im], 0, 0, spec).pixel_values[0]
 
 
 def _video_size(h: int, w: int, longest: int) -> tuple[int, int]:
