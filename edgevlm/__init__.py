@@ -40,7 +40,8 @@ _LAZY = {
     "Generator": "engine.generate",
     "Frame": "engine.frame",
     "PushSource": "media.sources",
-    "Trigger": "media.live",
+    "Trigger": "media.events",
+    "Event": "records",
     "TileReuse": "engine.tile_reuse",
     "Constraint": "engine.structured",
     "Condition": "media.conditions",
@@ -54,9 +55,9 @@ if TYPE_CHECKING:
     from .engine.structured import Constraint
     from .engine.tile_reuse import TileReuse
     from .media.conditions import Condition
-    from .media.live import Trigger
+    from .media.events import Trigger
     from .media.sources import PushSource
-    from .records import LiveCaption, Result, Segment
+    from .records import Event, LiveCaption, Result, Segment
     from .vlm import VLM, load
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "EdgeVLMError",
     "EncodedImages",
     "Engine",
+    "Event",
     "Frame",
     "GenerationConfig",
     "Generator",

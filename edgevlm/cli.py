@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -828,7 +827,49 @@ def _signals_as_interrupt() -> None:
     "--trigger-exit",
     type=Number(int, 1, 255),
     default=None,
-    help="With --trigger: stop at the first match and exit with this code (1-255).",
+    help="With --trigger: stop at the first event and exit with this code (1-255).",
+)
+@click.option(
+    "--hold",
+    type=Number(int, 1, 10000),
+    default=1,
+    show_default=True,
+    help="With --trigger: consecutive matching captions before an event starts (answers flicker; 2 or 3 rides it out).",
+)
+@click.option(
+    "--hold-s",
+    type=Number(float, 0, 86400),
+    default=0.0,
+    show_default=True,
+    help="With --trigger: and at least this many seconds from the first of them.",
+)
+@click.option(
+    "--cooldown",
+    type=Number(float, 0, 86400),
+    default=0.0,
+    show_default=True,
+    help="With --trigger: seconds without a match before an event ends and the trigger re-arms (a match within "
+    "them continues the same event).",
+)
+@click.option(
+    "--evidence",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --trigger: a folder for events.jsonl and each event's frame (<id>.jpg) and clip (<id>.mp4).",
+)
+@click.option(
+    "--lookback",
+    type=Number(float, 0, 600),
+    default=0.0,
+    show_default=True,
+    help="With --evidence: seconds of video before the event that its clip starts with.",
+)
+@click.option(
+    "--after",
+    type=Number(float, 0, 600),
+    default=0.0,
+    show_default=True,
+    help="With --evidence: seconds of video after the event that its clip goes on for.",
 )
 @_friendly
 def watch(
@@ -855,6 +896,12 @@ def watch(
     no_tile_reuse,
     trigger,
     trigger_exit,
+    hold,
+    hold_s,
+    cooldown,
+    evidence,
+    lookback,
+    after,
 ):
     """Caption a live SOURCE as it happens: a camera index or /dev/videoN, an RTSP/HTTP/UDP/TCP URL, or a video
     file replayed in real time. Several SOURCEs are captioned together (one batch per round), each caption naming
@@ -864,8 +911,14 @@ def watch(
 
     _check_text("prompt", prompt)
     _check_text("trigger", trigger)
-    if trigger_exit is not None and trigger is None:
-        raise InputError("--trigger-exit needs --trigger PATTERN.")
+    if trigger is None:
+        given = [f for f, v in (("--trigger-exit", trigger_exit), ("--evidence", evidence)) if v is not None]
+        given += [f for f, v in (("--hold", hold != 1), ("--hold-s", hold_s), ("--cooldown", cooldown)) if v]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise InputError(f"{', '.join(given)} {verb} --trigger PATTERN: it says what an event is.")
+    if evidence is None and (lookback or after):
+        raise InputError("--lookback and --after make clips for the events folder: give --evidence DIR.")
     if budget is not None and detail is not None:
         raise InputError("--budget chooses the detail level itself; drop --detail (or --budget).")
     detail = detail or "low"
@@ -877,18 +930,26 @@ def watch(
     def on_trigger(c):
         fired.append(c)
         what = "pattern" if constraint is None else "when"
-        click.echo(f"TRIGGER t={c.timestamp:.2f}s {what}={trigger!r}: {c.text}", err=True)
+        click.echo(f"TRIGGER t={c.timestamp:.2f}s {what}={trigger!r}: {' '.join(c.text.split())}", err=True)
 
-    try:
-        stop = trigger_exit is not None
-        if trigger is None:
-            trig = None
-        elif constraint is None:
-            trig = Trigger(trigger, on_trigger, stop=stop)
-        else:
-            trig = Trigger(callback=on_trigger, stop=stop, when=trigger)
-    except re.error as e:
-        raise InputError(f"--trigger is not a valid regular expression ({e}).") from None
+    def on_event(e):
+        if e.phase == "end":
+            click.echo(f"EVENT END t={e.end:.2f}s {e.id} ({e.reason})", err=True)
+        elif e.phase == "clip":
+            click.echo(f"EVENT CLIP {e.id}: {evidence}/{e.clip['file']} ({e.clip['frames']} frames)", err=True)
+
+    trig = None
+    if trigger is not None:
+        kinds = {"pattern": trigger} if constraint is None else {"when": trigger}
+        trig = Trigger(
+            **kinds,
+            callback=on_trigger,
+            stop=trigger_exit is not None,
+            hold=hold,
+            hold_s=hold_s,
+            cooldown=cooldown,
+            on_event=on_event,
+        )
     inputs = [s for s in sources if os.path.exists(s)]
     output = None if output == "-" else output  # the captions go to standard output anyway
     to_file = CaptionWriter(fmt, OutputTarget(output, inputs, model_dir=model), mode="append") if output else None
@@ -912,6 +973,9 @@ def watch(
             min_interval=min_interval,
             heartbeat=heartbeat,
             trigger=trig,
+            evidence=evidence,
+            lookback=lookback,
+            after=after,
             max_captions=max_captions,
             constraint=constraint,
             split=detail != "low",
@@ -1051,6 +1115,20 @@ def info(model, as_json):
     help='Camera sessions (a request\'s "session") whose last frame is kept so unchanged tiles are not encoded '
     "again; about 10 MB each, least recently used dropped first (0: off).",
 )
+@click.option(
+    "--max-realtime",
+    type=Number(int, 0, 256),
+    default=4,
+    show_default=True,
+    help="Realtime sessions (WebSocket /v1/realtime: frames in, captions and events out) open at once (0: off).",
+)
+@click.option(
+    "--realtime-timeout",
+    type=Number(float, 1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a realtime client may read nothing (its captioning pauses meanwhile) before it is closed.",
+)
 @_friendly
 def serve(
     model,
@@ -1068,13 +1146,16 @@ def serve(
     cors,
     model_name,
     max_sessions,
+    max_realtime,
+    realtime_timeout,
 ):
-    """Serve MODEL over HTTP: OpenAI's /v1/chat/completions (streaming too), /v1/models, /health, /metrics, and a
-    live webcam page at /. Needs `pip install edgevlm[server]`."""
+    """Serve MODEL over HTTP: OpenAI's /v1/chat/completions (streaming too), /v1/models, /health, /metrics, a
+    realtime WebSocket session (/v1/realtime) and a live webcam page at /. Needs `pip install edgevlm[server]`."""
     try:
         import uvicorn
 
         from .server.app import ServerSettings, create_app
+        from .server.realtime import RealtimeLimits
     except ImportError as e:
         raise InputError(
             f"edgevlm serve needs the server extra ({e.name} is missing): pip install 'edgevlm[server]'"
@@ -1090,6 +1171,7 @@ def serve(
         allow_remote_images=allow_remote_images,
         cors_origins=tuple(cors),
         max_sessions=max_sessions,
+        realtime=RealtimeLimits(max_sessions=max_realtime, send_timeout=realtime_timeout),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(

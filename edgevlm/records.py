@@ -93,6 +93,36 @@ class LiveCaption:
     error: str | None = None  # a structured answer that could not complete (text is partial, value None)
     source: str | None = None  # which source, when a watch has several
     plan: dict[str, Any] | None = None  # with a latency budget: the detail, max_new_tokens and prediction in force
+    event: Event | None = None  # the trigger's event that started or ended with this caption
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "value": plain(self.value)}
+        return {**asdict(self), "value": plain(self.value), "event": self.event.to_dict() if self.event else None}
+
+
+EVENT_SCHEMA_ID = "https://edgevlm.dev/schemas/event-1.json"
+
+
+@dataclass
+class Event:
+    """One record of a trigger's event; edgevlm/media/event.schema.json is its published JSON Schema. An event
+    goes through phases, each one record with the same id: "start" once the condition has held long enough (the
+    alert), "clip" when its lookback clip is written, "end" once the condition has been false for the cooldown
+    (or the source ended). Times are the source's (seconds, as LiveCaption.timestamp)."""
+
+    id: str
+    phase: str  # "start" | "clip" | "end"
+    source: str
+    start: float  # the first caption of the run of matches that fired it
+    fired: float  # the caption that fired it (hold reached)
+    end: float | None  # the last matching caption ("end" only)
+    wall_time: str  # ISO 8601, UTC, when this record was made
+    text: str  # the answer that fired it
+    value: Any  # its structured value, if any
+    trigger: dict[str, Any]  # what fired it: pattern or when, hold, hold_s, cooldown
+    model: dict[str, Any]  # which model said it: bundle, variant, file digests, prompt, constraint
+    evidence: str | None = None  # the JPEG of the frame that fired it, a file name in the events folder
+    clip: dict[str, Any] | None = None  # "clip": {"file", "start", "end", "frames", "complete"}
+    reason: str | None = None  # "end": "cooldown" or "source ended"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": EVENT_SCHEMA_ID, **asdict(self), "value": plain(self.value)}

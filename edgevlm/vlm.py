@@ -135,7 +135,8 @@ class VLM(Engine):
             source: a camera index, /dev/videoN, a stream URL (rtsp, http, udp, ...), a video file replayed in real
                 time, an edgevlm.PushSource, or a list of them.
             **kw: prompt=, max_new_tokens=, threshold=, min_interval=, heartbeat=, split=, longest_edge=,
-                reuse_tiles=, budget_s=, trigger=, max_captions=, source_options= and generation options:
+                reuse_tiles=, budget_s=, trigger=, evidence=, lookback=, after=, max_captions=, source_options=
+                and generation options:
                 edgevlm.media.live.watch says each.
 
         Example:

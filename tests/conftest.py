@@ -10,13 +10,17 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from videotools import free_port
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,3 +161,38 @@ try:
     _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis comes with the dev extra
     pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster on 127.0.0.1 (one per test module that asks): `ray start --head` in a private temp
+    dir, stopped afterwards, with token authentication as docs/archive.md sets it up. The drivers get the token's
+    file and not RAY_AUTH_MODE: edgevlm turns token mode on when it finds a token, as `ray start` does."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("ray")
+    (tmp / "auth_token").write_text(uuid.uuid4().hex)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_TOKEN_PATH=str(tmp / "auth_token"))
+    subprocess.run(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env={**env, "RAY_AUTH_MODE": "token"},
+        timeout=180,
+    )
+    yield f"127.0.0.1:{port}", env
+    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)

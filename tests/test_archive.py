@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -221,41 +220,6 @@ def test_plan_never_gives_two_inputs_one_output(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- Ray
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A local Ray cluster on 127.0.0.1: `ray start --head` in a private temp dir, stopped afterwards, with token
-    authentication as docs/archive.md sets it up. The drivers get the token's file and not RAY_AUTH_MODE: edgevlm
-    turns token mode on when it finds a token, as `ray start` does."""
-    ray_bin = Path(sys.executable).parent / "ray"
-    port = free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    (tmp / "auth_token").write_text(uuid.uuid4().hex)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_TOKEN_PATH=str(tmp / "auth_token"))
-    subprocess.run(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "2",
-            "--include-dashboard",
-            "false",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        env={**env, "RAY_AUTH_MODE": "token"},
-        timeout=180,
-    )
-    yield f"127.0.0.1:{port}", env
-    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
-
-
 def test_ray_connection_failures_say_why(tiny256, tmp_path, ray_cluster):
     """Without the cluster's token, one line naming token authentication and where the token goes (it was ~20
     lines of InvalidAuthToken and a bare "could not reach"); nothing listening: said at once (Ray retried for

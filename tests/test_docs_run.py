@@ -9,7 +9,11 @@ Each fenced block is checked by its language:
   tools.checkpoints`). `python` and `edgevlm` are this test run's. The hub is a local stand-in (tests/hub_server.py)
   serving the tiny checkpoint as HuggingFaceTB/SmolVLM2-256M-Video-Instruct. A block that talks to 127.0.0.1:8000
   gets `edgevlm serve ./smolvlm2-256m-bundle` there (on another free port, written into the block, when 8000 is
-  taken).
+  taken). The folder also has cpp_bindings/ and examples/ (the clone's), .venv/ (this run's virtual environment) and shared/
+  (archive/ and bundle/), ffmpeg is on PATH (imageio-ffmpeg's), and a block that writes to ~/ gets a fresh HOME.
+  Two placeholders stand for what no test machine has: a camera (`rtsp://cam/stream` becomes video.mp4) and a
+  Ray cluster's head (`HEAD_IP:6379` becomes a local cluster with token authentication, as docs/archive.md
+  starts one; `/shared/` the folder's shared/).
 - c and cpp blocks must equal a file of examples/cpp, which ctest builds and runs.
 - text blocks are synopses and pictures, not code.
 A block that cannot run here says why in an HTML comment on the line above it (`<!-- not run: REASON -->`).
@@ -28,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import random_image
+from conftest import random_image, require
 from hub_server import HubStandIn
-from videotools import free_port, make, scenes
+from videotools import ffmpeg, free_port, make, scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -87,7 +91,7 @@ def public_functions() -> list:
     vlm = edgevlm.VLM
     methods = ["chat", "ask", "caption", "caption_batch", "stream", "ask_video", "caption_video", "timeline", "watch"]
     methods += ["prepare", "encode", "generator", "start", "logits", "preprocess", "user_message"]
-    return [edgevlm.load, *(getattr(vlm, m) for m in methods), timeline, watch, edgevlm.TileReuse]
+    return [edgevlm.load, *(getattr(vlm, m) for m in methods), timeline, watch, edgevlm.TileReuse, edgevlm.Trigger]
 
 
 def docstring_parts(fn) -> tuple[set[str], str]:
@@ -164,7 +168,14 @@ def fixtures(tiny256, tmp_path_factory) -> Path:
         (root / "archive" / cam).mkdir(parents=True)
         scenes(root / "archive" / cam / "door.mp4", colors=colors, seconds=1)
     (root / "my-local-checkpoint").symlink_to(tiny256[0])
-    (root / "tools").symlink_to(ROOT / "tools")
+    for name in ("tools", "cpp_bindings", "examples"):
+        (root / name).symlink_to(ROOT / name)
+    (root / ".venv").symlink_to(sys.prefix)
+    (root / "shared").mkdir()
+    (root / "shared" / "archive").symlink_to(root / "archive")
+    (root / "shared" / "bundle").symlink_to(tiny256[1])
+    (root / "bin").mkdir()
+    (root / "bin" / "ffmpeg").symlink_to(ffmpeg())
     return root
 
 
@@ -206,31 +217,45 @@ def workspace(block: Block, fixtures: Path, bundle: Path, where: Path) -> Path:
     return where
 
 
-def environment(hub: HubStandIn, home: Path) -> dict[str, str]:
+def environment(hub: HubStandIn, home: Path, bin_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(bin_dir), env.get("PATH", "")])
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5")
     env.pop("PYTHONPATH", None)  # the blocks see what a user's shell sees: the installed edgevlm
     return env
 
 
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
-def test_block_runs_as_written(block, fixtures, tiny256, hub, server, tmp_path):
+def test_block_runs_as_written(block, fixtures, tiny256, hub, server, tmp_path, request):
     cwd = workspace(block, fixtures, tiny256[1], tmp_path / "work")
+    env = environment(hub, tmp_path / "hf", fixtures / "bin")
     served_before = len(hub.downloaded)
     code = block.code
     if "127.0.0.1:8000" in code:
         code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server()}")
+    code = code.replace("rtsp://cam/stream", "video.mp4")
+    if "HEAD_IP:6379" in code:
+        address, ray_env = request.getfixturevalue("ray_cluster")
+        code = code.replace("HEAD_IP:6379", address).replace("/shared/", f"{cwd}/shared/")
+        env.update({k: ray_env[k] for k in ("RAY_TMPDIR", "RAY_AUTH_TOKEN_PATH")})
+    if "~/" in code:
+        env["HOME"] = str(tmp_path / "home")
+    if "cmake " in code:
+        require(shutil.which("cmake") and shutil.which("c++"), "the C block needs cmake and a C++ compiler")
     if block.language == "python":
         (cwd / "block.py").write_text(code)
         argv = [sys.executable, "block.py"]
     else:
         argv = ["bash", "-euo", "pipefail", "-c", code]
-    run = subprocess.run(
-        argv, cwd=cwd, env=environment(hub, tmp_path / "hf"), capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, f"{block.id} failed (exit {run.returncode}):\n{code}\n{run.stderr[-3000:]}"
+    run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    said = f"{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, f"{block.id} failed (exit {run.returncode}):\n{code}\n{said}"
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     if f"export {HUB_ID}" in code:  # the hub id was really fetched (from the stand-in), not found somewhere local
         assert len(hub.downloaded) > served_before
+    if "--ray " in code:  # every video of the archive captioned on the cluster
+        assert sorted(p.name for p in (cwd / "shared" / "captions").rglob("*.srt")) == ["door.srt", "door.srt"]
+    if "cmake --install" in code:  # what a consumer finds under the prefix, and a watch caption per frame read
+        assert (tmp_path / "home" / ".local" / "lib" / "pkgconfig" / "edgevlm.pc").is_file()
+        assert re.search(r"^frame \d+ \(\d+ ms\): ", run.stdout, re.M), run.stdout[-2000:]
     shutil.rmtree(cwd / "smolvlm2-256m", ignore_errors=True)  # a hub export: the disk is shared with later tests

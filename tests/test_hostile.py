@@ -414,6 +414,19 @@ def bundle_modes(rel):
     return check
 
 
+def no_partials(rel, warning=None):
+    """Nothing half-written in the folder (no temporaries, no clip) and, given, the warning that said so."""
+
+    def check(env, r):
+        folder = env.w / rel
+        left = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        assert not [n for n in left if n.startswith(".") or n.endswith(".mp4")], left
+        stderr = r.stderr.decode() if isinstance(r.stderr, bytes) else r.stderr
+        assert warning is None or re.search(warning, stderr), stderr
+
+    return check
+
+
 def export_tmp_gone(env, r):
     assert not list(env.w.glob(".out.partial-*")) and not (env.w / "out").exists()
 
@@ -584,6 +597,59 @@ def cases() -> list[Case]:
                 "--trigger-exit",
             )
         )
+    # ---- the realtime session's limits (its frames and messages: tests/test_realtime.py)
+    for flag, value in (
+        ("--max-realtime", "-1"),
+        ("--max-realtime", "1000"),
+        ("--realtime-timeout", "0"),
+        ("--realtime-timeout", "nan"),
+    ):
+        add(Case(f"serve{flag[1:]}-{value}", ["serve", "{B}", flag, value], 2, flag))
+    # ---- events (issue 28): hold, cooldown, the evidence folder and its clips
+    TR = ["--trigger", "."]
+    for flag, values in (
+        ("--hold", ("0", "-1", "1.5", "nan", "99999", "x")),
+        ("--hold-s", ("-1", "nan", "inf")),
+        ("--cooldown", ("-3", "nan", "inf", "1e9", "soon")),
+        ("--lookback", ("-1", "nan", "601")),
+        ("--after", ("-1", "inf")),
+    ):
+        for value in values:
+            add(Case(f"watch{flag[1:]}-{value}", [*W, *VID, *M, *TR, flag, value], 2, flag))
+    add(Case("watch-hold-alone", [*W, *VID, *M, "--hold", "2"], 2, "--hold needs --trigger"))
+    add(Case("watch-cooldown-alone", [*W, *VID, *M, "--cooldown", "5"], 2, "--cooldown needs --trigger"))
+    add(Case("watch-evidence-alone", [*W, *VID, *M, "--evidence", "{w}/ev"], 2, "--evidence needs --trigger"))
+    add(Case("watch-lookback-alone", [*W, *VID, *M, *TR, "--lookback", "3"], 2, "give --evidence"))
+    add(Case("watch-evidence-is-a-file", [*W, *VID, *M, *TR, "--evidence", "{w}/vid.mp4"], 2, "--evidence"))
+    add(
+        Case(
+            "watch-evidence-read-only",
+            [*W, *VID, *M, *TR, "--evidence", "{w}/ro/events"],
+            2,
+            "events folder .* cannot be written.*read-only",
+            prep=read_only_disk("ro"),
+            caps=False,
+        )
+    )
+    add(
+        Case(
+            "watch-evidence-disk-full",
+            [*W, *VID, *M, *T, *TR, "--threshold", "0", "--no-realtime", "--evidence", "{w}/full/events"],
+            2,
+            "disk is full",
+            prep=full_disk("full"),
+            check=no_partials("full/events"),
+        )
+    )
+    add(
+        Case(
+            "watch-clip-on-full-disk",  # room for the record and the frame, not for the clip: a warning, no file
+            [*W, "{w}/long.mp4", *M, *T, *TR, "--threshold", "0", "--evidence", "{w}/full/events", "--after", "8"],
+            0,
+            prep=lambda env: mount_tmpfs(env, "full", size="40k"),
+            check=no_partials("full/events", "clip .* was not written: the disk is full"),
+        )
+    )
     for flag, value in (
         ("--retry-for", "-1"),
         ("--retry-for", "nan"),

@@ -95,7 +95,8 @@ def test_watch_pushed_frames_from_a_callback_pipeline(vlm):
         stop.set()
         t.join()
         src.close()
-    assert len(caps) == 3 and len(fired) == 3 and all(c.triggered for c in caps)
+    # every caption matches; a run of matches is one event, so the callback ran once, for the first
+    assert len(caps) == 3 and all(c.triggered for c in caps) and fired == caps[:1]
     assert caps[-1].frames_static > 0  # unchanged frames between the colour changes were skipped
     assert caps[-1].frames_dropped > 0
 

@@ -538,8 +538,9 @@ def test_serve_refuses_bad_arguments_in_one_line(tiny256):
 
 # ------------------------------------------------------------------------------------------ the web page
 def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
-    """Debian's chromium, headless, with Chrome's fake camera: the page's captions appear, streamed, one after
-    another (newest frame only), and the stats line shows latency and captions/s."""
+    """Debian's chromium, headless, with Chrome's fake camera: the page's captions come over a realtime session
+    (WebSocket, newest frame only), the stats line shows latency and captions/s, and an alert shows its event with
+    the frame that fired it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -561,6 +562,7 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
         f"--user-data-dir={tmp_path / 'p'}",
     ):
         options.add_argument(flag)
+    logged_before = len(server_log(server_proc, 1 << 30))
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         driver.get(server + "/")
@@ -571,6 +573,14 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
         )
         caption = driver.find_element(By.ID, "caption").text
         stats = driver.find_element(By.ID, "stats").text
+        # An alert on every caption ("."): the page opens a new session with the trigger, and shows the event
+        # with the frame that fired it.
+        driver.execute_script(
+            "const t = document.getElementById('trigger'); t.value = '.'; document.getElementById('hold').value = 1;"
+            "t.dispatchEvent(new Event('change'));"
+        )
+        WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#events li img"))
+        evidence = driver.find_element(By.CSS_SELECTOR, "#events li img").get_attribute("src")
         driver.save_screenshot(str(tmp_path / "page.png"))
         shutil.copy(tmp_path / "page.png", os.environ.get("EDGEVLM_SCREENSHOT", tmp_path / "kept.png"))
         # The file picker: a video in, an SRT timeline shown and offered for download.
@@ -593,6 +603,9 @@ def test_webcam_page_captions_the_fake_camera_in_chromium(served, tmp_path):
     finally:
         driver.quit()
     assert timeline.startswith("1\n00:00:00,000 --> ")
+    assert evidence.startswith("data:image/jpeg;base64,") and len(evidence) > 1000
+    log = server_log(server_proc, 1 << 30)[logged_before:]  # captions came over the realtime session, not chat
+    assert '"WEBSOCKET /v1/realtime"' in log and '"POST /v1/chat/completions"' not in log, log[-2000:]
     assert caption.strip() and caption != "…"
     assert "latency" in stats and "ms" in stats and "captions/s" in stats
     assert (tmp_path / "page.png").stat().st_size > 10_000

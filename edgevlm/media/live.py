@@ -7,19 +7,20 @@ their timing, so a caller sees how stale each caption is and how many frames wen
 
 from __future__ import annotations
 
-import re
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import defaults
 from ..engine.detail import tiling
 from ..engine.tile_reuse import TileReuse
 from ..errors import IncompleteAnswerError, InputError
-from ..records import LiveCaption
+from ..records import Event, LiveCaption
 from .budget import Budget
-from .conditions import Condition
+from .events import EventState, Trigger, end_event, fingerprint, new_event
+from .evidence import EventLog
+from .lookback import FrameRing
 from .motion import MotionGate
 from .sources import LiveSource, open_source
 
@@ -28,33 +29,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LIVE_PROMPT = defaults.FRAME_PROMPT
 CONSTRAINTS = ("choices", "json_schema", "regex", "grammar", "constraint")
-
-
-@dataclass
-class Trigger:
-    """Fire when a caption matches: call `callback` with the caption; `stop=True` ends the watch after the first
-    match. Match either the caption text against `pattern` (a case-insensitive regular expression) or, for a
-    structured watch (choices= / json_schema= / regex=), the answer's value against `when`, a condition such as
-    "person == true and count >= 2" (see edgevlm.media.conditions)."""
-
-    pattern: str | None = None
-    callback: Callable[[LiveCaption], None] | None = None
-    stop: bool = False
-    when: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.pattern is None) == (self.when is None):
-            raise InputError(
-                "a Trigger needs a pattern (matched against the caption text) or when= (a condition "
-                "on a structured answer), one of the two."
-            )
-        self._regex = re.compile(self.pattern, re.IGNORECASE) if self.pattern is not None else None
-        self._condition = Condition(self.when) if self.when is not None else None
-
-    def matches(self, caption: LiveCaption) -> bool:
-        if self._regex is not None:
-            return self._regex.search(caption.text) is not None
-        return self._condition is not None and self._condition(caption.value)
+__all__ = ["DEFAULT_LIVE_PROMPT", "Trigger", "watch"]  # Trigger lives in events.py; imported here as before
 
 
 def watch(
@@ -71,6 +46,9 @@ def watch(
     reuse_tiles: bool = True,
     budget_s: float | None = None,
     trigger: Trigger | None = None,
+    evidence: str | os.PathLike | None = None,
+    lookback: float = 0.0,
+    after: float = 0.0,
     max_captions: int | None = None,
     source_options: dict | None = None,
     **generate_kw: Any,
@@ -106,7 +84,14 @@ def watch(
             (a busier machine: at once) or early (with room to spare). Each caption's `plan` says what was in
             force; split and longest_edge are the plan's. A budget below what the cheapest plan takes here is an
             InputError.
-        trigger: a Trigger (a pattern or a condition on a structured answer, a callback, stop) checked per caption.
+        trigger: a Trigger (a pattern or a condition on a structured answer, hold, cooldown, callbacks, stop): a
+            run of matching captions is one event (edgevlm.Event records: start, clip, end), given to the
+            trigger's on_event, set on the caption it starts or ends (LiveCaption.event), and written to evidence.
+        evidence: a folder for events.jsonl and each event's evidence: the frame that fired it (<id>.jpg) and, with
+            lookback or after, a clip (<id>.mp4); every file is written whole or not at all.
+        lookback: seconds of video before the event's first matching caption that its clip starts with (each
+            source keeps its recent frames, JPEG-compressed at up to 10 per second, within 32 MB).
+        after: seconds of video after the caption that fired the event that its clip goes on for.
         max_captions: stop after this many captions.
         source_options: options for sources opened here (retry_for=, ...: edgevlm.media.sources.open_source).
         **generate_kw: generation options, as `Engine.ask`.
@@ -124,6 +109,15 @@ def watch(
     given = list(source) if isinstance(source, (list, tuple)) else [cast("str | int | LiveSource", source)]
     if not given:
         raise InputError("watch needs at least one source.")
+    if trigger is not None and not isinstance(trigger, Trigger):
+        raise InputError("trigger= takes an edgevlm.Trigger, such as Trigger(when='person == true', hold=2).")
+    for name, value in (("lookback", lookback), ("after", after)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 600:
+            raise InputError(f"{name}={value!r}: seconds of video for an event's clip, a number from 0 to 600.")
+    if evidence is None and (lookback or after):
+        raise InputError("lookback= and after= make clips for the evidence folder: give evidence= (--evidence DIR).")
+    if evidence is not None and trigger is None:
+        raise InputError("evidence= records events: give a trigger (--trigger) to say what an event is.")
     tokens = defaults.task_default(max_new_tokens, generate_kw.get("config"), "live")
     constrained = any(generate_kw.get(k) is not None for k in CONSTRAINTS)
     budget = (
@@ -133,9 +127,15 @@ def watch(
     )
     feeds: list[_Feed] = []
     count = 0
+    events = _Events(vlm, trigger, prompt, generate_kw) if trigger is not None else None
+    if events is not None and evidence is not None:  # checked writable now, before any frame is read
+        events.log = EventLog(evidence)
+    completed = False
     try:
         for s in given:  # inside the try: a source that fails to open closes the ones opened before it
             feeds.append(_Feed(s, source_options, threshold, reuse_tiles))
+            if events is not None:
+                events.attach(feeds[-1], lookback, after)
         if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position
             names = [f.src.name for f in feeds]
             for i, f in enumerate(feeds):
@@ -185,23 +185,28 @@ def watch(
                 caption = f.record(frame, r, error, start, done)
                 caption.plan = plan
                 count += 1
-                if trigger is not None and error is None and trigger.matches(caption):
-                    caption.triggered = True
-                    if trigger.callback is not None:
-                        trigger.callback(caption)
+                if events is not None:
+                    stop = events.update(f, caption, frame.image, error) and trigger is not None and trigger.stop
                 yield caption
-                if caption.triggered and trigger is not None and trigger.stop:
-                    stop = True
+                if stop:
                     break
             if stop:
                 break
         for f in feeds:
             if f.src.error is not None:
                 raise f.src.error
+        completed = True
+    except GeneratorExit:  # the caller stopped iterating: a deliberate end, so clips are written with what they have
+        completed = True
+        raise
     finally:
-        for f in feeds:
-            if f.own:
-                f.src.close()
+        try:
+            if events is not None:
+                events.finish(feeds, wait=completed)
+        finally:
+            for f in feeds:
+                if f.own:
+                    f.src.close()
 
 
 class _Feed:
@@ -214,6 +219,8 @@ class _Feed:
         self.gate, self.static = MotionGate(threshold), 0
         self.last_start: float | None = None
         self.name: str | None = None  # set when the watch has several sources
+        self.events: EventState | None = None
+        self.ring: FrameRing | None = None
 
     def next_frame(self, min_interval: float, heartbeat: float | None, timeout: float):
         """The newest frame if it is worth a caption now, else None (counted as static when the gate says so)."""
@@ -253,6 +260,79 @@ class _Feed:
             error=error,
             source=self.name,
         )
+
+
+class _Events:
+    """A watch's trigger at work: each source's event state, the evidence folder, clips and callbacks."""
+
+    def __init__(self, vlm: Engine, trigger: Trigger, prompt: str, generate_kw: dict):
+        self.trigger = trigger
+        self.log: EventLog | None = None
+        self.model = fingerprint(vlm, prompt, generate_kw)
+        self.lookback = self.after = 0.0
+
+    def attach(self, feed: _Feed, lookback: float, after: float) -> None:
+        feed.events = EventState(self.trigger)
+        self.lookback, self.after = lookback, after
+        if self.log is not None and (lookback or after):
+            log = self.log
+            feed.ring = FrameRing(max(lookback, 0.001), lambda clip: log.write_clip(cast(Event, clip.key), clip))
+            feed.src.add_tap(feed.ring.add)
+
+    def update(self, feed: _Feed, caption: LiveCaption, image: Any, error: str | None) -> bool:
+        """Whether this caption started an event. A caption with an error neither matches nor breaks a run."""
+        assert feed.events is not None
+        self._deliver_clips()
+        caption.triggered = error is None and self.trigger.matches(caption)
+        phase = feed.events.update(caption, None if error is not None else caption.triggered)
+        if feed.ring is not None:  # a run building up to an event keeps its lookback frames
+            feed.ring.pin = feed.events.run_start
+            caption.timings["lookback_bytes"] = feed.ring.nbytes  # within the ring's cap (lookback.py)
+        if phase == "start":
+            event = new_event(feed.events, caption, feed.name or feed.src.name, self.model)
+            if self.log is not None:
+                event.evidence = self.log.write_frame(event.id, image)
+            if feed.ring is not None:
+                feed.ring.start_clip(event, event.start - self.lookback, event.fired + self.after)
+            caption.event = event
+            self._emit(event)
+            if self.trigger.callback is not None:
+                self.trigger.callback(caption)
+            return True
+        if phase == "end":
+            caption.event = end_event(feed.events, "cooldown")
+            self._emit(caption.event)
+        return False
+
+    def finish(self, feeds: list[_Feed], wait: bool) -> None:
+        """The watch ends: running events end ("source ended"), clips still collecting are written with what
+        they have (wait) or dropped (an error or an interrupt: nothing half-written is left)."""
+        for f in feeds:
+            if f.ring is not None:
+                f.src.remove_tap(f.ring.add)
+                if wait:
+                    f.ring.flush()
+        try:
+            for f in feeds:
+                if f.events is not None and f.events.active is not None:
+                    self._emit(end_event(f.events, "source ended"))
+            if self.log is not None:
+                self.log.drain(wait=wait)
+                self._deliver_clips()
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def _deliver_clips(self) -> None:
+        if self.log is not None:
+            for record in self.log.finished():
+                self._emit(record)
+
+    def _emit(self, event: Event) -> None:
+        if self.log is not None:
+            self.log.record(event)
+        if self.trigger.on_event is not None:
+            self.trigger.on_event(event)
 
 
 def _calibrate(vlm: Engine, budget: Budget, frame: Any, prompt: str, generate_kw: dict[str, Any]) -> None:

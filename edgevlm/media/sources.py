@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class LatestFrame:
         self._frame: Frame | None = None
         self._closed = False
         self.stats = stats
+        self.taps: list[Callable[[Frame], None]] = []
 
     def put(self, frame: Frame) -> None:
         with self._cond:
@@ -47,6 +49,8 @@ class LatestFrame:
             self._frame = frame
             self.stats.frames_read += 1
             self._cond.notify_all()
+        for tap in self.taps:  # outside the lock: a consumer never waits for a tap
+            tap(frame)
 
     def take(self, timeout: float | None = None) -> Frame | None:
         with self._cond:
@@ -88,6 +92,15 @@ class LiveSource:
 
     def close(self) -> None:
         self._slot.close()
+
+    def add_tap(self, tap: Callable[[Frame], None]) -> None:
+        """Also hand every frame read to `tap`, on the reading thread (a watch's lookback ring: frames the
+        newest-frame slot drops still reach it). Keep it short: the source reads no faster than its taps."""
+        self._slot.taps.append(tap)
+
+    def remove_tap(self, tap: Callable[[Frame], None]) -> None:
+        if tap in self._slot.taps:
+            self._slot.taps.remove(tap)
 
     def __enter__(self) -> LiveSource:
         return self

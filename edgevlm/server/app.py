@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -29,12 +29,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from ..errors import ContextLengthError, EdgeVLMError, ImageTooLargeError, InputError
 from ..media.captions import FORMATS, CaptionWriter
 from . import openai_api as api
 from .metrics import Metrics
+from .realtime import Realtime, RealtimeLimits
 from .runner import Event, Job, QueueFull, Runner, TimedOut, chat_work
 from .sessions import Sessions
 
@@ -56,6 +58,7 @@ class ServerSettings:
     allow_remote_images: bool = False
     cors_origins: tuple[str, ...] = ()
     max_sessions: int = 8  # camera sessions whose last frame is kept for tile reuse (about 10 MB each), LRU
+    realtime: RealtimeLimits = field(default_factory=RealtimeLimits)  # /v1/realtime (WebSocket) sessions
 
 
 class HTTPError(Exception):
@@ -271,8 +274,21 @@ def create_app(vlm: Any, settings: ServerSettings | None = None) -> Starlette:
                 allow_headers=["Authorization", "Content-Type"],
             )
         )
+    live = Realtime(vlm, runner.call, settings.realtime, metrics)
+
+    async def realtime(websocket: WebSocket) -> None:
+        started = time.monotonic()
+        await live(websocket, settings.api_key)
+        access_log.info(
+            '%s "WEBSOCKET %s" %.0f ms',
+            websocket.client.host if websocket.client else "-",
+            websocket.url.path,
+            (time.monotonic() - started) * 1e3,
+        )
+
     app = Starlette(
         routes=[
+            WebSocketRoute("/v1/realtime", realtime),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/timeline", timeline, methods=["POST"]),

@@ -44,5 +44,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.realtime_sessions = Gauge(
+            "edgevlm_realtime_sessions", "Open realtime (WebSocket) sessions", registry=self.registry
+        )
+        self.realtime_frames = Counter(
+            "edgevlm_realtime_frames",
+            "Frames received on realtime sessions, and those dropped by the rate limit",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

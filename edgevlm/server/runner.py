@@ -106,6 +106,11 @@ class Runner:
         loop.run_in_executor(self._executor, self._execute, job).add_done_callback(lambda _: job.end())
         return job
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the model's worker thread and wait for it, from another thread (a realtime session's
+        caption loop): it takes its turn between the HTTP requests, never beside them."""
+        return self._executor.submit(fn).result()
+
     def _finished(self, started: float) -> None:
         self.in_flight -= 1
         self._recent.append(time.monotonic() - started)
