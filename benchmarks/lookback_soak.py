@@ -88,6 +88,7 @@ def main() -> None:
     print(
         f"RSS after 60 s {first / 2**20:.0f} MB, max {max(m for _, m in rss) / 2**20:.0f} MB, end {rss[-1][1] / 2**20:.0f} MB"
     )
+    print("RSS each minute (MB):", " ".join(f"{m / 2**20:.0f}" for t, m in rss if int(t) % 60 < 10))
     print(json.dumps({"peak_bytes": peak, "cap_bytes": cap, "rss": rss[-1][1], "events": starts, "clips": len(clips)}))
     if any(b > cap for b in peak.values()):
         sys.exit("a ring went over its cap")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from conftest import wait_until
 from videotools import HttpStream, free_port, make, scenes
 
 from edgevlm.errors import InputError
@@ -165,15 +166,6 @@ def test_stream_that_does_not_come_back_ends_with_an_error(vlm):
             if len(caps) == 2:
                 server.stop()
     assert len(caps) >= 2
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_cli_watch_stream_stops_cleanly_on_sigterm(tiny256, tmp_path):

@@ -9,15 +9,18 @@ writer thread so that captions go on meanwhile.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import functools
 import json
 import logging
 import os
 import queue
-import secrets
+import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +32,7 @@ from ..errors import OutputError
 from ..records import Event
 from .events import now_iso
 from .lookback import PendingClip
-from .outputs import _describe
+from .outputs import _create_temporary, _describe
 from .video import import_cv2
 
 EVENTS_FILE = "events.jsonl"
@@ -49,9 +52,10 @@ class EventLog:
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            probe, fd = _temporary(self.folder / "probe")
+            probe, fd = _create_temporary(self.folder / "probe")
             os.close(fd)
             probe.unlink()
+            _remove_stale_temporaries(self.folder)
             self._jsonl = open(self.folder / EVENTS_FILE, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
         except OSError as e:
             raise OutputError(
@@ -60,7 +64,7 @@ class EventLog:
         self._lock = threading.Lock()
         self._clips: queue.Queue[tuple[Event, PendingClip] | None] = queue.Queue()
         self._done: queue.Queue[Event] = queue.Queue()  # clip records, handed back to the watch's thread
-        self.errors: list[str] = []
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)  # the latest, for callers to show
         self._writer = threading.Thread(target=self._write_clips, name="edgevlm-clip-writer", daemon=True)
         self._writer.start()
 
@@ -188,23 +192,28 @@ def _write_error(path: Path, what: str) -> OSError:
     return OSError(errno.ENOSPC, what) if full else OSError(errno.EIO, what)
 
 
+STALE_S = 3600.0
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.partial(\.mp4)?$")
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """A process killed outright (SIGKILL, power loss) leaves its hidden temporary behind; the next watch on the
+    folder removes ours that nobody has touched for an hour (a live writer touches its file every few seconds)."""
+    now = time.time()
+    for path in folder.iterdir():
+        if _TEMPORARY.match(path.name):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > STALE_S:
+                    path.unlink()
+
+
 class _Abandoned(Exception):
     pass
 
 
-def _temporary(real: Path, suffix: str = "") -> tuple[Path, int]:
-    for _ in range(100):
-        tmp = real.parent / f".{real.name}.{secrets.token_hex(4)}.partial{suffix}"
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {real}")
-
-
 def _publish(path: Path, write: Callable[[Path], Any], suffix: str = "") -> None:
     """Write through a hidden temporary and rename it to `path` once complete; on any failure, remove it."""
-    tmp, fd = _temporary(path, suffix)
+    tmp, fd = _create_temporary(path, suffix)
     os.close(fd)
     try:
         write(tmp)

@@ -157,14 +157,14 @@ class OutputTarget:
         return OutputStream(self, mode)
 
 
-def _create_temporary(real: Path) -> tuple[Path, int]:
+def _create_temporary(real: Path, suffix: str = "") -> tuple[Path, int]:
     """A new hidden file beside `real`, with the mode a plain open() would give.
 
     Not tempfile.mkstemp: it makes 0600 files, and reading the umask to widen them means setting it, process-wide,
     under every other thread's feet. O_CREAT with 0666 lets the kernel apply the umask itself.
     """
     for _ in range(100):
-        tmp = real.parent / f".{real.name}.{secrets.token_hex(4)}.partial"
+        tmp = real.parent / f".{real.name}.{secrets.token_hex(4)}.partial{suffix}"
         try:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:

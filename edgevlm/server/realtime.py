@@ -10,13 +10,15 @@ Wire protocol (JSON text messages; frames as binary messages):
 - client → server: `{"type": "session.update", "session": {...}}` before the first frame (prompt, max_new_tokens,
   detail, threshold, heartbeat, choices / json_schema / regex, trigger: {pattern | when, hold, hold_s, cooldown});
   then binary messages, each one JPEG, PNG or WebP frame.
-- server → client: `session.created` (the settings and limits in force), `caption` (a LiveCaption), `event` (an
+- server → client: `session.created` / `session.updated` (the settings and limits in force), `caption` (a
+  LiveCaption), `frames.refused` (the rate limit dropped frames), `event` (an
   Event record; a start carries the frame that fired it as `evidence_jpeg`, a data URL), `error` (bad input: the
   session goes on; with a close code when it cannot).
 
 Limits: frames above `max_frame_bytes` close the session (1009); frames beyond `max_fps` per second are dropped
-undecoded (the next caption says how many in `frames_refused`); a client that reads nothing gets backpressure: at most `queue` messages wait for it, then its captioning pauses (the
-model serves others), and after `send_timeout` s without a read the session ends and its connection is dropped. A disconnect stops the
+undecoded (a `frames.refused` message says how many, at most once a second); a client that reads nothing gets
+backpressure: at most `queue` messages wait for it, then its captioning pauses (the model serves others), and
+after `send_timeout` s without a read the session ends and its connection is dropped. A disconnect stops the
 session's captioning after the caption in progress.
 """
 
@@ -126,6 +128,7 @@ class _Session:
         self.thread: threading.Thread | None = None
         self.settings: dict[str, Any] = {"prompt": None, "max_new_tokens": None, "detail": "low", "threshold": 6.0}
         self.refused = 0  # frames over the rate limit since the last report
+        self.reported = 0.0  # when the last report went out
         self.window: list[float] = []
         self.evidence = Path(tempfile.mkdtemp(prefix="edgevlm-realtime-"))
         self.stuck = False  # the client stopped reading: nothing more can be sent to it
@@ -189,13 +192,18 @@ class _Session:
         if len(data) > self.limits.max_frame_bytes:
             self._put_error(f"a frame of {len(data)} bytes is over the limit of {self.limits.max_frame_bytes}.")
             await asyncio.sleep(0.1)  # let the sender say it before the close
-            await self.ws.close(code=1009, reason="frame too large")
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, asyncio.TimeoutError):
+                await asyncio.wait_for(self.ws.close(code=1009, reason="frame too large"), 2)
+            self.stuck = True  # closed already: run() has nothing more to close
             return False
         now = time.monotonic()
         self.window = [t for t in self.window if now - t < 1.0]
         if len(self.window) >= self.limits.max_fps:
             self.refused += 1
             self.endpoint.metrics.realtime_frames.labels("rate_limited").inc()
+            if now - self.reported >= 1.0:  # at most one report a second, of the frames dropped since the last
+                self._put({"type": "frames.refused", "count": self.refused, "max_fps": self.limits.max_fps})
+                self.refused, self.reported = 0, now
             return True
         self.window.append(now)
         try:
@@ -237,10 +245,7 @@ class _Session:
     def _caption_loop(self, captions: Any) -> None:
         try:
             for c in captions:
-                message = {"type": "caption", **c.to_dict()}
-                if self.refused:
-                    message["frames_refused"], self.refused = self.refused, 0
-                if not self._deliver(message):
+                if not self._deliver({"type": "caption", **c.to_dict()}):
                     break
         except EdgeVLMError as e:
             self._deliver({"type": "error", "message": str(e)})
