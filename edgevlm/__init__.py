@@ -21,8 +21,7 @@ from .errors import (
     OutputError,
     SourceError,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # Imported on first use (PEP 562); the TYPE_CHECKING block below names the same objects for type checkers and IDEs,
 # and tests/test_layers.py checks that the two lists agree.

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..records import Event, LiveCaption
+from ..version import __version__
 from .conditions import Condition
 
 if TYPE_CHECKING:
@@ -168,7 +169,6 @@ def end_event(state: EventState, reason: str) -> Event:
 
 def fingerprint(vlm: Engine, prompt: str, generate_kw: dict[str, Any]) -> dict[str, Any]:
     """Which model, files and request said it: enough to audit an alert later or reproduce its answer."""
-    from .. import __version__
     from ..engine import structured
 
     manifest = vlm.bundle.manifest or {}
