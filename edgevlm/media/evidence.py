@@ -9,7 +9,6 @@ writer thread so that captions go on meanwhile.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
@@ -64,7 +63,6 @@ class EventLog:
         self._lock = threading.Lock()
         self._clips: queue.Queue[tuple[Event, PendingClip] | None] = queue.Queue()
         self._done: queue.Queue[Event] = queue.Queue()  # clip records, handed back to the watch's thread
-        self.errors: collections.deque[str] = collections.deque(maxlen=100)  # the latest, for callers to show
         self._writer = threading.Thread(target=self._write_clips, name="edgevlm-clip-writer", daemon=True)
         self._writer.start()
 
@@ -79,7 +77,7 @@ class EventLog:
                 raise OutputError(f"could not append to {self.folder / EVENTS_FILE}: {_describe(e)}.") from None
 
     def write_frame(self, event_id: str, rgb: np.ndarray) -> str | None:
-        """The evidence JPEG; its file name, or None (and a warning kept in `errors`) when it could not be written."""
+        """The evidence JPEG; its file name, or None (and a logged warning) when it could not be written."""
         cv2 = import_cv2()
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
         name = f"{event_id}.jpg"
@@ -130,7 +128,6 @@ class EventLog:
 
     def _warn(self, message: str) -> None:
         """A proof that could not be written does not stop the watch (the record still goes out, without it)."""
-        self.errors.append(message)
         log.warning("warning: %s", message)
 
     def _write_clips(self) -> None:

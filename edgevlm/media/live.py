@@ -127,7 +127,7 @@ def watch(
     )
     feeds: list[_Feed] = []
     count = 0
-    events = _Events(vlm, trigger, prompt, generate_kw) if trigger is not None else None
+    events = _Events(vlm, trigger, prompt, generate_kw, lookback, after) if trigger is not None else None
     if events is not None and evidence is not None:  # checked writable now, before any frame is read
         events.log = EventLog(evidence)
     completed = False
@@ -135,7 +135,7 @@ def watch(
         for s in given:  # inside the try: a source that fails to open closes the ones opened before it
             feeds.append(_Feed(s, source_options, threshold, reuse_tiles))
             if events is not None:
-                events.attach(feeds[-1], lookback, after)
+                events.attach(feeds[-1])
         if len(feeds) > 1:  # each caption says where it came from; sources of equal names get their position
             names = [f.src.name for f in feeds]
             for i, f in enumerate(feeds):
@@ -265,18 +265,16 @@ class _Feed:
 class _Events:
     """A watch's trigger at work: each source's event state, the evidence folder, clips and callbacks."""
 
-    def __init__(self, vlm: Engine, trigger: Trigger, prompt: str, generate_kw: dict):
-        self.trigger = trigger
+    def __init__(self, vlm: Engine, trigger: Trigger, prompt: str, generate_kw: dict, lookback: float, after: float):
+        self.trigger, self.lookback, self.after = trigger, lookback, after
         self.log: EventLog | None = None
         self.model = fingerprint(vlm, prompt, generate_kw)
-        self.lookback = self.after = 0.0
 
-    def attach(self, feed: _Feed, lookback: float, after: float) -> None:
+    def attach(self, feed: _Feed) -> None:
         feed.events = EventState(self.trigger)
-        self.lookback, self.after = lookback, after
-        if self.log is not None and (lookback or after):
+        if self.log is not None and (self.lookback or self.after):
             log = self.log
-            feed.ring = FrameRing(max(lookback, 0.001), lambda clip: log.write_clip(cast(Event, clip.key), clip))
+            feed.ring = FrameRing(max(self.lookback, 0.001), lambda clip: log.write_clip(cast(Event, clip.key), clip))
             feed.src.add_tap(feed.ring.add)
 
     def update(self, feed: _Feed, caption: LiveCaption, image: Any, error: str | None) -> bool:
