@@ -106,9 +106,12 @@ def test_bf16_attention_matches_onnxruntime(bf16, shape, cap, monkeypatch):
 def test_amx_is_chosen_where_the_cpu_has_it(bf16):
     """The library's own dispatch: the AMX tiles on a CPU whose flags list amx_bf16 (Linux grants the permission),
     AVX-512 BF16 elsewhere; so the cases above ran the tiles wherever the CPU has them."""
-    want = kernels.AMX_LEVEL if {"amx_tile", "amx_bf16"} <= _cpu_flags() else kernels.BF16_LEVEL
+    amx = {"amx_tile", "amx_bf16"} <= _cpu_flags()
+    want = kernels.AMX_LEVEL if amx else kernels.BF16_LEVEL
     assert kernels.attention_level(64) == want
     assert kernels.attention_level(72) == want
+    if "avx512_vnni" in _cpu_flags():  # the 4-bit product's prompts: on the tiles, else on vdpbf16ps
+        assert kernels.matmul_q4_level() == (kernels.AMX_LEVEL if amx else kernels.BF16_PROMPT_LEVEL)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +315,7 @@ def _q4_models(k: int, n: int, silu: bool, rng) -> tuple[bytes, bytes, np.ndarra
     return standard.SerializeToString(), ours.SerializeToString(), exact
 
 
-@pytest.mark.parametrize("level", ["portable", "avx512", "best"])
+@pytest.mark.parametrize("level", ["portable", "vnni", "avx512", "best"])
 @pytest.mark.parametrize("k,n,silu", [(576, 960, False), (576, 3072, True), (1536, 576, False), (96, 40, True)])
 def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, silu):
     """Against the exact product (fp64 weights s * (q - 8) + correction), within int8 activations' own error, for one
@@ -320,13 +323,13 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
     ONNX Runtime's three nodes to fp32 rounding: MLAS at accuracy level 4 quantizes x as ours does (per block of 32,
     same scale, round half to even), so the integers are the same. (ARM's MLAS quantizes x otherwise: measured 4 %
     of scale off with the outliers, so there only the exact product is the reference.) K = 96 has an odd number of
-    blocks (the VNNI kernel takes pairs of them; portable runs). On AMX (the library's choice there, `best`) prompts
-    of 16 rows or more run in bf16 on tiles: the exact product is their reference, ONNX Runtime's integers are
-    not (EDGEVLM_KERNELS=avx512 keeps them on VNNI)."""
+    blocks (the VNNI kernel takes pairs of them; portable runs). Where the CPU has AVX-512 BF16, prompts of 16 rows
+    or more run in bf16 (on AMX tiles, or vdpbf16ps under EDGEVLM_KERNELS=avx512 and where there is no AMX): the
+    exact product is their reference, ONNX Runtime's integers are not (EDGEVLM_KERNELS=vnni keeps them on VNNI)."""
     if level != "best":
         monkeypatch.setenv("EDGEVLM_KERNELS", level)
     x86 = platform.machine() in ("x86_64", "AMD64")
-    amx = level == "best" and kernels.matmul_q4_level() == kernels.AMX_LEVEL
+    bf16 = level in ("best", "avx512") and kernels.matmul_q4_level() in (kernels.AMX_LEVEL, kernels.BF16_PROMPT_LEVEL)
     rng = np.random.default_rng(k + n)
     standard, ours, weights = _q4_models(k, n, silu, rng)
     for m in (1, 3, 37, 64):
@@ -340,7 +343,7 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
         assert got.shape == exact.shape == (1, m, n // 2 if silu else n)
         scale = np.abs(exact).max()
         assert np.abs(got - exact).max() <= 3e-2 * scale, (m, np.abs(got - exact).max(), scale)
-        if amx and m >= 16:  # bf16 weights and x: measured 2.9e-3-5.9e-3 of scale, int8 x 1.3e-2-2.5e-2
+        if bf16 and m >= 16:  # bf16 weights and x: measured 2.9e-3-5.9e-3 of scale, int8 x 1.3e-2-2.5e-2
             assert np.abs(got - exact).max() <= 1e-2 * scale, (m, np.abs(got - exact).max(), scale)
         elif x86:
             ref = _run(standard, {"x": x})
@@ -374,14 +377,14 @@ def vnni(library):
 
 def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vnni, tiny256, monkeypatch):
     """With EDGEVLM_KERNELS=all, mixed's decoder opens its kernel graph (one node per product, the MLP's activation
-    inside) and gives ONNX Runtime's greedy tokens; by default only on AMX (without it the prefill is slower), and
-    never for fp32 and int8 decoders."""
+    inside) and gives ONNX Runtime's greedy tokens; by default only where its prompts run in bf16 (AMX or AVX-512
+    BF16: on VNNI alone the prefill is slower), and never for fp32 and int8 decoders."""
     import json
 
     import onnx
 
-    amx = kernels.matmul_q4_level() == kernels.AMX_LEVEL
-    assert ("decoder_model_merged" in edgevlm.load(tiny256[1], variant="mixed").kernels) == amx
+    bf16 = kernels.matmul_q4_level() in (kernels.AMX_LEVEL, kernels.BF16_PROMPT_LEVEL)
+    assert ("decoder_model_merged" in edgevlm.load(tiny256[1], variant="mixed").kernels) == bf16
     monkeypatch.setenv("EDGEVLM_KERNELS", "all")
     ours = edgevlm.load(tiny256[1], variant="mixed")
     assert ours.kernels.get("decoder_model_merged") == "matmul_q4:vnni", ours.kernels

@@ -50,13 +50,13 @@ void rows_portable(const AttentionShape &s, size_t bh, size_t m0, const float *q
 
 Level best_level(const AttentionShape &shape) {
     const Cap cap = kernel_cap();
-    if (cap == Cap::portable) return Level::portable;
+    if (cap == Cap::portable || cap == Cap::vnni) return Level::portable;  // (it has no integer path)
 #ifdef EVK_BF16_KERNEL
     static const bool bf16 = cpu_has_avx512_bf16();
     if (!bf16 || !bf16_supported_shape(shape)) return Level::portable;
 #ifdef EVK_AMX_KERNEL
     static const bool amx = cpu_has_amx_bf16();
-    if (amx && cap != Cap::avx512) return Level::amx_bf16;
+    if (amx && cap == Cap::none) return Level::amx_bf16;
 #endif
     return Level::avx512_bf16;
 #else

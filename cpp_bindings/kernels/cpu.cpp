@@ -40,6 +40,7 @@ Cap kernel_cap() {
     const char *cap = std::getenv("EDGEVLM_KERNELS");
     if (cap && std::strcmp(cap, "portable") == 0) return Cap::portable;
     if (cap && std::strcmp(cap, "avx512") == 0) return Cap::avx512;
+    if (cap && std::strcmp(cap, "vnni") == 0) return Cap::vnni;
     return Cap::none;
 }
 

@@ -8,9 +8,10 @@ bool cpu_has_avx512_bf16();  // AVX-512 F/BW/VL + BF16 (vdpbf16ps)
 bool cpu_has_avx512_vnni();  // AVX-512 F/BW/VL + VNNI (vpdpbusd)
 bool cpu_has_amx_bf16();     // AMX tiles with bf16, and Linux's permission for this process to use them
 
-// EDGEVLM_KERNELS=portable caps every operator to its portable loops, =avx512 to AVX-512 (no AMX): for tests, and
-// to compare. Read at each call, so a test can change it between runs of one session.
-enum class Cap { none, avx512, portable };
+// EDGEVLM_KERNELS=portable caps every operator to its portable loops, =avx512 to AVX-512 (no AMX), =vnni to AVX-512
+// VNNI's integer products (no bf16: the 4-bit product's prompts as on a CPU without AVX-512 BF16, the attention's
+// portable loops): for tests, and to compare. Read at each call, so a test can change it between runs of one session.
+enum class Cap { none, avx512, vnni, portable };
 Cap kernel_cap();
 
 }  // namespace evk

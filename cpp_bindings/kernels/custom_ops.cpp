@@ -196,7 +196,7 @@ __attribute__((visibility("default"))) int evk_attention_level(int head_dim) {
 }
 
 // Which 4-bit product the decoder's MatMulQ4 runs on this CPU: 3 = AMX tiles for prompts (AVX-512 VNNI for one
-// row), 2 = AVX-512 VNNI, 1 = the portable loops.
+// row), 4 = AVX-512 BF16 for prompts (VNNI for one row), 2 = AVX-512 VNNI, 1 = the portable loops.
 __attribute__((visibility("default"))) int evk_matmul_q4_level(int k) {
     evk::Q4Shape s;
     s.rows = 1;

@@ -36,10 +36,16 @@ float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, con
 Q4Level q4_best_level(const Q4Shape &shape) {
     const Cap cap = kernel_cap();
     if (cap == Cap::portable) return Q4Level::portable;
+#ifdef EVK_BF16_Q4_KERNEL
+    // (Fewer rows than BF16_MIN_ROWS then take the VNNI path, which every CPU with AVX-512 BF16 also has.)
+    static const bool bf16 = cpu_has_avx512_bf16() && cpu_has_avx512_vnni();
+    if (bf16 && cap != Cap::vnni && q4_bf16_supported(shape)) {
 #ifdef EVK_AMX_Q4_KERNEL
-    // (Fewer rows than AMX_MIN_ROWS then take the VNNI path where it takes the shape, else the portable one.)
-    static const bool amx = cpu_has_amx_bf16() && cpu_has_avx512_bf16() && cpu_has_avx512_vnni();
-    if (amx && cap != Cap::avx512 && q4_amx_supported(shape)) return Q4Level::amx_bf16;
+        static const bool amx = cpu_has_amx_bf16();
+        if (amx && cap == Cap::none) return Q4Level::amx_bf16;
+#endif
+        return Q4Level::avx512_bf16;
+    }
 #endif
 #ifdef EVK_VNNI_KERNEL
     static const bool vnni = cpu_has_avx512_vnni();
@@ -84,10 +90,13 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
                const float *correction, float *out, const ParallelFor &parallel_for) {
     const size_t nb = shape.k / BLOCK, rows = shape.rows;
+#ifdef EVK_BF16_Q4_KERNEL
+    if ((level == Q4Level::amx_bf16 || level == Q4Level::avx512_bf16) && rows >= BF16_MIN_ROWS &&
+        q4_bf16_supported(shape)) {
 #ifdef EVK_AMX_Q4_KERNEL
-    if (level == Q4Level::amx_bf16 && rows >= AMX_MIN_ROWS && q4_amx_supported(shape)) {
-        matmul_q4_amx(shape, x, codes, scales, correction, out, parallel_for);
-        return;
+        if (level == Q4Level::amx_bf16) return matmul_q4_amx(shape, x, codes, scales, correction, out, parallel_for);
+#endif
+        return matmul_q4_bf16(shape, x, codes, scales, correction, out, parallel_for);
     }
 #endif
 #ifdef EVK_VNNI_KERNEL

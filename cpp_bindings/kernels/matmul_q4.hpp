@@ -7,9 +7,10 @@
 //
 // Like ONNX Runtime's int8-compute path (accuracy_level 4), x is quantized to int8 per block of 32 (scale
 // max|x| / 127) for the first term; the block sums of the second term are exact fp32. Two implementations behind
-// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops. On AMX, prompts of
-// AMX_MIN_ROWS rows or more take a third: the weights dequantized to bf16 per task and multiplied on tiles
-// (matmul_q4_amx.cpp), as close to the exact product but not the same integers.
+// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops. Where the CPU has AVX-512 BF16,
+// prompts of BF16_MIN_ROWS rows or more take a third: the weights dequantized to bf16 per task and multiplied on
+// AMX tiles, or with vdpbf16ps where there is no AMX (matmul_q4_bf16.cpp), as close to the exact product but not
+// the same integers.
 //
 // `silu_mul`: the product's columns are [gate | up] and the output is silu(gate) * up (N/2 columns), which saves
 // the Split, Sigmoid and two Muls of the MLP.
@@ -29,11 +30,12 @@ struct Q4Shape {
     bool silu_mul = false;
 };
 
-enum class Q4Level { portable = 1, avx512_vnni = 2, amx_bf16 = 3 };
+// amx_bf16 and avx512_bf16: prompts in bf16 on AMX tiles or vdpbf16ps, single rows on AVX-512 VNNI.
+enum class Q4Level { portable = 1, avx512_vnni = 2, amx_bf16 = 3, avx512_bf16 = 4 };
 
-// Fewer rows than this (decode, short prompts) stay on the VNNI path at level amx_bf16: dequantizing the weights
+// Fewer rows than this (decode, short prompts) stay on the VNNI path at the bf16 levels: dequantizing the weights
 // costs more than it saves.
-constexpr size_t AMX_MIN_ROWS = 16;
+constexpr size_t BF16_MIN_ROWS = 16;
 
 // The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS (cpu.hpp).
 Q4Level q4_best_level(const Q4Shape &shape);
@@ -68,7 +70,9 @@ inline void silu_mul(const float *y, size_t width, float *out) {
     for (size_t c = 0; c < width; ++c) out[c] = silu(y[c]) * y[width + c];
 }
 
-bool q4_amx_supported(const Q4Shape &shape);
+bool q4_bf16_supported(const Q4Shape &shape);
+void matmul_q4_bf16(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                    const float *correction, float *out, const ParallelFor &parallel_for);
 void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
                    const float *correction, float *out, const ParallelFor &parallel_for);
 

@@ -142,9 +142,9 @@ Model::~Model() = default;
 
 // A part's kernel graph (on libedgevlm_kernels, linked into this library) where the bundle has one, the session
 // runs on the CPU and that library's kernel for the part beats ONNX Runtime's on this CPU (the vision attention:
-// AMX or AVX-512 BF16; the 4-bit decoder: AMX, or AVX-512 VNNI only with EDGEVLM_KERNELS=all, its prefill being
-// slower than ONNX Runtime's without AMX); else the standard file. The same rule as the Python runtime's
-// engine/kernels.py.
+// AMX or AVX-512 BF16; the 4-bit decoder: AMX or AVX-512 BF16 for its prompts, or AVX-512 VNNI alone only with
+// EDGEVLM_KERNELS=all, its prefill being slower than ONNX Runtime's there); else the standard file. The same rule
+// as the Python runtime's engine/kernels.py.
 std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Ort::SessionOptions &options,
                                                bool cpu_only) {
     const char *off = std::getenv("EDGEVLM_KERNELS");
@@ -152,8 +152,9 @@ std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Or
     auto graph = bundle_.kernel_graphs.find(part);
     const bool vision = part == "vision_encoder";
     const bool all = off && std::string(off) == "all";
-    const int q4 = part == "decoder_model_merged" ? evk_matmul_q4_level(64) : 0;  // 3: AMX, 2: AVX-512 VNNI
-    const bool faster = vision ? evk_attention_level(64) >= 2 : q4 == 3 || (all && q4 == 2);
+    // 3: AMX, 4: AVX-512 BF16 prompts, 2: AVX-512 VNNI alone
+    const int q4 = part == "decoder_model_merged" ? evk_matmul_q4_level(64) : 0;
+    const bool faster = vision ? evk_attention_level(64) >= 2 : q4 == 3 || q4 == 4 || (all && q4 == 2);
     if (graph == bundle_.kernel_graphs.end() || !cpu_only || disabled || !faster)
         return std::make_unique<Ort::Session>(open_session(bundle_.parts.at(part), options));
     Ort::SessionOptions with_kernels = options.Clone();

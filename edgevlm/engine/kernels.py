@@ -9,14 +9,17 @@ beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16: bf16 products accumulated
 runtime opens the kernel graph instead. Everywhere else (no library, no compiler at install time, another CPU, the
 fp32 variant, a GPU, a bundle exported before kernel graphs) nothing changes.
 
-The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.25x faster, opens
-faster and holds ~50 MB less. Its prompts (prefill) run on AMX tiles where the CPU has them, 2-2.7x faster than
-ONNX Runtime's; without AMX they are ~1.3x slower (docs/benchmarks.md), which makes a long prompt (a split image:
-1,100 tokens) slower end to end. So it is the default on AMX CPUs and runs elsewhere only when asked for.
+The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.2x faster, opens
+faster and holds ~50 MB less. Its prompts (prefill) run in bf16 where the CPU has AVX-512 BF16: on AMX tiles
+2-2.7x faster than ONNX Runtime's, with vdpbf16ps 1.2-1.35x faster (docs/benchmarks.md); with AVX-512 VNNI alone
+they stay on int8 and are ~1.3x slower, which makes a long prompt (a split image: 1,100 tokens) slower end to end.
+So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when asked for.
 
 EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured on this CPU class: the
-vision attention, and on AMX the 4-bit decoder), `all` (also the 4-bit decoder without AMX), `off`, or the caps
-for tests and comparisons, `avx512` (no AMX) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
+vision attention and the 4-bit decoder where the CPU has AVX-512 BF16), `all` (also the 4-bit decoder on VNNI
+alone), `off`, or the caps for tests and comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products:
+no bf16 kernel, as on a CPU without AVX-512 BF16) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to
+use.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ LIBRARY_NAME = "libedgevlm_kernels.so"
 BF16_LEVEL = 2  # evk_attention_level: 3 = AMX tiles, 2 = AVX-512 BF16, 1 = portable fp32 loops only
 AMX_LEVEL = 3
 VNNI_LEVEL = 2  # evk_matmul_q4_level: 2 = AVX-512 VNNI, 1 = portable loops only
+BF16_PROMPT_LEVEL = 4  # evk_matmul_q4_level: prompts on AVX-512 BF16 (no AMX), single rows on AVX-512 VNNI
 # What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
 # models' 32.
 BF16_HEAD_DIMS = (32, 64, 72)
@@ -101,7 +105,7 @@ def attention_level(head_dim: int) -> int:
 @lru_cache(maxsize=1)
 def matmul_q4_level() -> int:
     """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI, 3: AMX tiles
-    for prompts and AVX-512 VNNI for one row)."""
+    for prompts and AVX-512 VNNI for one row, 4: AVX-512 BF16 for prompts and AVX-512 VNNI for one row)."""
     return _level("evk_matmul_q4_level", 64)
 
 
@@ -128,7 +132,9 @@ def resize(pixels: np.ndarray, first: tuple[int, int], then: tuple[int, int] | N
 _PARTS = {
     "vision_encoder": (lambda: attention_level(64) >= BF16_LEVEL, "attention:bf16"),
     "decoder_model_merged": (
-        lambda: matmul_q4_level() == AMX_LEVEL or (_all_asked() and matmul_q4_level() == VNNI_LEVEL),
+        lambda: (
+            matmul_q4_level() in (AMX_LEVEL, BF16_PROMPT_LEVEL) or (_all_asked() and matmul_q4_level() == VNNI_LEVEL)
+        ),
         "matmul_q4:vnni",
     ),
 }
@@ -136,8 +142,8 @@ _PARTS = {
 
 def in_use(part: str) -> bool:
     """Whether a CPU session of `part` should open its kernel graph: the library loads and its kernel for that part
-    beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16 for the vision attention; AMX for the decoder, or AVX-512
-    VNNI with EDGEVLM_KERNELS=all)."""
+    beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16 for the vision attention and the decoder; for the
+    decoder also AVX-512 VNNI with EDGEVLM_KERNELS=all)."""
     return part in _PARTS and library() is not None and _PARTS[part][0]()
 
 
@@ -156,7 +162,10 @@ def status() -> str:
         + ("AMX" if attention_level(64) == AMX_LEVEL else "AVX-512 BF16")
         + ")",
         "decoder_model_merged": "the 4-bit decoder's products ("
-        + ("AMX for prompts, AVX-512 VNNI per token" if matmul_q4_level() == AMX_LEVEL else "AVX-512 VNNI")
+        + {
+            AMX_LEVEL: "AMX for prompts, AVX-512 VNNI per token",
+            BF16_PROMPT_LEVEL: "AVX-512 BF16 for prompts, AVX-512 VNNI per token",
+        }.get(matmul_q4_level(), "AVX-512 VNNI")
         + ")",
     }
     used = [what for part, what in said.items() if in_use(part)]

@@ -1,12 +1,15 @@
-// The 4-bit product for prompts (several rows) on AMX tiles, in bf16 (built with AMX and AVX-512 BF16 for this file
-// alone; matmul_q4.cpp calls it only where the CPU has them and the prompt has enough rows to pay for it).
+// The 4-bit product for prompts (several rows) in bf16, on AMX tiles or on AVX-512 BF16's vdpbf16ps (built with
+// those flags for this file alone; matmul_q4.cpp calls it only where the CPU has them and the prompt has enough rows
+// to pay for it).
 //
-// The per-block int8 path of the other implementations scales every block of every row by its own pair of scales;
-// on AMX that per-block work would cost more than the tile products themselves. Here instead each task
-// dequantizes its 32 columns once, w = s (q - 8) + c (the correction c = s (8 - z) is HQQ's float zero point, so
-// it folds into the weight), rounded to bf16 and laid out as the tiles read them, and x is rounded to bf16 once per
-// call: then every 32 x 32 block of the output is 4 tile accumulators over K / 32 steps. bf16 keeps 8 bits of
-// mantissa, more than the int8 activations of the other paths, so the result is as close to the exact product,
+// The per-block int8 path of the VNNI implementation scales every block of every row by its own pair of scales;
+// in bf16 that per-block work would cost more than the products themselves. Here instead each task dequantizes its
+// 32 columns once, w = s (q - 8) + c (the correction c = s (8 - z) is HQQ's float zero point, so it folds into the
+// weight), rounded to bf16 and laid out as a tile's B operand (pairs of rows of w in 32-bit words, 16 columns per
+// row of words), and x is rounded to bf16 once per call. The two paths then read the same operands: AMX multiplies
+// 32 x 32 blocks of the output on 4 tile accumulators; AVX-512 BF16 broadcasts one word of x (a pair of elements) of
+// each of 12 rows against the two 16-column words of w, 24 accumulators in registers. bf16 keeps 8 bits of
+// mantissa, more than the int8 activations of the VNNI path, so the result is as close to the exact product,
 // though not the same integers (tests/test_kernels.py holds every path to the exact product).
 #include <immintrin.h>
 
@@ -14,15 +17,18 @@
 #include <cstring>
 #include <vector>
 
+#ifdef __AMX_BF16__
 #include "amx_tiles.hpp"
+#endif
 #include "matmul_q4.hpp"
 
 namespace evk {
 namespace {
 
 constexpr size_t BLOCK = 32;
-constexpr size_t COLS = 32;  // output columns per task: two 16-column tiles
-constexpr size_t ROWS = 32;  // output rows per step: two 16-row tiles
+constexpr size_t COLS = 32;  // output columns per task: two 16-column words of w
+constexpr size_t ROWS = 32;  // AMX: output rows per step, two 16-row tiles
+constexpr size_t VROWS = 12; // AVX-512 BF16: rows per step (24 accumulators + 2 words of w + 1 of x)
 
 // Row m of x as bf16 (k is a multiple of 32).
 void row_to_bf16(const float *x, size_t k, uint16_t *out) {
@@ -61,6 +67,7 @@ void dequantize16(const uint8_t *codes, const float *scales, const float *correc
     }
 }
 
+#ifdef __AMX_BF16__
 // y[m0..m0+32) x [n0..n0+32) for every 32 rows of xb (rows padded to 32 with zeros), from the task's two
 // dequantized tiles w0, w1.
 void tiles(const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y, size_t ld,
@@ -100,17 +107,42 @@ void tiles(const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const 
         for (size_t r = 0; r < live_rows; ++r) std::memcpy(at + r * ld, part[r], width * 4);
     }
 }
+#endif
 
-}  // namespace
-
-bool q4_amx_supported(const Q4Shape &shape) {
-    return shape.k % BLOCK == 0 && shape.k > 0 && (!shape.silu_mul || shape.n % 2 == 0);
+// The same block of the output with vdpbf16ps: for each pair of x's elements, 12 rows' words broadcast against
+// the two words of w (32 columns). Rows past `rows` are read from xb's zero padding and not stored.
+void vector_rows(const uint32_t *xw, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y,
+                 size_t ld, size_t width) {
+    const size_t pairs = k / 2;
+    const __mmask16 lo = __mmask16(width >= 16 ? 0xFFFF : (1u << width) - 1);
+    const __mmask16 hi = __mmask16(width >= 32 ? 0xFFFF : width > 16 ? (1u << (width - 16)) - 1 : 0);
+    for (size_t m0 = 0; m0 < rows; m0 += VROWS) {
+        __m512 acc[VROWS][2];
+        for (size_t r = 0; r < VROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        const uint32_t *a = xw + m0 * pairs;
+        for (size_t i = 0; i < pairs; ++i) {
+            const __m512bh b0 = (__m512bh)_mm512_load_si512(w0 + i * 16);
+            const __m512bh b1 = (__m512bh)_mm512_load_si512(w1 + i * 16);
+            for (size_t r = 0; r < VROWS; ++r) {
+                const __m512bh x = (__m512bh)_mm512_set1_epi32(int(a[r * pairs + i]));
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+            }
+        }
+        for (size_t r = 0; r < std::min(VROWS, rows - m0); ++r) {
+            _mm512_mask_storeu_ps(y + (m0 + r) * ld, lo, acc[r][0]);
+            _mm512_mask_storeu_ps(y + (m0 + r) * ld + 16, hi, acc[r][1]);
+        }
+    }
 }
 
-void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
-                   const float *correction, float *out, const ParallelFor &parallel_for) {
+// Rounds x to bf16 (rows padded with zeros to a multiple of `pad`), then has each task dequantize 32 columns and
+// multiply them by every row with `block`.
+template <typename Block>
+void bf16_product(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                  const float *correction, float *out, const ParallelFor &parallel_for, size_t pad, Block block) {
     const size_t k = shape.k, n = shape.n, nb = k / BLOCK, rows = shape.rows;
-    const size_t padded = (rows + ROWS - 1) / ROWS * ROWS;
+    const size_t padded = (rows + pad - 1) / pad * pad;
     thread_local std::vector<uint16_t> xbuf;
     uint16_t *xb = scratch(xbuf, padded * k);
     parallel_for(padded, [&](size_t m) {
@@ -124,7 +156,7 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
     parallel_for((n + COLS - 1) / COLS, [&](size_t t) {
         const size_t n0 = t * COLS, width = std::min(COLS, n - n0);
         thread_local std::vector<uint32_t> wbuf;
-        uint32_t *w = scratch(wbuf, k / 2 * COLS + 16);  // two tiles of k / 2 rows x 16 words, 64-byte aligned
+        uint32_t *w = scratch(wbuf, k / 2 * COLS + 16);  // two operands of k / 2 rows x 16 words, 64-byte aligned
         uint32_t *w0 = reinterpret_cast<uint32_t *>((reinterpret_cast<uintptr_t>(w) + 63) & ~uintptr_t(63));
         uint32_t *w1 = w0 + k / 2 * 16;
         dequantize16(codes, scales, correction, nb, n, n0, w0);
@@ -132,11 +164,33 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
             dequantize16(codes, scales, correction, nb, n, n0 + 16, w1);
         else
             std::memset(w1, 0, k / 2 * 16 * 4);
-        tiles(xb, rows, k, w0, w1, y + n0, n, width);
+        block(xb, rows, k, w0, w1, y + n0, n, width);
     });
     if (!shape.silu_mul) return;
     const size_t width = n / 2;
     parallel_for(rows, [&](size_t m) { silu_mul(y + m * n, width, out + m * width); });
 }
+
+}  // namespace
+
+bool q4_bf16_supported(const Q4Shape &shape) {
+    return shape.k % BLOCK == 0 && shape.k > 0 && (!shape.silu_mul || shape.n % 2 == 0);
+}
+
+void matmul_q4_bf16(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                    const float *correction, float *out, const ParallelFor &parallel_for) {
+    bf16_product(shape, x, codes, scales, correction, out, parallel_for, VROWS,
+                 [](const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y,
+                    size_t ld, size_t width) {
+                     vector_rows(reinterpret_cast<const uint32_t *>(xb), rows, k, w0, w1, y, ld, width);
+                 });
+}
+
+#ifdef __AMX_BF16__
+void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
+                   const float *correction, float *out, const ParallelFor &parallel_for) {
+    bf16_product(shape, x, codes, scales, correction, out, parallel_for, ROWS, tiles);
+}
+#endif
 
 }  // namespace evk
