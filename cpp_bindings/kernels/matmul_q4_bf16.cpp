@@ -136,6 +136,33 @@ void vector_rows(const uint32_t *xw, size_t rows, size_t k, const uint32_t *w0, 
     }
 }
 
+// e^x to about 2 ulp (Cephes' expf on 16 lanes: x = n ln2 + r, a degree-6 polynomial in r, scaled by 2^n).
+__m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// silu(gate) * up for one row of [gate | up] (width columns each): the scalar pass with std::exp took a quarter
+// of an 88-row MLP product.
+void silu_mul16(const float *y, size_t width, float *out) {
+    for (size_t c = 0; c < width; c += 16) {
+        const __mmask16 live = __mmask16(width - c >= 16 ? 0xFFFF : (1u << (width - c)) - 1);
+        const __m512 g = _mm512_maskz_loadu_ps(live, y + c), u = _mm512_maskz_loadu_ps(live, y + width + c);
+        const __m512 sig = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_mask_storeu_ps(out + c, live, _mm512_mul_ps(sig, u));
+    }
+}
+
 // Rounds x to bf16 (rows padded with zeros to a multiple of `pad`), then has each task dequantize 32 columns and
 // multiply them by every row with `block`.
 template <typename Block>
@@ -168,7 +195,7 @@ void bf16_product(const Q4Shape &shape, const float *x, const uint8_t *codes, co
     });
     if (!shape.silu_mul) return;
     const size_t width = n / 2;
-    parallel_for(rows, [&](size_t m) { silu_mul(y + m * n, width, out + m * width); });
+    parallel_for(rows, [&](size_t m) { silu_mul16(y + m * n, width, out + m * width); });
 }
 
 }  // namespace
