@@ -29,6 +29,7 @@ constexpr size_t BLOCK = 32;
 constexpr size_t COLS = 32;  // output columns per task: two 16-column words of w
 constexpr size_t ROWS = 32;  // AMX: output rows per step, two 16-row tiles
 constexpr size_t VROWS = 12; // AVX-512 BF16: rows per step (24 accumulators + 2 words of w + 1 of x)
+constexpr size_t VROWS_TAIL = 4;  // its last step's rows: 4, 8 or 12
 
 // Row m of x as bf16 (k is a multiple of 32).
 void row_to_bf16(const float *x, size_t k, uint16_t *out) {
@@ -47,6 +48,9 @@ void dequantize16(const uint8_t *codes, const float *scales, const float *correc
     const __m512i code_at = _mm512_mullo_epi32(column, _mm512_set1_epi32(int(nb * 16)));
     const __m512i scale_at = _mm512_mullo_epi32(column, _mm512_set1_epi32(int(nb)));
     const __m512i nibble = _mm512_set1_epi32(15);
+    alignas(64) uint16_t order[32];
+    for (int c = 0; c < 16; ++c) order[2 * c] = uint16_t(c), order[2 * c + 1] = uint16_t(16 + c);
+    const __m512i pairs = _mm512_load_si512(order);
     for (size_t b = 0; b < nb; ++b) {
         const __m512 s = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, scale_at, scales + n0 * nb + b, 4);
         const __m512 z = _mm512_maskz_loadu_ps(live, correction + b * n + n0);
@@ -59,9 +63,9 @@ void dequantize16(const uint8_t *codes, const float *scales, const float *correc
                 const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(byte, nibble)), s, offset);
                 const __m512 hi =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(byte, 4), nibble)), s, offset);
-                const __m512i even = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
-                const __m512i odd = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi)), 16);
-                _mm512_store_si512(out + (b * 16 + j4 + t) * 16, _mm512_or_si512(even, odd));
+                // [lo 0..15 | hi 0..15] as bf16, then interleaved: word c = (lo c, hi c)
+                const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_store_si512(out + (b * 16 + j4 + t) * 16, _mm512_permutexvar_epi16(pairs, both));
             }
         }
     }
@@ -109,30 +113,44 @@ void tiles(const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const 
 }
 #endif
 
-// The same block of the output with vdpbf16ps: for each pair of x's elements, 12 rows' words broadcast against
-// the two words of w (32 columns). Rows past `rows` are read from xb's zero padding and not stored.
+// The same block of the output with vdpbf16ps: for each pair of x's elements, R rows' words broadcast against the
+// two words of w (32 columns), 2 R accumulators in registers.
+template <size_t R>
+void vector_step(const uint32_t *a, size_t pairs, const uint32_t *w0, const uint32_t *w1, float *y, size_t ld,
+                 size_t live_rows, __mmask16 lo, __mmask16 hi) {
+    __m512 acc[R][2];
+    for (size_t r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (size_t i = 0; i < pairs; ++i) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(w0 + i * 16);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(w1 + i * 16);
+        for (size_t r = 0; r < R; ++r) {
+            const __m512bh x = (__m512bh)_mm512_set1_epi32(int(a[r * pairs + i]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+        }
+    }
+    for (size_t r = 0; r < std::min(R, live_rows); ++r) {
+        _mm512_mask_storeu_ps(y + r * ld, lo, acc[r][0]);
+        _mm512_mask_storeu_ps(y + r * ld + 16, hi, acc[r][1]);
+    }
+}
+
+// Every row of xw (padded with zero rows to a multiple of VROWS_TAIL): steps of VROWS rows, the last one of 4 or 8
+// where fewer are left (an 88-token prompt is 7 steps of 12 and one of 4, not 8 of 12).
 void vector_rows(const uint32_t *xw, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y,
                  size_t ld, size_t width) {
     const size_t pairs = k / 2;
     const __mmask16 lo = __mmask16(width >= 16 ? 0xFFFF : (1u << width) - 1);
     const __mmask16 hi = __mmask16(width >= 32 ? 0xFFFF : width > 16 ? (1u << (width - 16)) - 1 : 0);
     for (size_t m0 = 0; m0 < rows; m0 += VROWS) {
-        __m512 acc[VROWS][2];
-        for (size_t r = 0; r < VROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        const size_t left = rows - m0;
         const uint32_t *a = xw + m0 * pairs;
-        for (size_t i = 0; i < pairs; ++i) {
-            const __m512bh b0 = (__m512bh)_mm512_load_si512(w0 + i * 16);
-            const __m512bh b1 = (__m512bh)_mm512_load_si512(w1 + i * 16);
-            for (size_t r = 0; r < VROWS; ++r) {
-                const __m512bh x = (__m512bh)_mm512_set1_epi32(int(a[r * pairs + i]));
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
-            }
-        }
-        for (size_t r = 0; r < std::min(VROWS, rows - m0); ++r) {
-            _mm512_mask_storeu_ps(y + (m0 + r) * ld, lo, acc[r][0]);
-            _mm512_mask_storeu_ps(y + (m0 + r) * ld + 16, hi, acc[r][1]);
-        }
+        if (left > 8)
+            vector_step<VROWS>(a, pairs, w0, w1, y + m0 * ld, ld, left, lo, hi);
+        else if (left > 4)
+            vector_step<8>(a, pairs, w0, w1, y + m0 * ld, ld, left, lo, hi);
+        else
+            vector_step<4>(a, pairs, w0, w1, y + m0 * ld, ld, left, lo, hi);
     }
 }
 
@@ -206,7 +224,7 @@ bool q4_bf16_supported(const Q4Shape &shape) {
 
 void matmul_q4_bf16(const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
                     const float *correction, float *out, const ParallelFor &parallel_for) {
-    bf16_product(shape, x, codes, scales, correction, out, parallel_for, VROWS,
+    bf16_product(shape, x, codes, scales, correction, out, parallel_for, VROWS_TAIL,
                  [](const uint16_t *xb, size_t rows, size_t k, const uint32_t *w0, const uint32_t *w1, float *y,
                     size_t ld, size_t width) {
                      vector_rows(reinterpret_cast<const uint32_t *>(xb), rows, k, w0, w1, y, ld, width);
