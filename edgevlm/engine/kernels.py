@@ -11,7 +11,7 @@ fp32 variant, a GPU, a bundle exported before kernel graphs) nothing changes.
 
 The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eight) decodes ~1.2x faster, opens
 faster and holds ~50 MB less. Its prompts (prefill) run in bf16 where the CPU has AVX-512 BF16: on AMX tiles
-2-2.7x faster than ONNX Runtime's, with vdpbf16ps 1.2-1.35x faster (docs/benchmarks.md); with AVX-512 VNNI alone
+2-2.7x faster than ONNX Runtime's, with vdpbf16ps 1.3-1.5x faster (docs/benchmarks.md); with AVX-512 VNNI alone
 they stay on int8 and are ~1.3x slower, which makes a long prompt (a split image: 1,100 tokens) slower end to end.
 So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when asked for.
 
