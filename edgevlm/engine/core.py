@@ -15,7 +15,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,9 @@ from .processor import PendingImage, PendingVideo, Processor, Prompt, frames_giv
 from .providers import choose, create_session, session_options, vision_run_options
 from .structured import Grammars
 from .tile_reuse import TileReuse
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 DEFAULT_CAPTION_PROMPT = defaults.CAPTION_PROMPT
 
@@ -140,14 +144,18 @@ class Engine:
         self.sessions = {}
         self.providers: dict[str, list[str]] = {}
         self.kernels: dict[str, str] = {}  # part -> what of edgevlm's own kernels it runs (engine/kernels.py)
-        for part, path in files.items():
-            opts = session_options(threads, memory_arena, spin=part == "decoder_model_merged")
-            if part in self._kernel_files:
-                opts.register_custom_ops_library(str(kernels.library()))
-                path = self._kernel_files[part]
-                self.kernels[part] = kernels.label(part)
-            self.sessions[part], self.providers[part] = create_session(path, self.requested_providers, opts)
-            bundle_mod.check_part_inputs(part, path, [i.name for i in self.sessions[part].get_inputs()])
+        graphs = {part: self._kernel_files.get(part, path) for part, path in files.items()}
+        # The parts open at once: ONNX Runtime optimizes and packs each part on the calling thread without the
+        # GIL, so a load takes about as long as its decoder alone (docs/benchmarks.md, "load()").
+        with ThreadPoolExecutor(len(graphs), thread_name_prefix="edgevlm-open") as pool:
+            opened = {
+                part: pool.submit(self._open_part, part, path, threads, memory_arena) for part, path in graphs.items()
+            }
+            for part, future in opened.items():
+                self.sessions[part], self.providers[part] = future.result()
+                bundle_mod.check_part_inputs(part, graphs[part], [i.name for i in self.sessions[part].get_inputs()])
+                if part in self._kernel_files:
+                    self.kernels[part] = kernels.label(part)
         self.tokenizer = self.processor.tokenizer
         self.decoder = Decoder(
             self.sessions["embed_tokens"],
@@ -162,6 +170,14 @@ class Engine:
         self._vision_run_options = vision_run_options(self.providers["vision_encoder"], memory_arena)
         self.vision_cache = VisionCache(vision_cache_size)
         self.grammars = Grammars(self.tokenizer, self.spec.vocab_size, self.spec.eos_ids)
+
+    def _open_part(
+        self, part: str, path: Path, threads: int | None, memory_arena: bool
+    ) -> tuple[ort.InferenceSession, list[str]]:
+        opts = session_options(threads, memory_arena, spin=part == "decoder_model_merged")
+        if part in self._kernel_files:
+            opts.register_custom_ops_library(str(kernels.library()))
+        return create_session(path, self.requested_providers, opts)
 
     def _own_kernels_apply(self, part: str) -> bool:
         """Whether `part` opens its kernel graph: a CPU session, and a CPU where that part's kernel beats ONNX
