@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cmath>
+#include <future>
 #include <numeric>
 #include <thread>
 
@@ -146,7 +147,7 @@ Model::~Model() = default;
 // EDGEVLM_KERNELS=all, its prefill being slower than ONNX Runtime's there); else the standard file. The same rule
 // as the Python runtime's engine/kernels.py.
 std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Ort::SessionOptions &options,
-                                               bool cpu_only) {
+                                               bool cpu_only, std::string &kernel) const {
     const char *off = std::getenv("EDGEVLM_KERNELS");
     bool disabled = off && (std::string(off) == "off" || std::string(off) == "0" || std::string(off) == "none");
     auto graph = bundle_.kernel_graphs.find(part);
@@ -159,7 +160,7 @@ std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Or
         return std::make_unique<Ort::Session>(open_session(bundle_.parts.at(part), options));
     Ort::SessionOptions with_kernels = options.Clone();
     Ort::ThrowOnError(RegisterCustomOps(with_kernels, OrtGetApiBase()));
-    kernels_ += std::string(kernels_.empty() ? "" : ",") + (vision ? "attention:bf16" : "matmul_q4:vnni");
+    kernel = vision ? "attention:bf16" : "matmul_q4:vnni";
     return std::make_unique<Ort::Session>(open_session(graph->second, with_kernels));
 }
 
@@ -204,13 +205,23 @@ Model::Model(const std::string &dir, const std::string &variant, int threads, co
     // and spinning ones take the cores from the decoder that runs next (as in the Python runtime's providers.py).
     Ort::SessionOptions quiet = options.Clone();
     quiet.AddConfigEntry("session.intra_op.allow_spinning", "0");
-    vision_ = open_part("vision_encoder", quiet, cpu_only);
-    embed_ = std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), quiet));
+    // The three parts open at once, as in the Python runtime: ONNX Runtime optimizes and packs each on the thread
+    // that opens it, so a model opens in about its decoder's time (docs/benchmarks.md, "load()").
+    std::string vision_kernel, decoder_kernel;
+    auto vision = std::async(std::launch::async,
+                             [&] { return open_part("vision_encoder", quiet, cpu_only, vision_kernel); });
+    auto embed = std::async(std::launch::async, [&] {
+        return std::make_unique<Ort::Session>(open_session(bundle_.parts.at("embed_tokens"), quiet));
+    });
     // The decoder spins between its runs (without it, 185 -> 120 tokens/s), but stops the moment a run returns
     // with nothing to follow: the image of the next caption is resized on these cores (2 threads: W1's resize
     // 6.3-7.1 -> 4.0-4.2 ms; decode speed unchanged within noise, 3 alternating pairs).
     options.AddConfigEntry("session.force_spinning_stop", "1");
-    decoder_ = open_part("decoder_model_merged", options, cpu_only);
+    decoder_ = open_part("decoder_model_merged", options, cpu_only, decoder_kernel);
+    vision_ = vision.get();
+    embed_ = embed.get();
+    for (const std::string &k : {vision_kernel, decoder_kernel})
+        if (!k.empty()) kernels_ += (kernels_.empty() ? "" : ",") + k;
     Ort::AllocatorWithDefaultOptions alloc;
     for (size_t i = 0; i < decoder_->GetInputCount(); ++i) {
         decoder_inputs_.push_back(decoder_->GetInputNameAllocated(i, alloc).get());

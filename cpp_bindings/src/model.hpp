@@ -107,7 +107,9 @@ private:
     friend struct Decoding::State;
     std::vector<float> embed(const std::vector<int64_t> &ids, double &runtime_ms) const;
     Ort::Session open_session(const std::string &path, const Ort::SessionOptions &options) const;
-    std::unique_ptr<Ort::Session> open_part(const std::string &part, const Ort::SessionOptions &options, bool cpu_only);
+    // `kernel`: set to the label of edgevlm's kernel the part runs ("" for none). Safe on several threads at once.
+    std::unique_ptr<Ort::Session> open_part(const std::string &part, const Ort::SessionOptions &options, bool cpu_only,
+                                            std::string &kernel) const;
 
     Bundle bundle_;
     std::unique_ptr<Tokenizer> tokenizer_;

@@ -114,7 +114,8 @@ EVLM_API void evlm_model_options_init_sized(evlm_model_options *options, size_t 
 static inline void evlm_model_options_init(evlm_model_options *options) {
     evlm_model_options_init_sized(options, sizeof *options);
 }
-/* options may be NULL (defaults). On success *out is a model to close with evlm_model_close. */
+/* options may be NULL (defaults). On success *out is a model to close with evlm_model_close. The three parts open
+   at once, two of them on threads this call starts and joins before it returns. */
 EVLM_API evlm_status evlm_model_open(const char *bundle_dir, const evlm_model_options *options, evlm_model **out);
 EVLM_API void evlm_model_close(evlm_model *model);
 /* Facts of the loaded model (any out pointer may be NULL). */
