@@ -6,6 +6,7 @@
 #include <cstring>
 #include <cmath>
 #include <future>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
@@ -161,6 +162,10 @@ std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Or
     Ort::SessionOptions with_kernels = options.Clone();
     Ort::ThrowOnError(RegisterCustomOps(with_kernels, OrtGetApiBase()));
     kernel = vision ? "attention:bf16" : "matmul_q4:vnni";
+    // One at a time in the process: ONNX Runtime adds a custom operator domain to its process-wide schema registry
+    // with a check-then-add that two sessions opening at once can both pass ("the domain is already exist").
+    static std::mutex custom_ops_open;
+    std::lock_guard<std::mutex> one_at_a_time(custom_ops_open);
     return std::make_unique<Ort::Session>(open_session(graph->second, with_kernels));
 }
 

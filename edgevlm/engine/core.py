@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 DEFAULT_CAPTION_PROMPT = defaults.CAPTION_PROMPT
 
+# Sessions on edgevlm's kernel library open one at a time, in this process: ONNX Runtime adds a custom operator
+# domain to its process-wide schema registry with a check-then-add that two sessions opening at once can both pass
+# ("the domain is already exist"; seen with the vision and decoder kernel graphs opening together).
+_CUSTOM_OPS_OPEN = threading.Lock()
+
 
 @dataclass
 class EncodedImages:
@@ -175,9 +180,11 @@ class Engine:
         self, part: str, path: Path, threads: int | None, memory_arena: bool
     ) -> tuple[ort.InferenceSession, list[str]]:
         opts = session_options(threads, memory_arena, spin=part == "decoder_model_merged")
-        if part in self._kernel_files:
-            opts.register_custom_ops_library(str(kernels.library()))
-        return create_session(path, self.requested_providers, opts)
+        if part not in self._kernel_files:
+            return create_session(path, self.requested_providers, opts)
+        opts.register_custom_ops_library(str(kernels.library()))
+        with _CUSTOM_OPS_OPEN:
+            return create_session(path, self.requested_providers, opts)
 
     def _own_kernels_apply(self, part: str) -> bool:
         """Whether `part` opens its kernel graph: a CPU session, and a CPU where that part's kernel beats ONNX
