@@ -47,7 +47,12 @@ def _bundle_cache(arch: str, variants: str) -> Path:
     a machine where the cache is filled (tests/test_lean.py runs some that way)."""
     h = hashlib.sha256(f"{arch}|{variants}".encode())
     for p in sorted(
-        [*(ROOT / "export").glob("*.py"), ROOT / "tools" / "checkpoints.py", ROOT / "edgevlm" / "engine" / "prompt.py"]
+        [
+            *(ROOT / "export").glob("*.py"),
+            ROOT / "tools" / "checkpoints.py",
+            ROOT / "edgevlm" / "engine" / "prompt.py",
+            ROOT / "edgevlm" / "engine" / "kernels.py",  # the kernel graphs' rewrites
+        ]
     ):
         h.update(p.name.encode() + p.read_bytes())
     base = os.environ.get("EDGEVLM_TEST_CACHE") or os.path.join(

@@ -398,7 +398,155 @@ def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vn
     assert ops.count("MatMulQ4") == 4 * layers and "Sigmoid" not in ops and "MatMulNBits" not in ops[:-1]
     assert not [n.name for n in graph.node if "block" in n.name]  # the corrections' block sums went with them
     assert sum(1 for n in graph.node for a in n.attribute if a.name == "silu_mul" and a.i) == layers
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]  # on the library's kernel too
+    assert len(attention) == layers and {n.domain for n in attention} == {kernels.DOMAIN}
     plain = _without_kernels(monkeypatch, tiny256[1], "mixed")
     for prompt in ("Describe a harbour at dawn.", "List three colours.", "Why is the sky blue?"):
         a, b = (v.ask(None, prompt, max_new_tokens=12) for v in (plain, ours))
         assert a.token_ids == b.token_ids, prompt
+
+
+def _gqa_model(domain: str, heads: int, kv_heads: int, dim: int, positions: int) -> bytes:
+    f, i32 = TensorProto.FLOAT, TensorProto.INT32
+    inputs = [
+        helper.make_tensor_value_info("qkv", f, ["b", "s", (heads + 2 * kv_heads) * dim]),
+        helper.make_tensor_value_info("past_key", f, ["b", kv_heads, "p", dim]),
+        helper.make_tensor_value_info("past_value", f, ["b", kv_heads, "p", dim]),
+        helper.make_tensor_value_info("seqlens_k", i32, ["b"]),
+        helper.make_tensor_value_info("total", i32, []),
+        helper.make_tensor_value_info("cos", f, [positions, dim // 2]),
+        helper.make_tensor_value_info("sin", f, [positions, dim // 2]),
+    ]
+    outputs = [helper.make_tensor_value_info("out", f, None)]
+    outputs += [helper.make_tensor_value_info(n, f, None) for n in ("present_key", "present_value")]
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["qkv", "", "", "past_key", "past_value", "seqlens_k", "total", "cos", "sin"],
+        ["out", "present_key", "present_value"],
+        domain=domain,
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+        do_rotary=1,
+        scale=1 / np.sqrt(dim),
+    )
+    graph = helper.make_graph([node], "gqa", inputs, outputs)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9).SerializeToString()
+
+
+def _rotary_tables(positions: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    angles = np.arange(positions)[:, None] / 10000 ** (np.arange(0, dim, 2) / dim)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _gqa_session(domain: str, heads: int, kv_heads: int, dim: int, positions: int, library):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    if domain == kernels.DOMAIN:
+        so.register_custom_ops_library(str(library))
+    return ort.InferenceSession(
+        _gqa_model(domain, heads, kv_heads, dim, positions), so, providers=["CPUExecutionProvider"]
+    )
+
+
+def _gqa_shared(session, steps: list[np.ndarray], kv_heads: int, dim: int, capacity: int, tables) -> list:
+    """Each step's output with past and present bound to one buffer per kind, as engine/kv_cache.py binds them."""
+    batch = steps[0].shape[0]
+    caches = [np.zeros((batch, kv_heads, capacity, dim), np.float32) for _ in range(2)]
+    values = [ort.OrtValue.ortvalue_from_numpy(c) for c in caches]
+    binding = session.io_binding()
+    for kind, value in zip(("key", "value"), values):
+        binding.bind_ortvalue_input(f"past_{kind}", value)
+        binding.bind_ortvalue_output(f"present_{kind}", value)
+    done, outs = 0, []
+    for qkv in steps:
+        total = done + qkv.shape[1]
+        feeds = {
+            "qkv": qkv,
+            "seqlens_k": np.full(batch, total - 1, np.int32),
+            "total": np.array(total, np.int32),
+            "cos": tables[0],
+            "sin": tables[1],
+        }
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("out")  # (its shape changes from the prompt to the tokens after it)
+        session.run_with_iobinding(binding)
+        outs.append(binding.get_outputs()[0].numpy().copy())
+        done = total
+    return outs + [values[0].numpy()[:, :, :done].copy(), values[1].numpy()[:, :, :done].copy()]
+
+
+def _gqa_fed_back(session, steps: list[np.ndarray], kv_heads: int, dim: int, tables) -> list:
+    """The same with each step's present fed back as the next past (separate buffers)."""
+    batch = steps[0].shape[0]
+    past = [np.zeros((batch, kv_heads, 0, dim), np.float32)] * 2
+    done, outs = 0, []
+    for qkv in steps:
+        total = done + qkv.shape[1]
+        out, *past = session.run(
+            None,
+            {
+                "qkv": qkv,
+                "past_key": past[0],
+                "past_value": past[1],
+                "seqlens_k": np.full(batch, total - 1, np.int32),
+                "total": np.array(total, np.int32),
+                "cos": tables[0],
+                "sin": tables[1],
+            },
+        )
+        outs.append(out)
+        done = total
+    return outs + past
+
+
+GQA_SHAPES = [  # (batch, heads, kv_heads, head_dim, prompt tokens, new tokens after it)
+    (1, 9, 3, 64, 88, 6),  # SmolLM2-135M (the 256M's decoder), W1's prompt
+    (2, 9, 3, 64, 300, 3),  # two rows decoded together (caption_batch); a prompt longer than the inline bound
+    (1, 32, 32, 64, 20, 4),  # SmolLM2-1.7B's heads (the 2.2B's decoder): no sharing of KV heads
+    (1, 4, 2, 16, 7, 5),  # a head_dim below one AVX-512 vector: the scalar rows
+    (1, 3, 1, 48, 33, 2),  # 3 vectors of 16 per head: the scalar rows too
+]
+
+
+@pytest.mark.parametrize("cap", ["best", "portable"])
+@pytest.mark.parametrize("shape", GQA_SHAPES, ids=[f"b{s[0]}h{s[1]}kv{s[2]}d{s[3]}p{s[4]}" for s in GQA_SHAPES])
+def test_gqa_matches_onnxruntime(library, monkeypatch, cap, shape):
+    """The decoder's attention against com.microsoft GroupQueryAttention on the same inputs: a prompt, then one
+    token at a time, with past and present shared (the engine's binding) and fed back (separate buffers): outputs
+    and caches within fp32 rounding, on the AVX-512 build where the CPU has it and on the portable one."""
+    if cap == "portable":
+        monkeypatch.setenv("EDGEVLM_KERNELS", "portable")
+    batch, heads, kv_heads, dim, prompt, new = shape
+    rng = np.random.default_rng(prompt + heads)
+    width = (heads + 2 * kv_heads) * dim
+    steps = [rng.normal(size=(batch, prompt, width)).astype(np.float32)]
+    steps += [rng.normal(size=(batch, 1, width)).astype(np.float32) for _ in range(new)]
+    capacity = prompt + new + 5
+    tables = _rotary_tables(capacity + 8, dim)
+    sessions = [_gqa_session(d, heads, kv_heads, dim, capacity + 8, library) for d in ("com.microsoft", kernels.DOMAIN)]
+    for run in (
+        lambda s: _gqa_shared(s, steps, kv_heads, dim, capacity, tables),
+        lambda s: _gqa_fed_back(s, steps, kv_heads, dim, tables),
+    ):
+        ref, ours = (run(s) for s in sessions)
+        for a, b in zip(ref, ours):
+            assert a.shape == b.shape
+            assert np.abs(a - b).max() <= 2e-5 * max(1.0, np.abs(a).max()), np.abs(a - b).max()
+
+
+def test_gqa_says_what_is_wrong(library):
+    session = _gqa_session(kernels.DOMAIN, 4, 2, 16, 8, library)
+    cos, sin = _rotary_tables(8, 16)
+    feeds = {
+        "qkv": np.zeros((1, 3, 8 * 16), np.float32),
+        "past_key": np.zeros((1, 2, 0, 16), np.float32),
+        "past_value": np.zeros((1, 2, 0, 16), np.float32),
+        "seqlens_k": np.array([20], np.int32),
+        "total": np.array(21, np.int32),
+        "cos": cos,
+        "sin": sin,
+    }
+    with pytest.raises(Exception, match="cover every position"):
+        session.run(None, feeds)

@@ -18,9 +18,11 @@ static bool avx512_base() {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl");
 }
+bool cpu_has_avx512() { return avx512_base(); }
 bool cpu_has_avx512_bf16() { return avx512_base() && __builtin_cpu_supports("avx512bf16"); }
 bool cpu_has_avx512_vnni() { return avx512_base() && __builtin_cpu_supports("avx512vnni"); }
 #else
+bool cpu_has_avx512() { return false; }
 bool cpu_has_avx512_bf16() { return false; }
 bool cpu_has_avx512_vnni() { return false; }
 #endif

@@ -4,6 +4,7 @@
 
 namespace evk {
 
+bool cpu_has_avx512();       // AVX-512 F/BW/VL
 bool cpu_has_avx512_bf16();  // AVX-512 F/BW/VL + BF16 (vdpbf16ps)
 bool cpu_has_avx512_vnni();  // AVX-512 F/BW/VL + VNNI (vpdpbusd)
 bool cpu_has_amx_bf16();     // AMX tiles with bf16, and Linux's permission for this process to use them

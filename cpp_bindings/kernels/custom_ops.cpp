@@ -4,6 +4,10 @@
 //   MatMulQ4(x, codes, scales, correction) with attributes K, N and silu_mul: the decoder's 4-bit product with its
 //   float zero points folded in (MatMulNBits + the correction MatMul + Add of the standard graph), and optionally
 //   the MLP's silu(gate) * up, on the kernels of matmul_q4.hpp.
+//   GroupQueryAttention(query, key?, value?, past_key, past_value, seqlens_k, total_sequence_length, cos_cache?,
+//   sin_cache?) with attributes num_heads, kv_num_heads, scale and do_rotary: com.microsoft GroupQueryAttention
+//   with packed QKV, the half-split rotary and no window, softcap or quantized cache, on the kernel of gqa.hpp.
+//   Past and present may be one buffer (edgevlm's KV cache binds them so): only the new positions are written.
 // Sessions load this library with SessionOptions.register_custom_ops_library (Python) or
 // RegisterCustomOpsLibrary_V2 (C); the runtimes rewrite a graph to these ops only when the library loads and its
 // kernel beats ONNX Runtime's on this CPU (evk_attention_level), so a bundle itself always stays standard ONNX.
@@ -17,6 +21,7 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "gqa.hpp"
 #include "matmul_q4.hpp"
 
 namespace {
@@ -116,6 +121,9 @@ struct AttentionOp : Ort::CustomOpBase<AttentionOp, AttentionKernel, true> {
 struct MatMulQ4Kernel {
     int64_t k = 0, n = 0;
     bool silu_mul = false;
+    // The correction transposed to (N, K/32) when it is a constant: decode reads it beside the scales (matmul_q4.hpp).
+    // K/32 x N floats: 13 MB for the 256M decoder, 1/8 of its 4-bit codes.
+    std::vector<float> correction_by_column;
 
     MatMulQ4Kernel(const OrtKernelInfo *info) {
         Ort::ConstKernelInfo i(info);
@@ -128,6 +136,15 @@ struct MatMulQ4Kernel {
         }
         if (k < 32 || k % 32 != 0) throw std::invalid_argument("K must be a positive multiple of 32 (the block)");
         if (n < 1 || (silu_mul && n % 2 != 0)) throw std::invalid_argument("N must be positive (and even with silu_mul)");
+        int constant = 0;
+        Ort::ConstValue corr = i.GetTensorConstantInput(3, &constant);
+        const size_t blocks = size_t(k / 32), columns = size_t(n);
+        if (constant && corr && corr.GetTensorTypeAndShapeInfo().GetElementCount() == blocks * columns) {
+            const float *c = corr.GetTensorData<float>();
+            correction_by_column.resize(blocks * columns);
+            for (size_t b = 0; b < blocks; ++b)
+                for (size_t col = 0; col < columns; ++col) correction_by_column[col * blocks + b] = c[b * columns + col];
+        }
     }
 
     OrtStatusPtr ComputeV2(OrtKernelContext *context) {
@@ -158,8 +175,9 @@ struct MatMulQ4Kernel {
         Ort::UnownedValue out = ctx.GetOutput(0, shape);
         if (s.rows == 0) return;
         evk::matmul_q4(evk::q4_best_level(s), s, x.GetTensorData<float>(), codes.GetTensorData<uint8_t>(),
-                       scales.GetTensorData<float>(), corr.GetTensorData<float>(), out.GetTensorMutableData<float>(),
-                       Parallel{context}.fn());
+                       scales.GetTensorData<float>(), corr.GetTensorData<float>(),
+                       correction_by_column.empty() ? nullptr : correction_by_column.data(),
+                       out.GetTensorMutableData<float>(), Parallel{context}.fn());
     }
 };
 
@@ -179,6 +197,138 @@ struct MatMulQ4Op : Ort::CustomOpBase<MatMulQ4Op, MatMulQ4Kernel, true> {
         return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     }
     size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+int64_t attribute_or(const Ort::ConstKernelInfo &info, const char *name, int64_t otherwise) {
+    try {
+        return info.GetAttribute<int64_t>(name);
+    } catch (const Ort::Exception &) {
+        return otherwise;
+    }
+}
+
+struct GqaKernel {
+    int64_t heads = 0, kv_heads = 0;
+    float scale = 0;
+    bool rotary = false;
+
+    GqaKernel(const OrtKernelInfo *info) {
+        Ort::ConstKernelInfo i(info);
+        heads = i.GetAttribute<int64_t>("num_heads");
+        kv_heads = i.GetAttribute<int64_t>("kv_num_heads");
+        if (heads < 1 || kv_heads < 1 || heads % kv_heads != 0)
+            throw std::invalid_argument("num_heads must be a positive multiple of kv_num_heads");
+        try {
+            scale = i.GetAttribute<float>("scale");
+        } catch (const Ort::Exception &) {
+            scale = 0;
+        }
+        rotary = attribute_or(i, "do_rotary", 0) != 0;
+        if (attribute_or(i, "rotary_interleaved", 0) != 0 || attribute_or(i, "local_window_size", -1) != -1)
+            throw std::invalid_argument("interleaved rotary and local windows are not supported");
+    }
+
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+        try {
+            Compute(context);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("GroupQueryAttention", e);
+        }
+    }
+
+    void Compute(OrtKernelContext *context) {
+        Ort::KernelContext ctx(context);
+        Ort::ConstValue qkv = ctx.GetInput(0), key = ctx.GetInput(1), past_k = ctx.GetInput(3),
+                        past_v = ctx.GetInput(4), seqlens = ctx.GetInput(5), total = ctx.GetInput(6);
+        if (key) throw std::invalid_argument("query must hold the packed query, key and value (key and value empty)");
+        const std::vector<int64_t> qs = qkv.GetTensorTypeAndShapeInfo().GetShape();
+        const std::vector<int64_t> ps = past_k.GetTensorTypeAndShapeInfo().GetShape();
+        if (qs.size() != 3 || ps.size() != 4 || ps[1] != kv_heads || past_v.GetTensorTypeAndShapeInfo().GetShape() != ps)
+            throw std::invalid_argument("query must be (batch, tokens, hidden), past key and value (batch, kv_heads, "
+                                        "positions, head_dim)");
+        evk::GqaShape s;
+        s.batch = size_t(qs[0]);
+        s.tokens = size_t(qs[1]);
+        s.heads = size_t(heads);
+        s.kv_heads = size_t(kv_heads);
+        s.head_dim = size_t(ps[3]);
+        s.scale = scale;
+        if (ps[0] != qs[0] || size_t(qs[2]) != (s.heads + 2 * s.kv_heads) * s.head_dim)
+            throw std::invalid_argument("query's last dimension must be (num_heads + 2 kv_num_heads) x head_dim");
+        if (seqlens.GetTensorTypeAndShapeInfo().GetElementCount() != s.batch ||
+            total.GetTensorTypeAndShapeInfo().GetElementCount() != 1)
+            throw std::invalid_argument("seqlens_k must hold one length per row, total_sequence_length one value");
+        const int32_t *lengths = seqlens.GetTensorData<int32_t>();
+        const int64_t total_len = total.GetTensorData<int32_t>()[0];
+        s.first_prompt = total_len == qs[1];
+        std::vector<int32_t> past(s.batch), valid(s.batch);
+        size_t longest = 0;
+        for (size_t b = 0; b < s.batch; ++b) {
+            valid[b] = lengths[b] + 1;
+            past[b] = s.first_prompt ? 0 : valid[b] - int32_t(s.tokens);
+            if (valid[b] < 1 || past[b] < 0)
+                throw std::invalid_argument("seqlens_k is shorter than the new tokens");
+            longest = std::max(longest, size_t(past[b]) + s.tokens);
+        }
+        const float *cos = nullptr, *sin = nullptr;
+        if (rotary) {
+            Ort::ConstValue c = ctx.GetInput(7), n = ctx.GetInput(8);
+            if (!c || !n) throw std::invalid_argument("do_rotary needs cos_cache and sin_cache");
+            const std::vector<int64_t> cs = c.GetTensorTypeAndShapeInfo().GetShape();
+            if (cs.size() != 2 || n.GetTensorTypeAndShapeInfo().GetShape() != cs || cs[1] * 2 > ps[3] ||
+                size_t(cs[0]) < longest)
+                throw std::invalid_argument("cos_cache and sin_cache must be (positions, at most head_dim / 2) and "
+                                            "cover every position");
+            s.rotary_half = size_t(cs[1]);
+            cos = c.GetTensorData<float>();
+            sin = n.GetTensorData<float>();
+        }
+        // ONNX Runtime's present: the past buffer's positions, or the total if that is longer.
+        std::vector<int64_t> present = ps;
+        present[2] = std::max<int64_t>(ps[2], total_len);
+        s.capacity = size_t(present[2]);
+        if (longest > s.capacity) throw std::invalid_argument("the cache is shorter than the positions");
+        Ort::UnownedValue out = ctx.GetOutput(0, {qs[0], qs[1], heads * ps[3]});
+        Ort::UnownedValue pk = ctx.GetOutput(1, present), pv = ctx.GetOutput(2, present);
+        float *key_cache = pk.GetTensorMutableData<float>(), *value_cache = pv.GetTensorMutableData<float>();
+        const float *old_k = past_k.GetTensorData<float>(), *old_v = past_v.GetTensorData<float>();
+        if (key_cache != old_k || value_cache != old_v) {  // separate buffers: carry the past positions over
+            const size_t dim = s.head_dim;
+            for (size_t b = 0; b < s.batch; ++b)
+                for (size_t g = 0; g < s.kv_heads; ++g) {
+                    const size_t from = (b * s.kv_heads + g) * size_t(ps[2]) * dim,
+                                 to = (b * s.kv_heads + g) * s.capacity * dim, n = size_t(past[b]) * dim;
+                    std::copy(old_k + from, old_k + from + n, key_cache + to);
+                    std::copy(old_v + from, old_v + from + n, value_cache + to);
+                }
+        }
+        if (s.batch * s.tokens == 0) return;
+        evk::gqa(s, qkv.GetTensorData<float>(), past.data(), valid.data(), key_cache, value_cache, cos, sin,
+                 out.GetTensorMutableData<float>(), Parallel{context}.fn());
+    }
+};
+
+struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
+    OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
+        try {
+            *kernel = new GqaKernel(info);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("GroupQueryAttention", e);
+        }
+    }
+    const char *GetName() const { return "GroupQueryAttention"; }
+    const char *GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+    size_t GetInputTypeCount() const { return 9; }
+    ONNXTensorElementDataType GetInputType(size_t i) const {
+        return i == 5 || i == 6 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
+    OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+        return i == 1 || i == 2 || i >= 7 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    }
+    size_t GetOutputTypeCount() const { return 3; }
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
@@ -212,12 +362,14 @@ __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps
     static Ort::CustomOpDomain *domain = nullptr;
     static AttentionOp attention;
     static MatMulQ4Op matmul_q4;
+    static GqaOp gqa;
     try {
         std::call_once(once, [&] {
             Ort::InitApi(api->GetApi(ORT_API_VERSION));
             domain = new Ort::CustomOpDomain(kDomain);  // lives as long as the process: sessions keep pointers
             domain->Add(&attention);
             domain->Add(&matmul_q4);
+            domain->Add(&gqa);
         });
         Ort::UnownedSessionOptions(options).Add(*domain);
         return nullptr;

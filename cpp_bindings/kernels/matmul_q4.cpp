@@ -88,7 +88,8 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
 }
 
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
-               const float *correction, float *out, const ParallelFor &parallel_for) {
+               const float *correction, const float *correction_by_column, float *out,
+               const ParallelFor &parallel_for) {
     const size_t nb = shape.k / BLOCK, rows = shape.rows;
 #ifdef EVK_BF16_Q4_KERNEL
     if ((level == Q4Level::amx_bf16 || level == Q4Level::avx512_bf16) && rows >= BF16_MIN_ROWS &&
@@ -104,6 +105,7 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
 #else
     const bool vnni = false;
     (void)level;
+    (void)correction_by_column;
 #endif
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> scale, sum;
@@ -116,7 +118,7 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
         parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
 #ifdef EVK_VNNI_KERNEL
     if (vnni) {
-        matmul_q4_vnni(shape, in, codes, scales, correction, out, parallel_for);
+        matmul_q4_vnni(shape, in, codes, scales, correction, correction_by_column, out, parallel_for);
         return;
     }
 #endif

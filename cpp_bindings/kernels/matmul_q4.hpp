@@ -40,9 +40,11 @@ constexpr size_t BF16_MIN_ROWS = 16;
 // The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS (cpu.hpp).
 Q4Level q4_best_level(const Q4Shape &shape);
 
-// x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul.
+// x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul. correction_by_column (optional): the same
+// correction transposed to (N, K/32), which single rows on AVX-512 VNNI read in one pass with the codes and scales.
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
-               const float *correction, float *out, const ParallelFor &parallel_for);
+               const float *correction, const float *correction_by_column, float *out,
+               const ParallelFor &parallel_for);
 
 // x quantized per block of 32, shared by both implementations: int8 codes, their scale, their sum, and the block
 // sums of x itself.
@@ -78,7 +80,8 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
 
 bool q4_vnni_supported(const Q4Shape &shape);
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
-                    const float *correction, float *out, const ParallelFor &parallel_for);
+                    const float *correction, const float *correction_by_column, float *out,
+                    const ParallelFor &parallel_for);
 
 // Quantizes row m of x into `in` (its buffers sized by the caller); `grouped`: the blocks in groups of 4 (the last group
 // smaller), each group the 16 even elements of every block first, then the 16 odd ones: the order in which a

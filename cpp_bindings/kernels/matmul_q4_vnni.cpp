@@ -71,19 +71,26 @@ inline __m256 spread2(const float *s) {  // s0 s0 s0 s0 s1 s1 s1 s1
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double *>(s)))), idx);
 }
 
-// Row m, C columns from n: sum over blocks of s * scale(x) * (dot - 8 * code sum), added to y.
+// Row m, C columns from n: sum over blocks of s * scale(x) * (dot - 8 * code sum), added to y. With `by_column`
+// (the correction laid out as the scales are, (N, K/32)), its term goes in too, from the same pass over the
+// column, and y is set rather than added to.
 template <size_t C>
 inline void columns(const Q4Input &in, const Rows &r, size_t m, size_t n, const uint8_t *codes, const float *scales,
-                    float *y) {
+                    float *y, const float *by_column = nullptr) {
     const size_t nb = in.blocks;
     const uint8_t *x = r.row(m);
     const __m512i low = _mm512_set1_epi8(15);
     __m512 acc[C];
     for (size_t c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
+    __m128 term = _mm_setzero_ps();  // the correction's, 4 blocks per lane group
+    const float *sums = in.sum + m * nb;
     for (size_t q = 0; q < r.quads; ++q, x += 256) {
         const __m512i even = _mm512_loadu_si512(x), odd = _mm512_loadu_si512(x + 64);
         const __m512i z = _mm512_loadu_si512(x + 128);
         const __m512 xs = _mm512_loadu_ps(x + 192);
+        if (by_column) {
+            term = _mm_fmadd_ps(_mm_loadu_ps(by_column + n * nb + 4 * q), _mm_loadu_ps(sums + 4 * q), term);
+        }
         for (size_t c = 0; c < C; ++c) {
             const uint8_t *at = codes + ((n + c) * nb + 4 * q) * 16;
             _mm_prefetch(reinterpret_cast<const char *>(at + PREFETCH), _MM_HINT_T0);
@@ -108,6 +115,16 @@ inline void columns(const Q4Input &in, const Rows &r, size_t m, size_t n, const 
             const __m256 s = _mm256_mul_ps(spread2(scales + (n + c) * nb + b), xs);
             acc[c] = _mm512_add_ps(acc[c], _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s)));
         }
+        if (by_column) {
+            const __m128 c2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double *>(by_column + n * nb + b)));
+            const __m128 s2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double *>(sums + b)));
+            term = _mm_fmadd_ps(c2, s2, term);
+        }
+    }
+    if (by_column) {
+        // (C is 1 on this path: one column's correction per call.)
+        y[0] = _mm512_reduce_add_ps(acc[0]) + (term[0] + term[1]) + (term[2] + term[3]);
+        return;
     }
     for (size_t c = 0; c < C; ++c) y[c] += _mm512_reduce_add_ps(acc[c]);
 }
@@ -267,12 +284,20 @@ bool q4_vnni_supported(const Q4Shape &shape) {
 }
 
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
-                    const float *correction, float *out, const ParallelFor &parallel_for) {
+                    const float *correction, const float *correction_by_column, float *out,
+                    const ParallelFor &parallel_for) {
     const Rows r(in);
     // The product before the activation, written first by the correction pass: straight into out without one.
     thread_local std::vector<float> before;
     float *y = shape.silu_mul ? scratch(before, shape.rows * shape.n) : out;
-    if (shape.rows == 1) {
+    if (shape.rows == 1 && correction_by_column) {
+        // Decode with the correction beside the scales: one pass over each column's codes, scales and correction
+        // (the (K/32, N) correction read 64 columns at a time was a strided pass of its own, ~1/5 of a token).
+        parallel_for((shape.n + DECODE_RUN - 1) / DECODE_RUN, [&](size_t t) {
+            const size_t n0 = t * DECODE_RUN, n1 = std::min(shape.n, n0 + DECODE_RUN);
+            for (size_t n = n0; n < n1; ++n) columns<1>(in, r, 0, n, codes, scales, y + n, correction_by_column);
+        });
+    } else if (shape.rows == 1) {
         // Decode (120 products a token): one hand-off to the pool per product, each task its run of columns'
         // correction term and then their products (two parallel regions measured 3-7 % fewer tokens/s).
         parallel_for((shape.n + DECODE_RUN - 1) / DECODE_RUN, [&](size_t t) {

@@ -13,7 +13,9 @@ The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eigh
 faster and holds ~50 MB less. Its prompts (prefill) run in bf16 where the CPU has AVX-512 BF16: on AMX tiles
 2-2.7x faster than ONNX Runtime's, with vdpbf16ps 1.3-1.5x faster (docs/benchmarks.md); with AVX-512 VNNI alone
 they stay on int8 and are ~1.3x slower, which makes a long prompt (a split image: 1,100 tokens) slower end to end.
-So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when asked for.
+So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when asked for. The same kernel graph
+puts the decoder's attention (GroupQueryAttention, its KV cache in place) on the library's fp32 kernel, 2-4x
+faster than ONNX Runtime's per token.
 
 EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured on this CPU class: the
 vision attention and the 4-bit decoder where the CPU has AVX-512 BF16), `all` (also the 4-bit decoder on VNNI
@@ -234,6 +236,8 @@ def rewrite_decoder(model: Any) -> int:
     reading the same codes, scales and correction; where its output feeds the MLP's Split -> silu(gate) * up, that
     goes into the node too (silu_mul). The block sums that nothing reads any more are removed. Eight nodes of
     ONNX Runtime per product become one, about 20 fewer per layer: the 256M decoder ran ~820 nodes per token.
+    Its attention goes on ai.edgevlm's GroupQueryAttention too (_gqa): ONNX Runtime's CPU kernel was 36 % of a
+    long prompt's prefill and ~1 ms of each token.
     """
     from onnx import helper
 
@@ -259,6 +263,8 @@ def rewrite_decoder(model: Any) -> int:
         count += 1
     if not count:
         return 0
+    for node in graph.node:
+        _gqa(node)
     kept = [n for n in graph.node if id(n) not in drop]
     del graph.node[:]
     graph.node.extend(_without_dead_nodes(kept, {o.name for o in graph.output}))
@@ -301,6 +307,46 @@ def _matmul_q4(node: Any, producer: dict, consumers: dict) -> tuple[Any, list] |
         N=a["N"],
     )
     return q4, [node, term, add]
+
+
+# What ai.edgevlm's GroupQueryAttention reads; any other attribute set to something else keeps ONNX Runtime's.
+_GQA_ATTRIBUTES = {"num_heads", "kv_num_heads", "scale", "do_rotary"}
+_GQA_NEUTRAL = {
+    "rotary_interleaved": 0,
+    "local_window_size": -1,
+    "softcap": 0.0,
+    "smooth_softmax": -1,
+    "qk_output": 0,
+    "k_quant_type": b"NONE",
+    "v_quant_type": b"NONE",
+    "sliding_window_cache": 0,
+    "qk_norm_epsilon": None,  # (only read with the q/k norm inputs, which the rewrite refuses)
+    "causal": 1,
+}
+
+
+def _gqa(node: Any) -> bool:
+    """Move a com.microsoft GroupQueryAttention with packed QKV and nothing beyond the half-split rotary to
+    ai.edgevlm's kernel (cpp_bindings/kernels/gqa.hpp), in place; whether it did."""
+    if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+        return False
+    inputs = list(node.input)
+    if len(inputs) < 7 or len(inputs) > 9 or inputs[1] or inputs[2]:
+        return False  # separate key and value, or the q/k norm and quantized-cache inputs
+    attrs = _attrs(node)
+    for name, value in attrs.items():
+        if name in _GQA_ATTRIBUTES:
+            continue
+        if name not in _GQA_NEUTRAL:
+            return False
+        neutral = _GQA_NEUTRAL[name]
+        if neutral is not None and value != neutral and not (name == "smooth_softmax" and value == 0):
+            return False
+    kept = [a for a in node.attribute if a.name in _GQA_ATTRIBUTES]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.domain = DOMAIN
+    return True
 
 
 def _silu_mul(out: str, producer: dict, consumers: dict) -> tuple[str, list] | None:

@@ -1,0 +1,220 @@
+// The body of gqa.hpp's kernel, included once per instruction set with EVK_GQA_NAME (the function's name) and
+// EVK_GQA_WIDTH (floats per vector) defined: GCC/Clang vector extensions, so one source becomes SSE/AVX2/NEON
+// code in the portable build and AVX-512 in gqa_avx512.cpp.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "gqa.hpp"
+
+namespace evk {
+namespace {
+
+constexpr size_t W = EVK_GQA_WIDTH;
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
+constexpr size_t ROWS = 16;  // query rows per task of a prompt
+
+inline vf load(const float *p) {
+    vf v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{} + x; }
+inline float hsum(vf v) {
+#if defined(__AVX512F__)
+    if constexpr (W == 16) return _mm512_reduce_add_ps(reinterpret_cast<__m512 &>(v));
+#endif
+    float s = 0;
+    for (size_t i = 0; i < W; ++i) s += v[i];
+    return s;
+}
+
+// e^x for x <= 0 (scores minus their maximum), Cephes' expf on vectors: 2^n * p(r), r = x - n ln 2, |r| <= ln2 / 2.
+inline vf exp_nonpositive(vf x) {
+    for (size_t i = 0; i < W; ++i) x[i] = x[i] < -87.0f ? -87.0f : x[i];
+    const vf t = x * 1.44269504088896341f - 0.5f;  // <= -0.5: truncation toward zero rounds t + 0.5 to nearest
+    const vi n = __builtin_convertvector(t, vi);
+    const vf nf = __builtin_convertvector(n, vf);
+    const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const vi bits = (n + 127) << 23;
+    vf scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+// y = rotate(x) at position pos (the half-split rotary: pairs (i, i + half)), times `scale`.
+void rotate(const float *x, size_t dim, size_t half, const float *cos, const float *sin, size_t pos, float scale,
+            float *y) {
+    if (!half) {
+        for (size_t i = 0; i < dim; ++i) y[i] = x[i] * scale;
+        return;
+    }
+    const float *c = cos + pos * half, *s = sin + pos * half;
+    for (size_t i = 0; i < half; ++i) {
+        y[i] = (x[i] * c[i] - x[i + half] * s[i]) * scale;
+        y[i + half] = (x[i + half] * c[i] + x[i] * s[i]) * scale;
+    }
+    for (size_t i = 2 * half; i < dim; ++i) y[i] = x[i] * scale;
+}
+
+inline size_t position(const GqaShape &s, const int32_t *past_len, const int32_t *valid_len, size_t b, size_t t) {
+    // As ONNX Runtime numbers them: a first prompt's padding (beyond the row's length) at position 1.
+    if (s.first_prompt) return t < size_t(valid_len[b]) ? t : 1;
+    return size_t(past_len[b]) + t;
+}
+
+// The G query heads of one KV head at one position against keys [0, keys): out[g] = softmax(q[g] . K) V, with q
+// already rotated and scaled; each key and value row is loaded once for all G heads. NV vectors per head
+// (head_dim = NV * W); the scores go through `scores` (G x stride floats).
+template <size_t NV, size_t G>
+void group_attention(const float *q, const float *k, const float *v, size_t keys, size_t dim, float *scores,
+                     size_t stride, float *out) {
+    vf qv[G][NV];
+    for (size_t g = 0; g < G; ++g)
+        for (size_t i = 0; i < NV; ++i) qv[g][i] = load(q + g * dim + i * W);
+    float top[G];
+    for (size_t g = 0; g < G; ++g) top[g] = -INFINITY;
+    for (size_t j = 0; j < keys; ++j) {
+        vf kj[NV];
+        for (size_t i = 0; i < NV; ++i) kj[i] = load(k + j * dim + i * W);
+        for (size_t g = 0; g < G; ++g) {
+            vf acc = qv[g][0] * kj[0];
+            for (size_t i = 1; i < NV; ++i) acc += qv[g][i] * kj[i];
+            const float dot = hsum(acc);
+            scores[g * stride + j] = dot;
+            top[g] = std::max(top[g], dot);
+        }
+    }
+    float inv[G];
+    for (size_t g = 0; g < G; ++g) {
+        float *sg = scores + g * stride;
+        vf total = vf{};
+        size_t j = 0;
+        for (; j + W <= keys; j += W) {
+            const vf e = exp_nonpositive(load(sg + j) - top[g]);
+            store(sg + j, e);
+            total += e;
+        }
+        float sum = hsum(total);
+        for (; j < keys; ++j) sum += (sg[j] = std::exp(sg[j] - top[g]));
+        inv[g] = 1.0f / sum;
+    }
+    vf acc[G][NV];
+    for (size_t g = 0; g < G; ++g)
+        for (size_t i = 0; i < NV; ++i) acc[g][i] = vf{};
+    for (size_t j = 0; j < keys; ++j) {
+        vf vj[NV];
+        for (size_t i = 0; i < NV; ++i) vj[i] = load(v + j * dim + i * W);
+        for (size_t g = 0; g < G; ++g) {
+            const vf p = splat(scores[g * stride + j]);
+            for (size_t i = 0; i < NV; ++i) acc[g][i] += p * vj[i];
+        }
+    }
+    for (size_t g = 0; g < G; ++g)
+        for (size_t i = 0; i < NV; ++i) store(out + g * dim + i * W, acc[g][i] * inv[g]);
+}
+
+// One head for any head_dim, on scalars.
+void row_attention_any(const float *q, const float *k, const float *v, size_t keys, size_t dim, float *scores,
+                       float *out) {
+    float top = -INFINITY;
+    for (size_t j = 0; j < keys; ++j) {
+        float dot = 0;
+        for (size_t c = 0; c < dim; ++c) dot += q[c] * k[j * dim + c];
+        scores[j] = dot;
+        top = std::max(top, dot);
+    }
+    float sum = 0;
+    for (size_t j = 0; j < keys; ++j) sum += (scores[j] = std::exp(scores[j] - top));
+    std::fill(out, out + dim, 0.0f);
+    for (size_t j = 0; j < keys; ++j)
+        for (size_t c = 0; c < dim; ++c) out[c] += scores[j] * v[j * dim + c];
+    for (size_t c = 0; c < dim; ++c) out[c] /= sum;
+}
+
+// The heads of one KV head (`group` of them, consecutive in q and out) at one position.
+using GroupFn = void (*)(const float *, const float *, const float *, size_t, size_t, float *, size_t, float *);
+
+template <size_t NV>
+GroupFn group_function(size_t group) {
+    switch (group) {
+        case 1: return group_attention<NV, 1>;
+        case 2: return group_attention<NV, 2>;
+        case 3: return group_attention<NV, 3>;  // SmolLM2-135M and -360M: 9 or 15 heads over 3 or 5
+        case 4: return group_attention<NV, 4>;
+        default: return nullptr;
+    }
+}
+
+void attend(size_t group, const float *q, const float *k, const float *v, size_t keys, size_t dim, float *scores,
+            size_t stride, float *out) {
+    GroupFn fn = nullptr;
+    if (dim == 4 * W) fn = group_function<4>(group);  // head_dim 64 on AVX-512 (every SmolLM2)
+    else if (dim == 8 * W) fn = group_function<8>(group);  // 64 on 8-float vectors
+    else if (dim == 2 * W) fn = group_function<2>(group);
+    else if (dim == W) fn = group_function<1>(group);
+    if (fn) return fn(q, k, v, keys, dim, scores, stride, out);
+    for (size_t g = 0; g < group; ++g) row_attention_any(q + g * dim, k, v, keys, dim, scores, out + g * dim);
+}
+
+}  // namespace
+
+void EVK_GQA_NAME(const GqaShape &s, const float *qkv, const int32_t *past_len, const int32_t *valid_len,
+                  float *present_key, float *present_value, const float *cos, const float *sin, float *out,
+                  const ParallelFor &parallel_for) {
+    const size_t dim = s.head_dim, group = s.heads / s.kv_heads, width = (s.heads + 2 * s.kv_heads) * dim;
+    const float scale = s.scale != 0 ? s.scale : 1.0f / std::sqrt(float(dim));
+    // The new keys (rotated) and values into the cache first: every query row of the prompt reads them.
+    for (size_t b = 0; b < s.batch; ++b)
+        for (size_t t = 0; t < s.tokens; ++t) {
+            const float *x = qkv + (b * s.tokens + t) * width;
+            const size_t pos = position(s, past_len, valid_len, b, t), at = size_t(past_len[b]) + t;
+            for (size_t g = 0; g < s.kv_heads; ++g) {
+                const size_t cell = ((b * s.kv_heads + g) * s.capacity + at) * dim;
+                rotate(x + (s.heads + g) * dim, dim, s.rotary_half, cos, sin, pos, 1.0f, present_key + cell);
+                std::memcpy(present_value + cell, x + (s.heads + s.kv_heads + g) * dim, dim * sizeof(float));
+            }
+        }
+    const size_t chunks = (s.tokens + ROWS - 1) / ROWS;
+    auto task = [&](size_t i) {
+        // One KV head of one row of the batch, ROWS positions: its `group` query heads together.
+        const size_t b = i / (s.kv_heads * chunks), g = (i / chunks) % s.kv_heads, t0 = (i % chunks) * ROWS;
+        const size_t past = size_t(past_len[b]), stride = past + s.tokens;
+        const float *k = present_key + (b * s.kv_heads + g) * s.capacity * dim;
+        const float *v = present_value + (b * s.kv_heads + g) * s.capacity * dim;
+        thread_local std::vector<float> scores, q;
+        if (scores.size() < group * stride) scores.resize(group * stride);
+        if (q.size() < group * dim) q.resize(group * dim);
+        for (size_t t = t0; t < std::min(s.tokens, t0 + ROWS); ++t) {
+            const size_t pos = position(s, past_len, valid_len, b, t);
+            const float *x = qkv + (b * s.tokens + t) * width + g * group * dim;
+            for (size_t h = 0; h < group; ++h)
+                rotate(x + h * dim, dim, s.rotary_half, cos, sin, pos, scale, q.data() + h * dim);
+            attend(group, q.data(), k, v, past + t + 1, dim, scores.data(), stride,
+                   out + (b * s.tokens + t) * s.heads * dim + g * group * dim);
+        }
+    };
+    const size_t tasks = s.batch * s.kv_heads * chunks;
+    // One token against a short cache is a few microseconds of work: a hand-off to the pool costs as much.
+    if (s.tokens == 1 && s.batch * s.heads * (past_len[0] + 1) * dim < (size_t(1) << 16)) {
+        for (size_t i = 0; i < tasks; ++i) task(i);
+        return;
+    }
+    parallel_for(tasks, task);
+}
+
+}  // namespace evk
