@@ -325,7 +325,8 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
     of scale off with the outliers, so there only the exact product is the reference.) K = 96 has an odd number of
     blocks (the VNNI kernel takes pairs of them; portable runs). Where the CPU has AVX-512 BF16, prompts of 16 rows
     or more run in bf16 (on AMX tiles, or vdpbf16ps under EDGEVLM_KERNELS=avx512 and where there is no AMX): the
-    exact product is their reference, ONNX Runtime's integers are not (EDGEVLM_KERNELS=vnni keeps them on VNNI)."""
+    exact product is their reference, ONNX Runtime's integers are not (EDGEVLM_KERNELS=vnni keeps them on VNNI).
+    The tests' corrections include values below fp16's normal range, which the decode table must take too."""
     if level != "best":
         monkeypatch.setenv("EDGEVLM_KERNELS", level)
     x86 = platform.machine() in ("x86_64", "AMD64")
@@ -346,8 +347,12 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
         if bf16 and m >= 16:  # bf16 weights and x: measured 2.9e-3-5.9e-3 of scale, int8 x 1.3e-2-2.5e-2
             assert np.abs(got - exact).max() <= 1e-2 * scale, (m, np.abs(got - exact).max(), scale)
         elif x86:
+            # One row on AVX-512 VNNI reads the scales and correction rounded to fp16 (q4_decode_table; measured
+            # 2.5e-4-4.5e-4 of scale from ONNX Runtime's, 1/40 of what the int8 activations cost both).
+            table = m == 1 and level != "portable" and "avx512_vnni" in _cpu_flags()
             ref = _run(standard, {"x": x})
-            assert np.abs(ref - got).max() <= 2e-5 * np.abs(ref).max(), (m, np.abs(ref - got).max())
+            bound = 1e-3 if table else 2e-5
+            assert np.abs(ref - got).max() <= bound * np.abs(ref).max(), (m, np.abs(ref - got).max())
 
 
 def test_matmul_q4_says_what_is_wrong(library):

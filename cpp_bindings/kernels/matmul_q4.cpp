@@ -88,8 +88,7 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
 }
 
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
-               const float *correction, const float *correction_by_column, float *out,
-               const ParallelFor &parallel_for) {
+               const float *correction, const uint16_t *decode_table, float *out, const ParallelFor &parallel_for) {
     const size_t nb = shape.k / BLOCK, rows = shape.rows;
 #ifdef EVK_BF16_Q4_KERNEL
     if ((level == Q4Level::amx_bf16 || level == Q4Level::avx512_bf16) && rows >= BF16_MIN_ROWS &&
@@ -105,7 +104,7 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
 #else
     const bool vnni = false;
     (void)level;
-    (void)correction_by_column;
+    (void)decode_table;
 #endif
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> scale, sum;
@@ -118,7 +117,7 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
         parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
 #ifdef EVK_VNNI_KERNEL
     if (vnni) {
-        matmul_q4_vnni(shape, in, codes, scales, correction, correction_by_column, out, parallel_for);
+        matmul_q4_vnni(shape, in, codes, scales, correction, decode_table, out, parallel_for);
         return;
     }
 #endif
@@ -132,6 +131,29 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
             }
         }
     });
+}
+
+std::vector<uint16_t> q4_decode_table(size_t k, size_t n, const float *scales, const float *correction) {
+    const size_t nb = k / BLOCK;
+    std::vector<uint16_t> table(n * nb * 2);
+    auto half = [](float v, uint16_t &out) {
+        // Within 2^-11 of v, or 3e-8 where v is below fp16's normal range (a block that small adds as little).
+        if (!(std::fabs(v) <= 65504.0f)) return false;
+        const _Float16 h = static_cast<_Float16>(v);
+        std::memcpy(&out, &h, 2);
+        return true;
+    };
+    for (size_t col = 0; col < n; ++col) {
+        uint16_t *t = table.data() + col * nb * 2;
+        for (size_t b0 = 0; b0 < nb; b0 += 4) {
+            const size_t g = std::min<size_t>(4, nb - b0);  // blocks in this group: its s, then its c
+            for (size_t j = 0; j < g; ++j)
+                if (!half(scales[col * nb + b0 + j], t[2 * b0 + j]) ||
+                    !half(correction[(b0 + j) * n + col], t[2 * b0 + g + j]))
+                    return {};
+        }
+    }
+    return table;
 }
 
 }  // namespace evk

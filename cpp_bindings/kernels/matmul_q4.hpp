@@ -40,11 +40,16 @@ constexpr size_t BF16_MIN_ROWS = 16;
 // The best implementation for this CPU and shape, capped by EDGEVLM_KERNELS (cpu.hpp).
 Q4Level q4_best_level(const Q4Shape &shape);
 
-// x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul. correction_by_column (optional): the same
-// correction transposed to (N, K/32), which single rows on AVX-512 VNNI read in one pass with the codes and scales.
+// x: (rows, k) fp32; out: (rows, n) or (rows, n / 2) with silu_mul. decode_table (optional): q4_decode_table's,
+// which single rows on AVX-512 VNNI read in one pass with the codes instead of the scales and correction.
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
-               const float *correction, const float *correction_by_column, float *out,
-               const ParallelFor &parallel_for);
+               const float *correction, const uint16_t *decode_table, float *out, const ParallelFor &parallel_for);
+
+// Decode's copy of the scales and correction: per column, per group of 4 blocks s0..s3 c0..c3 as fp16 (the 2-block
+// tail s0 s1 c0 c1), 4 bytes a block where the two stored floats take 8 and the correction's (K/32, N) layout
+// cost decode a strided pass of its own. Each value within 2^-11 of itself (3e-8 below fp16's normal range, where
+// a block adds as little); empty where one is beyond fp16's range (65504): decode then reads them as stored.
+std::vector<uint16_t> q4_decode_table(size_t k, size_t n, const float *scales, const float *correction);
 
 // x quantized per block of 32, shared by both implementations: int8 codes, their scale, their sum, and the block
 // sums of x itself.
@@ -80,7 +85,7 @@ void matmul_q4_amx(const Q4Shape &shape, const float *x, const uint8_t *codes, c
 
 bool q4_vnni_supported(const Q4Shape &shape);
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
-                    const float *correction, const float *correction_by_column, float *out,
+                    const float *correction, const uint16_t *decode_table, float *out,
                     const ParallelFor &parallel_for);
 
 // Quantizes row m of x into `in` (its buffers sized by the caller); `grouped`: the blocks in groups of 4 (the last group
