@@ -347,12 +347,29 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
         if bf16 and m >= 16:  # bf16 weights and x: measured 2.9e-3-5.9e-3 of scale, int8 x 1.3e-2-2.5e-2
             assert np.abs(got - exact).max() <= 1e-2 * scale, (m, np.abs(got - exact).max(), scale)
         elif x86:
-            # One row on AVX-512 VNNI reads the scales and correction rounded to fp16 (q4_decode_table; measured
-            # 2.5e-4-4.5e-4 of scale from ONNX Runtime's, 1/40 of what the int8 activations cost both).
-            table = m == 1 and level != "portable" and "avx512_vnni" in _cpu_flags()
+            # AVX-512 VNNI reads the scales and correction rounded to fp16 (q4_decode_table; measured 2.5e-4-4.5e-4
+            # of scale from ONNX Runtime's, 1/40 of what the int8 activations cost both).
+            table = level != "portable" and "avx512_vnni" in _cpu_flags()
             ref = _run(standard, {"x": x})
             bound = 1e-3 if table else 2e-5
             assert np.abs(ref - got).max() <= bound * np.abs(ref).max(), (m, np.abs(ref - got).max())
+
+
+@pytest.mark.parametrize("level", ["vnni", "best"])
+def test_matmul_q4_gives_each_row_what_it_gives_it_alone(library, monkeypatch, level):
+    """A batch decoded together (engine/batch.py: up to 15 rows stay off the bf16 prompt path) must give each row
+    exactly its single-row result, or batched captions would differ from one-by-one ones: the same scales,
+    correction and order of sums for 1, 3 and 4+ rows (bitwise)."""
+    if level != "best":
+        monkeypatch.setenv("EDGEVLM_KERNELS", level)
+    rng = np.random.default_rng(7)
+    for k, n, silu in [(576, 960, False), (576, 3072, True), (1536, 576, False)]:
+        _, ours, _ = _q4_models(k, n, silu, rng)
+        x = rng.normal(size=(1, 13, k)).astype(np.float32)
+        alone = np.concatenate([_run(ours, {"x": x[:, i : i + 1]}, library) for i in range(13)], axis=1)
+        for rows in (2, 3, 4, 5, 13):
+            together = _run(ours, {"x": x[:, :rows]}, library)
+            assert np.array_equal(together, alone[:, :rows]), (k, n, rows)
 
 
 def test_matmul_q4_says_what_is_wrong(library):

@@ -71,6 +71,16 @@ inline __m256 spread2(const float *s) {  // s0 s0 s0 s0 s1 s1 s1 s1
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double *>(s)))), idx);
 }
 
+// Block b's scale and correction of column `col` in the decode table (q4_decode_table's layout), as fp32.
+inline float table_scale(const uint16_t *table, size_t nb, size_t col, size_t b) {
+    const size_t b0 = b / 4 * 4;
+    return _cvtsh_ss(table[col * nb * 2 + 2 * b0 + (b - b0)]);
+}
+inline float table_correction(const uint16_t *table, size_t nb, size_t col, size_t b) {
+    const size_t b0 = b / 4 * 4, g = std::min<size_t>(4, nb - b0);
+    return _cvtsh_ss(table[col * nb * 2 + 2 * b0 + g + (b - b0)]);
+}
+
 // Row m, C columns from n: sum over blocks of s * scale(x) * (dot - 8 * code sum), added to y.
 template <size_t C>
 inline void columns(const Q4Input &in, const Rows &r, size_t m, size_t n, const uint8_t *codes, const float *scales,
@@ -115,13 +125,13 @@ inline void columns(const Q4Input &in, const Rows &r, size_t m, size_t n, const 
 // Column n of one row (decode) with its scales and correction from the decode table (q4_decode_table: per group
 // of 4 blocks s0..s3 c0..c3 as fp16, the 2-block tail s0 s1 c0 c1): one pass over the column, the correction's
 // term sum_b c[b] * sum(x in block b) beside the products; y is set.
-inline void column_decode(const Q4Input &in, const Rows &r, size_t n, const uint8_t *codes, const uint16_t *table,
-                          float *y) {
+inline void column_decode(const Q4Input &in, const Rows &r, size_t m, size_t n, const uint8_t *codes,
+                          const uint16_t *table, float *y) {
     const size_t nb = in.blocks;
-    const uint8_t *x = r.row(0);
+    const uint8_t *x = r.row(m);
     const uint8_t *at = codes + n * nb * 16;
     const uint16_t *t = table + n * nb * 2;
-    const float *sums = in.sum;
+    const float *sums = in.sum + m * nb;
     const __m512i low = _mm512_set1_epi8(15);
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     __m512 acc = _mm512_setzero_ps();
@@ -154,7 +164,7 @@ inline void column_decode(const Q4Input &in, const Rows &r, size_t n, const uint
         acc = _mm512_add_ps(acc, _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s)));
     }
     // (In the tail, movehl put c0 c1 in lanes 0 and 1; load_sd left the sums' lanes 2 and 3 zero.)
-    *y = _mm512_reduce_add_ps(acc) + (term[0] + term[1]) + (term[2] + term[3]);
+    *y = _mm512_reduce_add_ps(acc) + ((term[0] + term[1]) + (term[2] + term[3]));
 }
 
 // Columns [n0, n0 + count) of one row (decode), added to y: codes read once, straight from memory, one column
@@ -172,7 +182,9 @@ struct Unpacked {
     size_t stride;
     std::vector<uint8_t> data;
 
-    Unpacked(const Rows &r, size_t nb, size_t n0, size_t count, const uint8_t *codes, const float *s)
+    // The scales from `s`, or from the decode table where there is one (as column_decode reads them).
+    Unpacked(const Rows &r, size_t nb, size_t n0, size_t count, const uint8_t *codes, const float *s,
+             const uint16_t *table)
         : stride(r.quads * 192 + (r.tail ? 96 : 0)), data(count * stride) {
         const __m256i low = _mm256_set1_epi8(15);
         for (size_t c = 0; c < count; ++c) {
@@ -188,7 +200,8 @@ struct Unpacked {
                 }
                 float spread[16];
                 for (size_t j = 0; j < g; ++j)
-                    for (size_t lane = 0; lane < 4; ++lane) spread[j * 4 + lane] = s[(n0 + c) * nb + b0 + j];
+                    for (size_t lane = 0; lane < 4; ++lane)
+                        spread[j * 4 + lane] = table ? table_scale(table, nb, n0 + c, b0 + j) : s[(n0 + c) * nb + b0 + j];
                 std::memcpy(at + g * 32, spread, g * 16);
             }
         }
@@ -304,6 +317,22 @@ void correction_term(const Q4Shape &shape, const Q4Input &in, size_t n0, size_t 
     }
 }
 
+// The correction term of every row for columns [n0, n1) from the decode table, into y (rows x n), summed in
+// column_decode's order (4 partial sums by block within each group of 4, the tail's 2 into the first two, then
+// (t0 + t1) + (t2 + t3)): a batch's rows come out bitwise as each would alone.
+void correction_term_table(const Q4Shape &shape, const Q4Input &in, size_t n0, size_t n1, const uint16_t *table,
+                           float *y) {
+    const size_t nb = in.blocks;
+    for (size_t m = 0; m < shape.rows; ++m) {
+        const float *sums = in.sum + m * nb;
+        for (size_t n = n0; n < n1; ++n) {
+            float t[4] = {0, 0, 0, 0};
+            for (size_t b = 0; b < nb; ++b) t[b % 4] = std::fma(table_correction(table, nb, n, b), sums[b], t[b % 4]);
+            y[m * shape.n + n] = (t[0] + t[1]) + (t[2] + t[3]);
+        }
+    }
+}
+
 }  // namespace
 
 bool q4_vnni_supported(const Q4Shape &shape) {
@@ -318,12 +347,26 @@ void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *code
     // The product before the activation, written first by the correction pass: straight into out without one.
     thread_local std::vector<float> before;
     float *y = shape.silu_mul ? scratch(before, shape.rows * shape.n) : out;
-    if (shape.rows == 1 && decode_table) {
-        // Decode from the table: one pass over each column's codes, scales and correction, 20 bytes per block
-        // instead of 24 (the (K/32, N) correction read 64 columns at a time was a strided pass of its own).
+    if (decode_table && shape.rows < 4) {
+        // Decode (and a batch of up to 3 rows) from the table: one pass over each column's codes, scales and
+        // correction, 20 bytes per block instead of 24 (the (K/32, N) correction read 64 columns at a time was a
+        // strided pass of its own).
         parallel_for((shape.n + DECODE_RUN - 1) / DECODE_RUN, [&](size_t t) {
             const size_t n0 = t * DECODE_RUN, n1 = std::min(shape.n, n0 + DECODE_RUN);
-            for (size_t n = n0; n < n1; ++n) column_decode(in, r, n, codes, decode_table, y + n);
+            for (size_t m = 0; m < shape.rows; ++m)
+                for (size_t n = n0; n < n1; ++n)
+                    column_decode(in, r, m, n, codes, decode_table, y + m * shape.n + n);
+        });
+    } else if (decode_table) {
+        // More rows: the codes unpacked once per tile for all of them, the same scales and correction as one row
+        // reads, in the same order.
+        parallel_for((shape.n + CORRECTION_RUN - 1) / CORRECTION_RUN, [&](size_t t) {
+            correction_term_table(shape, in, t * CORRECTION_RUN, std::min(shape.n, (t + 1) * CORRECTION_RUN),
+                                  decode_table, y);
+        });
+        parallel_for((shape.n + COLS - 1) / COLS, [&](size_t t) {
+            const size_t n0 = t * COLS, count = std::min(COLS, shape.n - n0);
+            rows_tile(in, r, Unpacked(r, in.blocks, n0, count, codes, scales, decode_table), count, shape.n, y + n0);
         });
     } else if (shape.rows == 1) {
         // Decode (120 products a token): one hand-off to the pool per product, each task its run of columns'
@@ -345,7 +388,7 @@ void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *code
                     tile(in, r, m, n0, count, codes, scales, y + m * shape.n + n0);
                 return;
             }
-            rows_tile(in, r, Unpacked(r, in.blocks, n0, count, codes, scales), count, shape.n, y + n0);
+            rows_tile(in, r, Unpacked(r, in.blocks, n0, count, codes, scales, nullptr), count, shape.n, y + n0);
         });
     }
     if (!shape.silu_mul) return;
