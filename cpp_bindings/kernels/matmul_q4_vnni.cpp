@@ -71,16 +71,6 @@ inline __m256 spread2(const float *s) {  // s0 s0 s0 s0 s1 s1 s1 s1
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double *>(s)))), idx);
 }
 
-// Block b's scale and correction of column `col` in the decode table (q4_decode_table's layout), as fp32.
-inline float table_scale(const uint16_t *table, size_t nb, size_t col, size_t b) {
-    const size_t b0 = b / 4 * 4;
-    return _cvtsh_ss(table[col * nb * 2 + 2 * b0 + (b - b0)]);
-}
-inline float table_correction(const uint16_t *table, size_t nb, size_t col, size_t b) {
-    const size_t b0 = b / 4 * 4, g = std::min<size_t>(4, nb - b0);
-    return _cvtsh_ss(table[col * nb * 2 + 2 * b0 + g + (b - b0)]);
-}
-
 // Row m, C columns from n: sum over blocks of s * scale(x) * (dot - 8 * code sum), added to y.
 template <size_t C>
 inline void columns(const Q4Input &in, const Rows &r, size_t m, size_t n, const uint8_t *codes, const float *scales,
@@ -198,10 +188,18 @@ struct Unpacked {
                     _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + g * 16 + i),
                                         _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
                 }
-                float spread[16];
+                float spread[16], scale[4];
+                if (table) {
+                    alignas(32) float group[8];  // s0..s3 c0..c3 (or s0 s1 c0 c1 for the tail)
+                    const uint16_t *t = table + (n0 + c) * nb * 2 + 2 * b0;
+                    _mm256_store_ps(group, _mm256_cvtph_ps(g == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i *>(t))
+                                                                   : _mm_loadl_epi64(reinterpret_cast<const __m128i *>(t))));
+                    std::memcpy(scale, group, g * 4);
+                } else {
+                    std::memcpy(scale, s + (n0 + c) * nb + b0, g * 4);
+                }
                 for (size_t j = 0; j < g; ++j)
-                    for (size_t lane = 0; lane < 4; ++lane)
-                        spread[j * 4 + lane] = table ? table_scale(table, nb, n0 + c, b0 + j) : s[(n0 + c) * nb + b0 + j];
+                    for (size_t lane = 0; lane < 4; ++lane) spread[j * 4 + lane] = scale[j];
                 std::memcpy(at + g * 32, spread, g * 16);
             }
         }
@@ -319,16 +317,34 @@ void correction_term(const Q4Shape &shape, const Q4Input &in, size_t n0, size_t 
 
 // The correction term of every row for columns [n0, n1) from the decode table, into y (rows x n), summed in
 // column_decode's order (4 partial sums by block within each group of 4, the tail's 2 into the first two, then
-// (t0 + t1) + (t2 + t3)): a batch's rows come out bitwise as each would alone.
+// (t0 + t1) + (t2 + t3)), so a batch's rows come out bitwise as each would alone: 16 columns on 16 lanes, their
+// corrections taken out of the table once for every row.
 void correction_term_table(const Q4Shape &shape, const Q4Input &in, size_t n0, size_t n1, const uint16_t *table,
                            float *y) {
     const size_t nb = in.blocks;
-    for (size_t m = 0; m < shape.rows; ++m) {
-        const float *sums = in.sum + m * nb;
-        for (size_t n = n0; n < n1; ++n) {
-            float t[4] = {0, 0, 0, 0};
-            for (size_t b = 0; b < nb; ++b) t[b % 4] = std::fma(table_correction(table, nb, n, b), sums[b], t[b % 4]);
-            y[m * shape.n + n] = (t[0] + t[1]) + (t[2] + t[3]);
+    thread_local std::vector<float> column_major;
+    float *c = scratch(column_major, nb * 16);
+    for (size_t n = n0; n < n1; n += 16) {
+        const size_t count = std::min<size_t>(16, n1 - n);
+        const __mmask16 live = __mmask16((1u << count) - 1);
+        if (count < 16) std::fill(c, c + nb * 16, 0.0f);
+        for (size_t j = 0; j < count; ++j) {  // each group's 8 halves converted at once, its corrections stored
+            const uint16_t *t = table + (n + j) * nb * 2;
+            alignas(32) float group[8];
+            for (size_t b0 = 0; b0 < nb; b0 += 4) {
+                const size_t g = std::min<size_t>(4, nb - b0);
+                _mm256_store_ps(group, _mm256_cvtph_ps(g == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i *>(t + 2 * b0))
+                                                               : _mm_loadl_epi64(reinterpret_cast<const __m128i *>(t + 2 * b0))));
+                for (size_t i = 0; i < g; ++i) c[(b0 + i) * 16 + j] = group[g + i];
+            }
+        }
+        for (size_t m = 0; m < shape.rows; ++m) {
+            const float *sums = in.sum + m * nb;
+            __m512 t[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (size_t b = 0; b < nb; ++b)
+                t[b % 4] = _mm512_fmadd_ps(_mm512_loadu_ps(c + b * 16), _mm512_set1_ps(sums[b]), t[b % 4]);
+            _mm512_mask_storeu_ps(y + m * shape.n + n, live,
+                                  _mm512_add_ps(_mm512_add_ps(t[0], t[1]), _mm512_add_ps(t[2], t[3])));
         }
     }
 }
