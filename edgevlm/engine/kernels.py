@@ -237,7 +237,7 @@ def rewrite_decoder(model: Any) -> int:
     goes into the node too (silu_mul). The block sums that nothing reads any more are removed. Eight nodes of
     ONNX Runtime per product become one, about 20 fewer per layer: the 256M decoder ran ~820 nodes per token.
     Its attention goes on ai.edgevlm's GroupQueryAttention too (_gqa): ONNX Runtime's CPU kernel was 36 % of a
-    long prompt's prefill and ~1 ms of each token.
+    long prompt's prefill and 15-22 us a layer of each token (docs/benchmarks.md).
     """
     from onnx import helper
 
