@@ -63,10 +63,14 @@ void rotate(const float *x, size_t dim, size_t half, const float *cos, const flo
         for (size_t i = 0; i < dim; ++i) y[i] = x[i] * scale;
         return;
     }
+    // (The tables are graph initializers, which a kernel graph maps at any byte offset: read through memcpy.)
     const float *c = cos + pos * half, *s = sin + pos * half;
     for (size_t i = 0; i < half; ++i) {
-        y[i] = (x[i] * c[i] - x[i + half] * s[i]) * scale;
-        y[i + half] = (x[i + half] * c[i] + x[i] * s[i]) * scale;
+        float ci, si;
+        std::memcpy(&ci, c + i, sizeof ci);
+        std::memcpy(&si, s + i, sizeof si);
+        y[i] = (x[i] * ci - x[i + half] * si) * scale;
+        y[i + half] = (x[i + half] * ci + x[i] * si) * scale;
     }
     for (size_t i = 2 * half; i < dim; ++i) y[i] = x[i] * scale;
 }

@@ -25,8 +25,8 @@ float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, con
         const int8_t *xb = xq + b * BLOCK;
         int32_t dot = 0;
         for (size_t j = 0; j < BLOCK / 2; ++j) dot += int32_t(q[j] & 15) * xb[2 * j] + int32_t(q[j] >> 4) * xb[2 * j + 1];
-        acc += scales[n * nb + b] * in.scale[m * nb + b] * float(dot - 8 * in.code_sum[m * nb + b]);
-        acc += correction[b * n_total + n] * in.sum[m * nb + b];
+        acc += load_float(scales + n * nb + b) * in.scale[m * nb + b] * float(dot - 8 * in.code_sum[m * nb + b]);
+        acc += load_float(correction + b * n_total + n) * in.sum[m * nb + b];
     }
     return acc;
 }
@@ -133,14 +133,34 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
     });
 }
 
+// fp32 -> fp16 bits, rounded to nearest even (by hand: C++ compilers differ on a half type, aarch64 GCC 12 has none).
+static uint16_t to_half(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, sizeof x);
+    const uint32_t sign = (x >> 16) & 0x8000u, mant = x & 0x7fffffu;
+    const int32_t exp = int32_t((x >> 23) & 0xffu) - 127 + 15;
+    if (exp >= 31) return uint16_t(sign | 0x7c00u);  // (beyond the range: the caller refuses those)
+    if (exp <= 0) {                                  // below the normal range: a subnormal half, or zero
+        if (exp < -10) return uint16_t(sign);
+        const uint32_t full = mant | 0x800000u, shift = uint32_t(14 - exp);
+        uint32_t h = full >> shift;
+        const uint32_t rest = full & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (h & 1u))) ++h;
+        return uint16_t(sign | h);
+    }
+    uint32_t h = sign | (uint32_t(exp) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is the right result
+    return uint16_t(h);
+}
+
 std::vector<uint16_t> q4_decode_table(size_t k, size_t n, const float *scales, const float *correction) {
     const size_t nb = k / BLOCK;
     std::vector<uint16_t> table(n * nb * 2);
     auto half = [](float v, uint16_t &out) {
         // Within 2^-11 of v, or 3e-8 where v is below fp16's normal range (a block that small adds as little).
         if (!(std::fabs(v) <= 65504.0f)) return false;
-        const _Float16 h = static_cast<_Float16>(v);
-        std::memcpy(&out, &h, 2);
+        out = to_half(v);
         return true;
     };
     for (size_t col = 0; col < n; ++col) {
@@ -148,8 +168,8 @@ std::vector<uint16_t> q4_decode_table(size_t k, size_t n, const float *scales, c
         for (size_t b0 = 0; b0 < nb; b0 += 4) {
             const size_t g = std::min<size_t>(4, nb - b0);  // blocks in this group: its s, then its c
             for (size_t j = 0; j < g; ++j)
-                if (!half(scales[col * nb + b0 + j], t[2 * b0 + j]) ||
-                    !half(correction[(b0 + j) * n + col], t[2 * b0 + g + j]))
+                if (!half(load_float(scales + col * nb + b0 + j), t[2 * b0 + j]) ||
+                    !half(load_float(correction + (b0 + j) * n + col), t[2 * b0 + g + j]))
                     return {};
         }
     }

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "attention.hpp"  // ParallelFor
@@ -67,6 +68,14 @@ template <typename T>
 T *scratch(std::vector<T> &buffer, size_t count) {
     if (buffer.size() < count) buffer.resize(count);
     return buffer.data();
+}
+
+// A float read from a weight: kernel graphs map their initializers from inside the standard file's protobuf, at
+// any byte offset, so a plain `float` load of one is misaligned (undefined; UBSan stops on it).
+inline float load_float(const float *p) {
+    float v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
 }
 
 // The MLP's activation, as every implementation applies it to the gate half.

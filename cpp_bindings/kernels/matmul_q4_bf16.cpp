@@ -83,8 +83,9 @@ void dequantize16(const uint8_t *codes, const float *scales, const float *correc
                 r[c] = _mm512_setzero_si512();
                 continue;
             }
-            const float s = scales[(n0 + c) * nb + b];
-            const __m512 sv = _mm512_set1_ps(s), offset = _mm512_set1_ps(z[c] - 8.0f * s);  // w = s q + (c - 8 s)
+            const float s = load_float(scales + (n0 + c) * nb + b);
+            const __m512 sv = _mm512_set1_ps(s);
+            const __m512 offset = _mm512_set1_ps(load_float(z + c) - 8.0f * s);  // w = s q + (c - 8 s)
             const __m512i bytes = _mm512_cvtepu8_epi32(
                 _mm_loadu_si128(reinterpret_cast<const __m128i *>(codes + ((n0 + c) * nb + b) * 16)));
             const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, nibble)), sv, offset);
