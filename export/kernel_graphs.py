@@ -1,6 +1,7 @@
 """Kernel graphs: beside each quantized vision encoder, the same graph with its attention on edgevlm's own kernel,
-and beside each 4-bit decoder, the same graph with its products on edgevlm's MatMulQ4 (edgevlm/engine/kernels.py
-says when the runtimes use them).
+beside each 4-bit decoder, the same graph with its products on edgevlm's MatMulQ4, and beside each fp32 part, the
+same graph with its products by constant matrices on MatMulF32 (edgevlm/engine/kernels.py says when the runtimes use
+them).
 
 A kernel graph holds no weights of its own: every initializer of 1 KB or more is external data pointing at the
 bytes of the same tensor inside the standard file (an ONNX initializer's raw_data is stored as-is in the protobuf),
@@ -25,44 +26,59 @@ def kernel_graph_path(standard: Path) -> Path:
     return standard.with_name(standard.name[: -len(".onnx")] + SUFFIX)
 
 
-def write_kernel_graph(standard: Path, part: str = "vision_encoder") -> Path | None:
-    """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp32 or fp16 part,
-    which keeps ONNX Runtime's kernels so fp32 stays PyTorch's exact tokens, or nothing the kernels take)."""
+def write_kernel_graph(standard: Path, part: str = "vision_encoder", fp32: bool = False) -> Path | None:
+    """Write the kernel graph of `standard` beside it; None where it would change nothing (an fp16 part, or nothing
+    the kernels take). A quantized part gets its attention (vision) or 4-bit products (decoder) on the kernels, the
+    fp32 variant's part (`fp32`) its products by constant matrices (MatMulF32: the same fp32 arithmetic, so the
+    fp32 variant keeps PyTorch's tokens). The runtimes tell the two kinds apart by the variant, as here."""
     data = standard.read_bytes()  # parsed once, and searched for each weight's bytes
     model = onnx.load_from_string(data)
-    rewrite = kernels.rewrite_decoder if part == "decoder_model_merged" else kernels.rewrite_attention
-    if not kernels.is_quantized(model) or not rewrite(model):
+    if fp32:
+        rewrite = kernels.rewrite_f32
+    elif kernels.is_quantized(model):
+        rewrite = kernels.rewrite_decoder if part == "decoder_model_merged" else kernels.rewrite_attention
+    else:
         return None
+    if not rewrite(model):
+        return None
+    start = 0
     for graph in kernels.graphs(model.graph):
         for tensor in graph.initializer:
-            _point_into(tensor, data, standard.name)
+            start = _point_into(tensor, data, standard.name, start)
     target = kernel_graph_path(standard)
     target.write_bytes(model.SerializeToString())
     return target
 
 
-def _point_into(tensor: onnx.TensorProto, data: bytes, location: str) -> None:
-    """Make `tensor` external data at an occurrence of its own bytes in `data` (any occurrence: same bytes)."""
+def _point_into(tensor: onnx.TensorProto, data: bytes, location: str, start: int = 0) -> int:
+    """Make `tensor` external data at an occurrence of its own bytes in `data` (any occurrence: same bytes); return
+    where the next search starts. The file holds the initializers in their order, so each search begins after the
+    one before (the 540 MB fp32 decoder's 240 weights in seconds, not minutes) and goes back to the start only when
+    that finds nothing."""
     if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
-        return
-    offset = data.find(tensor.raw_data)
+        return start
+    offset = data.find(tensor.raw_data, start)
+    if offset < 0:
+        offset = data.find(tensor.raw_data)
     if offset < 0:  # stored in another encoding: keep it inline
-        return
+        return start
     length = len(tensor.raw_data)
     tensor.ClearField("raw_data")
     tensor.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
+    return offset + length
 
 
 def write_kernel_graphs(onnx_dir: Path, variant_files: dict[str, dict[str, str]]) -> dict[str, str]:
     """Kernel graphs for the vision encoders and decoders of `variant_files`; the manifest's `kernel_graphs` table
     (standard file -> kernel graph, both relative to the bundle)."""
     table = {}
+    fp32 = variant_files.get("fp32", {})
     for part in ("vision_encoder", "decoder_model_merged"):
         for rel in sorted({parts[part] for parts in variant_files.values()}):
-            made = write_kernel_graph(onnx_dir.parent / rel, part)
+            made = write_kernel_graph(onnx_dir.parent / rel, part, fp32=fp32.get(part) == rel)
             if made is not None:
                 table[rel] = made.relative_to(onnx_dir.parent).as_posix()
     return table

@@ -328,8 +328,8 @@ def export(
         if graphs:  # the provisional manifest names them, so verification runs what this machine will run
             write_manifest(tmp, {"variants": variant_files, "kernel_graphs": graphs}, with_files=False)
             log(
-                "kernel graphs (vision attention where a CPU has AVX-512 BF16, the 4-bit decoder where it has "
-                f"AVX-512 VNNI): {', '.join(graphs.values())}"
+                "kernel graphs (fp32 products read in place; vision attention where a CPU has AVX-512 BF16, the "
+                f"4-bit decoder where it has AVX-512 VNNI): {', '.join(graphs.values())}"
             )
         report = verify.verify_variants(refs, tmp, names, max_new_tokens=max_new_tokens, threads=threads, log=log)
         if not report["fp32"]["all_tokens_equal"]:

@@ -235,8 +235,11 @@ def fuse_vision(model: onnx.ModelProto, num_heads: int) -> dict[str, int]:
     g.graph.node.extend(nodes)
     _drop_dead(g.graph)
     for node in new.values():  # shape inference knows no com.microsoft op; the quantizers need the output type
+        # (FastGelu's output is the MLP's width, not the hidden size: a shared name would tell ONNX Runtime's
+        # planner they are one size wherever no operator's own inference says otherwise, as with MatMulF32)
+        width = "hidden" if node.op_type == "MultiHeadAttention" else "intermediate"
         g.graph.value_info.append(
-            helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, ["tiles", "patches", "hidden"])
+            helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, ["tiles", "patches", width])
         )
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

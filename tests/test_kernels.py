@@ -164,14 +164,27 @@ def test_quantized_vision_runs_on_the_kernel_and_keeps_its_features(bf16, tiny25
         assert cos.min() > 0.999, cos.min()
 
 
-def test_fp32_vision_is_never_rewritten(library, tiny256):
-    """fp32 promises PyTorch's exact tokens, so its encoder keeps ONNX Runtime's fp32 attention."""
-    assert edgevlm.load(tiny256[1], variant="fp32").kernels == {}
+def test_fp32_runs_its_products_on_the_kernel_and_keeps_its_tokens(library, tiny256, monkeypatch):
+    """fp32's kernel graphs change where W is read from, not the arithmetic: the same greedy tokens as ONNX
+    Runtime's MatMul (and, through the export's own verification, PyTorch's) on several images, and its attention
+    stays ONNX Runtime's fp32."""
+    if kernels.matmul_f32_level() < kernels.AVX512_F32_LEVEL:  # AVX2, ARM: the portable build, when asked for
+        assert edgevlm.load(tiny256[1], variant="fp32").kernels == {}
+        monkeypatch.setenv("EDGEVLM_KERNELS", "all")
+    ours = edgevlm.load(tiny256[1], variant="fp32")
+    assert ours.kernels == {"vision_encoder": "matmul_f32", "decoder_model_merged": "matmul_f32"}
+    plain = _without_kernels(monkeypatch, tiny256[1], "fp32")
+    for seed in range(3):
+        image = random_image(200, 260, seed=70 + seed)
+        a = plain.ask(image, "Describe.", max_new_tokens=12)
+        b = ours.ask(image, "Describe.", max_new_tokens=12)
+        assert a.new_tokens == b.new_tokens and a.text == b.text
 
 
 def test_the_export_writes_kernel_graphs_that_store_no_weights(tiny256):
-    """Beside the quantized vision encoder only: a small graph whose weights are the standard file's own bytes
-    (external data into it), listed and checksummed in the manifest; the standard file is standard ONNX."""
+    """Beside the quantized parts (the 8-bit decoder excepted) and the fp32 ones: a small graph whose weights are the
+    standard file's own bytes (external data into it), listed and checksummed in the manifest; the standard file
+    is standard ONNX."""
     import json
 
     import onnx
@@ -181,7 +194,8 @@ def test_the_export_writes_kernel_graphs_that_store_no_weights(tiny256):
     graphs = manifest["kernel_graphs"]
     vision = {parts["vision_encoder"] for parts in manifest["variants"].values()}
     decoders = {parts["decoder_model_merged"] for parts in manifest["variants"].values()}
-    assert set(graphs) == {rel for rel in vision | decoders if "int8" in rel or "q4" in rel} - {
+    fp32 = set(manifest["variants"]["fp32"].values())
+    assert set(graphs) == {rel for rel in vision | decoders if "int8" in rel or "q4" in rel or rel in fp32} - {
         "onnx/decoder_model_merged_int8.onnx"  # 8-bit: ONNX Runtime's kernels
     }, graphs
     for standard, kernel in graphs.items():
@@ -196,7 +210,7 @@ def test_the_export_writes_kernel_graphs_that_store_no_weights(tiny256):
         assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {
             standard.rsplit("/", 1)[1]
         }
-        op = "MatMulQ4" if "decoder" in standard else "MultiHeadAttention"
+        op = "MatMulF32" if standard in fp32 else "MatMulQ4" if "decoder" in standard else "MultiHeadAttention"
         domains = {n.domain for g in kernels.graphs(model.graph) for n in g.node if n.op_type == op}
         assert kernels.DOMAIN in domains
         plain = onnx.load(str(bundle / standard))
@@ -216,7 +230,24 @@ def test_a_changed_kernel_graph_is_caught(bf16, tiny256, tmp_path):
     kernel.write_bytes(bytes(data))
     with pytest.raises(edgevlm.ModelError, match="does not match its checksum"):
         edgevlm.load(copy, variant="int8")
-    assert edgevlm.load(copy, variant="fp32").kernels == {}  # a variant that does not open it still loads
+    assert edgevlm.load(copy, variant="fp16").kernels == {}  # a variant that does not open it still loads
+
+
+def test_a_kernel_graph_beside_another_standard_file_is_not_used(library, tiny256, tmp_path, monkeypatch):
+    """A kernel graph reads its weights at offsets inside its standard file: after that file changes (and the
+    manifest's checksums are redone, as by hand), it would read other bytes, so the standard file opens alone."""
+    import shutil
+
+    from hostile_tools import refresh_manifest
+
+    copy = shutil.copytree(tiny256[1], tmp_path / "b")
+    decoder = copy / "onnx" / "decoder_model_merged.onnx"
+    data = bytearray(decoder.read_bytes())
+    data[len(data) // 2] ^= 1  # inside a weight: still a valid graph
+    decoder.write_bytes(bytes(data))
+    refresh_manifest(copy)
+    monkeypatch.setenv("EDGEVLM_KERNELS", "all")  # (MatMulF32 on any CPU)
+    assert edgevlm.load(copy, variant="fp32").kernels == {"vision_encoder": "matmul_f32"}
 
 
 def test_without_the_library_nothing_changes(tiny256, tmp_path):
@@ -400,7 +431,7 @@ def vnni(library):
 def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vnni, tiny256, monkeypatch):
     """With EDGEVLM_KERNELS=all, mixed's decoder opens its kernel graph (one node per product, the MLP's activation
     inside) and gives ONNX Runtime's greedy tokens; by default only where its prompts run in bf16 (AMX or AVX-512
-    BF16: on VNNI alone the prefill is slower), and never for fp32 and int8 decoders."""
+    BF16: on VNNI alone the prefill is slower), and never for int8 decoders (fp32's runs MatMulF32)."""
     import json
 
     import onnx
@@ -411,7 +442,7 @@ def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vn
     ours = edgevlm.load(tiny256[1], variant="mixed")
     assert ours.kernels.get("decoder_model_merged") == "matmul_q4:vnni", ours.kernels
     assert "decoder_model_merged" not in edgevlm.load(tiny256[1], variant="int8").kernels
-    assert "decoder_model_merged" not in edgevlm.load(tiny256[1], variant="fp32").kernels
+    assert edgevlm.load(tiny256[1], variant="fp32").kernels.get("decoder_model_merged") == "matmul_f32"
     manifest = json.loads((tiny256[1] / "edgevlm.json").read_text())
     kernel_graph = tiny256[1] / manifest["kernel_graphs"][manifest["variants"]["mixed"]["decoder_model_merged"]]
     graph = onnx.load(str(kernel_graph), load_external_data=False).graph
@@ -572,3 +603,72 @@ def test_gqa_says_what_is_wrong(library):
     }
     with pytest.raises(Exception, match="cover every position"):
         session.run(None, feeds)
+
+
+# ---------------------------------------------------------------------------------------------- the fp32 product
+def _f32_models(k: int, n: int, rng, x_shape: list | None = None) -> tuple[bytes, bytes, np.ndarray]:
+    """ONNX MatMul and ai.edgevlm's MatMulF32 on the same random (K, N) weights."""
+    from onnx import numpy_helper
+
+    w = (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape or [1, "m", k])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+
+    def model(op: str, domain: str) -> bytes:
+        node = helper.make_node(op, ["x", "w"], ["y"], domain=domain)
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid(kernels.DOMAIN, 1)]
+        graph = helper.make_graph([node], "f32", [x], [y], [numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+    return model("MatMul", ""), model("MatMulF32", kernels.DOMAIN), w
+
+
+# (K, N): SmolLM2-135M's products, SigLIP-B's, odd sizes (K not a multiple of 4 or of the 256-row block, N not of
+# the 16-column vector or the tile), and W over 8 MB both wide and tall (decode's two ways of splitting the work)
+F32_SHAPES = [(576, 960), (1536, 576), (768, 3072), (300, 37), (7, 5), (1027, 129), (2304, 1024)]
+
+
+@pytest.mark.parametrize("level", ["portable", "best"])
+@pytest.mark.parametrize("k,n", F32_SHAPES)
+def test_matmul_f32_is_onnx_runtimes_product(library, monkeypatch, level, k, n):
+    """Within fp32 rounding of ONNX Runtime's MatMul and of the exact product, for one row (decode, W streamed
+    unpacked), a few, and prompts (W packed per block), with outlier channels."""
+    if level != "best":
+        monkeypatch.setenv("EDGEVLM_KERNELS", level)
+    rng = np.random.default_rng(k * n)
+    standard, ours, w = _f32_models(k, n, rng)
+    for m in (1, 3, 4, 5, 37, 200):
+        x = rng.normal(size=(1, m, k)).astype(np.float32)
+        x[..., rng.integers(0, k, 3)] *= 40
+        got = _run(ours, {"x": x}, library)
+        exact = x.astype(np.float64) @ w.astype(np.float64)
+        ref = _run(standard, {"x": x})
+        assert got.shape == ref.shape == (1, m, n)
+        scale = np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
+        assert np.abs(got - exact).max() <= 2e-6 * scale, (m, np.abs(got - exact).max(), scale)
+        assert np.abs(got - ref).max() <= 4e-6 * scale, (m, np.abs(got - ref).max(), scale)
+
+
+@pytest.mark.parametrize("level", ["portable", "best"])
+def test_matmul_f32_gives_each_row_what_it_gives_it_alone(library, monkeypatch, level):
+    """Decode (up to 4 rows, W streamed) and prompts (W packed) sum in the same order: each row of any batch is
+    bitwise its result alone, so a batched caption or a follow-up prompt cannot drift from a single one."""
+    if level != "best":
+        monkeypatch.setenv("EDGEVLM_KERNELS", level)
+    rng = np.random.default_rng(11)
+    for k, n in [(576, 960), (1027, 129), (2048, 40), (2304, 1024), (768, 3072)]:
+        _, ours, _ = _f32_models(k, n, rng)
+        x = rng.normal(size=(1, 21, k)).astype(np.float32)
+        alone = np.concatenate([_run(ours, {"x": x[:, i : i + 1]}, library) for i in range(21)], axis=1)
+        for rows in (2, 4, 5, 8, 9, 21):
+            together = _run(ours, {"x": x[:, :rows]}, library)
+            assert np.array_equal(together, alone[:, :rows]), (k, n, rows)
+
+
+def test_matmul_f32_says_what_is_wrong(library):
+    _, ours, _ = _f32_models(16, 8, np.random.default_rng(0), x_shape=[1, "m", "k"])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(library))
+    session = ort.InferenceSession(ours, so, providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="x's last dimension must be K"):
+        session.run(None, {"x": np.zeros((1, 2, 15), np.float32)})

@@ -8,6 +8,8 @@
 //   sin_cache?) with attributes num_heads, kv_num_heads, scale and do_rotary: com.microsoft GroupQueryAttention
 //   with packed QKV, the half-split rotary and no window, softcap or quantized cache, on the kernel of gqa.hpp.
 //   Past and present may be one buffer (edgevlm's KV cache binds them so): only the new positions are written.
+//   MatMulF32(x, w): ONNX MatMul of fp32 x (..., K) by a constant fp32 w (K, N), on the kernel of matmul_f32.hpp,
+//   which reads w where the graph keeps it instead of packing a copy when the session opens.
 // Sessions load this library with SessionOptions.register_custom_ops_library (Python) or
 // RegisterCustomOpsLibrary_V2 (C); the runtimes rewrite a graph to these ops only when the library loads and its
 // kernel beats ONNX Runtime's on this CPU (evk_attention_level), so a bundle itself always stays standard ONNX.
@@ -15,6 +17,8 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -22,6 +26,7 @@
 
 #include "attention.hpp"
 #include "gqa.hpp"
+#include "matmul_f32.hpp"
 #include "matmul_q4.hpp"
 
 namespace {
@@ -200,6 +205,75 @@ struct MatMulQ4Op : Ort::CustomOpBase<MatMulQ4Op, MatMulQ4Kernel, true> {
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+struct MatMulF32Kernel {
+    MatMulF32Kernel(const OrtKernelInfo *) {}
+
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+        try {
+            Compute(context);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("MatMulF32", e);
+        }
+    }
+
+    void Compute(OrtKernelContext *context) {
+        Ort::KernelContext ctx(context);
+        Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
+        std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+        const std::vector<int64_t> ws = w.GetTensorTypeAndShapeInfo().GetShape();
+        if (ws.size() != 2) throw std::invalid_argument("w must be a (K, N) matrix");
+        if (shape.empty() || shape.back() != ws[0]) throw std::invalid_argument("x's last dimension must be K");
+        evk::F32Shape s;
+        s.k = size_t(ws[0]);
+        s.n = size_t(ws[1]);
+        s.rows = s.k ? x.GetTensorTypeAndShapeInfo().GetElementCount() / s.k : 0;
+        shape.back() = ws[1];
+        Ort::UnownedValue out = ctx.GetOutput(0, shape);
+        if (s.k == 0) {  // (rows then counts nothing; the product is zeros)
+            float *y = out.GetTensorMutableData<float>();
+            std::fill(y, y + out.GetTensorTypeAndShapeInfo().GetElementCount(), 0.0f);
+            return;
+        }
+        evk::matmul_f32(s, x.GetTensorData<float>(), w.GetTensorData<float>(), out.GetTensorMutableData<float>(),
+                        Parallel{context}.fn());
+    }
+};
+
+struct MatMulF32Op : Ort::CustomOpBase<MatMulF32Op, MatMulF32Kernel, true> {
+    OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
+        *kernel = new MatMulF32Kernel(info);
+        return nullptr;
+    }
+    // The product's shape, (..., N), for ONNX Runtime's planner: without it, a graph's own (symbolic) shape
+    // annotations downstream decide which buffers it reuses (the vision encoder's MLP output is annotated with the
+    // hidden size's name, though it is wider).
+    static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext &ctx) {
+        Ort::ShapeInferContext::Shape x = ctx.GetInputShape(0);
+        const Ort::ShapeInferContext::Shape &w = ctx.GetInputShape(1);
+        if (x.empty() || w.size() != 2)
+            return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, "ai.edgevlm.MatMulF32: w must be a (K, N) matrix");
+        // A dimension ONNX Runtime knows nothing of arrives as -1, which as an output would read as a size of -1:
+        // it leaves as a name of its own (names bind sizes only where they are the same).
+        static std::atomic<uint64_t> fresh{0};
+        std::vector<std::string> names;
+        names.reserve(x.size());
+        for (auto &dim : x)
+            if (dim.IsInt() && dim.AsInt() < 0) {
+                names.push_back("evk_matmul_f32_" + std::to_string(fresh++));
+                dim = Ort::ShapeInferContext::SymbolicInteger(names.back().c_str());
+            }
+        x.back() = w[1];
+        return ctx.SetOutputShape(0, x).release();
+    }
+    const char *GetName() const { return "MatMulF32"; }
+    const char *GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+    size_t GetInputTypeCount() const { return 2; }
+    ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+    size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 int64_t attribute_or(const Ort::ConstKernelInfo &info, const char *name, int64_t otherwise) {
     try {
         return info.GetAttribute<int64_t>(name);
@@ -355,6 +429,10 @@ __attribute__((visibility("default"))) int evk_matmul_q4_level(int k) {
     return int(evk::q4_best_level(s));
 }
 
+// Which build MatMulF32 runs on this CPU: 2 = AVX-512, 1 = the portable loops. The runtimes open the fp32 variant's
+// kernel graphs by default only at 2 (measured against ONNX Runtime's MLAS there; not on AVX2 or ARM).
+__attribute__((visibility("default"))) int evk_matmul_f32_level(void) { return evk::matmul_f32_level(); }
+
 // ONNX Runtime's entry point for a custom-op library.
 __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options,
                                                                                const OrtApiBase *api) {
@@ -363,6 +441,7 @@ __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps
     static AttentionOp attention;
     static MatMulQ4Op matmul_q4;
     static GqaOp gqa;
+    static MatMulF32Op matmul_f32;
     try {
         std::call_once(once, [&] {
             Ort::InitApi(api->GetApi(ORT_API_VERSION));
@@ -370,6 +449,7 @@ __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps
             domain->Add(&attention);
             domain->Add(&matmul_q4);
             domain->Add(&gqa);
+            domain->Add(&matmul_f32);
         });
         Ort::UnownedSessionOptions(options).Add(*domain);
         return nullptr;

@@ -274,10 +274,18 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, int v
                     variants[name][part] = rel;
                 }
             const json graphs = manifest.value("kernel_graphs", json::object());
+            const json sources = manifest.value("kernel_graph_sources", json::object());
+            const json listed = manifest.value("files", json::object());
             for (auto &[standard, kernel] : graphs.items()) {
                 std::string rel = kernel.get<std::string>();
                 if (!inside(standard) || !inside(rel))
                     fail(EVLM_ERR_MODEL, root + "/edgevlm.json names a file outside the bundle.");
+                // A kernel graph reads its weights inside its standard file: beside another one (parts swapped,
+                // checksums redone) it is not used, and the standard file's own checks say what is wrong (as
+                // engine/bundle.py).
+                if (sources.contains(rel) &&
+                    (!listed.contains(standard) || listed[standard].value("sha256", "") != sources[rel]))
+                    continue;
                 kernel_graphs[standard] = rel;
             }
         } catch (const json::exception &e) {
@@ -321,6 +329,8 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, int v
         auto kernel = kernel_graphs.find(rel);
         if (kernel != kernel_graphs.end() && is_file(root + "/" + kernel->second))
             b.kernel_graphs[part] = root + "/" + kernel->second;
+        auto fp32 = variants.find("fp32");
+        if (fp32 != variants.end() && fp32->second.count(part) && fp32->second.at(part) == rel) b.fp32_parts.insert(part);
     }
     for (auto &[part, rel] : it->second) {
         b.parts[part] = root + "/" + rel;

@@ -1,6 +1,7 @@
 // A model folder as `edgevlm export` writes it: configs, onnx/ parts, edgevlm.json (variants, sha256 sums).
 #pragma once
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,8 @@ struct Bundle {
     // one: the same graph on libedgevlm_kernels (the vision encoder's attention, the 4-bit decoder's products),
     // opened instead where that library runs its kernel for the part on this CPU.
     std::map<std::string, std::string> kernel_graphs;
+    // Parts whose chosen file is the fp32 variant's: their kernel graph puts the products on MatMulF32 (any CPU).
+    std::set<std::string> fp32_parts;
 };
 
 // Reads the configs, resolves `variant` (empty: the default) and, unless `verify` is EVLM_VERIFY_OFF, checks the

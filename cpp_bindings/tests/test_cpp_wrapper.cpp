@@ -123,7 +123,8 @@ int main(int argc, char **argv) {
     edgevlm::Model moved = std::move(model);
     EXPECT(moved.get() != nullptr && model.get() == nullptr, "a moved-from model is empty");
     const std::string k = moved.kernels();
-    EXPECT(k.empty() || k == "attention:bf16" || k == "matmul_q4:vnni" || k == "attention:bf16,matmul_q4:vnni",
+    EXPECT(k.empty() || k == "attention:bf16" || k == "matmul_q4:vnni" || k == "attention:bf16,matmul_q4:vnni" ||
+               k == "matmul_f32,matmul_f32",
            "kernels");
 
     std::printf("%d failures\n", failures);

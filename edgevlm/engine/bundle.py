@@ -272,7 +272,7 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
             f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
             f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx)."
         )
-    graphs = {root / k: root / v for k, v in (manifest or {}).get("kernel_graphs", {}).items()}
+    graphs = {root / k: root / v for k, v in _matching_kernel_graphs(manifest or {}, root).items()}
     return Bundle(
         root=root,
         spec=read_spec(root),
@@ -282,6 +282,23 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
         special_tokens=_special_tokens(root),
         kernel_graphs=graphs,
     )
+
+
+def _matching_kernel_graphs(manifest: dict, root: Path) -> dict[str, str]:
+    """The manifest's kernel graphs whose standard file is still the one each was made from. A kernel graph reads
+    its weights at offsets inside its standard file, so beside another file (parts swapped or replaced, and the
+    checksums redone) it would read the wrong bytes or none: that standard file then opens alone, and its own
+    checks say what is wrong with it. (Bundles exported before the sources were recorded keep their graphs.)"""
+    graphs, sources = manifest.get("kernel_graphs", {}), manifest.get("kernel_graph_sources", {})
+    files = manifest.get("files", {})
+    kept = {}
+    for standard, kernel in graphs.items():
+        made_from = sources.get(kernel) if isinstance(sources, dict) else None
+        if made_from is not None and made_from != files.get(standard, {}).get("sha256"):
+            log.warning("%s was not made from %s as it is now; using ONNX Runtime's kernels", kernel, standard)
+            continue
+        kept[standard] = kernel
+    return kept
 
 
 def check_part_inputs(part: str, path: Path, input_names: list[str]) -> None:

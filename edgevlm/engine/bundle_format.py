@@ -169,11 +169,15 @@ def file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(root: Path, fields: dict[str, Any], with_files: bool = True) -> dict[str, Any]:
     """Write edgevlm.json: format and version, the given fields, and (unless provisional) the file table."""
+    files = file_table(root) if with_files else {}
+    # each kernel graph's standard file as it was made from (engine/bundle.py: a graph beside another is not used)
+    sources = {k: files[s]["sha256"] for s, k in fields.get("kernel_graphs", {}).items() if s in files}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **fields,
-        "files": file_table(root) if with_files else {},
+        **({"kernel_graph_sources": sources} if sources else {}),
+        "files": files,
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -129,12 +129,13 @@ class Engine:
         self.requested_providers = choose(providers)
         # part -> the kernel graph opened instead of its standard file (engine/kernels.py); empty: ONNX Runtime's
         # (a listed kernel graph that is absent, from an older download, say, only means ONNX Runtime's kernels)
+        fp32_files = model_bundle.files.get("fp32", {})
         self._kernel_files = {
             part: model_bundle.kernel_graphs[path]
             for part, path in files.items()
             if path in model_bundle.kernel_graphs
             and model_bundle.kernel_graphs[path].is_file()
-            and self._own_kernels_apply(part)
+            and self._own_kernels_apply(part, fp32=fp32_files.get(part) == path)
         }
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
             bundle_mod.verify_files(
@@ -160,7 +161,7 @@ class Engine:
                 self.sessions[part], self.providers[part] = future.result()
                 bundle_mod.check_part_inputs(part, graphs[part], [i.name for i in self.sessions[part].get_inputs()])
                 if part in self._kernel_files:
-                    self.kernels[part] = kernels.label(part)
+                    self.kernels[part] = kernels.label(part, fp32=fp32_files.get(part) == files[part])
         self.tokenizer = self.processor.tokenizer
         self.decoder = Decoder(
             self.sessions["embed_tokens"],
@@ -186,10 +187,10 @@ class Engine:
         with _CUSTOM_OPS_OPEN:
             return create_session(path, self.requested_providers, opts)
 
-    def _own_kernels_apply(self, part: str) -> bool:
-        """Whether `part` opens its kernel graph: a CPU session, and a CPU where that part's kernel beats ONNX
-        Runtime's."""
-        return self.requested_providers[0] == "CPUExecutionProvider" and kernels.in_use(part)
+    def _own_kernels_apply(self, part: str, fp32: bool) -> bool:
+        """Whether `part` (its fp32 file or a quantized one) opens its kernel graph: a CPU session, and a CPU where
+        the kernels of that graph beat ONNX Runtime's."""
+        return self.requested_providers[0] == "CPUExecutionProvider" and kernels.in_use(part, fp32=fp32)
 
     # ----------------------------------------------------------------------------------------------- info
     @property

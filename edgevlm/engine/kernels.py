@@ -17,9 +17,15 @@ So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when
 puts the decoder's attention (GroupQueryAttention, its KV cache in place) on the library's fp32 kernel, 2-4x
 faster than ONNX Runtime's per token.
 
-EDGEVLM_KERNELS: unset or `auto` (the kernels that are faster on every workload measured on this CPU class: the
-vision attention and the 4-bit decoder where the CPU has AVX-512 BF16), `all` (also the 4-bit decoder on VNNI
-alone), `off`, or the caps for tests and comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products:
+The fp32 variant's kernel graphs (vision encoder and decoder) put every product by a constant matrix on MatMulF32:
+the same fp32 arithmetic (PyTorch's tokens, checked by the export), but W is read where the file keeps it instead
+of ONNX Runtime copying it into MLAS's packed layout when the session opens, which was nearly all of a 2.2B fp32
+load() (docs/benchmarks.md). It is used where its AVX-512 build runs (measured against MLAS there); its portable
+build (AVX2, ARM) only with EDGEVLM_KERNELS=all.
+
+EDGEVLM_KERNELS: unset or `auto` (the vision attention and the 4-bit decoder where the CPU has AVX-512 BF16, faster
+on every workload measured on this CPU class; MatMulF32 with AVX-512, which loads much faster and runs ~7 % slower),
+`all` (also the 4-bit decoder on VNNI alone, and MatMulF32's portable build), `off`, or the caps for tests and comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products:
 no bf16 kernel, as on a CPU without AVX-512 BF16) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to
 use.
 """
@@ -41,6 +47,7 @@ DOMAIN = "ai.edgevlm"
 LIBRARY_NAME = "libedgevlm_kernels.so"
 BF16_LEVEL = 2  # evk_attention_level: 3 = AMX tiles, 2 = AVX-512 BF16, 1 = portable fp32 loops only
 AMX_LEVEL = 3
+AVX512_F32_LEVEL = 2  # evk_matmul_f32_level: 2 = AVX-512, 1 = portable loops only
 VNNI_LEVEL = 2  # evk_matmul_q4_level: 2 = AVX-512 VNNI, 1 = portable loops only
 BF16_PROMPT_LEVEL = 4  # evk_matmul_q4_level: prompts on AVX-512 BF16 (no AMX), single rows on AVX-512 VNNI
 # What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
@@ -111,6 +118,17 @@ def matmul_q4_level() -> int:
     return _level("evk_matmul_q4_level", 64)
 
 
+def matmul_f32_level() -> int:
+    """Which build MatMulF32 runs on this CPU (0: no library, 1: portable loops, 2: AVX-512); read each time, as
+    the library reads EDGEVLM_KERNELS's cap at each call."""
+    loaded = _loaded()
+    fn = getattr(loaded, "evk_matmul_f32_level", None) if loaded is not None else None
+    if fn is None:
+        return 0
+    fn.argtypes, fn.restype = [], ctypes.c_int
+    return int(fn())
+
+
 def resize(pixels: np.ndarray, first: tuple[int, int], then: tuple[int, int] | None, threads: int) -> np.ndarray | None:
     """The library's LANCZOS resize of (height, width, channels) uint8 pixels to `first` (width, height), then to
     `then` where given: Pillow's bytes from the C library's resampler (vector kernels; the two resizes fused where
@@ -142,16 +160,26 @@ _PARTS = {
 }
 
 
-def in_use(part: str) -> bool:
-    """Whether a CPU session of `part` should open its kernel graph: the library loads and its kernel for that part
-    beats ONNX Runtime's on this CPU (AMX or AVX-512 BF16 for the vision attention and the decoder; for the
-    decoder also AVX-512 VNNI with EDGEVLM_KERNELS=all)."""
-    return part in _PARTS and library() is not None and _PARTS[part][0]()
+# fp32 parts whose products go on MatMulF32 (their kernel graphs: export/kernel_graphs.py).
+_F32_PARTS = ("vision_encoder", "decoder_model_merged")
 
 
-def label(part: str) -> str:
+def in_use(part: str, *, fp32: bool = False) -> bool:
+    """Whether a CPU session of `part` should open its kernel graph: the library loads and its kernels for that
+    graph beat ONNX Runtime's on this CPU. A quantized part's (`fp32` False): AMX or AVX-512 BF16 for the vision
+    attention and the decoder, for the decoder also AVX-512 VNNI with EDGEVLM_KERNELS=all. An fp32 part's
+    (MatMulF32): AVX-512, where it was measured against MLAS; elsewhere (AVX2, ARM: its portable loops) only with
+    EDGEVLM_KERNELS=all."""
+    if library() is None:
+        return False
+    if fp32:
+        return part in _F32_PARTS and (matmul_f32_level() >= AVX512_F32_LEVEL or _all_asked())
+    return part in _PARTS and _PARTS[part][0]()
+
+
+def label(part: str, *, fp32: bool = False) -> str:
     """What of edgevlm's kernels `part` runs when it opens its kernel graph."""
-    return _PARTS[part][1]
+    return "matmul_f32" if fp32 else _PARTS[part][1]
 
 
 def status() -> str:
@@ -171,6 +199,8 @@ def status() -> str:
         + ")",
     }
     used = [what for part, what in said.items() if in_use(part)]
+    if in_use("decoder_model_merged", fp32=True):
+        used.append("the fp32 variant's products (MatMulF32, weights read in place)")
     if not used:
         return "built; none of its kernels is faster on this CPU, so ONNX Runtime's run"
     return "; ".join(used)
@@ -273,6 +303,28 @@ def rewrite_decoder(model: Any) -> int:
     for t in unused:
         graph.initializer.remove(t)
     if not any(o.domain == DOMAIN for o in model.opset_import):
+        op = model.opset_import.add()
+        op.domain, op.version = DOMAIN, 1
+    return count
+
+
+def rewrite_f32(model: Any) -> int:
+    """Put an fp32 graph's products by a constant matrix (MatMul(x, W) with W an fp32 (K, N) initializer) on
+    ai.edgevlm's MatMulF32, in place; return how many. ONNX Runtime copies every such W into MLAS's packed layout
+    when a session opens (12-17 s of the 2.2B fp32 load()); MatMulF32 reads W where the file keeps it
+    (cpp_bindings/kernels/matmul_f32.hpp)."""
+    weights = {t.name: t for t in model.graph.initializer}
+    count = 0
+    for graph in graphs(model.graph):
+        for node in graph.node:
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in weights:
+                continue
+            w = weights[node.input[1]]
+            if w.data_type != 1 or len(w.dims) != 2:  # TensorProto.FLOAT, a matrix
+                continue
+            node.op_type, node.domain = "MatMulF32", DOMAIN
+            count += 1
+    if count and not any(o.domain == DOMAIN for o in model.opset_import):
         op = model.opset_import.add()
         op.domain, op.version = DOMAIN, 1
     return count
