@@ -19,9 +19,8 @@ constexpr size_t KC = 256;          // rows of W per packed block (a strip of it
 constexpr size_t STRIP = KC * NR + 16;
 constexpr size_t NC = 8 * NR;       // columns per task of a prompt
 constexpr size_t MC = 16 * MR;      // rows of x per task of a prompt
+constexpr size_t GROUP = 8;          // rows of W a short input takes together (4, 16: 2-4 % slower decoding)
 constexpr size_t GEMV_MAX_ROWS = 4; // up to this many rows stream W unpacked (decode, a short follow-up)
-constexpr size_t PACK_AHEAD = 16;    // rows of W a block's packing asks memory for before it copies them
-constexpr size_t MIN_TASKS = 8;      // tasks of a wide W's short input, where its size allows
 constexpr size_t STREAM_COLS = 4096;  // columns per task of those: 16 KB of each row of W
 
 inline vf load(const float *p) {
@@ -32,37 +31,31 @@ inline vf load(const float *p) {
 inline void store(float *p, vf v) { std::memcpy(p, &v, sizeof v); }
 
 // Rows [k0, k0 + kb) of W by columns [c0, c1), for up to GEMV_MAX_ROWS rows of x: W's rows streamed in order,
-// four at a time, into `part` (rows x (c1 - c0)), which starts at zero: one block's sum, as `tile` makes it.
+// GROUP at a time, into `part` (rows x (c1 - c0)), which starts at zero: one block's sum, as `tile` makes it.
 void stream_block(const F32Shape &s, const float *x, const float *w, size_t k0, size_t kb, size_t c0, size_t c1,
                   float *part) {
     const size_t k = s.k, n = s.n, rows = s.rows, cols = c1 - c0, whole = cols / W * W, end = k0 + kb;
     std::fill(part, part + rows * cols, 0.0f);
     size_t kk = k0;
-    for (; kk + 4 <= end; kk += 4) {
-        const float *w0 = w + kk * n + c0, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+    for (; kk + GROUP <= end; kk += GROUP) {
+        const float *wg = w + kk * n + c0;
         for (size_t c = 0; c < whole; c += W) {
-            __builtin_prefetch(w0 + 8 * n + c);  // the rows after next: a page boundary's latency hidden
-            __builtin_prefetch(w1 + 8 * n + c);
-            __builtin_prefetch(w2 + 8 * n + c);
-            __builtin_prefetch(w3 + 8 * n + c);
-            const vf b0 = load(w0 + c), b1 = load(w1 + c), b2 = load(w2 + c), b3 = load(w3 + c);
+            vf b[GROUP];
+            for (size_t j = 0; j < GROUP; ++j) b[j] = load(wg + j * n + c);
             for (size_t r = 0; r < rows; ++r) {
                 const float *xr = x + r * k + kk;
                 vf acc = load(part + r * cols + c);
-                acc += xr[0] * b0;
-                acc += xr[1] * b1;
-                acc += xr[2] * b2;
-                acc += xr[3] * b3;
+                for (size_t j = 0; j < GROUP; ++j) acc += xr[j] * b[j];
                 store(part + r * cols + c, acc);
             }
         }
         for (size_t c = whole; c < cols; ++c) {
-            float b[4];
-            for (size_t j = 0; j < 4; ++j) std::memcpy(&b[j], w + (kk + j) * n + c0 + c, sizeof(float));
+            float b[GROUP];
+            for (size_t j = 0; j < GROUP; ++j) std::memcpy(&b[j], wg + j * n + c, sizeof(float));
             for (size_t r = 0; r < rows; ++r) {
                 const float *xr = x + r * k + kk;
                 float acc = part[r * cols + c];
-                for (size_t j = 0; j < 4; ++j) acc += xr[j] * b[j];
+                for (size_t j = 0; j < GROUP; ++j) acc += xr[j] * b[j];
                 part[r * cols + c] = acc;
             }
         }
@@ -82,47 +75,11 @@ void stream_block(const F32Shape &s, const float *x, const float *w, size_t k0, 
     }
 }
 
-// Whether W is larger than the TLB reaches (AMD Zen 4: 3,072 entries of 4 KB pages, 12 MB).
-inline bool big(const F32Shape &s) { return s.k * s.n * sizeof(float) > (8u << 20); }
-
-// A wide W (K < N: the projections out of the hidden size, the output head), or any small one: tasks of columns, each going down all
-// of K block by block in its own partial and adding the blocks to the output in order. A slice of each row of at
-// least 4 KB where W is larger than the TLB reaches (a page's worth per visit), down to 512 bytes where it is small
-// enough to stay mapped (the 256M decoder's: enough tasks for the threads).
-void stream_columns(const F32Shape &s, const float *x, const float *w, float *out, const ParallelFor &parallel_for) {
-    const size_t vectors = (s.n + W - 1) / W;
-    const size_t fewest = big(s) ? 1024 / W : 128 / W;  // vectors per task at the least
-    const size_t wanted = std::max<size_t>(MIN_TASKS, (s.n + 1023) / 1024);
-    const size_t tasks = std::max<size_t>(1, std::min(wanted, vectors / fewest));
-    const size_t per = (vectors + tasks - 1) / tasks * W;  // columns per task, whole vectors
-    const size_t count = (s.n + per - 1) / per;
-    auto task = [&](size_t t) {
-        const size_t c0 = t * per, c1 = std::min(s.n, c0 + per), cols = c1 - c0;
-        thread_local std::vector<float> buffer;
-        if (buffer.size() < s.rows * cols) buffer.resize(s.rows * cols);
-        float *part = buffer.data();
-        for (size_t k0 = 0; k0 < s.k; k0 += KC) {
-            stream_block(s, x, w, k0, std::min(KC, s.k - k0), c0, c1, part);
-            for (size_t r = 0; r < s.rows; ++r) {
-                float *y = out + r * s.n + c0;
-                const float *p = part + r * cols;
-                if (k0 == 0)
-                    std::memcpy(y, p, cols * sizeof(float));
-                else
-                    for (size_t c = 0; c < cols; ++c) y[c] += p[c];
-            }
-        }
-    };
-    if (count == 1)
-        task(0);
-    else
-        parallel_for(count, task);
-}
-
-// A large W that is not wide (2.2B's MLP down projection and attention output): tasks of one block of KC rows by up to STREAM_COLS columns (whole
-// rows: a long contiguous run per row), each summing into its own partial, then the blocks' partials added in
-// order, on as many threads as there are blocks.
-void stream_blocks(const F32Shape &s, const float *x, const float *w, float *out, const ParallelFor &parallel_for) {
+// Decode and other short inputs: tasks of one block of KC rows of W by up to STREAM_COLS columns (whole rows of
+// the matrices of SmolLM2's hidden size: a long contiguous run per row, few pages), each summing into its own
+// partial, then the blocks' partials added in order: the prompt path's sums in the prompt path's order, on as
+// many threads as there are blocks.
+void stream(const F32Shape &s, const float *x, const float *w, float *out, const ParallelFor &parallel_for) {
     const size_t blocks = (s.k + KC - 1) / KC;
     const size_t chunks = (s.n + STREAM_COLS - 1) / STREAM_COLS;
     const size_t per = (s.n + chunks - 1) / chunks;  // columns per chunk, as even as they come
@@ -150,25 +107,12 @@ void stream_blocks(const F32Shape &s, const float *x, const float *w, float *out
     }
 }
 
-// Decode and other short inputs: W streamed in file order, unpacked; the prompt path's sums in its order.
-void stream(const F32Shape &s, const float *x, const float *w, float *out, const ParallelFor &parallel_for) {
-    if (s.k < s.n || !big(s))
-        stream_columns(s, x, w, out, parallel_for);
-    else
-        stream_blocks(s, x, w, out, parallel_for);
-}
-
 // W[k0 : k0 + kb, c0 : c0 + nc] as strips of NR columns, each kb x NR in row order; columns beyond n as zeros.
-// Row by row, each row's run across the strips in one go, and the run some rows ahead asked of memory first: W is
-// cold (a decoder's weights are read once per prompt), and a strip at a time went down its rows one cache line per
-// page.
+// Row by row, each row's run across the strips in one go: W is cold (a decoder's weights are read once per
+// prompt), and a strip at a time went down its rows one cache line per page. (Software prefetches here and of the
+// next block during the tiles measured no faster.)
 void pack(const float *w, size_t n, size_t k0, size_t kb, size_t c0, size_t nc, float *panel) {
-    const size_t run = std::min(nc, n - c0) * sizeof(float);
     for (size_t kk = 0; kk < kb; ++kk) {
-        if (kk + PACK_AHEAD < kb) {
-            const char *ahead = reinterpret_cast<const char *>(w + (k0 + kk + PACK_AHEAD) * n + c0);
-            for (size_t b = 0; b < run; b += 64) __builtin_prefetch(ahead + b);
-        }
         const float *row = w + (k0 + kk) * n;
         for (size_t s = 0; s * NR < nc; ++s) {
             const size_t cs = c0 + s * NR, width = std::min(NR, n - cs);
@@ -182,23 +126,6 @@ void pack(const float *w, size_t n, size_t k0, size_t kb, size_t c0, size_t nc, 
         }
     }
 }
-
-// Prefetches of a block of W's rows (its run of columns), issued a share at a time.
-struct Ahead {
-    const char *base;
-    size_t stride, run, rows, per, row = 0, at = 0;
-    Ahead(const float *w, size_t n, size_t c0, size_t nc, size_t k0, size_t kb, size_t shares)
-        : base(reinterpret_cast<const char *>(w + k0 * n + c0)), stride(n * sizeof(float)),
-          run(std::min(nc, n - c0) * sizeof(float)), rows(kb),
-          per((kb * ((run + 63) / 64) + shares - 1) / std::max<size_t>(shares, 1)) {}
-    void next() {
-        for (size_t i = 0; i < per && row < rows; ++i) {
-            __builtin_prefetch(base + row * stride + at);
-            at += 64;
-            if (at >= run) at = 0, ++row;
-        }
-    }
-};
 
 // One register tile: rows [i0, i0 + mr) by a strip's NR columns at c, over W's rows [k0, k0 + kb). Each block of
 // KC rows sums from zero and then adds to what the blocks before it left in out: shorter chains than one over all
@@ -245,18 +172,12 @@ void EVK_F32_NAME(const F32Shape &s, const float *x, const float *w, float *out,
         if (panel.size() < STRIP * (NC / NR)) panel.resize(STRIP * (NC / NR));
         const size_t i0 = t / col_blocks * MC, c0 = t % col_blocks * NC;
         const size_t mc = std::min(MC, s.rows - i0), nc = std::min(NC, s.n - c0), strips = (nc + NR - 1) / NR;
-        const size_t tiles = (mc + MR - 1) / MR * strips;
         for (size_t k0 = 0; k0 < s.k; k0 += KC) {
             const size_t kb = std::min(KC, s.k - k0);
             pack(w, s.n, k0, kb, c0, nc, panel.data());
-            // While this block computes, the next one's rows of W come from memory (the packing above otherwise
-            // waits for them: 15 % of an 88-token prompt), a share after each tile.
-            Ahead ahead(w, s.n, c0, nc, k0 + kb, std::min(KC, s.k - std::min(s.k, k0 + kb)), tiles);
             for (size_t i = 0; i < mc; i += MR)
-                for (size_t st = 0; st < strips; ++st) {
+                for (size_t st = 0; st < strips; ++st)
                     tile(s, x, panel.data() + st * STRIP, i0 + i, std::min(MR, mc - i), c0 + st * NR, k0, kb, out);
-                    ahead.next();
-                }
         }
     });
 }
