@@ -129,7 +129,7 @@ void pack(const float *w, size_t n, size_t k0, size_t kb, size_t c0, size_t nc, 
 
 // One register tile: rows [i0, i0 + mr) by a strip's NR columns at c, over W's rows [k0, k0 + kb). Each block of
 // KC rows sums from zero and then adds to what the blocks before it left in out: shorter chains than one over all
-// of K (a fifth of the rounding error at K = 8,192, as close to the exact product as ONNX Runtime's MLAS).
+// of K (a tenth of the rounding error at K = 8,192: as close to the exact product as ONNX Runtime's MLAS).
 void tile(const F32Shape &s, const float *x, const float *strip, size_t i0, size_t mr, size_t c, size_t k0,
           size_t kb, float *out) {
     const size_t k = s.k, n = s.n, nr = std::min(NR, n - c);

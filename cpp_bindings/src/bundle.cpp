@@ -330,7 +330,8 @@ Bundle open_bundle(const std::string &root_in, const std::string &variant, int v
         if (kernel != kernel_graphs.end() && is_file(root + "/" + kernel->second))
             b.kernel_graphs[part] = root + "/" + kernel->second;
         auto fp32 = variants.find("fp32");
-        if (fp32 != variants.end() && fp32->second.count(part) && fp32->second.at(part) == rel) b.fp32_parts.insert(part);
+        if (fp32 != variants.end() && fp32->second.count(part) && fp32->second.at(part) == rel)
+            b.fp32_parts.insert(part);
     }
     for (auto &[part, rel] : it->second) {
         b.parts[part] = root + "/" + rel;

@@ -28,7 +28,7 @@ struct Bundle {
     // one: the same graph on libedgevlm_kernels (the vision encoder's attention, the 4-bit decoder's products),
     // opened instead where that library runs its kernel for the part on this CPU.
     std::map<std::string, std::string> kernel_graphs;
-    // Parts whose chosen file is the fp32 variant's: their kernel graph puts the products on MatMulF32 (any CPU).
+    // Parts whose chosen file is the fp32 variant's: their kernel graph puts the products on MatMulF32.
     std::set<std::string> fp32_parts;
 };
 

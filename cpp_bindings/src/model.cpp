@@ -145,10 +145,10 @@ Model::~Model() = default;
 
 // A part's kernel graph (on libedgevlm_kernels, linked into this library) where the bundle has one, the session
 // runs on the CPU and that library's kernel for the part beats ONNX Runtime's on this CPU (an fp32 part's
-// MatMulF32: where its AVX-512 build runs, as it opens much faster; the vision attention: AMX or AVX-512 BF16; the 4-bit decoder: AMX or AVX-512 BF16 for its
-// prompts, or AVX-512 VNNI alone only with EDGEVLM_KERNELS=all, its prefill being slower than ONNX Runtime's
-// there); else the standard file. The same rule
-// as the Python runtime's engine/kernels.py.
+// MatMulF32: where its AVX-512 build runs, as it opens much faster; the vision attention: AMX or AVX-512 BF16; the
+// 4-bit decoder: AMX or AVX-512 BF16 for its prompts, or AVX-512 VNNI alone only with EDGEVLM_KERNELS=all, its
+// prefill being slower than ONNX Runtime's there); else the standard file. The same rule as the Python runtime's
+// engine/kernels.py.
 std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Ort::SessionOptions &options,
                                                bool cpu_only, std::string &kernel) const {
     const char *off = std::getenv("EDGEVLM_KERNELS");

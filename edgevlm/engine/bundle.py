@@ -272,7 +272,7 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
             f"{root} holds no complete set of ONNX parts (onnx/vision_encoder*.onnx, "
             f"onnx/embed_tokens*.onnx, onnx/decoder_model_merged*.onnx)."
         )
-    graphs = {root / k: root / v for k, v in _matching_kernel_graphs(manifest or {}, root).items()}
+    graphs = {root / k: root / v for k, v in _matching_kernel_graphs(manifest or {}).items()}
     return Bundle(
         root=root,
         spec=read_spec(root),
@@ -284,7 +284,7 @@ def open_bundle(root: str | os.PathLike, listing: list[str] | None = None) -> Bu
     )
 
 
-def _matching_kernel_graphs(manifest: dict, root: Path) -> dict[str, str]:
+def _matching_kernel_graphs(manifest: dict) -> dict[str, str]:
     """The manifest's kernel graphs whose standard file is still the one each was made from. A kernel graph reads
     its weights at offsets inside its standard file, so beside another file (parts swapped or replaced, and the
     checksums redone) it would read the wrong bytes or none: that standard file then opens alone, and its own

@@ -24,10 +24,10 @@ load() (docs/benchmarks.md). It is used where its AVX-512 build runs (measured a
 build (AVX2, ARM) only with EDGEVLM_KERNELS=all.
 
 EDGEVLM_KERNELS: unset or `auto` (the vision attention and the 4-bit decoder where the CPU has AVX-512 BF16, faster
-on every workload measured on this CPU class; MatMulF32 with AVX-512, which loads much faster and runs ~7 % slower),
-`all` (also the 4-bit decoder on VNNI alone, and MatMulF32's portable build), `off`, or the caps for tests and comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products:
-no bf16 kernel, as on a CPU without AVX-512 BF16) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to
-use.
+on every workload measured on this CPU class; MatMulF32 with AVX-512, which loads much faster and runs ~6 % slower),
+`all` (also the 4-bit decoder on VNNI alone, and MatMulF32's portable build), `off`, or the caps for tests and
+comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products: no bf16 kernel, as on a CPU without
+AVX-512 BF16) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
 """
 
 from __future__ import annotations
