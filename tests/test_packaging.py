@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -27,27 +28,15 @@ except ModuleNotFoundError:  # Python 3.10
 
 def resolve(spec: str, tmp_path: Path) -> set[str]:
     report = tmp_path / "report.json"
-    # onnxruntime-gpu's wheel (~250 MB) is downloaded for its metadata: a dropped connection resumes
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--dry-run",
-            "--ignore-installed",
-            "--quiet",
-            "--resume-retries",
-            "5",
-            "--report",
-            str(report),
-            spec,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    cmd += ["--resume-retries", "5", "--report", str(report), spec]
+    # onnxruntime-gpu's wheel (~250 MB) is downloaded for its metadata: a dropped connection resumes, and a failed
+    # resolution is tried twice more (a registry outage of a minute must not fail CI); the third failure stands.
+    for attempt in range(3):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        if out.returncode == 0:
+            break
+        time.sleep(15 * (attempt + 1))
     assert out.returncode == 0, out.stderr[-3000:]
     return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
 

