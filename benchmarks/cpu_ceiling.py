@@ -5,18 +5,49 @@ the kernels edgevlm uses, and through numpy's BLAS), int8 MatMulInteger throughp
 array copy). Prints the implied floors: vision ms per 512 tile (≈ 213 GFLOP at fp32) and decode tok/s per
 weight format (every weight read once per token).
 
+Where a C compiler is present it also builds benchmarks/peak.c for this CPU (-march=native) and prints the
+instruction peaks (fp32 FMA, bf16 and int8 dot products, registers only) and its read bandwidth: what a kernel's fraction of the CPU's
+peak is measured against, and the floors of the W1 parts on it.
+
     python benchmarks/cpu_ceiling.py
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 VISION_GFLOP = 213.0  # SigLIP-B/16 at 512: 12 layers x (1024 tokens x 7.1 M MACs + attention 1.6 GMAC) x 2
+VISION_GEMM_GOP = 174.0  # of which the products by weights (int8 in `mixed`)
+VISION_ATTENTION_GFLOP = 38.7  # and attention's two products (bf16 on edgevlm's kernel)
+PREFILL_GFLOP_PER_TOKEN = 0.212  # the 256M decoder's 4-bit products: 30 layers x 3.54 M weights x 2
+DECODE_MB_PER_TOKEN = 98.0  # `mixed` decoder: 4-bit codes + fp16 scales/corrections 66 MB, the 8-bit lm_head 32 MB
+
+
+def instruction_peaks(threads: int = 2) -> dict[str, float]:
+    """benchmarks/peak.c built for this CPU and run: {kind: G operations (or GB) per second}; empty without a
+    compiler."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not cc:
+        return {}
+    source = Path(__file__).with_name("peak.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "peak"
+        built = subprocess.run(
+            [cc, "-O3", "-march=native", "-fopenmp", str(source), "-o", str(binary)], capture_output=True
+        )
+        if built.returncode != 0:
+            return {}
+        out = subprocess.run([str(binary), str(threads)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if len(line.split()) == 3}
 
 
 def _session(op: str, m: int, k: int, n: int):
@@ -82,6 +113,19 @@ def main() -> None:
         f"memory bandwidth (copy): {bw:.1f} GB/s -> decode ceilings: fp32 540 MB/token {bw * 1e3 / 540:.0f} tok/s, "
         f"int8 ~150 MB {bw * 1e3 / 150:.0f} tok/s, 4-bit ~100 MB {bw * 1e3 / 100:.0f} tok/s"
     )
+    peaks = instruction_peaks()
+    for kind, value in peaks.items():
+        print(f"peak, 2 threads: {kind} {value:.0f} {'GB/s' if kind.endswith('bandwidth') else 'G ops/s'}")
+    int8_peak, bf16_peak = peaks.get("int8_dot_avx512vnni"), peaks.get("bf16_dot_avx512")
+    if int8_peak and bf16_peak:
+        gemm, attention = VISION_GEMM_GOP / int8_peak * 1e3, VISION_ATTENTION_GFLOP / bf16_peak * 1e3
+        print(
+            f"W1 floors at those peaks: vision {gemm:.0f} ms (int8 products) + {attention:.0f} ms (bf16 attention) "
+            f"= {gemm + attention:.0f} ms per tile; an 88-token prefill {88 * PREFILL_GFLOP_PER_TOKEN / bf16_peak * 1e3:.0f}"
+            f" ms in bf16, {88 * PREFILL_GFLOP_PER_TOKEN / int8_peak * 1e3:.0f} ms in int8"
+        )
+    if "read_bandwidth" in peaks:
+        print(f"decode floor of `mixed`: {peaks['read_bandwidth'] * 1e3 / DECODE_MB_PER_TOKEN:.0f} tok/s (reads only)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Kernel graphs: beside each quantized vision encoder, the same graph with its attention on edgevlm's own kernel,
-beside each 4-bit decoder, the same graph with its products on edgevlm's MatMulQ4, and beside each fp32 part, the
-same graph with its products by constant matrices on MatMulF32 (edgevlm/engine/kernels.py says when the runtimes use
-them).
+"""Kernel graphs: beside each quantized vision encoder, the same graph with its attention and FastGelu on edgevlm's
+own kernels, beside each 4-bit decoder, the same graph with its products on edgevlm's MatMulQ4, and beside each fp32
+part, the same graph with its products by constant matrices on MatMulF32 (edgevlm/engine/kernels.py says when the
+runtimes use them).
 
 A kernel graph holds no weights of its own: every initializer of 1 KB or more is external data pointing at the
 bytes of the same tensor inside the standard file (an ONNX initializer's raw_data is stored as-is in the protobuf),
@@ -36,7 +36,7 @@ def write_kernel_graph(standard: Path, part: str = "vision_encoder", fp32: bool 
     if fp32:
         rewrite = kernels.rewrite_f32
     elif kernels.is_quantized(model):
-        rewrite = kernels.rewrite_decoder if part == "decoder_model_merged" else kernels.rewrite_attention
+        rewrite = kernels.rewrite_decoder if part == "decoder_model_merged" else kernels.rewrite_vision
     else:
         return None
     if not rewrite(model):

@@ -10,6 +10,7 @@
 //   Past and present may be one buffer (edgevlm's KV cache binds them so): only the new positions are written.
 //   MatMulF32(x, w): ONNX MatMul of fp32 x (..., K) by a constant fp32 w (K, N), on the kernel of matmul_f32.hpp,
 //   which reads w where the graph keeps it instead of packing a copy when the session opens.
+//   FastGelu(x, bias?): com.microsoft FastGelu (the vision encoder's MLP activation), on the kernel of fast_gelu.hpp.
 // Sessions load this library with SessionOptions.register_custom_ops_library (Python) or
 // RegisterCustomOpsLibrary_V2 (C); the runtimes rewrite a graph to these ops only when the library loads and its
 // kernel beats ONNX Runtime's on this CPU (evk_attention_level), so a bundle itself always stays standard ONNX.
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "attention.hpp"
+#include "fast_gelu.hpp"
 #include "gqa.hpp"
 #include "matmul_f32.hpp"
 #include "matmul_q4.hpp"
@@ -387,6 +389,54 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+struct FastGeluKernel {
+    FastGeluKernel(const OrtKernelInfo *) {}
+
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+        try {
+            Compute(context);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("FastGelu", e);
+        }
+    }
+
+    void Compute(OrtKernelContext *context) {
+        Ort::KernelContext ctx(context);
+        Ort::ConstValue x = ctx.GetInput(0), bias = ctx.GetInput(1);
+        const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+        const size_t count = x.GetTensorTypeAndShapeInfo().GetElementCount();
+        const size_t width = shape.empty() ? 1 : size_t(shape.back());
+        if (bias && (shape.empty() || bias.GetTensorTypeAndShapeInfo().GetElementCount() != width))
+            throw std::invalid_argument("bias must hold one value per element of x's last dimension");
+        Ort::UnownedValue out = ctx.GetOutput(0, shape);
+        if (count == 0) return;
+        evk::fast_gelu(x.GetTensorData<float>(), bias ? bias.GetTensorData<float>() : nullptr, count / width, width,
+                       out.GetTensorMutableData<float>(), Parallel{context}.fn());
+    }
+};
+
+// com.microsoft FastGelu's inputs (X, optional bias) and output.
+struct FastGeluOp : Ort::CustomOpBase<FastGeluOp, FastGeluKernel, true> {
+    OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
+        try {
+            *kernel = new FastGeluKernel(info);
+            return nullptr;
+        } catch (const std::exception &e) {
+            return failure("FastGelu", e);
+        }
+    }
+    const char *GetName() const { return "FastGelu"; }
+    const char *GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+    size_t GetInputTypeCount() const { return 2; }
+    ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+    OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+        return i == 1 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    }
+    size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 }  // namespace
 
 extern "C" {
@@ -423,6 +473,7 @@ __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps
     static MatMulQ4Op matmul_q4;
     static GqaOp gqa;
     static MatMulF32Op matmul_f32;
+    static FastGeluOp fast_gelu;
     try {
         std::call_once(once, [&] {
             Ort::InitApi(api->GetApi(ORT_API_VERSION));
@@ -431,6 +482,7 @@ __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL RegisterCustomOps
             domain->Add(&matmul_q4);
             domain->Add(&gqa);
             domain->Add(&matmul_f32);
+            domain->Add(&fast_gelu);
         });
         Ort::UnownedSessionOptions(options).Add(*domain);
         return nullptr;
