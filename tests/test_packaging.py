@@ -34,7 +34,7 @@ def resolve(spec: str, tmp_path: Path) -> set[str]:
     # resolution is tried twice more (a registry outage of a minute must not fail CI); the third failure stands.
     for attempt in range(3):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-        if out.returncode == 0:
+        if out.returncode == 0 or attempt == 2:
             break
         time.sleep(15 * (attempt + 1))
     assert out.returncode == 0, out.stderr[-3000:]
