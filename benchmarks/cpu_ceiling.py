@@ -6,8 +6,8 @@ array copy). Prints the implied floors: vision ms per 512 tile (≈ 213 GFLOP at
 weight format (every weight read once per token).
 
 Where a C compiler is present it also builds benchmarks/peak.c for this CPU (-march=native) and prints the
-instruction peaks (fp32 FMA, bf16 and int8 dot products, registers only) and its read bandwidth: what a kernel's fraction of the CPU's
-peak is measured against, and the floors of the W1 parts on it.
+instruction peaks (fp32 FMA, bf16 and int8 dot products, registers only) and its read bandwidth: what a kernel's
+fraction of the CPU's peak is measured against, and the floors of the W1 parts on it.
 
     python benchmarks/cpu_ceiling.py
 """

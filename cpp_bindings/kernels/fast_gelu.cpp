@@ -8,6 +8,7 @@
 #include "cpu.hpp"
 
 namespace evk {
+namespace {
 
 constexpr size_t ROWS_PER_TASK = 16;
 
@@ -18,6 +19,8 @@ inline float bias_at(const float *bias, size_t c) {
     if (bias) std::memcpy(&v, bias + c, sizeof v);
     return v;
 }
+
+}  // namespace
 
 int fast_gelu_level() {
 #ifdef EVK_GELU_AVX512
