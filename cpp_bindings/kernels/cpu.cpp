@@ -46,4 +46,9 @@ Cap kernel_cap() {
     return Cap::none;
 }
 
+bool avx512_allowed() {
+    static const bool avx512 = cpu_has_avx512();
+    return avx512 && kernel_cap() != Cap::portable;
+}
+
 }  // namespace evk

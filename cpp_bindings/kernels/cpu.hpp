@@ -15,4 +15,8 @@ bool cpu_has_amx_bf16();     // AMX tiles with bf16, and Linux's permission for 
 enum class Cap { none, avx512, vnni, portable };
 Cap kernel_cap();
 
+// Whether an operator's AVX-512 build (F/BW/VL) may run: the CPU has it and EDGEVLM_KERNELS does not cap the library
+// to its portable loops. The one rule of the fp32 operators (GroupQueryAttention, MatMulF32, FastGelu).
+bool avx512_allowed();
+
 }  // namespace evk

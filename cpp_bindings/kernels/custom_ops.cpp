@@ -404,8 +404,9 @@ struct FastGeluKernel {
     void Compute(OrtKernelContext *context) {
         Ort::KernelContext ctx(context);
         Ort::ConstValue x = ctx.GetInput(0), bias = ctx.GetInput(1);
-        const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
-        const size_t count = x.GetTensorTypeAndShapeInfo().GetElementCount();
+        const Ort::TensorTypeAndShapeInfo info = x.GetTensorTypeAndShapeInfo();
+        const std::vector<int64_t> shape = info.GetShape();
+        const size_t count = info.GetElementCount();
         const size_t width = shape.empty() ? 1 : size_t(shape.back());
         if (bias && (shape.empty() || bias.GetTensorTypeAndShapeInfo().GetElementCount() != width))
             throw std::invalid_argument("bias must hold one value per element of x's last dimension");

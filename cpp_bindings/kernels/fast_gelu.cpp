@@ -22,18 +22,10 @@ inline float bias_at(const float *bias, size_t c) {
 
 }  // namespace
 
-int fast_gelu_level() {
-#ifdef EVK_GELU_AVX512
-    static const bool avx512 = cpu_has_avx512();
-    if (avx512 && kernel_cap() != Cap::portable) return 2;
-#endif
-    return 1;
-}
-
 void fast_gelu(const float *x, const float *bias, size_t rows, size_t width, float *out,
                const ParallelFor &parallel_for) {
 #ifdef EVK_GELU_AVX512
-    if (fast_gelu_level() == 2) return fast_gelu_avx512(x, bias, rows, width, out, parallel_for);
+    if (avx512_allowed()) return fast_gelu_avx512(x, bias, rows, width, out, parallel_for);
 #endif
     parallel_for((rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK, [&](size_t t) {
         for (size_t r = t * ROWS_PER_TASK; r < std::min(rows, (t + 1) * ROWS_PER_TASK); ++r)

@@ -15,9 +15,6 @@ namespace evk {
 void fast_gelu(const float *x, const float *bias, size_t rows, size_t width, float *out,
                const ParallelFor &parallel_for);
 
-// 2: the AVX-512 build runs here; 1: the portable loops.
-int fast_gelu_level();
-
 #ifdef EVK_GELU_AVX512
 void fast_gelu_avx512(const float *x, const float *bias, size_t rows, size_t width, float *out,
                       const ParallelFor &parallel_for);

@@ -12,8 +12,7 @@ void gqa(const GqaShape &shape, const float *qkv, const int32_t *past_len, const
          float *present_key, float *present_value, const float *cos, const float *sin, float *out,
          const ParallelFor &parallel_for) {
 #ifdef EVK_GQA_AVX512
-    static const bool avx512 = cpu_has_avx512();
-    if (avx512 && kernel_cap() != Cap::portable) {
+    if (avx512_allowed()) {
         gqa_avx512(shape, qkv, past_len, valid_len, present_key, present_value, cos, sin, out, parallel_for);
         return;
     }

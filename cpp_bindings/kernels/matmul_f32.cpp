@@ -12,8 +12,7 @@ namespace evk {
 
 int matmul_f32_level() {
 #ifdef EVK_F32_AVX512
-    static const bool avx512 = cpu_has_avx512();
-    if (avx512 && kernel_cap() != Cap::portable) return 2;
+    if (avx512_allowed()) return 2;
 #endif
     return 1;
 }
