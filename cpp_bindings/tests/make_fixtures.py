@@ -8,7 +8,7 @@
 - 2,000+ strings with their token ids and decoded text; 24 image sizes with their pixel values (.u8 files
   of codes into a table of floats);
 - an altered copy of a bundle (one byte changed) for the checksum test.
-Made once per OUT_DIR (a `done` file marks a complete set).
+Made once per OUT_DIR (a `done` file marks a complete set of this format).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+DONE = "format 2\n"  # what `done` holds; a set made in another format (1: pixel values as .f32) is made again
 
 SIZES = [
     (1, 1),
@@ -226,7 +228,8 @@ def python_messages(out: Path, case: dict) -> list[dict]:
 
 def main() -> None:
     out = Path(sys.argv[1]).absolute()
-    if (out / "done").exists():  # before the exporter's imports: a runtime-only Python may reuse made fixtures
+    done = out / "done"
+    if done.exists() and done.read_text() == DONE:  # before the exporter's imports: a runtime-only Python reuses them
         return
     from edgevlm_export.pipeline import export
 
@@ -302,7 +305,7 @@ def main() -> None:
     data[-10] ^= 0xFF
     emb.write_bytes(bytes(data))
     (out / "expected.json").write_text(json.dumps(expected, ensure_ascii=False))
-    (out / "done").write_text("ok\n")
+    done.write_text(DONE)
 
 
 if __name__ == "__main__":
