@@ -130,6 +130,9 @@ struct MatMulQ4Kernel {
     // Decode's table of the scales and correction when both are constants (matmul_q4.hpp): 4 bytes a block, 7 MB
     // for the 256M decoder, 1/16 of its 4-bit codes.
     std::vector<uint16_t> decode_table;
+    // All three weight inputs are constants of the checked sizes: Compute need not ask again. Decode runs 120 of
+    // these products a token, each asking ONNX Runtime for shapes through its C API (an allocation a question).
+    bool weights_checked = false;
 
     MatMulQ4Kernel(const OrtKernelInfo *info) {
         Ort::ConstKernelInfo i(info);
@@ -151,6 +154,10 @@ struct MatMulQ4Kernel {
             corr.GetTensorTypeAndShapeInfo().GetElementCount() == count)
             decode_table = evk::q4_decode_table(size_t(k), size_t(n), scales.GetTensorData<float>(),
                                                 corr.GetTensorData<float>());
+        int codes_constant = 0;
+        Ort::ConstValue codes = i.GetTensorConstantInput(1, &codes_constant);
+        weights_checked = !decode_table.empty() && codes_constant && codes &&
+                          codes.GetTensorTypeAndShapeInfo().GetElementCount() == count * 16;
     }
 
     OrtStatusPtr ComputeV2(OrtKernelContext *context) {
@@ -165,18 +172,19 @@ struct MatMulQ4Kernel {
     void Compute(OrtKernelContext *context) {
         Ort::KernelContext ctx(context);
         Ort::ConstValue x = ctx.GetInput(0), codes = ctx.GetInput(1), scales = ctx.GetInput(2), corr = ctx.GetInput(3);
-        std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+        const Ort::TensorTypeAndShapeInfo x_info = x.GetTensorTypeAndShapeInfo();
+        std::vector<int64_t> shape = x_info.GetShape();
         if (shape.empty() || shape.back() != k) throw std::invalid_argument("x's last dimension must be K");
         const size_t blocks = size_t(k / 32);
-        if (codes.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks * 16 ||
-            scales.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks ||
-            corr.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks)
+        if (!weights_checked && (codes.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks * 16 ||
+                                 scales.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks ||
+                                 corr.GetTensorTypeAndShapeInfo().GetElementCount() != size_t(n) * blocks))
             throw std::invalid_argument("codes, scales and correction must hold N x K/32 blocks");
         evk::Q4Shape s;
         s.k = size_t(k);
         s.n = size_t(n);
         s.silu_mul = silu_mul;
-        s.rows = x.GetTensorTypeAndShapeInfo().GetElementCount() / size_t(k);
+        s.rows = x_info.GetElementCount() / size_t(k);
         shape.back() = silu_mul ? n / 2 : n;
         Ort::UnownedValue out = ctx.GetOutput(0, shape);
         if (s.rows == 0) return;

@@ -128,7 +128,9 @@ def process_logits(
     """Pick the next token from one row of logits (float32, vocab). `generated`: the ids the repetition penalty
     looks at (prompt included, as transformers); `new_tokens`: what the logits processors see. A constraint masks
     after the processors and before temperature, top-k and top-p, so sampling spreads over valid tokens only."""
-    scores = logits.astype(np.float32, copy=True)
+    # A copy only where something below writes into the scores in place (the caller's logits stay as they were).
+    edits = opts.repetition_penalty != 1.0 or bool(opts.logits_processors) or constraint is not None
+    scores = logits.astype(np.float32, copy=edits)
     if opts.repetition_penalty != 1.0 and len(generated):
         idx = np.unique(np.asarray(generated))
         picked = scores[idx]

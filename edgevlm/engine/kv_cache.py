@@ -39,6 +39,18 @@ def _device(decoder_session) -> tuple[str, int]:
     return ("cuda", 0) if decoder_session.get_providers()[0] == "CUDAExecutionProvider" else ("cpu", 0)
 
 
+def _last_logits_buffer(session, batch: int) -> np.ndarray | None:
+    """A (batch, 1, vocab) array for the logits of decoders that keep only the last position's (num_logits_to_keep,
+    which Decoder feeds as 1 to every run of this cache); None where the shape is not known up front."""
+    if "num_logits_to_keep" not in {i.name for i in session.get_inputs()}:
+        return None
+    out = next(o for o in session.get_outputs() if o.name == "logits")
+    vocab = out.shape[-1] if out.shape else None
+    if not isinstance(vocab, int):
+        return None
+    return np.zeros((batch, 1, vocab), dtype=np.float16 if "float16" in out.type else np.float32)
+
+
 class SharedKVCache:
     """Past/present buffers (batch, kv_heads, capacity, head_dim) per layer, bound to one session's IO binding.
     The rows of a batch advance together (batch.py), so one capacity serves them all."""
@@ -60,6 +72,9 @@ class SharedKVCache:
         self.device = _device(session)
         self.binding = session.io_binding()
         self.binding.bind_output("logits", "cpu")  # bound first: the first of the binding's outputs
+        self._logits = _last_logits_buffer(session, batch)
+        if self._logits is not None:  # each run writes into it: no new array and no copy out of ONNX Runtime's
+            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
         self.capacity = 0
         self.buffers: list = []
         self._host: list[np.ndarray] = []  # on CPU the OrtValues share these arrays' memory
@@ -98,6 +113,8 @@ class SharedKVCache:
         for name, value in feeds.items():
             self.binding.bind_cpu_input(name, value)
         self.session.run_with_iobinding(self.binding)
+        if self._logits is not None:
+            return self._logits[:, -1].copy()
         return self.binding.get_outputs()[0].numpy()[:, -1].copy()
 
 
