@@ -71,10 +71,13 @@ class SharedKVCache:
         self.max_positions = max_positions
         self.device = _device(session)
         self.binding = session.io_binding()
-        self.binding.bind_output("logits", "cpu")  # bound first: the first of the binding's outputs
+        # Logits are bound first (the first of the binding's outputs): into a reused array where their shape is
+        # known, so each run writes there with no new array and no copy out of ONNX Runtime's.
         self._logits = _last_logits_buffer(session, batch)
-        if self._logits is not None:  # each run writes into it: no new array and no copy out of ONNX Runtime's
+        if self._logits is not None:
             self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        else:
+            self.binding.bind_output("logits", "cpu")
         self.capacity = 0
         self.buffers: list = []
         self._host: list[np.ndarray] = []  # on CPU the OrtValues share these arrays' memory
