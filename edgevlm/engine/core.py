@@ -138,9 +138,11 @@ class Engine:
             and self._own_kernels_apply(part, fp32=fp32_files.get(part) == path)
         }
         if verify:  # before any file is read: an altered tokenizer.json is a checksum error, not a parse error
-            bundle_mod.verify_files(
-                model_bundle, [*files.values(), *self._kernel_files.values()], full=verify == "full"
-            )
+            # Every kernel graph of the variant present, opened here or not: as the C library checks them, so the
+            # stamps either runtime writes are the ones the other trusts (engine/verified.py).
+            listed = [model_bundle.kernel_graphs[p] for p in files.values() if p in model_bundle.kernel_graphs]
+            present = [g for g in listed if g.is_file()]
+            bundle_mod.verify_files(model_bundle, [*files.values(), *present], full=verify == "full")
         # `threads` also bounds each image resize (as in the C library): `--jobs N` archive workers, each loaded
         # with threads=cores/N, then share the cores instead of each resizing on all of them.
         self.processor = Processor(model_bundle, max_image_pixels, threads)
