@@ -349,7 +349,7 @@ def _q4_models(k: int, n: int, silu: bool, rng) -> tuple[bytes, bytes, np.ndarra
     return standard.SerializeToString(), ours.SerializeToString(), exact
 
 
-@pytest.mark.parametrize("level", ["portable", "vnni", "avx512", "best"])
+@pytest.mark.parametrize("level", ["portable", "avx2", "vnni", "avx512", "best"])
 @pytest.mark.parametrize("k,n,silu", [(576, 960, False), (576, 3072, True), (1536, 576, False), (96, 40, True)])
 def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, silu):
     """Against the exact product (fp64 weights s * (q - 8) + correction), within int8 activations' own error, for one
@@ -381,15 +381,15 @@ def test_matmul_q4_is_onnx_runtimes_product(library, monkeypatch, level, k, n, s
         if bf16 and m >= 16:  # bf16 weights and x: measured 2.9e-3-5.9e-3 of scale, int8 x 1.3e-2-2.5e-2
             assert np.abs(got - exact).max() <= 1e-2 * scale, (m, np.abs(got - exact).max(), scale)
         elif x86:
-            # AVX-512 VNNI reads the scales and correction rounded to fp16 (q4_decode_table; measured 2.5e-4-4.5e-4
-            # of scale from ONNX Runtime's, 1/40 of what the int8 activations cost both).
-            table = level != "portable" and "avx512_vnni" in _cpu_flags()
+            # AVX-512 VNNI and AVX2 read the scales and correction rounded to fp16 (q4_decode_table; measured
+            # 2.5e-4-4.5e-4 of scale from ONNX Runtime's, 1/40 of what the int8 activations cost both).
+            table = kernels.matmul_q4_level() > kernels.PORTABLE_LEVEL
             ref = _run(standard, {"x": x})
             bound = 1e-3 if table else 2e-5
             assert np.abs(ref - got).max() <= bound * np.abs(ref).max(), (m, np.abs(ref - got).max())
 
 
-@pytest.mark.parametrize("level", ["vnni", "best"])
+@pytest.mark.parametrize("level", ["avx2", "vnni", "best"])
 def test_matmul_q4_gives_each_row_what_it_gives_it_alone(library, monkeypatch, level):
     """A batch decoded together (engine/batch.py: up to 15 rows stay off the bf16 prompt path) must give each row
     exactly its single-row result, or batched captions would differ from one-by-one ones: the same scales,
@@ -425,27 +425,38 @@ def test_matmul_q4_says_what_is_wrong(library):
 
 
 @pytest.fixture
-def vnni(library):
-    if kernels.matmul_q4_level() < kernels.VNNI_LEVEL:
-        pytest.skip("this CPU has no AVX-512 VNNI: only the portable 4-bit product runs here")
+def vector_q4(library):
+    if kernels.matmul_q4_level() <= kernels.PORTABLE_LEVEL:
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: only the portable 4-bit product runs here")
     return library
 
 
-def test_the_4bit_decoder_runs_on_the_kernel_when_asked_and_keeps_its_answers(vnni, tiny256, monkeypatch):
+@pytest.mark.parametrize("cap", ["all", "avx2"])
+def test_the_4bit_decoder_runs_on_the_kernel_and_keeps_its_answers(vector_q4, tiny256, monkeypatch, cap):
     """With EDGEVLM_KERNELS=all, mixed's decoder opens its kernel graph (one node per product, the MLP's activation
     inside) and gives ONNX Runtime's greedy tokens; by default only where its prompts run in bf16 (AMX or AVX-512
-    BF16: on VNNI alone the prefill is slower), and never for int8 decoders (fp32's runs MatMulF32)."""
+    BF16: on VNNI alone the prefill is slower) or the CPU has AVX2 and no AVX-512 (EDGEVLM_KERNELS=avx2 imitates
+    it), and never for int8 decoders (fp32's runs MatMulF32)."""
     import json
 
     import onnx
 
-    bf16 = kernels.matmul_q4_level() in (kernels.AMX_LEVEL, kernels.BF16_PROMPT_LEVEL)
-    assert ("decoder_model_merged" in edgevlm.load(tiny256[1], variant="mixed").kernels) == bf16
-    monkeypatch.setenv("EDGEVLM_KERNELS", "all")
+    level = kernels.matmul_q4_level()
+    avx512 = kernels.matmul_f32_level() == kernels.AVX512_F32_LEVEL
+    default = level in (kernels.AMX_LEVEL, kernels.BF16_PROMPT_LEVEL) or (level == kernels.AVX2_Q4_LEVEL and not avx512)
+    assert ("decoder_model_merged" in edgevlm.load(tiny256[1], variant="mixed").kernels) == default
+    if cap == "avx2" and "avx2" not in _cpu_flags():
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setenv("EDGEVLM_KERNELS", cap)
+    avx2 = kernels.matmul_q4_level() == kernels.AVX2_Q4_LEVEL
+    assert avx2 == (cap == "avx2" or "avx512_vnni" not in _cpu_flags())  # (the library's own dispatch)
+    if cap == "avx2":  # as on a CPU without AVX-512: the default there
+        assert "decoder_model_merged" in edgevlm.load(tiny256[1], variant="mixed").kernels
     ours = edgevlm.load(tiny256[1], variant="mixed")
-    assert ours.kernels.get("decoder_model_merged") == "matmul_q4:vnni", ours.kernels
+    assert ours.kernels.get("decoder_model_merged") == ("matmul_q4:avx2" if avx2 else "matmul_q4:vnni"), ours.kernels
     assert "decoder_model_merged" not in edgevlm.load(tiny256[1], variant="int8").kernels
-    assert edgevlm.load(tiny256[1], variant="fp32").kernels.get("decoder_model_merged") == "matmul_f32"
+    if cap == "all":  # (MatMulF32's portable build on any CPU)
+        assert edgevlm.load(tiny256[1], variant="fp32").kernels.get("decoder_model_merged") == "matmul_f32"
     manifest = json.loads((tiny256[1] / "edgevlm.json").read_text())
     kernel_graph = tiny256[1] / manifest["kernel_graphs"][manifest["variants"]["mixed"]["decoder_model_merged"]]
     graph = onnx.load(str(kernel_graph), load_external_data=False).graph
@@ -566,14 +577,15 @@ GQA_SHAPES = [  # (batch, heads, kv_heads, head_dim, prompt tokens, new tokens a
 ]
 
 
-@pytest.mark.parametrize("cap", ["best", "portable"])
+@pytest.mark.parametrize("cap", ["best", "avx2", "portable"])
 @pytest.mark.parametrize("shape", GQA_SHAPES, ids=[f"b{s[0]}h{s[1]}kv{s[2]}d{s[3]}p{s[4]}" for s in GQA_SHAPES])
 def test_gqa_matches_onnxruntime(library, monkeypatch, cap, shape):
     """The decoder's attention against com.microsoft GroupQueryAttention on the same inputs: a prompt, then one
     token at a time, with past and present shared (the engine's binding) and fed back (separate buffers): outputs
-    and caches within fp32 rounding, on the AVX-512 build where the CPU has it and on the portable one."""
-    if cap == "portable":
-        monkeypatch.setenv("EDGEVLM_KERNELS", "portable")
+    and caches within fp32 rounding, on the AVX-512 build where the CPU has it, the AVX2 one (EDGEVLM_KERNELS=avx2,
+    on any CPU with AVX2) and the portable one."""
+    if cap != "best":
+        monkeypatch.setenv("EDGEVLM_KERNELS", cap)
     batch, heads, kv_heads, dim, prompt, new = shape
     rng = np.random.default_rng(prompt + heads)
     width = (heads + 2 * kv_heads) * dim

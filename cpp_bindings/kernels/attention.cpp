@@ -50,7 +50,7 @@ void rows_portable(const AttentionShape &s, size_t bh, size_t m0, const float *q
 
 Level best_level(const AttentionShape &shape) {
     const Cap cap = kernel_cap();
-    if (cap == Cap::portable || cap == Cap::vnni) return Level::portable;  // (it has no integer path)
+    if (cap == Cap::portable || cap == Cap::vnni || cap == Cap::avx2) return Level::portable;  // (no integer path)
 #ifdef EVK_BF16_KERNEL
     static const bool bf16 = cpu_has_avx512_bf16();
     if (!bf16 || !bf16_supported_shape(shape)) return Level::portable;

@@ -21,10 +21,15 @@ static bool avx512_base() {
 bool cpu_has_avx512() { return avx512_base(); }
 bool cpu_has_avx512_bf16() { return avx512_base() && __builtin_cpu_supports("avx512bf16"); }
 bool cpu_has_avx512_vnni() { return avx512_base() && __builtin_cpu_supports("avx512vnni"); }
+bool cpu_has_avx2() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 #else
 bool cpu_has_avx512() { return false; }
 bool cpu_has_avx512_bf16() { return false; }
 bool cpu_has_avx512_vnni() { return false; }
+bool cpu_has_avx2() { return false; }
 #endif
 
 bool cpu_has_amx_bf16() {
@@ -43,12 +48,19 @@ Cap kernel_cap() {
     if (cap && std::strcmp(cap, "portable") == 0) return Cap::portable;
     if (cap && std::strcmp(cap, "avx512") == 0) return Cap::avx512;
     if (cap && std::strcmp(cap, "vnni") == 0) return Cap::vnni;
+    if (cap && std::strcmp(cap, "avx2") == 0) return Cap::avx2;
     return Cap::none;
 }
 
 bool avx512_allowed() {
     static const bool avx512 = cpu_has_avx512();
-    return avx512 && kernel_cap() != Cap::portable;
+    const Cap cap = kernel_cap();
+    return avx512 && cap != Cap::portable && cap != Cap::avx2;
+}
+
+bool avx2_allowed() {
+    static const bool avx2 = cpu_has_avx2();
+    return avx2 && kernel_cap() != Cap::portable;
 }
 
 }  // namespace evk

@@ -3,7 +3,7 @@
 // buffer), in fp32. ONNX Runtime's CPU kernel computes the full score matrix with a GEMM per head and a scalar
 // softmax: 36-41 % of a 1,143-token prefill and ~1 ms per decoded token on the 256M decoder (docs/benchmarks.md).
 // Here each query row streams its keys once, its scores and softmax on vectors. One implementation, compiled for
-// the target's baseline (gqa.cpp) and again for AVX-512 (gqa_avx512.cpp) from gqa_impl.hpp.
+// the target's baseline (gqa.cpp) and again for AVX-512 (gqa_avx512.cpp) and AVX2 (gqa_avx2.cpp) from gqa_impl.hpp.
 #pragma once
 
 #include <cstddef>
@@ -32,8 +32,12 @@ void gqa_portable(const GqaShape &shape, const float *qkv, const int32_t *past_l
 void gqa_avx512(const GqaShape &shape, const float *qkv, const int32_t *past_len, const int32_t *valid_len,
                 float *present_key, float *present_value, const float *cos, const float *sin, float *out,
                 const ParallelFor &parallel_for);
+void gqa_avx2(const GqaShape &shape, const float *qkv, const int32_t *past_len, const int32_t *valid_len,
+              float *present_key, float *present_value, const float *cos, const float *sin, float *out,
+              const ParallelFor &parallel_for);
 
-// The AVX-512 build where the CPU has AVX-512 F (and EDGEVLM_KERNELS is not "portable"), else the portable one.
+// The AVX-512 build where the CPU has AVX-512 F, else the AVX2 build where it has AVX2 (capped by EDGEVLM_KERNELS,
+// cpu.hpp), else the portable one.
 void gqa(const GqaShape &shape, const float *qkv, const int32_t *past_len, const int32_t *valid_len,
          float *present_key, float *present_value, const float *cos, const float *sin, float *out,
          const ParallelFor &parallel_for);

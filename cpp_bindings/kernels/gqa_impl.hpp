@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -30,6 +30,14 @@ inline vf splat(float x) { return vf{} + x; }
 inline float hsum(vf v) {
 #if defined(__AVX512F__)
     if constexpr (W == 16) return _mm512_reduce_add_ps(reinterpret_cast<__m512 &>(v));
+#endif
+#if defined(__AVX2__)
+    if constexpr (W == 8) {  // (the loop below compiles to 8 scalar extracts: a third of a long prompt's scores)
+        const __m256 x = reinterpret_cast<__m256 &>(v);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    }
 #endif
     float s = 0;
     for (size_t i = 0; i < W; ++i) s += v[i];
@@ -80,6 +88,80 @@ inline size_t position(const GqaShape &s, const int32_t *past_len, const int32_t
     if (s.first_prompt) return t < size_t(valid_len[b]) ? t : 1;
     return size_t(past_len[b]) + t;
 }
+
+#if defined(__AVX2__)
+// AVX2 (8-float vectors, 16 registers): G heads' query vectors and accumulators do not fit the registers together
+// (G x NV = 24 for SmolLM2), and a horizontal sum per key and head cost as much as its products. So the scores go 8
+// keys at a time, each head's 8 dot products in 8 accumulators summed across lanes together (vhaddps), the block's
+// keys read from memory once for all heads; and the values' weighted sum half a head at a time for all heads
+// (G x NV / 2 accumulators), each value row read once. The same sums in the same order for every query and batch row.
+inline __m256 dots8(const float *q, size_t nv, const float *k, size_t dim) {
+    __m256 acc[8];
+    const __m256 q0 = _mm256_loadu_ps(q);
+    for (size_t j = 0; j < 8; ++j) acc[j] = _mm256_mul_ps(q0, _mm256_loadu_ps(k + j * dim));
+    for (size_t i = 1; i < nv; ++i) {
+        const __m256 qi = _mm256_loadu_ps(q + i * 8);
+        for (size_t j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k + j * dim + i * 8), acc[j]);
+    }
+    const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+}
+
+template <size_t NV, size_t G>
+void group_attention_avx2(const float *q, const float *k, const float *v, size_t keys, size_t dim, float *scores,
+                          size_t stride, float *out) {
+    __m256 top8[G];
+    for (size_t g = 0; g < G; ++g) top8[g] = _mm256_set1_ps(-INFINITY);
+    size_t j = 0;
+    for (; j + 8 <= keys; j += 8)
+        for (size_t g = 0; g < G; ++g) {
+            const __m256 s = dots8(q + g * dim, NV, k + j * dim, dim);
+            _mm256_storeu_ps(scores + g * stride + j, s);
+            top8[g] = _mm256_max_ps(top8[g], s);
+        }
+    float inv[G];
+    for (size_t g = 0; g < G; ++g) {
+        float *sg = scores + g * stride;
+        alignas(32) float tops[8];
+        _mm256_store_ps(tops, top8[g]);
+        float top = *std::max_element(tops, tops + 8);
+        for (size_t t = j; t < keys; ++t) {  // the last keys one at a time
+            __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q + g * dim), _mm256_loadu_ps(k + t * dim));
+            for (size_t i = 1; i < NV; ++i)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i * 8), _mm256_loadu_ps(k + t * dim + i * 8), acc);
+            sg[t] = hsum(reinterpret_cast<vf &>(acc));
+            top = std::max(top, sg[t]);
+        }
+        vf total = vf{};
+        size_t e = 0;
+        for (; e + W <= keys; e += W) {
+            const vf x = exp_nonpositive(load(sg + e) - top);
+            store(sg + e, x);
+            total += x;
+        }
+        float sum = hsum(total);
+        for (; e < keys; ++e) sum += (sg[e] = std::exp(sg[e] - top));
+        inv[g] = 1.0f / sum;
+    }
+    constexpr size_t H = NV > 1 ? NV / 2 : 1;  // vectors of a head per pass
+    for (size_t h0 = 0; h0 < NV; h0 += H) {
+        __m256 acc[G][H];
+        for (size_t g = 0; g < G; ++g)
+            for (size_t i = 0; i < H; ++i) acc[g][i] = _mm256_setzero_ps();
+        for (size_t t = 0; t < keys; ++t) {
+            const float *vt = v + t * dim + h0 * 8;
+            for (size_t g = 0; g < G; ++g) {
+                const __m256 p = _mm256_broadcast_ss(scores + g * stride + t);
+                for (size_t i = 0; i < H; ++i) acc[g][i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + i * 8), acc[g][i]);
+            }
+        }
+        for (size_t g = 0; g < G; ++g)
+            for (size_t i = 0; i < H; ++i)
+                _mm256_storeu_ps(out + g * dim + (h0 + i) * 8, _mm256_mul_ps(acc[g][i], _mm256_set1_ps(inv[g])));
+    }
+}
+#endif
 
 // The G query heads of one KV head at one position against keys [0, keys): out[g] = softmax(q[g] . K) V, with q
 // already rotated and scaled; each key and value row is loaded once for all G heads. NV vectors per head
@@ -155,6 +237,17 @@ using GroupFn = void (*)(const float *, const float *, const float *, size_t, si
 
 template <size_t NV>
 GroupFn group_function(size_t group) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (W == 8) {
+        switch (group) {
+            case 1: return group_attention_avx2<NV, 1>;
+            case 2: return group_attention_avx2<NV, 2>;
+            case 3: return group_attention_avx2<NV, 3>;
+            case 4: return group_attention_avx2<NV, 4>;
+            default: return nullptr;
+        }
+    }
+#endif
     switch (group) {
         case 1: return group_attention<NV, 1>;
         case 2: return group_attention<NV, 2>;

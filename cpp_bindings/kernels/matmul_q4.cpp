@@ -31,6 +31,14 @@ float column_portable(const Q4Input &in, size_t m, size_t n, size_t n_total, con
     return acc;
 }
 
+// nearbyint for |v| <= 127 in the default rounding mode (to nearest, ties to even), without libm: x86-64's baseline
+// has no rounding instruction, so std::nearbyint was a call per element (a quarter of a long prompt's quantization).
+// Adding and taking away 1.5 * 2^23 leaves v rounded to an integer (exact below 2^22; -ffast-math would fold it).
+inline float round_even(float v) {
+    constexpr float magic = 12582912.0f;
+    return (v + magic) - magic;
+}
+
 }  // namespace
 
 Q4Level q4_best_level(const Q4Shape &shape) {
@@ -39,7 +47,7 @@ Q4Level q4_best_level(const Q4Shape &shape) {
 #ifdef EVK_BF16_Q4_KERNEL
     // (Fewer rows than BF16_MIN_ROWS then take the VNNI path, which every CPU with AVX-512 BF16 also has.)
     static const bool bf16 = cpu_has_avx512_bf16() && cpu_has_avx512_vnni();
-    if (bf16 && cap != Cap::vnni && q4_bf16_supported(shape)) {
+    if (bf16 && cap != Cap::vnni && cap != Cap::avx2 && q4_bf16_supported(shape)) {
 #ifdef EVK_AMX_Q4_KERNEL
         static const bool amx = cpu_has_amx_bf16();
         if (amx && cap == Cap::none) return Q4Level::amx_bf16;
@@ -47,13 +55,15 @@ Q4Level q4_best_level(const Q4Shape &shape) {
         return Q4Level::avx512_bf16;
     }
 #endif
+    if (!q4_vnni_supported(shape)) return Q4Level::portable;  // (the vector builds' grouped layout)
 #ifdef EVK_VNNI_KERNEL
     static const bool vnni = cpu_has_avx512_vnni();
-    return vnni && q4_vnni_supported(shape) ? Q4Level::avx512_vnni : Q4Level::portable;
-#else
-    (void)shape;
-    return Q4Level::portable;
+    if (vnni && cap != Cap::avx2) return Q4Level::avx512_vnni;
 #endif
+#ifdef EVK_AVX2_Q4_KERNEL
+    if (avx2_allowed()) return Q4Level::avx2;
+#endif
+    return Q4Level::portable;
 }
 
 void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &in) {
@@ -73,7 +83,7 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
             int8_t *row = in.codes + m * nb * BLOCK;
             int32_t code_sum = 0;
             for (size_t i = 0; i < BLOCK; ++i) {
-                const int8_t q = int8_t(std::nearbyint(xb[i] * inv));
+                const int8_t q = int8_t(round_even(xb[i] * inv));
                 code_sum += q;
                 if (grouped)
                     row[first * BLOCK + (i % 2) * 16 * g + (b - first) * 16 + i / 2] = q;
@@ -99,24 +109,25 @@ void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_
         return matmul_q4_bf16(shape, x, codes, scales, correction, out, parallel_for);
     }
 #endif
-#ifdef EVK_VNNI_KERNEL
-    const bool vnni = level >= Q4Level::avx512_vnni && q4_vnni_supported(shape);
-#else
-    const bool vnni = false;
-    (void)level;
-    (void)decode_table;
+#ifdef EVK_AVX2_Q4_KERNEL
+    // AVX2 quantizes x itself, into its own layout; only from the decode table (portable loops without one).
+    if (level == Q4Level::avx2 && decode_table && q4_vnni_supported(shape))
+        return matmul_q4_avx2(shape, x, codes, decode_table, out, parallel_for);
 #endif
+    // The VNNI kernel reads x in its grouped order.
+    const bool vnni = level == Q4Level::avx512_vnni || level == Q4Level::amx_bf16 || level == Q4Level::avx512_bf16;
+    const bool grouped = vnni && q4_vnni_supported(shape);
     thread_local std::vector<int8_t> xq;
     thread_local std::vector<float> scale, sum;
     thread_local std::vector<int32_t> code_sum;
     Q4Input in{rows, nb, scratch(xq, rows * nb * BLOCK), scratch(scale, rows * nb), scratch(code_sum, rows * nb),
                scratch(sum, rows * nb)};
     if (rows == 1)  // decode, 120 products a token: no hand-off to the pool for one row
-        q4_quantize_row(x, 0, shape.k, vnni, in);
+        q4_quantize_row(x, 0, shape.k, grouped, in);
     else
-        parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, vnni, in); });
+        parallel_for(rows, [&](size_t m) { q4_quantize_row(x, m, shape.k, grouped, in); });
 #ifdef EVK_VNNI_KERNEL
-    if (vnni) {
+    if (grouped) {
         matmul_q4_vnni(shape, in, codes, scales, correction, decode_table, out, parallel_for);
         return;
     }

@@ -7,7 +7,7 @@
 //
 // Like ONNX Runtime's int8-compute path (accuracy_level 4), x is quantized to int8 per block of 32 (scale
 // max|x| / 127) for the first term; the block sums of the second term are exact fp32. Two implementations behind
-// one signature give the same integers: AVX-512 VNNI (vpdpbusd) and portable loops. Where the CPU has AVX-512 BF16,
+// one signature give the same integers: AVX-512 VNNI (vpdpbusd) or AVX2 (vpmaddubsw) and portable loops. Where the CPU has AVX-512 BF16,
 // prompts of BF16_MIN_ROWS rows or more take a third: the weights dequantized to bf16 per task and multiplied on
 // AMX tiles, or with vdpbf16ps where there is no AMX (matmul_q4_bf16.cpp), as close to the exact product but not
 // the same integers.
@@ -31,8 +31,9 @@ struct Q4Shape {
     bool silu_mul = false;
 };
 
-// amx_bf16 and avx512_bf16: prompts in bf16 on AMX tiles or vdpbf16ps, single rows on AVX-512 VNNI.
-enum class Q4Level { portable = 1, avx512_vnni = 2, amx_bf16 = 3, avx512_bf16 = 4 };
+// amx_bf16 and avx512_bf16: prompts in bf16 on AMX tiles or vdpbf16ps, single rows on AVX-512 VNNI. avx2: the
+// VNNI kernel's integers on AVX2 (matmul_q4_avx2.cpp), for CPUs without AVX-512.
+enum class Q4Level { portable = 1, avx512_vnni = 2, amx_bf16 = 3, avx512_bf16 = 4, avx2 = 5 };
 
 // Fewer rows than this (decode, short prompts) stay on the VNNI path at the bf16 levels: dequantizing the weights
 // costs more than it saves.
@@ -96,6 +97,11 @@ bool q4_vnni_supported(const Q4Shape &shape);
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
                     const float *correction, const uint16_t *decode_table, float *out,
                     const ParallelFor &parallel_for);
+
+// Needs the decode table (and q4_vnni_supported's shapes): its scales and correction are read from it alone. It
+// quantizes x itself (the same codes as q4_quantize_row), straight into the layout its products read.
+void matmul_q4_avx2(const Q4Shape &shape, const float *x, const uint8_t *codes, const uint16_t *decode_table,
+                    float *out, const ParallelFor &parallel_for);
 
 // Quantizes row m of x into `in` (its buffers sized by the caller); `grouped`: the blocks in groups of 4 (the last group
 // smaller), each group the 16 even elements of every block first, then the 16 odd ones: the order in which a

@@ -146,8 +146,9 @@ Model::~Model() = default;
 // A part's kernel graph (on libedgevlm_kernels, linked into this library) where the bundle has one, the session
 // runs on the CPU and that library's kernel for the part beats ONNX Runtime's on this CPU (an fp32 part's
 // MatMulF32: where its AVX-512 build runs, as it opens much faster; the vision attention: AMX or AVX-512 BF16; the
-// 4-bit decoder: AMX or AVX-512 BF16 for its prompts, or AVX-512 VNNI alone only with EDGEVLM_KERNELS=all, its
-// prefill being slower than ONNX Runtime's there); else the standard file. The same rule as the Python runtime's
+// 4-bit decoder: AMX or AVX-512 BF16 for its prompts, AVX2 where there is no AVX-512 (evk_matmul_f32_level 2 says
+// there is), or AVX-512 VNNI alone only with EDGEVLM_KERNELS=all, its prefill being slower than ONNX Runtime's
+// there); else the standard file. The same rule as the Python runtime's
 // engine/kernels.py.
 std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Ort::SessionOptions &options,
                                                bool cpu_only, std::string &kernel) const {
@@ -156,17 +157,19 @@ std::unique_ptr<Ort::Session> Model::open_part(const std::string &part, const Or
     auto graph = bundle_.kernel_graphs.find(part);
     const bool vision = part == "vision_encoder";
     const bool all = off && std::string(off) == "all";
-    // 3: AMX, 4: AVX-512 BF16 prompts, 2: AVX-512 VNNI alone
+    // 3: AMX, 4: AVX-512 BF16 prompts, 2: AVX-512 VNNI alone, 5: AVX2
     const int q4 = part == "decoder_model_merged" ? evk_matmul_q4_level(64) : 0;
     // An fp32 part's MatMulF32: by default where its AVX-512 build runs (level 2), its portable one with "all".
     const bool fp32 = bundle_.fp32_parts.count(part) > 0;
     const bool faster = fp32 ? evk_matmul_f32_level() == 2 || all
-                             : vision ? evk_attention_level(64) >= 2 : q4 == 3 || q4 == 4 || (all && q4 == 2);
+                             : vision ? evk_attention_level(64) >= 2
+                                    : q4 == 3 || q4 == 4 || (q4 == 5 && evk_matmul_f32_level() != 2) ||
+                                          (all && (q4 == 2 || q4 == 5));
     if (graph == bundle_.kernel_graphs.end() || !cpu_only || disabled || !faster)
         return std::make_unique<Ort::Session>(open_session(bundle_.parts.at(part), options));
     Ort::SessionOptions with_kernels = options.Clone();
     Ort::ThrowOnError(RegisterCustomOps(with_kernels, OrtGetApiBase()));
-    kernel = fp32 ? "matmul_f32" : vision ? "attention:bf16" : "matmul_q4:vnni";
+    kernel = fp32 ? "matmul_f32" : vision ? "attention:bf16" : q4 == 5 ? "matmul_q4:avx2" : "matmul_q4:vnni";
     // One at a time in the process: ONNX Runtime adds a custom operator domain to its process-wide schema registry
     // with a check-then-add that two sessions opening at once can both pass ("the domain is already exist").
     static std::mutex custom_ops_open;

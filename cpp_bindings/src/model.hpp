@@ -95,7 +95,7 @@ public:
     // Threads for the image resizes: the count given at open (all cores for 0), as for ONNX Runtime's runs.
     int image_threads() const { return image_threads_; }
     // edgevlm's own kernels this model runs, comma-separated ("attention:bf16" for the vision encoder,
-    // "matmul_q4:vnni" for the 4-bit decoder), or empty: ONNX Runtime's.
+    // "matmul_q4:vnni" or "matmul_q4:avx2" for the 4-bit decoder), or empty: ONNX Runtime's.
     const std::string &kernels() const { return kernels_; }
 
     PreparedPrompt prepare(const std::vector<Message> &messages) const;

@@ -14,7 +14,9 @@ The 4-bit decoder's kernel graph (MatMulQ4: one node per product instead of eigh
 faster and holds ~50 MB less. Its prompts (prefill) run in bf16 where the CPU has AVX-512 BF16: on AMX tiles
 2-2.7x faster than ONNX Runtime's, with vdpbf16ps 1.3-1.5x faster (docs/benchmarks.md); with AVX-512 VNNI alone
 they stay on int8 and are ~1.3x slower, which makes a long prompt (a split image: 1,100 tokens) slower end to end.
-So it is the default where the CPU has AVX-512 BF16 and runs elsewhere only when asked for. The same kernel graph
+On CPUs without AVX-512 its AVX2 build decodes 1.4-1.6x faster and prefills in 0.93-0.96x the time. So it is
+the default where the CPU has AVX-512 BF16 or AVX2 without AVX-512, and elsewhere runs only when asked for. The same
+kernel graph
 puts the decoder's attention (GroupQueryAttention, its KV cache in place) on the library's fp32 kernel, 2-4x
 faster than ONNX Runtime's per token.
 
@@ -25,10 +27,12 @@ load() (docs/benchmarks.md). It is used where its AVX-512 build runs (measured a
 build (AVX2, ARM) only with EDGEVLM_KERNELS=all.
 
 EDGEVLM_KERNELS: unset or `auto` (the vision attention and the 4-bit decoder where the CPU has AVX-512 BF16, faster
-on every workload measured on this CPU class; MatMulF32 with AVX-512, which loads much faster and runs ~6 % slower),
+on every workload measured on this CPU class, and the 4-bit decoder where it has AVX2 and no AVX-512; MatMulF32 with
+AVX-512, which loads much faster and runs ~6 % slower),
 `all` (also the 4-bit decoder on VNNI alone, and MatMulF32's portable build), `off`, or the caps for tests and
 comparisons, `avx512` (no AMX), `vnni` (AVX-512 VNNI's integer products: no bf16 kernel, as on a CPU without
-AVX-512 BF16) and `portable`; EDGEVLM_KERNELS_LIBRARY names the library file to use.
+AVX-512 BF16), `avx2` (the AVX2 builds, as on a CPU without AVX-512) and `portable`; EDGEVLM_KERNELS_LIBRARY names
+the library file to use.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ LIBRARY_NAME = "libedgevlm_kernels.so"
 BF16_LEVEL = 2  # evk_attention_level: 3 = AMX tiles, 2 = AVX-512 BF16, 1 = portable fp32 loops only
 AMX_LEVEL = 3
 AVX512_F32_LEVEL = 2  # evk_matmul_f32_level: 2 = AVX-512, 1 = portable loops only
+PORTABLE_LEVEL = 1  # every evk_*_level: the portable loops only
 VNNI_LEVEL = 2  # evk_matmul_q4_level: 2 = AVX-512 VNNI, 1 = portable loops only
 BF16_PROMPT_LEVEL = 4  # evk_matmul_q4_level: prompts on AVX-512 BF16 (no AMX), single rows on AVX-512 VNNI
+AVX2_Q4_LEVEL = 5  # evk_matmul_q4_level: AVX2 (no AVX-512), prompts and single rows
 # What the bf16 kernel takes (attention_bf16.cpp): SigLIP-B's 64 (256M, 500M), so400m's 72 (2.2B), the tiny test
 # models' 32.
 BF16_HEAD_DIMS = (32, 64, 72)
@@ -112,10 +118,10 @@ def attention_level(head_dim: int) -> int:
     return _level("evk_attention_level", head_dim)
 
 
-@lru_cache(maxsize=1)
 def matmul_q4_level() -> int:
     """Which 4-bit product the library runs on this CPU (0: no library, 1: portable, 2: AVX-512 VNNI, 3: AMX tiles
-    for prompts and AVX-512 VNNI for one row, 4: AVX-512 BF16 for prompts and AVX-512 VNNI for one row)."""
+    for prompts and AVX-512 VNNI for one row, 4: AVX-512 BF16 for prompts and AVX-512 VNNI for one row, 5: AVX2);
+    read each time, as the library reads EDGEVLM_KERNELS's cap at each call."""
     return _level("evk_matmul_q4_level", 64)
 
 
@@ -154,7 +160,10 @@ _PARTS = {
     "vision_encoder": (lambda: attention_level(64) >= BF16_LEVEL, "attention:bf16"),
     "decoder_model_merged": (
         lambda: (
-            matmul_q4_level() in (AMX_LEVEL, BF16_PROMPT_LEVEL) or (_all_asked() and matmul_q4_level() == VNNI_LEVEL)
+            matmul_q4_level() in (AMX_LEVEL, BF16_PROMPT_LEVEL)
+            # AVX2 measured on CPUs without AVX-512 only (with AVX-512 F but no VNNI, MLAS has wider kernels)
+            or (matmul_q4_level() == AVX2_Q4_LEVEL and matmul_f32_level() < AVX512_F32_LEVEL)
+            or (_all_asked() and matmul_q4_level() in (VNNI_LEVEL, AVX2_Q4_LEVEL))
         ),
         "matmul_q4:vnni",
     ),
@@ -180,7 +189,11 @@ def in_use(part: str, *, fp32: bool = False) -> bool:
 
 def label(part: str, *, fp32: bool = False) -> str:
     """What of edgevlm's kernels `part` runs when it opens its kernel graph."""
-    return "matmul_f32" if fp32 else _PARTS[part][1]
+    if fp32:
+        return "matmul_f32"
+    if part == "decoder_model_merged" and matmul_q4_level() == AVX2_Q4_LEVEL:
+        return "matmul_q4:avx2"
+    return _PARTS[part][1]
 
 
 def status() -> str:
@@ -196,6 +209,7 @@ def status() -> str:
         + {
             AMX_LEVEL: "AMX for prompts, AVX-512 VNNI per token",
             BF16_PROMPT_LEVEL: "AVX-512 BF16 for prompts, AVX-512 VNNI per token",
+            AVX2_Q4_LEVEL: "AVX2",
         }.get(matmul_q4_level(), "AVX-512 VNNI")
         + ")",
     }

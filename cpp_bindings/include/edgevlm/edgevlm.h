@@ -124,7 +124,7 @@ EVLM_API evlm_status evlm_model_info(const evlm_model *model, int *tile, int *im
 /* Which of edgevlm's own kernels the model runs beside ONNX Runtime, comma-separated: "attention:bf16" (the
    vision encoder's attention, on CPUs with AMX or AVX-512 BF16), "matmul_q4:vnni" (the 4-bit decoder's products:
    by default on CPUs with AMX or AVX-512 BF16, which run its prompts in bf16; with AVX-512 VNNI alone only with
-   EDGEVLM_KERNELS=all), "matmul_f32" (an fp32 part's products, weights read where the file keeps them: on CPUs
+   EDGEVLM_KERNELS=all), "matmul_q4:avx2" (the same on CPUs with AVX2 and no AVX-512), "matmul_f32" (an fp32 part's products, weights read where the file keeps them: on CPUs
    with AVX-512, elsewhere only with EDGEVLM_KERNELS=all), each for bundles with that part's kernel graph, the
    vision encoder's first; "" where ONNX Runtime's kernels run alone.
    The same rule as Python's VLM.kernels; EDGEVLM_KERNELS=off turns them off. Valid while the model is open. */

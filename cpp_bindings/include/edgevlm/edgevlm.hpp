@@ -315,7 +315,7 @@ class Model {
         return text;
     }
 
-    // edgevlm's own kernels in use, comma-separated ("attention:bf16", "matmul_q4:vnni"), else "".
+    // edgevlm's own kernels in use, comma-separated ("attention:bf16", "matmul_q4:vnni", "matmul_q4:avx2"), else "".
     std::string kernels() const { return evlm_model_kernels(handle_.get()); }
     evlm_model *get() const noexcept { return handle_.get(); }
 
