@@ -41,6 +41,12 @@ inline float round_even(float v) {
 
 }  // namespace
 
+// The vector builds' grouped layout (4 blocks per group, then a 2-block tail): a plain shape check, built everywhere.
+bool q4_vnni_supported(const Q4Shape &shape) {
+    const size_t nb = shape.k / BLOCK;
+    return shape.k % BLOCK == 0 && nb % 4 != 1 && nb % 4 != 3 && (!shape.silu_mul || shape.n % 2 == 0);
+}
+
 Q4Level q4_best_level(const Q4Shape &shape) {
     const Cap cap = kernel_cap();
     if (cap == Cap::portable) return Q4Level::portable;

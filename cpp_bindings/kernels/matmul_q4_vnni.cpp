@@ -351,11 +351,6 @@ void correction_term_table(const Q4Shape &shape, const Q4Input &in, size_t n0, s
 
 }  // namespace
 
-bool q4_vnni_supported(const Q4Shape &shape) {
-    const size_t nb = shape.k / BLOCK;
-    return shape.k % BLOCK == 0 && nb % 4 != 1 && nb % 4 != 3 && (!shape.silu_mul || shape.n % 2 == 0);
-}
-
 void matmul_q4_vnni(const Q4Shape &shape, const Q4Input &in, const uint8_t *codes, const float *scales,
                     const float *correction, const uint16_t *decode_table, float *out,
                     const ParallelFor &parallel_for) {
