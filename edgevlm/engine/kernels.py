@@ -16,8 +16,7 @@ faster and holds ~50 MB less. Its prompts (prefill) run in bf16 where the CPU ha
 they stay on int8 and are ~1.3x slower, which makes a long prompt (a split image: 1,100 tokens) slower end to end.
 On CPUs without AVX-512 its AVX2 build decodes 1.4-1.6x faster and prefills in 0.93-0.96x the time. So it is
 the default where the CPU has AVX-512 BF16 or AVX2 without AVX-512, and elsewhere runs only when asked for. The same
-kernel graph
-puts the decoder's attention (GroupQueryAttention, its KV cache in place) on the library's fp32 kernel, 2-4x
+kernel graph puts the decoder's attention (GroupQueryAttention, its KV cache in place) on the library's fp32 kernel, 2-4x
 faster than ONNX Runtime's per token.
 
 The fp32 variant's kernel graphs (vision encoder and decoder) put every product by a constant matrix on MatMulF32:
@@ -155,18 +154,21 @@ def resize(pixels: np.ndarray, first: tuple[int, int], then: tuple[int, int] | N
     return out if status == 0 else None
 
 
+def _decoder_faster(level: int) -> bool:
+    """Whether the 4-bit decoder's kernel graph is the default at this evk_matmul_q4_level: bf16 prompts, or AVX2
+    where the CPU has no AVX-512 (measured only there; with AVX-512 F but no VNNI, MLAS has wider kernels); VNNI
+    alone or AVX2 beside AVX-512 only with EDGEVLM_KERNELS=all."""
+    if level in (AMX_LEVEL, BF16_PROMPT_LEVEL):
+        return True
+    if level == AVX2_Q4_LEVEL and matmul_f32_level() < AVX512_F32_LEVEL:
+        return True
+    return _all_asked() and level in (VNNI_LEVEL, AVX2_Q4_LEVEL)
+
+
 # part -> (whether this CPU runs its kernel better than ONNX Runtime does, what `Engine.kernels` says)
 _PARTS = {
     "vision_encoder": (lambda: attention_level(64) >= BF16_LEVEL, "attention:bf16"),
-    "decoder_model_merged": (
-        lambda: (
-            matmul_q4_level() in (AMX_LEVEL, BF16_PROMPT_LEVEL)
-            # AVX2 measured on CPUs without AVX-512 only (with AVX-512 F but no VNNI, MLAS has wider kernels)
-            or (matmul_q4_level() == AVX2_Q4_LEVEL and matmul_f32_level() < AVX512_F32_LEVEL)
-            or (_all_asked() and matmul_q4_level() in (VNNI_LEVEL, AVX2_Q4_LEVEL))
-        ),
-        "matmul_q4:vnni",
-    ),
+    "decoder_model_merged": (lambda: _decoder_faster(matmul_q4_level()), "matmul_q4:vnni"),
 }
 
 
