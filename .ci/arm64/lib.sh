@@ -77,6 +77,9 @@ arm64_umount() {
   umount -R "$ARM64_ROOT/dev" 2>/dev/null || umount -lR "$ARM64_ROOT/dev" || true
   umount -R "$ARM64_ROOT/proc" 2>/dev/null || umount -lR "$ARM64_ROOT/proc" || true
   ARM64_MOUNTED=0
+  if grep -q " $ARM64_ROOT/" /proc/mounts; then
+    echo "arm64: still mounted in $ARM64_ROOT: $(grep " $ARM64_ROOT/" /proc/mounts | cut -d' ' -f2 | tr '\n' ' ')" >&2
+  fi
 }
 
 # Run a command in the root, as a clean login would: the host's SSL_*/PIP_* variables (its CA paths, its local
