@@ -299,29 +299,31 @@ EVLM_AVX2 void scatter_block_avx2(const uint8_t *src, uint8_t *dst, size_t strid
                              reinterpret_cast<__m128i *>(dst + size_t(kTransposed[i]) * stride), a[i]);
 }
 
+// 32 lanes as in-lane unpacks leave them: the bytes of two taps interleaved (vpunpck*bw), then widened to int16
+// pairs against zero, so register i of a half holds lanes {4i..4i+3, 16+4i..16+4i+3} and the packs of store()
+// (in-lane too) put them back in order. No cross-lane shuffle, two 32-byte loads per pair of taps.
 struct Avx2 {
-    __m256i acc[8];  // high parts of lanes 0-7, 8-15, 16-23, 24-31, then the low parts
+    __m256i acc[8];  // high parts of the four lane groups, then the low parts
     EVLM_AVX2 void zero() {
         for (__m256i &a : acc) a = _mm256_setzero_si256();
     }
-    // Lanes 16 * half .. + 15 of two taps' bytes a and b as (a, b) int16 pairs: lanes 0-7 in p0, 8-15 in p1.
-    static EVLM_AVX2 void pairs(const uint8_t *a, const uint8_t *b, int half, __m256i &p0, __m256i &p1) {
-        const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i *>(a + 16 * half));
-        const __m128i y = _mm_loadu_si128(reinterpret_cast<const __m128i *>(b + 16 * half));
-        p0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
-        p1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+    // Two taps' 32 bytes a and b as (a, b) int16 pairs in the four lane groups.
+    static EVLM_AVX2 void pairs(const uint8_t *a, const uint8_t *b, __m256i *p) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a));
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(b));
+        const __m256i lo = _mm256_unpacklo_epi8(x, y), hi = _mm256_unpackhi_epi8(x, y), z = _mm256_setzero_si256();
+        p[0] = _mm256_unpacklo_epi8(lo, z);  // lanes 0-3, 16-19
+        p[1] = _mm256_unpackhi_epi8(lo, z);  // 4-7, 20-23
+        p[2] = _mm256_unpacklo_epi8(hi, z);  // 8-11, 24-27
+        p[3] = _mm256_unpackhi_epi8(hi, z);  // 12-15, 28-31
     }
-    // a and b: 32 bytes of two taps.
     EVLM_AVX2 void add(const uint8_t *a, const uint8_t *b, int32_t hi, int32_t lo) {
         const __m256i whi = _mm256_set1_epi32(hi), wlo = _mm256_set1_epi32(lo);
-        for (int half = 0; half < 2; ++half) {
-            __m256i p0, p1;
-            pairs(a, b, half, p0, p1);
-            __m256i *h = acc + 2 * half, *l = acc + 4 + 2 * half;
-            h[0] = _mm256_add_epi32(h[0], _mm256_madd_epi16(p0, whi));
-            h[1] = _mm256_add_epi32(h[1], _mm256_madd_epi16(p1, whi));
-            l[0] = _mm256_add_epi32(l[0], _mm256_madd_epi16(p0, wlo));
-            l[1] = _mm256_add_epi32(l[1], _mm256_madd_epi16(p1, wlo));
+        __m256i p[4];
+        pairs(a, b, p);
+        for (int i = 0; i < 4; ++i) {
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p[i], whi));
+            acc[4 + i] = _mm256_add_epi32(acc[4 + i], _mm256_madd_epi16(p[i], wlo));
         }
     }
     // (hi * 2^11 + lo + half) >> 22, as Pillow's sum started at half.
@@ -330,14 +332,11 @@ struct Avx2 {
         return _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(h, kLowBits), l), half),
                                  kPrecisionBits);
     }
-    // The 32 sums clipped to 0..255 (saturating packs) as bytes in lane order.
+    // The 32 sums clipped to 0..255 (saturating packs, in-lane like the unpacks) as bytes in lane order.
     EVLM_AVX2 void store(uint8_t *dst) const {
-        for (int half = 0; half < 2; ++half) {
-            const __m256i s0 = total(acc[2 * half], acc[4 + 2 * half]), s1 = total(acc[2 * half + 1], acc[5 + 2 * half]);
-            const __m128i w0 = _mm_packs_epi32(_mm256_castsi256_si128(s0), _mm256_extracti128_si256(s0, 1));
-            const __m128i w1 = _mm_packs_epi32(_mm256_castsi256_si128(s1), _mm256_extracti128_si256(s1, 1));
-            _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + 16 * half), _mm_packus_epi16(w0, w1));
-        }
+        const __m256i a = _mm256_packs_epi32(total(acc[0], acc[4]), total(acc[1], acc[5]));  // 0-7, 16-23
+        const __m256i b = _mm256_packs_epi32(total(acc[2], acc[6]), total(acc[3], acc[7]));  // 8-15, 24-31
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), _mm256_packus_epi16(a, b));
     }
 };
 
@@ -348,14 +347,11 @@ struct Avx2 {
 struct AvxVnni : Avx2 {
     EVLM_AVXVNNI void add(const uint8_t *a, const uint8_t *b, int32_t hi, int32_t lo) {
         const __m256i whi = _mm256_set1_epi32(hi), wlo = _mm256_set1_epi32(lo);
-        for (int half = 0; half < 2; ++half) {
-            __m256i p0, p1;
-            pairs(a, b, half, p0, p1);
-            __m256i *h = acc + 2 * half, *l = acc + 4 + 2 * half;
-            h[0] = _mm256_dpwssd_avx_epi32(h[0], p0, whi);
-            h[1] = _mm256_dpwssd_avx_epi32(h[1], p1, whi);
-            l[0] = _mm256_dpwssd_avx_epi32(l[0], p0, wlo);
-            l[1] = _mm256_dpwssd_avx_epi32(l[1], p1, wlo);
+        __m256i p[4];
+        pairs(a, b, p);
+        for (int i = 0; i < 4; ++i) {
+            acc[i] = _mm256_dpwssd_avx_epi32(acc[i], p[i], whi);
+            acc[4 + i] = _mm256_dpwssd_avx_epi32(acc[4 + i], p[i], wlo);
         }
     }
 };
