@@ -106,6 +106,7 @@ void q4_quantize_row(const float *x, size_t m, size_t k, bool grouped, Q4Input &
 void matmul_q4(Q4Level level, const Q4Shape &shape, const float *x, const uint8_t *codes, const float *scales,
                const float *correction, const uint16_t *decode_table, float *out, const ParallelFor &parallel_for) {
     const size_t nb = shape.k / BLOCK, rows = shape.rows;
+    (void)decode_table;  // read by the vector builds only (a portable-only build, as on aarch64, has none)
 #ifdef EVK_BF16_Q4_KERNEL
     if ((level == Q4Level::amx_bf16 || level == Q4Level::avx512_bf16) && rows >= BF16_MIN_ROWS &&
         q4_bf16_supported(shape)) {
