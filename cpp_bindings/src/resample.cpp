@@ -300,8 +300,8 @@ EVLM_AVX2 void scatter_block_avx2(const uint8_t *src, uint8_t *dst, size_t strid
 }
 
 // 32 lanes as in-lane unpacks leave them: the bytes of two taps interleaved (vpunpck*bw), then widened to int16
-// pairs against zero, so register i of a half holds lanes {4i..4i+3, 16+4i..16+4i+3} and the packs of store()
-// (in-lane too) put them back in order. No cross-lane shuffle, two 32-byte loads per pair of taps.
+// pairs against zero, so group i holds lanes {4i..4i+3, 16+4i..16+4i+3} and the packs of store() (in-lane too) put
+// them back in order. No cross-lane shuffle, two 32-byte loads per pair of taps.
 struct Avx2 {
     __m256i acc[8];  // high parts of the four lane groups, then the low parts
     EVLM_AVX2 void zero() {
