@@ -294,12 +294,22 @@ def wait_for(predicate, timeout=120.0, proc=None):
     return False
 
 
+def _default_sigint() -> None:
+    """In the child before exec: a suite started in the background of a script (`pytest &`) inherits an ignored
+    SIGINT, which the CLI would keep ignoring (as any program does); the cases stand for a user's Ctrl+C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_after(sig, ready, timeout=180.0):
     """Start the CLI, send `sig` once ready(env, proc) holds, return the finished process."""
 
     def driver(env, argv):
         proc = subprocess.Popen(
-            cli_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            cli_argv(*argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_default_sigint,
         )
         try:
             assert wait_for(lambda: ready(env, proc), timeout, proc), "the run ended before the signal was due"
