@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import FLAGS, cpu_line
+from machine import cpu_flags, cpu_line
 
 # (key in `edgevlm bench --json`, label, True where more is better)
 PHASES = (
@@ -33,17 +33,6 @@ PHASES = (
     ("end_to_end_s", "W1 s", False),
     ("peak_rss_mb", "peak RSS MB", False),
 )
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split()) & set(FLAGS)
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_class(flags: set[str]) -> str:
