@@ -160,21 +160,25 @@ static void run_tokenizer(evlm_model *m, const json &entries) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return std::fprintf(stderr, "usage: test_parity FIXTURES_DIR [256M|2.2B [preprocess]]\n"), 2;
+    if (argc < 2) return std::fprintf(stderr, "usage: test_parity FIXTURES_DIR [256M|2.2B [fp32|q4|preprocess]]\n"), 2;
     dir = argv[1];
     std::string only = argc > 2 ? argv[2] : "";
+    // A variant: that variant's rows only, so that ctest runs each variant as its own test (two cores share them).
     // "preprocess": the pixel values only, as ctest runs them once more for each resampler kernel set
     // (EDGEVLM_RESAMPLER=avx2|generic; the default is the best this CPU has).
-    const bool preprocess_only = argc > 3 && std::string(argv[3]) == "preprocess";
+    const std::string part = argc > 3 ? argv[3] : "";
+    const bool preprocess_only = part == "preprocess";
     if (preprocess_only)
         std::printf("resampler kernels asked for: %s\n", std::getenv("EDGEVLM_RESAMPLER") ? std::getenv("EDGEVLM_RESAMPLER") : "best");
     std::ifstream f(dir + "/expected.json");
     json expected = json::parse(f);
+    int ran = 0;  // bundle-variant pairs run: a name that matches none is an error, not a pass
     std::printf("fixtures made on %s, run on %s\n", expected.value("machine", kMachine).c_str(), kMachine.c_str());
     for (auto &[arch, bundle] : expected["bundles"].items()) {
         if (!only.empty() && arch != only) continue;
         for (auto &[variant, rows] : bundle["variants"].items()) {
-            if (preprocess_only && variant != "fp32") continue;
+            if ((preprocess_only && variant != "fp32") || (!preprocess_only && !part.empty() && variant != part)) continue;
+            ++ran;
             evlm_model_options o;
             evlm_model_options_init(&o);
             o.variant = variant.c_str();
@@ -205,6 +209,11 @@ int main(int argc, char **argv) {
             if (variant == "fp32" && arch == "256M" && !preprocess_only) run_tokenizer(m, expected["tokenizer"]);
             evlm_model_close(m);
         }
+    }
+    if (!ran) {
+        std::fprintf(stderr, "no bundle or variant matches '%s %s' in %s/expected.json\n", only.c_str(), part.c_str(),
+                     dir.c_str());
+        return 1;
     }
     std::printf("%d failures\n", failures);
     return failures ? 1 : 0;
